@@ -1,0 +1,77 @@
+"""The control-plane ASGI application (Quart on trio)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import trio
+from quart import websocket
+from quart_trio import QuartTrio
+
+from hushroom import __version__, node_link
+from hushroom.secrets_file import read_secret_file
+
+from .config import ControlConfig
+from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("control")
+
+#: A node that has not registered this long after connecting is dropped.
+REGISTER_TIMEOUT_S = 10.0
+
+
+def create_app(config: ControlConfig) -> QuartTrio:
+    """Build the application for ``config``; every piece of state hangs off the app."""
+    app = QuartTrio("control")
+    app.config["HUSHROOM"] = config
+    node_secrets = read_secret_file(config.resolved_node_secret_file)
+    registry = NodeRegistry()
+    app.extensions["hushroom.nodes"] = registry
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "sfu_nodes": registry.healthy_count()}
+
+    @app.websocket(node_link.PATH)
+    async def sfu_node_link() -> None:
+        await websocket.accept()
+        challenge = node_link.new_challenge()
+        await websocket.send(node_link.encode_frame("hello", {"challenge": challenge}))
+        with trio.move_on_after(REGISTER_TIMEOUT_S) as scope:
+            raw = await websocket.receive()
+        if scope.cancelled_caught:
+            await websocket.close(node_link.CLOSE_PROTOCOL, "register timeout")
+            return
+        try:
+            event, data = node_link.decode_frame_untrusted(raw)
+            if event != "register":
+                raise node_link.LinkProtocolError("expected register")
+            info = parse_register_untrusted(data)
+        except node_link.LinkProtocolError as exc:
+            await websocket.close(node_link.CLOSE_PROTOCOL, str(exc)[:120])
+            return
+        proof = data.get("proof")
+        if not any(node_link.verify_proof(s, challenge, info.node_id, proof) for s in node_secrets):
+            log.warning("SFU node registration refused: bad proof")
+            await websocket.close(node_link.CLOSE_BAD_PROOF, "bad proof")
+            return
+        registry.register(info)
+        log.info("SFU node %s registered with %d workers", info.node_id, len(info.workers))
+        try:
+            await websocket.send(node_link.encode_frame("registered", {}))
+            while True:
+                event, data = node_link.decode_frame_untrusted(await websocket.receive())
+                if event == "health":
+                    info.workers = parse_workers_untrusted(data.get("workers"))
+                    info.last_health = time.monotonic()
+        except node_link.LinkProtocolError as exc:
+            await websocket.close(node_link.CLOSE_PROTOCOL, str(exc)[:120])
+        finally:
+            registry.unregister(info.node_id, info)
+            log.info("SFU node %s disconnected", info.node_id)
+
+    return app

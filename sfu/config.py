@@ -1,0 +1,72 @@
+"""Configuration of one SFU node process."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from hushroom.config import ConfigError, option
+
+__all__ = ["SfuConfig"]
+
+
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {value!r}") from None
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not value.startswith(("ws://", "wss://")):
+        raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
+    return value
+
+
+def _check_workers(value: int) -> int:
+    if not 0 <= value <= 256:
+        raise ValueError("must be 0 (one per core) to 256")
+    return value
+
+
+def _check_node_id(value: str) -> str:
+    if not 1 <= len(value) <= 64 or not value.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+    return value
+
+
+@dataclass(frozen=True)
+class SfuConfig:
+    """Settings of ``python -m sfu`` (flags > ``HUSHROOM_SFU_*`` > TOML ``[sfu]``)."""
+
+    control_url: str = option(
+        "ws://127.0.0.1:8080/internal/v1/sfu",
+        help="control plane's internal WebSocket URL",
+        check=_check_url,
+    )
+    node_secret_file: Path = option(
+        Path("data/node-secret"), help="file holding the node secret shared with control"
+    )
+    listen_ip: str = option("127.0.0.1", help="IP address the workers bind", check=_check_ip)
+    announce_ip: str | None = option(
+        None,
+        help="IP address given to clients in ICE candidates (default: listen IP)",
+        check=_check_ip,
+    )
+    workers: int = option(0, help="worker processes, 0 = one per core", check=_check_workers)
+    node_id: str | None = option(
+        None, help="stable node id (default: random per start)", check=_check_node_id
+    )
+    log_level: str = option("info", help="debug, info, warning or error")
+
+    @property
+    def resolved_announce_ip(self) -> str:
+        """The address clients are told to send media to."""
+        return self.announce_ip or self.listen_ip
+
+    def validate(self) -> None:
+        """Cross-field checks."""
+        if ipaddress.ip_address(self.listen_ip).is_unspecified and self.announce_ip is None:
+            raise ConfigError("--announce-ip", "is required when --listen-ip is a wildcard")
