@@ -71,19 +71,23 @@ def parse_host_port(text: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
+    if bracketed or ":" in host:
+        # An IPv6 literal must be bracketed, or "::1:80" would be ambiguous.
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"bad IPv6 address {host!r}") from None
+        if not bracketed:
+            raise ValueError(f"write an IPv6 address as [{host}]:PORT")
     try:
         port = int(port_text)
     except ValueError:
         raise ValueError(f"port must be a number, got {port_text!r}") from None
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0-65535, got {port}")
-    if ":" in host:
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"bad IPv6 address {host!r} (write it as [addr]:port)") from None
     return host, port
 
 

@@ -17,10 +17,16 @@ __all__ = ["main"]
 
 
 async def serve_node(config: SfuConfig) -> None:
-    """Run the node until SIGINT or SIGTERM."""
+    """Run the node until SIGINT or SIGTERM (also while it is still dialling control)."""
     node = Node(config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+
+            async def until_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_signal)
             await nursery.start(node.run)
             for worker in node.workers:
                 print(
@@ -29,9 +35,6 @@ async def serve_node(config: SfuConfig) -> None:
                 )
             print(f"sfu registered node {node.node_id}", flush=True)
             print("sfu ready", flush=True)
-            async for _ in signals:
-                nursery.cancel_scope.cancel()
-                break
 
 
 def _run(config: SfuConfig) -> int:

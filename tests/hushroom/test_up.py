@@ -1,0 +1,139 @@
+"""``hushroom up`` brings every part up, proves each is ready, and stops them all cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pty
+import secrets
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import children_of, free_port
+
+pytestmark = pytest.mark.slow
+
+HUSHROOM = str(Path(sys.executable).parent / "hushroom")
+
+
+def _binding_request() -> tuple[bytes, bytes]:
+    txid = secrets.token_bytes(12)
+    return struct.pack("!HHI", 0x0001, 0, 0x2112A442) + txid, txid
+
+
+def _stun_udp(port: int) -> bytes:
+    request, txid = _binding_request()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(request, ("127.0.0.1", port))
+        reply = sock.recv(2048)
+    assert reply[8:20] == txid
+    return reply
+
+
+def _stun_tcp(port: int) -> bytes:
+    request, txid = _binding_request()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        header = sock.recv(20, socket.MSG_WAITALL)
+        length = struct.unpack("!H", header[2:4])[0]
+        body = sock.recv(length, socket.MSG_WAITALL) if length else b""
+    assert header[8:20] == txid
+    return header + body
+
+
+def _up_args(tmp_path: Path) -> tuple[list[str], int, int]:
+    control_port, turn_port = free_port(), free_port(socket.SOCK_DGRAM)
+    args = [
+        "up",
+        "--control-port", str(control_port),
+        "--turn-port", str(turn_port),
+        "--data-dir", str(tmp_path / "data"),
+        "--workers", "2",
+    ]  # fmt: skip
+    return args, control_port, turn_port
+
+
+def test_up_starts_everything_answers_health_and_stops_on_sigint(
+    spawn: Any, tmp_path: Path
+) -> None:
+    args, control_port, turn_port = _up_args(tmp_path)
+    up = spawn("hushroom", *args)
+    up.wait_for_line("hushroom is up", timeout=90)
+    up.wait_for_line("Press Ctrl-C to stop.")
+    shown = "\n".join(up.lines)
+    assert f"control  http 127.0.0.1:{control_port}" in shown
+    assert f"turn     udp 127.0.0.1:{turn_port}" in shown
+    assert f"turn     tcp 127.0.0.1:{turn_port}" in shown
+    assert shown.count("sfu      udp 127.0.0.1:") == 2
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/healthz", timeout=5) as r:
+        health = json.load(r)
+    assert health["status"] == "ok" and health["sfu_nodes"] == 1
+    assert struct.unpack("!H", _stun_udp(turn_port)[:2])[0] == 0x0101
+    assert struct.unpack("!H", _stun_tcp(turn_port)[:2])[0] == 0x0101
+    for name in ("node-secret", "turn-secret"):
+        assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600
+
+    descendants = children_of(up.popen.pid)
+    assert len(descendants) >= 5  # control, turn, sfu node and its two workers
+    assert up.interrupt(timeout=30) == 0
+    time.sleep(0.2)
+    assert [p for p in descendants if Path(f"/proc/{p}").exists()] == []
+
+
+def test_up_exits_1_and_leaves_nothing_when_a_part_cannot_start(spawn: Any, tmp_path: Path) -> None:
+    args, control_port, _ = _up_args(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", control_port))
+        squatter.listen()
+        up = spawn("hushroom", *args)
+        assert up.popen.wait(60) == 1
+    assert up.popen.stderr is not None
+    assert "control exited before it was ready" in up.popen.stderr.read().decode()
+    assert children_of(up.popen.pid) == []
+
+
+def test_ctrl_c_under_make_exits_0_with_no_process_left(tmp_path: Path) -> None:
+    """The README's ``make run`` path: Ctrl-C at a terminal reaches only ``up``."""
+    args, control_port, _ = _up_args(tmp_path)
+    makefile = tmp_path / "Makefile"
+    makefile.write_text(f"run:\n\t{HUSHROOM} {' '.join(args)}\n")
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader on a fresh terminal, as an interactive shell
+        os.execvp("make", ["make", "-s", "-C", str(tmp_path), "run"])
+    output = b""
+    deadline = time.monotonic() + 90
+    try:
+        while b"Press Ctrl-C to stop." not in output:
+            assert time.monotonic() < deadline, output.decode(errors="replace")
+            if select.select([master], [], [], 1)[0]:
+                output += os.read(master, 65536)
+        descendants = children_of(pid)
+        os.write(master, b"\x03")  # what the terminal sends for Ctrl-C
+        deadline = time.monotonic() + 30
+        while True:
+            if select.select([master], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    output += os.read(master, 65536)
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, output.decode(errors="replace")
+    finally:
+        if not os.waitpid(pid, os.WNOHANG)[0]:
+            os.kill(pid, signal.SIGKILL)
+        os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
+    assert [p for p in descendants if Path(f"/proc/{p}").exists()] == []
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{control_port}/healthz", timeout=2)
