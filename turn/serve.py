@@ -1,0 +1,451 @@
+"""The trio shell around :class:`turn.server.TurnServer`: sockets in, sockets out.
+
+UDP (listeners and relay endpoints) uses stdlib non-blocking sockets and
+``trio.lowlevel.wait_readable``: each wake-up drains the queued datagrams (up to a batch, then
+yields to the scheduler) with no await, log call or per-packet object beyond the datagram
+itself. TCP and TLS connections are trio streams framed by :class:`turn.framing.StreamFramer`,
+each with a writer task fed through a bounded memory channel so the data path never awaits.
+
+Every task lives in the nursery of :func:`serve`; cancelling it closes every socket.
+Logs never carry addresses or usernames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from turn.config import TurnConfig
+from turn.framing import FramingError, StreamFramer
+from turn.peer_filter import PeerFilter
+from turn.server import TurnPolicy, TurnServer
+
+__all__ = ["Listening", "TurnShell", "build_policy", "serve"]
+
+log = logging.getLogger("turn")
+
+Addr = tuple[str, int]
+_BATCH = 512
+_RECV_SIZE = 65536 + 64
+_STREAM_QUEUE = 512
+_IDLE_STREAM_TIMEOUT = 30.0
+_PORT_ATTEMPTS = 64
+_IP_PMTUDISC_DO = 2  # linux/in.h; the socket module does not export it
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
+
+
+class _UdpLink:
+    """Sends to clients of one UDP listener."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        try:  # noqa: SIM105 - a plain try is cheaper than suppress() on the data path
+            self.sock.sendto(data, addr)
+        except OSError:
+            pass
+
+
+class _StreamLink:
+    """Sends to the client of one TCP/TLS connection through its writer task."""
+
+    __slots__ = ("channel", "dropped")
+
+    def __init__(self, channel: trio.MemorySendChannel[bytes]) -> None:
+        self.channel = channel
+        self.dropped = 0
+
+    def send(self, data: bytes, addr: Addr) -> None:
+        try:
+            self.channel.send_nowait(data)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self.dropped += 1
+
+
+@dataclass(eq=False, slots=True)
+class Relay:
+    """One relay endpoint: its UDP socket and the client link it answers on."""
+
+    sock: socket.socket
+    link: _UdpLink | _StreamLink
+    client: Addr
+    v6: bool
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A bound listener, as announced on stdout: ``turn listening <proto> <host>:<port>``."""
+
+    proto: str
+    host: str
+    port: int
+
+    def line(self) -> str:
+        """The announcement line the umbrella CLI parses."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"turn listening {self.proto} {host}:{self.port}"
+
+
+def _own_addresses(config: TurnConfig) -> set[str]:
+    hosts = {h for h, _ in config.listen_addresses() + config.tls_addresses()}
+    hosts |= set(config.relay_ip) | set(config.external_ip)
+    if any(h in ("0.0.0.0", "::") for h in hosts):
+        import psutil
+
+        for addrs in psutil.net_if_addrs().values():
+            for a in addrs:
+                if a.family in (socket.AF_INET, socket.AF_INET6):
+                    hosts.add(a.address.split("%", 1)[0])
+    return hosts
+
+
+def build_policy(config: TurnConfig) -> TurnPolicy:
+    """The core's settings from the process configuration."""
+    peer_filter = PeerFilter(
+        own_addresses=_own_addresses(config),
+        allow=config.allow_peer,
+        deny=config.deny_peer,
+        allow_loopback=config.allow_loopback_peers,
+    )
+    return TurnPolicy(
+        realm=config.realm,
+        secrets=tuple(config.secrets()),
+        peer_filter=peer_filter,
+        relay_families=frozenset(config.relay_families()),
+        max_allocations=config.max_allocations,
+        max_allocations_per_user=config.max_allocations_per_user,
+        bandwidth_per_allocation=config.bandwidth,
+        unauthenticated_rate=config.unauthenticated_rate,
+        unauthenticated_burst=config.unauthenticated_burst,
+    )
+
+
+class TurnShell:
+    """Owns the sockets of one TURN process and moves bytes between them and the core."""
+
+    def __init__(self, config: TurnConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self._nursery = nursery
+        self.server: TurnServer[Relay] = TurnServer(build_policy(config), self)
+        self._links: dict[int, _UdpLink | _StreamLink] = {}
+        self._link_ids = itertools.count(1)
+        self._lo, self._hi = config.port_range()
+        self._connections = 0
+
+    # --- RelayPorts ---------------------------------------------------------------------------
+
+    def open(
+        self, family: int, link: int, client: Addr, even_port: bool
+    ) -> tuple[Relay, Addr] | None:
+        """Bind a UDP relay socket on a random free port of ``--relay-ports``."""
+        sender = self._links.get(link)
+        if sender is None:
+            return None
+        bind_ip = self.config.bind_ip(family)
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if hasattr(socket, "IP_MTU_DISCOVER") and family == socket.AF_INET:
+                # Always set DF, which is what DONT-FRAGMENT asks for (RFC 8656 §14.8).
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+            port = self._bind_random_port(sock, bind_ip, even_port)
+        except OSError:
+            sock.close()
+            return None
+        if port is None:
+            sock.close()
+            return None
+        relay = Relay(sock, sender, client, family == socket.AF_INET6)
+        self._nursery.start_soon(self._serve_relay, relay)
+        return relay, (self.config.advertised_ip(family), port)
+
+    def _bind_random_port(self, sock: socket.socket, ip: str, even: bool) -> int | None:
+        lo, hi = self._lo, self._hi
+        for _ in range(_PORT_ATTEMPTS):
+            port = random.randint(lo, hi)
+            if even and port & 1:
+                port = port - 1 if port > lo else port + 1
+                if port > hi:
+                    continue
+            try:
+                sock.bind((ip, port))
+            except OSError:
+                continue
+            return port
+        return None
+
+    def close(self, relay: Relay) -> None:
+        """Stop the relay's task; the task closes the socket on its way out."""
+        relay.scope.cancel()
+
+    # --- relay endpoints ------------------------------------------------------------------------
+
+    async def _serve_relay(self, relay: Relay) -> None:
+        sock = relay.sock
+        receive = self.server.receive_from_peer_untrusted
+        send = relay.link.send
+        client = relay.client
+        v6 = relay.v6
+        try:
+            with relay.scope:
+                while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    now = time.time()
+                    for _ in range(_BATCH):
+                        try:
+                            data, peer = sock.recvfrom(_RECV_SIZE)
+                        except BlockingIOError:
+                            break
+                        except OSError:
+                            continue
+                        if v6:
+                            peer = peer[:2]
+                        out = receive(relay, peer, data, now)
+                        if out is not None:
+                            send(out, client)
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    # --- UDP listeners ------------------------------------------------------------------------
+
+    def bind_udp(self, host: str, port: int) -> tuple[socket.socket, int]:
+        """Bind a UDP listener socket; returns it with its link id."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        link = next(self._link_ids)
+        self._links[link] = _UdpLink(sock)
+        return sock, link
+
+    async def serve_udp(self, sock: socket.socket, link: int) -> None:
+        """Drain datagrams from a UDP listener into the core until cancelled."""
+        receive = self.server.receive_from_client_untrusted
+        sendto = sock.sendto
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                now = time.time()
+                for _ in range(_BATCH):
+                    try:
+                        data, addr = sock.recvfrom(_RECV_SIZE)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        continue
+                    out = receive(link, addr, data, now)
+                    if out is None:
+                        continue
+                    try:
+                        if isinstance(out, bytes):
+                            sendto(out, addr)
+                        else:
+                            relay, peer, payload = out
+                            relay.sock.sendto(payload, peer)
+                    except OSError:
+                        pass
+        finally:
+            self._links.pop(link, None)
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    # --- TCP / TLS ----------------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream, client: Addr) -> None:
+        """Serve one TCP or TLS connection until it closes; its allocation dies with it."""
+        if self._connections >= self.config.max_connections:
+            await trio.aclose_forcefully(stream)
+            return
+        self._connections += 1
+        link = next(self._link_ids)
+        send_channel, receive_channel = trio.open_memory_channel[bytes](_STREAM_QUEUE)
+        self._links[link] = _StreamLink(send_channel)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_write_stream, stream, receive_channel, nursery.cancel_scope)
+                try:
+                    await self._read_stream(stream, link, client, send_channel)
+                except _STREAM_ERRORS:
+                    pass
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._connections -= 1
+            self._links.pop(link, None)
+            self.server.link_closed(link)
+            await trio.aclose_forcefully(stream)
+
+    async def _read_stream(
+        self,
+        stream: trio.abc.Stream,
+        link: int,
+        client: Addr,
+        replies: trio.MemorySendChannel[bytes],
+    ) -> None:
+        framer = StreamFramer()
+        receive = self.server.receive_from_client_untrusted
+        has_allocation = self.server.has_allocation
+        while True:
+            # Connections without an allocation must keep talking or go (slow-loris guard).
+            idle = math.inf if has_allocation(link) else _IDLE_STREAM_TIMEOUT
+            with trio.move_on_after(idle) as idle_scope:
+                data = await stream.receive_some(65536)
+            if idle_scope.cancelled_caught or not data:
+                return
+            try:
+                frames = framer.feed_untrusted(data)
+            except FramingError:
+                return
+            now = time.time()
+            for frame in frames:
+                out = receive(link, client, frame, now, True)
+                if out is None:
+                    continue
+                if isinstance(out, bytes):
+                    with contextlib.suppress(trio.WouldBlock):
+                        replies.send_nowait(out)
+                else:
+                    relay, peer, payload = out
+                    with contextlib.suppress(OSError):
+                        relay.sock.sendto(payload, peer)
+
+
+async def _write_stream(
+    stream: trio.abc.Stream,
+    frames: trio.MemoryReceiveChannel[bytes],
+    connection_scope: trio.CancelScope,
+) -> None:
+    try:
+        async with frames:
+            async for frame in frames:
+                await stream.send_all(frame)
+    except _STREAM_ERRORS:
+        connection_scope.cancel()
+
+
+def _tls_context(config: TurnConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
+
+
+async def serve(
+    config: TurnConfig,
+    announce: Callable[[Listening], None],
+    *,
+    task_status: trio.TaskStatus[TurnShell] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the TURN relay until cancelled; ``announce`` hears of each bound listener."""
+    async with trio.open_nursery() as nursery:
+        shell = TurnShell(config, nursery)
+        try:
+            await _start_listeners(shell, config, nursery, announce)
+            nursery.start_soon(_housekeeping, shell, config.stats_interval)
+            task_status.started(shell)
+            await trio.sleep_forever()
+        finally:
+            shell.server.close()
+            _log_counters(shell)
+
+
+async def _start_listeners(
+    shell: TurnShell,
+    config: TurnConfig,
+    nursery: trio.Nursery,
+    announce: Callable[[Listening], None],
+) -> None:
+    for host, port in config.listen_addresses():
+        sock, link = shell.bind_udp(host, port)
+        udp_port = sock.getsockname()[1]
+        nursery.start_soon(shell.serve_udp, sock, link)
+        announce(Listening("udp", host, udp_port))
+        tcp_port = await _listen_tcp(nursery, shell, host, port or udp_port, None, port == 0)
+        announce(Listening("tcp", host, tcp_port))
+    if config.tls_listen:
+        context = _tls_context(config)
+        for host, port in config.tls_addresses():
+            tls_port = await _listen_tcp(nursery, shell, host, port, context, False)
+            announce(Listening("tls", host, tls_port))
+
+
+async def _listen_tcp(
+    nursery: trio.Nursery,
+    shell: TurnShell,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+    any_port_ok: bool,
+) -> int:
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError:
+        if not any_port_ok:
+            raise
+        listeners = await trio.open_tcp_listeners(0, host=host)
+    listener = listeners[0]
+    bound_port: int = listener.socket.getsockname()[1]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        try:
+            client: Addr = stream.socket.getpeername()[:2]
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        if context is None:
+            await shell.handle_stream(stream, client)
+        else:
+            tls = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
+            await shell.handle_stream(tls, client)
+
+    nursery.start_soon(_serve_listener, listener, handler)
+    return bound_port
+
+
+async def _serve_listener(
+    listener: trio.SocketListener, handler: Callable[[trio.SocketStream], Awaitable[None]]
+) -> None:
+    async with listener, trio.open_nursery() as nursery:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError:
+                await trio.sleep(0.1)  # EMFILE and friends: back off instead of spinning
+                continue
+            nursery.start_soon(handler, stream)
+
+
+async def _housekeeping(shell: TurnShell, stats_interval: float) -> None:
+    last_stats = time.monotonic()
+    while True:
+        await trio.sleep(1.0)
+        shell.server.expire(time.time())
+        if stats_interval and time.monotonic() - last_stats >= stats_interval:
+            last_stats = time.monotonic()
+            _log_counters(shell)
+
+
+def _log_counters(shell: TurnShell) -> None:
+    snapshot = shell.server.counters.snapshot(shell.server.allocation_count)
+    log.info("turn counters %s", " ".join(f"{k}={v}" for k, v in snapshot.items()))
