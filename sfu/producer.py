@@ -1,0 +1,210 @@
+"""Producer: one incoming track (mediasoup's term) and its per-stream receive state.
+
+A producer owns one RTP stream per simulcast layer (one for audio). For each stream it keeps
+RFC 3550 Appendix A.3/A.8 reception statistics (for receiver reports and loss figures) and
+a packet cache that answers NACKs (RFC 4585 §6.2.1) with retransmissions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sfu.rtcp import ReportBlock
+
+__all__ = ["KEYFRAME_REQUEST_INTERVAL", "PacketCache", "Producer", "ReceiveStatistics"]
+
+# RFC 4585 leaves the rate to the implementation; one key-frame request per second per
+# producer is what the issue asks and what mediasoup and Jitsi settle on.
+KEYFRAME_REQUEST_INTERVAL = 1.0
+
+
+class PacketCache:
+    """The last ``size`` packets of one RTP stream by sequence number, for retransmission.
+
+    A fixed ring of slots indexed by ``seq % size``: storing costs no allocation beyond the
+    packet bytes the caller already holds, and a stale slot is detected by its stored seq.
+    """
+
+    __slots__ = ("_mask", "_packets", "_seqs")
+
+    def __init__(self, size: int = 1024) -> None:
+        if size & (size - 1):
+            raise ValueError("cache size must be a power of two")
+        self._mask = size - 1
+        self._seqs = [-1] * size
+        self._packets: list[bytes | None] = [None] * size
+
+    def store(self, seq: int, packet: bytes) -> None:
+        """Remember ``packet`` (clear RTP bytes) under its sequence number."""
+        slot = seq & self._mask
+        self._seqs[slot] = seq
+        self._packets[slot] = packet
+
+    def get(self, seq: int) -> bytes | None:
+        """The cached packet with this sequence number, if it has not been overwritten."""
+        slot = seq & self._mask
+        if self._seqs[slot] != seq:
+            return None
+        return self._packets[slot]
+
+
+class ReceiveStatistics:
+    """Per-source reception statistics of RFC 3550 Appendix A.1, A.3 and A.8."""
+
+    __slots__ = (
+        "_bad_seq",
+        "_base_seq",
+        "_cycles",
+        "_expected_prior",
+        "_jitter",
+        "_last_sr",
+        "_last_sr_arrival",
+        "_last_transit",
+        "_max_seq",
+        "_received_prior",
+        "bytes",
+        "clock_rate",
+        "received",
+        "ssrc",
+    )
+
+    def __init__(self, ssrc: int, clock_rate: int) -> None:
+        self.ssrc = ssrc
+        self.clock_rate = clock_rate
+        self.received = 0
+        self.bytes = 0
+        self._base_seq = -1
+        self._max_seq = 0
+        self._cycles = 0
+        self._bad_seq = -1
+        self._expected_prior = 0
+        self._received_prior = 0
+        self._jitter = 0.0
+        self._last_transit: float | None = None
+        self._last_sr = 0
+        self._last_sr_arrival = 0.0
+
+    def update(self, seq: int, timestamp: int, size: int, now: float) -> None:
+        """Account one received packet (A.1 sequence tracking, A.8 interarrival jitter)."""
+        self.received += 1
+        self.bytes += size
+        if self._base_seq < 0:
+            self._base_seq = seq
+            self._max_seq = seq
+        else:
+            delta = (seq - self._max_seq) & 0xFFFF
+            if 0 < delta < 0x8000:
+                if seq < self._max_seq:
+                    self._cycles += 1 << 16
+                self._max_seq = seq
+            elif delta >= 0xFFFF - 3000 or delta == 0:
+                pass  # duplicate or reordered packet: counted, does not move the maximum
+            elif seq == self._bad_seq:
+                # Two in a row after a big jump: the sender restarted (A.1); resynchronise.
+                self._base_seq = seq
+                self._max_seq = seq
+                self._cycles = 0
+                self.received = 1
+                self._expected_prior = self._received_prior = 0
+            else:
+                self._bad_seq = (seq + 1) & 0xFFFF
+        transit = now * self.clock_rate - timestamp
+        if self._last_transit is not None:
+            d = abs(transit - self._last_transit)
+            self._jitter += (d - self._jitter) / 16
+        self._last_transit = transit
+
+    @property
+    def extended_max(self) -> int:
+        """Highest sequence number received, extended with the wrap count."""
+        return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        """Packets expected so far (A.3)."""
+        if self._base_seq < 0:
+            return 0
+        return self.extended_max - self._base_seq + 1
+
+    @property
+    def lost(self) -> int:
+        """Cumulative loss (A.3): gaps in sequence numbers only, so DTX is never loss."""
+        return max(0, self.expected - self.received)
+
+    def on_sender_report(self, ntp_timestamp: int, now: float) -> None:
+        """Remember the middle 32 bits of an SR's NTP time for LSR/DLSR (§6.4.1)."""
+        self._last_sr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        self._last_sr_arrival = now
+
+    def report_block(self, now: float) -> ReportBlock:
+        """A reception report block for an RR; resets the interval counters (A.3)."""
+        expected = self.expected
+        expected_interval = expected - self._expected_prior
+        received_interval = self.received - self._received_prior
+        self._expected_prior = expected
+        self._received_prior = self.received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval > 0 and lost_interval > 0:
+            fraction = min(255, (lost_interval << 8) // expected_interval)
+        dlsr = 0
+        if self._last_sr:
+            dlsr = int((now - self._last_sr_arrival) * 65536) & 0xFFFFFFFF
+        return ReportBlock(
+            ssrc=self.ssrc,
+            fraction_lost=fraction,
+            packets_lost=self.lost,
+            highest_sequence=self.extended_max & 0xFFFFFFFF,
+            jitter=int(self._jitter),
+            last_sr=self._last_sr,
+            delay_since_last_sr=dlsr,
+        )
+
+
+@dataclass(eq=False)
+class Producer:
+    """One incoming track of a transport.
+
+    ``streams`` maps each SSRC to its simulcast layer (0 for audio and single-layer video);
+    ``rids`` maps RFC 8851 rids to layers for streams whose SSRC is learnt from the ``rid``
+    header extension of the first packet (the offer usually omits ``a=ssrc`` with simulcast).
+    """
+
+    id: str
+    kind: str
+    transport_id: str
+    payload_type: int
+    clock_rate: int
+    streams: dict[int, int] = field(default_factory=dict)
+    rids: dict[str, int] = field(default_factory=dict)
+    rtx_payload_type: int | None = None
+    paused: bool = False
+    muted: bool = False
+    caches: dict[int, PacketCache] = field(default_factory=dict)
+    statistics: dict[int, ReceiveStatistics] = field(default_factory=dict)
+    layer_bitrates: dict[int, float] = field(default_factory=dict)
+    last_keyframe_request: float = float("-inf")
+    rtx_sequence: int = 0
+
+    def add_stream(self, ssrc: int, layer: int) -> None:
+        """Start receiving ``ssrc`` as simulcast ``layer``."""
+        self.streams[ssrc] = layer
+        self.caches[ssrc] = PacketCache()
+        self.statistics[ssrc] = ReceiveStatistics(ssrc, self.clock_rate)
+
+    @property
+    def forwarding(self) -> bool:
+        """Whether packets of this producer reach consumers (not paused, not muted)."""
+        return not (self.paused or self.muted)
+
+    def keyframe_request_due(self, now: float) -> bool:
+        """True at most once per :data:`KEYFRAME_REQUEST_INTERVAL`; records the request."""
+        if now - self.last_keyframe_request < KEYFRAME_REQUEST_INTERVAL:
+            return False
+        self.last_keyframe_request = now
+        return True
+
+    def retransmission(self, ssrc: int, seq: int) -> bytes | None:
+        """The cached clear packet for a NACKed sequence number, if still held."""
+        cache = self.caches.get(ssrc)
+        return cache.get(seq) if cache is not None else None
