@@ -1,0 +1,128 @@
+"""Encrypted key backup: identity, prekeys and sessions under a passphrase.
+
+The passphrase is stretched with Argon2id (RFC 9106, libsodium's ``crypto_pwhash``, via
+pynacl) with a random 16-byte salt; the 32-byte result keys XSalsa20-Poly1305
+(libsodium's ``secretbox``) with a random 24-byte nonce. The Argon2id parameters travel in
+the backup, so they can be raised later, and are bounded on import so a crafted backup
+cannot make a client allocate unbounded memory. Changing any parameter changes the key,
+so tampering fails authentication.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+
+from nacl import pwhash
+from nacl.exceptions import CryptoError
+from nacl.secret import SecretBox
+
+from e2ee import _wire
+from e2ee._primitives import random_bytes
+from e2ee.errors import DecodeError, DecryptionFailed, E2EEError
+from e2ee.identity import IdentityKeyPair, PreKeyStore
+from e2ee.session import Session
+
+__all__ = ["BackupContents", "export_backup", "import_backup"]
+
+MAX_SESSIONS = 10_000
+MAX_LABEL = 255
+MAX_BACKUP_BYTES = 16 * 1024 * 1024
+_OPS_RANGE = (pwhash.argon2id.OPSLIMIT_MIN, pwhash.argon2id.OPSLIMIT_SENSITIVE)
+_MEM_RANGE = (pwhash.argon2id.MEMLIMIT_MIN, pwhash.argon2id.MEMLIMIT_MODERATE)
+
+
+@dataclass(slots=True)
+class BackupContents:
+    """What a backup restores: the identity, the prekey store and pairwise sessions.
+
+    ``sessions`` maps an application label (e.g. "<user id>/<device id>") to a session.
+    """
+
+    identity: IdentityKeyPair
+    prekeys: PreKeyStore | None = None
+    sessions: dict[str, Session] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        """Encode the plaintext of a backup."""
+        return _wire.pack(
+            [
+                _wire.TAG_BACKUP_PAYLOAD,
+                _wire.VERSION,
+                self.identity.seed,
+                None if self.prekeys is None else self.prekeys.serialize(),
+                {label: s.serialize() for label, s in self.sessions.items()},
+            ]
+        )
+
+    @classmethod
+    def decode_untrusted(cls, data: bytes) -> BackupContents:
+        """Decode and validate a backup plaintext (every session is fully checked)."""
+        f = _wire.unpack_untrusted(
+            data,
+            _wire.TAG_BACKUP_PAYLOAD,
+            max_bytes=MAX_BACKUP_BYTES,
+            max_items=MAX_SESSIONS,
+            min_fields=5,
+            max_fields=5,
+        )
+        identity = IdentityKeyPair(_wire.get_bytes(f[2], "identity_seed", size=32))
+        prekeys = None
+        if f[3] is not None:
+            prekeys = PreKeyStore.restore_untrusted(_wire.get_bytes(f[3], "prekeys"))
+            if prekeys.identity.public != identity.public:
+                raise DecodeError("prekey store belongs to another identity")
+        if not isinstance(f[4], dict):
+            raise DecodeError("sessions must be a map")
+        sessions: dict[str, Session] = {}
+        for label, blob in f[4].items():
+            name = _wire.get_str(label, "session label", max_len=MAX_LABEL)
+            sessions[name] = Session.restore_untrusted(_wire.get_bytes(blob, "session"))
+        return cls(identity, prekeys, sessions)
+
+
+def _key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
+    if not isinstance(passphrase, str) or not 1 <= len(passphrase) <= 1024:
+        raise E2EEError("passphrase must be a string of 1..1024 characters")
+    # NFKC so the same passphrase typed on different keyboards derives the same key.
+    secret = unicodedata.normalize("NFKC", passphrase).encode("utf-8")
+    return pwhash.argon2id.kdf(
+        SecretBox.KEY_SIZE, secret, salt, opslimit=opslimit, memlimit=memlimit
+    )
+
+
+def export_backup(
+    contents: BackupContents,
+    passphrase: str,
+    *,
+    opslimit: int = pwhash.argon2id.OPSLIMIT_MODERATE,
+    memlimit: int = pwhash.argon2id.MEMLIMIT_MODERATE,
+) -> bytes:
+    """Encrypt ``contents`` under ``passphrase``: ``[10, 1, salt, ops, mem, nonce, ct]``."""
+    if not _OPS_RANGE[0] <= opslimit <= _OPS_RANGE[1]:
+        raise E2EEError("opslimit out of range")
+    if not _MEM_RANGE[0] <= memlimit <= _MEM_RANGE[1]:
+        raise E2EEError("memlimit out of range")
+    salt = random_bytes(pwhash.argon2id.SALTBYTES)
+    nonce = random_bytes(SecretBox.NONCE_SIZE)
+    box = SecretBox(_key(passphrase, salt, opslimit, memlimit))
+    ct = box.encrypt(contents.encode(), nonce).ciphertext
+    return _wire.pack([_wire.TAG_BACKUP, _wire.VERSION, salt, opslimit, memlimit, nonce, ct])
+
+
+def import_backup(data: bytes, passphrase: str) -> BackupContents:
+    """Decrypt and validate a backup; a wrong passphrase raises DecryptionFailed."""
+    f = _wire.unpack_untrusted(
+        data, _wire.TAG_BACKUP, max_bytes=MAX_BACKUP_BYTES + 1024, min_fields=7, max_fields=7
+    )
+    salt = _wire.get_bytes(f[2], "salt", size=pwhash.argon2id.SALTBYTES)
+    opslimit = _wire.get_int(f[3], "opslimit", *_OPS_RANGE)
+    memlimit = _wire.get_int(f[4], "memlimit", *_MEM_RANGE)
+    nonce = _wire.get_bytes(f[5], "nonce", size=SecretBox.NONCE_SIZE)
+    ct = _wire.get_bytes(f[6], "ciphertext", max_len=MAX_BACKUP_BYTES)
+    box = SecretBox(_key(passphrase, salt, opslimit, memlimit))
+    try:
+        plaintext = box.decrypt(ct, nonce)
+    except (CryptoError, ValueError, TypeError):
+        raise DecryptionFailed("wrong passphrase or corrupted backup") from None
+    return BackupContents.decode_untrusted(plaintext)
