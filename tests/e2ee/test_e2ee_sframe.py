@@ -31,7 +31,11 @@ h = bytes.fromhex
 def test_header_vector_encodes_and_decodes_exactly(v: dict[str, Any]) -> None:
     assert sframe.encode_header(v["kid"], v["ctr"]).hex() == v["encoded"]
     encoded = h(v["encoded"])
-    assert sframe.decode_header_untrusted(encoded + b"payload") == (v["kid"], v["ctr"], len(encoded))
+    assert sframe.decode_header_untrusted(encoded + b"payload") == (
+        v["kid"],
+        v["ctr"],
+        len(encoded),
+    )
 
 
 @pytest.mark.parametrize("v", VECTORS["aes_ctr_hmac"], ids=lambda v: f"suite{v['cipher_suite']}")
