@@ -13,8 +13,15 @@ from quart_trio import QuartTrio
 from hushroom import __version__, node_link
 from hushroom.secrets_file import read_secret_file
 
+from .api import build_api
+from .bus import LocalBus
 from .config import ControlConfig
+from .errors import register_error_handlers
+from .gateway.hub import GatewayHub
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
+from .ratelimit import RateLimiter
+from .state import EXTENSION, ControlState
+from .store import Database
 
 __all__ = ["create_app"]
 
@@ -28,9 +35,32 @@ def create_app(config: ControlConfig) -> QuartTrio:
     """Build the application for ``config``; every piece of state hangs off the app."""
     app = QuartTrio("control")
     app.config["HUSHROOM"] = config
+    # Quart refuses larger bodies before a handler runs; routes apply their own lower limits.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     node_secrets = read_secret_file(config.resolved_node_secret_file)
     registry = NodeRegistry()
     app.extensions["hushroom.nodes"] = registry
+    bus = LocalBus()
+    state = ControlState(
+        config=config,
+        db=Database(config.resolved_database_url),
+        bus=bus,
+        limiter=RateLimiter(config.rate_per_s, config.rate_burst),
+        hub=GatewayHub(bus, config.resume_window_s),
+    )
+    app.extensions[EXTENSION] = state
+    register_error_handlers(app)
+    api = build_api()
+    app.register_blueprint(api.blueprint)
+
+    @app.before_serving
+    async def open_store() -> None:
+        version = await state.db.migrate()
+        log.info("database schema at version %d", version)
+
+    @app.after_serving
+    async def close_store() -> None:
+        state.db.close()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

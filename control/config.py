@@ -17,6 +17,12 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be positive")
+    return value
+
+
 def _check_log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -35,6 +41,31 @@ class ControlConfig:
         "(default: DATA_DIR/node-secret, created on first start)",
     )
     log_level: str = option("info", help="debug, info, warning or error", check=_check_log_level)
+    database_url: str | None = option(
+        None,
+        env="HUSHROOM_DATABASE_URL",
+        help="SQLAlchemy URL of the database (default: SQLite file DATA_DIR/control.sqlite3)",
+    )
+    session_ttl_s: int = option(30 * 86400, help="lifetime of a session token", check=_positive)
+    envelope_ttl_s: int = option(
+        30 * 86400, help="queued envelopes older than this are purged", check=_positive
+    )
+    max_body_bytes: int = option(
+        256 * 1024, help="largest request body accepted (larger: 413)", check=_positive
+    )
+    rate_per_s: float = option(
+        50.0, help="sustained requests per second per token (and per device)", check=_positive
+    )
+    rate_burst: int = option(200, help="requests a token may burst above the rate", check=_positive)
+    heartbeat_interval_ms: int = option(
+        41250, help="gateway heartbeat interval announced in HELLO", check=_positive
+    )
+    resume_window_s: int = option(
+        120, help="how long a dropped gateway session may RESUME", check=_positive
+    )
+    purge_interval_s: float = option(
+        60.0, help="seconds between runs of the retention purger", check=_positive
+    )
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -45,6 +76,13 @@ class ControlConfig:
     def resolved_node_secret_file(self) -> Path:
         """Where the node secret lives."""
         return self.node_secret_file or self.data_dir / "node-secret"
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database to open: ``database_url`` or the SQLite file under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+pysqlite:///{self.data_dir / 'control.sqlite3'}"
 
     def validate(self) -> None:
         """Cross-field checks that a single field's check cannot make."""

@@ -1,0 +1,24 @@
+"""The REST API under ``/api/v1``: one route registry per area, one OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._routing import Api, Call, Caller, Reply
+from .accounts import register_routes as _accounts
+from .openapi import openapi_document
+
+__all__ = ["Api", "Call", "Caller", "Reply", "build_api"]
+
+
+def build_api() -> Api:
+    """A fresh registry holding every route of the API, and the document describing it."""
+    api = Api()
+    _accounts(api)
+    document = openapi_document(api)
+
+    @api.blueprint.get("/openapi.json")
+    async def openapi() -> dict[str, Any]:
+        return document
+
+    return api

@@ -1,0 +1,66 @@
+"""The event bus: how a state change reaches every gateway hub of the deployment.
+
+An :class:`Event` carries its audience, resolved by the publisher at publish time with the
+permission function (so permission changes apply to the very next event). Hubs subscribe
+and deliver to their local sessions. :class:`LocalBus` serves one process; a Redis pub/sub
+bus implements the same :class:`EventBus` protocol when several control instances share a
+deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Event", "EventBus", "LocalBus"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A dispatch ``t`` with payload ``d`` for the listed users and/or devices."""
+
+    type: str
+    data: dict[str, Any]
+    user_ids: frozenset[str] = field(default_factory=frozenset)
+    device_ids: frozenset[str] = field(default_factory=frozenset)
+
+
+Handler = Callable[[Event], None]
+
+
+class EventBus(Protocol):
+    """Publish events to every subscribed hub of the deployment."""
+
+    async def publish(self, event: Event) -> None:
+        """Deliver ``event`` to every subscriber (ordered per publisher)."""
+
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        """Call ``handler`` for each event; return a function that unsubscribes."""
+
+
+class LocalBus:
+    """The in-process bus: publishing calls every subscriber synchronously, in order."""
+
+    def __init__(self) -> None:
+        self._handlers: list[Handler] = []
+
+    async def publish(self, event: Event) -> None:
+        """Hand ``event`` to each subscriber; handlers never block."""
+        for handler in list(self._handlers):
+            handler(event)
+
+    async def publish_many(self, events: Iterable[Event]) -> None:
+        """Publish several events in order."""
+        for event in events:
+            await self.publish(event)
+
+    def subscribe(self, handler: Handler) -> Callable[[], None]:
+        """Register ``handler``; the returned function removes it."""
+        self._handlers.append(handler)
+
+        def unsubscribe() -> None:
+            if handler in self._handlers:
+                self._handlers.remove(handler)
+
+        return unsubscribe

@@ -1,0 +1,168 @@
+"""Typed API errors, and the one place that maps them to HTTP statuses and wire codes.
+
+Every error leaves the server as ``{"error": {"code": "...", "message": "..."}}`` (JSON or
+msgpack as negotiated), optionally with extra members such as the current device list of a
+stale fan-out. Unknown exceptions become a bare 500 ``internal`` without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+__all__ = [
+    "ApiError",
+    "BadRequest",
+    "Conflict",
+    "Forbidden",
+    "Gone",
+    "InvalidBody",
+    "NotAcceptable",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "StaleDevices",
+    "Unauthorized",
+    "UnsupportedMediaType",
+    "register_error_handlers",
+]
+
+log = logging.getLogger("control.errors")
+
+
+class ApiError(Exception):
+    """Base of every error the API reports; subclasses fix ``status`` and ``code``."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        """The wire form of this error."""
+        return {"error": {"code": self.code, "message": self.message, **self.extra}}
+
+
+class BadRequest(ApiError):
+    """The request is malformed in a way no more specific error names."""
+
+
+class InvalidBody(ApiError):
+    """The body does not match the endpoint's schema (missing, unknown or mistyped field)."""
+
+    code = "invalid_body"
+
+
+class Unauthorized(ApiError):
+    """No valid session token, or a signature that does not prove key possession."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    """Authenticated, but the permission function or hierarchy says no."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ApiError):
+    """No such resource, or one the caller may not know exists."""
+
+    status = 404
+    code = "not_found"
+
+
+class NotAcceptable(ApiError):
+    """The Accept header asks for a representation the server does not produce."""
+
+    status = 406
+    code = "not_acceptable"
+
+
+class Conflict(ApiError):
+    """The request conflicts with the current state (taken handle, last device, ...)."""
+
+    status = 409
+    code = "conflict"
+
+
+class StaleDevices(Conflict):
+    """An envelope fan-out names a device list that is not the recipient's current one."""
+
+    code = "stale_devices"
+
+
+class Gone(ApiError):
+    """The resource existed but no longer applies (expired challenge or invite)."""
+
+    status = 410
+    code = "gone"
+
+
+class PayloadTooLarge(ApiError):
+    """The body is larger than the endpoint accepts."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    """The body is neither JSON nor msgpack."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(ApiError):
+    """Too many requests for this token or device; ``retry_after`` says when to retry."""
+
+    status = 429
+    code = "rate_limited"
+
+
+#: Wire codes of the HTTP errors Quart and Werkzeug raise themselves.
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def register_error_handlers(app: QuartTrio) -> None:
+    """Map every exception a request can raise to the error body (the only such place)."""
+    from .wire import encode_response
+
+    @app.errorhandler(ApiError)
+    async def api_error(exc: ApiError) -> Response:
+        response = encode_response(exc.body(), exc.status)
+        if isinstance(exc, RateLimited) and "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(int(exc.extra["retry_after"]) + 1)
+        return response
+
+    @app.errorhandler(HTTPException)
+    async def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = exc.description or code
+        return encode_response({"error": {"code": code, "message": message}}, status)
+
+    @app.errorhandler(Exception)
+    async def internal_error(exc: Exception) -> Response:
+        # The traceback names code paths only; request data never reaches the log here.
+        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
+        body = {"error": {"code": "internal", "message": "internal server error"}}
+        return encode_response(body, 500)

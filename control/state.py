@@ -1,0 +1,38 @@
+"""The per-application state every handler reaches through :func:`get_state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from quart import current_app
+
+from .bus import LocalBus
+from .config import ControlConfig
+from .ratelimit import RateLimiter
+from .store import Database
+
+if TYPE_CHECKING:
+    from .gateway.hub import GatewayHub
+
+__all__ = ["ControlState", "get_state"]
+
+EXTENSION = "hushroom.control"
+
+
+@dataclass
+class ControlState:
+    """Everything one control process holds: config, store, bus, limits and live sessions."""
+
+    config: ControlConfig
+    db: Database
+    bus: LocalBus
+    limiter: RateLimiter
+    hub: GatewayHub
+
+
+def get_state() -> ControlState:
+    """The state of the application serving the current request."""
+    state = current_app.extensions[EXTENSION]
+    assert isinstance(state, ControlState)
+    return state

@@ -1,0 +1,205 @@
+"""The error model: one body shape, right statuses, JSON and msgpack, never a 5xx."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import msgpack
+from conftest import Harness, User, make_config
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from control.app import create_app
+
+
+def assert_error(status: int, body: Any, expected: int, code: str | None = None) -> None:
+    assert status == expected, (status, body)
+    assert set(body) == {"error"}
+    assert isinstance(body["error"]["code"], str) and isinstance(body["error"]["message"], str)
+    if code is not None:
+        assert body["error"]["code"] == code
+
+
+async def test_unknown_route_is_a_json_404(harness: Harness) -> None:
+    status, body = await harness.call("GET", "/api/v1/nothing-here")
+    assert_error(status, body, 404, "not_found")
+
+
+async def test_wrong_method_is_a_405_with_the_error_body(harness: Harness) -> None:
+    status, body = await harness.call("DELETE", "/api/v1/auth/challenge")
+    assert_error(status, body, 405, "method_not_allowed")
+
+
+async def test_malformed_json_is_a_400(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST",
+        "/api/v1/auth/challenge",
+        data=b"{nope",
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(status, body, 400, "invalid_body")
+
+
+async def test_unknown_fields_are_refused(harness: Harness) -> None:
+    status, body = await harness.call("POST", "/api/v1/auth/challenge", json={"extra": 1})
+    assert_error(status, body, 400, "invalid_body")
+    assert "extra" in body["error"]["message"]
+
+
+async def test_wrong_types_are_refused(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST", "/api/v1/auth/login", json={"identity_key": 5, "challenge": "", "signature": []}
+    )
+    assert_error(status, body, 400, "invalid_body")
+
+
+async def test_other_media_types_are_a_415(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST", "/api/v1/auth/challenge", data=b"a=b", headers={"Content-Type": "text/plain"}
+    )
+    assert_error(status, body, 415, "unsupported_media_type")
+
+
+async def test_huge_bodies_are_a_413(harness: Harness) -> None:
+    big = b"[" + b"0," * 200_000 + b"0]"
+    status, body = await harness.call(
+        "POST", "/api/v1/auth/challenge", data=big, headers={"Content-Type": "application/json"}
+    )
+    assert_error(status, body, 413, "payload_too_large")
+
+
+async def test_msgpack_in_and_out(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST",
+        "/api/v1/auth/challenge",
+        data=msgpack.packb({}),
+        headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+    )
+    assert status == 200
+    assert isinstance(body["challenge"], bytes) and len(body["challenge"]) == 32
+
+
+async def test_msgpack_errors_are_msgpack_error_bodies(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST",
+        "/api/v1/auth/challenge",
+        data=b"\xc1",
+        headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+    )
+    assert_error(status, body, 400, "invalid_body")
+
+
+async def test_json_nan_is_refused(harness: Harness) -> None:
+    status, body = await harness.call(
+        "POST",
+        "/api/v1/auth/login",
+        data=b'{"identity_key": NaN}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_error(status, body, 400, "invalid_body")
+
+
+async def test_rate_limit_is_per_token(tmp_path: Any) -> None:
+    app = create_app(make_config(tmp_path, rate_per_s=1.0, rate_burst=3))
+    async with app.test_app():
+        harness = Harness(app)
+        # Registration itself spends the public buckets; give them time by using one user.
+        ann = await harness.register("ann")
+        statuses = [(await harness.call("GET", "/api/v1/users/@me", ann))[0] for _ in range(5)]
+        assert 429 in statuses
+        status, body = await harness.call("GET", "/api/v1/users/@me", ann)
+        assert_error(status, body, 429, "rate_limited")
+
+
+async def test_openapi_document_lists_every_route(harness: Harness) -> None:
+    status, doc = await harness.call("GET", "/api/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.1")
+    api_rules = {
+        (method, rule.rule)
+        for rule in harness.app.url_map.iter_rules()
+        if rule.rule.startswith("/api/v1/") and rule.rule != "/api/v1/openapi.json"
+        for method in rule.methods or ()
+        if method not in ("HEAD", "OPTIONS")
+    }
+    documented = {
+        (method.upper(), path.replace("{", "<").replace("}", ">"))
+        for path, ops in doc["paths"].items()
+        for method in ops
+    }
+    assert api_rules - {("GET", "/api/v1/gateway")} == documented
+
+
+# --- fuzzing every documented endpoint -------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _routes(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    out = []
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            out.append((method.upper(), path, op))
+    return out
+
+
+async def _fuzz_once(
+    harness: Harness, user: User, route: tuple[str, str, dict[str, Any]], body: bytes, ctype: str
+) -> None:
+    method, path, _op = route
+    concrete = path
+    for name in (
+        "user_id",
+        "device_id",
+        "guild_id",
+        "channel_id",
+        "role_id",
+        "message_id",
+        "code",
+        "handle",
+        "envelope_id",
+    ):
+        concrete = concrete.replace("{" + name + "}", "x0")
+    status, reply = await harness.call(
+        method, concrete, user, data=body, headers={"Content-Type": ctype}
+    )
+    assert status < 500, (method, path, status, reply)
+    if status >= 400:
+        assert set(reply) == {"error"}, reply
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+async def test_fuzzed_bodies_never_cause_a_server_error(harness: Harness, data: Any) -> None:
+    app_state = harness.app.extensions["hushroom.control"]
+    app_state.limiter.burst = app_state.limiter.rate = 1e9
+    if not hasattr(harness, "fuzz_user"):
+        harness.fuzz_user = await harness.register("fuzz" + secrets.token_hex(4))  # type: ignore[attr-defined]
+        _, harness.fuzz_doc = await harness.call("GET", "/api/v1/openapi.json")  # type: ignore[attr-defined]
+    routes = _routes(harness.fuzz_doc)  # type: ignore[attr-defined]
+    route = data.draw(st.sampled_from(routes))
+    kind = data.draw(st.sampled_from(["json", "msgpack", "garbage", "unknown", "huge"]))
+    value = data.draw(json_values)
+    if kind == "json":
+        body, ctype = json.dumps(value).encode(), "application/json"
+    elif kind == "msgpack":
+        body, ctype = msgpack.packb(value), "application/msgpack"
+    elif kind == "garbage":
+        body = data.draw(st.binary(min_size=1, max_size=64))
+        ctype = data.draw(st.sampled_from(["application/json", "application/msgpack"]))
+    elif kind == "unknown":
+        body, ctype = json.dumps({"surprise": value}).encode(), "application/json"
+    else:
+        body, ctype = b'"' + b"a" * 300_000 + b'"', "application/json"
+    await _fuzz_once(harness, harness.fuzz_user, route, body, ctype)  # type: ignore[attr-defined]

@@ -1,0 +1,79 @@
+"""The store: migrations, SQLite settings, retention rules and serialised writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+import trio
+
+from control.store import MIGRATIONS, RETENTION, Database, metadata, sqlite_url
+from control.store import schema as t
+
+
+async def test_migrations_create_every_table_and_are_idempotent(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    assert await db.migrate() == MIGRATIONS[-1][0]
+    assert await db.migrate() == MIGRATIONS[-1][0]
+    names = await db.read(lambda conn: set(sa.inspect(conn).get_table_names()))
+    assert names == set(metadata.tables)
+    db.close()
+
+
+def test_every_table_has_a_retention_rule() -> None:
+    assert set(RETENTION) == set(metadata.tables)
+
+
+async def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    def pragmas(conn: sa.Connection) -> tuple[str, int]:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        keys = conn.exec_driver_sql("PRAGMA foreign_keys").scalar()
+        return str(mode), int(keys or 0)
+
+    assert await db.read(pragmas) == ("wal", 1)
+    db.close()
+
+
+async def test_deleting_a_user_cascades_to_devices(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    def seed(conn: sa.Connection) -> None:
+        conn.execute(sa.insert(t.users).values(id="u1", handle="ann", created_day=1))
+        conn.execute(
+            sa.insert(t.devices).values(
+                id="d1", user_id="u1", identity_key=b"k" * 32, created_day=1, last_seen_day=1
+            )
+        )
+
+    await db.write(seed)
+    await db.write(lambda conn: conn.execute(sa.delete(t.users).where(t.users.c.id == "u1")))
+    count = await db.read(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(t.devices)).scalar()
+    )
+    assert count == 0
+    db.close()
+
+
+async def test_concurrent_writes_are_serialised_and_all_commit(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    async def add(i: int) -> None:
+        await db.write(
+            lambda conn: conn.execute(
+                sa.insert(t.users).values(id=f"u{i}", handle=f"h{i}", created_day=1)
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(add, i)
+    count = await db.read(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(t.users)).scalar()
+    )
+    assert count == 40
+    db.close()
