@@ -1,0 +1,124 @@
+"""Media frames (clear codec bytes bound into the AAD) and media key lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2ee import (
+    Codec,
+    DecryptedMessage,
+    MediaKey,
+    MediaKeyReceiver,
+    MediaKeySender,
+    MessageType,
+    SFrameReceiver,
+    SFrameSender,
+    protect_frame,
+    unprotect_frame,
+)
+from e2ee.errors import DecodeError, DecryptionFailed, E2EEError, UnknownKey, WrongMessageType
+from e2ee.media import make_kid, split_kid
+
+OPUS = bytes([0x78]) + b"opus payload bytes" * 8
+VP8_KEY = bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0xE0, 0x01]) + b"k" * 100
+VP8_DELTA = bytes([0x31, 0x04, 0x00]) + b"d" * 60
+
+
+def _sframe_pair() -> tuple[SFrameSender, SFrameReceiver]:
+    receiver = SFrameReceiver(4)
+    receiver.add_key(3, b"m" * 16)
+    return SFrameSender(4, b"m" * 16, 3), receiver
+
+
+@pytest.mark.parametrize(
+    ("codec", "frame", "clear"),
+    [(Codec.OPUS, OPUS, 1), (Codec.VP8, VP8_KEY, 10), (Codec.VP8, VP8_DELTA, 3)],
+)
+def test_codec_bytes_stay_clear_and_are_authenticated(
+    codec: Codec, frame: bytes, clear: int
+) -> None:
+    sender, receiver = _sframe_pair()
+    protected = protect_frame(sender, codec, frame)
+    assert protected[:clear] == frame[:clear]
+    assert frame[clear:] not in protected
+    assert unprotect_frame(receiver, codec, protected) == frame
+    tampered = bytearray(protect_frame(sender, codec, frame))
+    tampered[clear - 1] ^= 0x40  # an SFU rewriting a clear byte is detected
+    with pytest.raises(E2EEError):
+        unprotect_frame(receiver, codec, bytes(tampered))
+
+
+def test_too_short_frames_are_refused() -> None:
+    sender, receiver = _sframe_pair()
+    with pytest.raises(DecodeError):
+        protect_frame(sender, Codec.VP8, VP8_KEY[:5])
+    with pytest.raises(DecodeError):
+        unprotect_frame(receiver, Codec.OPUS, b"\x78")
+
+
+def test_kid_carries_sender_index_and_generation() -> None:
+    assert split_kid(make_kid(5, 9)) == (5, 9)
+    sender = MediaKeySender(5)
+    assert split_kid(sender.kid) == (5, 0)
+
+
+def _install(receiver: MediaKeyReceiver, key: MediaKey, now: float = 0.0) -> None:
+    receiver.install(
+        MediaKey.from_pairwise(DecryptedMessage(MessageType.MEDIA_KEY, b"call", key.encode())),
+        now=now,
+    )
+
+
+def test_media_key_must_come_from_a_pairwise_media_key_message() -> None:
+    key = MediaKeySender(1).current_key()
+    with pytest.raises(WrongMessageType):
+        MediaKey.from_pairwise(DecryptedMessage(MessageType.TEXT, b"call", key.encode()))
+
+
+def test_join_ratchets_forward_and_joiner_cannot_read_the_past() -> None:
+    alice = MediaKeySender(1)
+    bob = MediaKeyReceiver()
+    _install(bob, alice.current_key())
+    before = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    joiner_key = alice.on_member_joined()
+    assert joiner_key.generation == 1
+    after = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    # Bob follows the ratchet on his own; the joiner only gets generation 1.
+    assert unprotect_frame(bob, Codec.OPUS, after, now=1) == OPUS
+    carol = MediaKeyReceiver()
+    _install(carol, joiner_key)
+    assert unprotect_frame(carol, Codec.OPUS, after) == OPUS
+    with pytest.raises(UnknownKey):
+        unprotect_frame(carol, Codec.OPUS, before)
+    # Generation 0 remains readable for Bob during the grace period only.
+    assert unprotect_frame(bob, Codec.OPUS, before, now=5) == OPUS
+    late = protect_frame(MediaKeySender(1).sframe, Codec.OPUS, OPUS)  # unrelated gen-0 key
+    with pytest.raises(E2EEError):
+        unprotect_frame(bob, Codec.OPUS, late, now=100)
+
+
+def test_leave_draws_a_fresh_key_the_leaver_cannot_follow() -> None:
+    alice = MediaKeySender(2)
+    bob, leaver = MediaKeyReceiver(grace_seconds=5), MediaKeyReceiver()
+    _install(bob, alice.current_key())
+    _install(leaver, alice.current_key())
+    in_flight = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    too_late = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    fresh = alice.on_member_left()
+    _install(bob, fresh, now=10)
+    frame = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    assert unprotect_frame(bob, Codec.OPUS, frame, now=11) == OPUS
+    with pytest.raises(DecryptionFailed):
+        unprotect_frame(leaver, Codec.OPUS, frame, now=11)  # ratcheting cannot reach it
+    assert unprotect_frame(bob, Codec.OPUS, in_flight, now=12) == OPUS
+    with pytest.raises(UnknownKey):
+        unprotect_frame(bob, Codec.OPUS, too_late, now=16)  # grace period (5 s) is over
+
+
+def test_frame_from_unknown_sender_is_refused() -> None:
+    with pytest.raises(UnknownKey):
+        unprotect_frame(
+            MediaKeyReceiver(),
+            Codec.OPUS,
+            protect_frame(MediaKeySender(9).sframe, Codec.OPUS, OPUS),
+        )

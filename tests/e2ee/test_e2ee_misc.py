@@ -1,0 +1,150 @@
+"""Safety numbers, encrypted backup, padding and device linking."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from _e2ee_helpers import CONV, session_pair
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl import pwhash
+
+from e2ee import (
+    BackupContents,
+    IdentityKeyPair,
+    LinkingSecret,
+    PreKeyStore,
+    ProvisioningPayload,
+    build_provisioning_message,
+    export_backup,
+    format_safety_number,
+    import_backup,
+    pad,
+    safety_number,
+    unpad,
+)
+from e2ee.errors import DecodeError, DecryptionFailed, StateError
+from e2ee.linking import parse_link_code
+from e2ee.padding import bucket_size
+
+FAST_KDF = {"opslimit": pwhash.argon2id.OPSLIMIT_MIN, "memlimit": pwhash.argon2id.MEMLIMIT_MIN}
+
+
+def test_safety_number_is_60_digits_and_symmetric() -> None:
+    a, b = IdentityKeyPair.generate(), IdentityKeyPair.generate()
+    ab = safety_number(b"alice", [a.public], b"bob", [b.public])
+    ba = safety_number(b"bob", [b.public], b"alice", [a.public])
+    assert ab == ba
+    assert len(ab) == 60 and ab.isdigit()
+    assert len(format_safety_number(ab).split()) == 12
+
+
+def test_safety_number_changes_with_any_key_and_ignores_device_order() -> None:
+    a, a2, b = (IdentityKeyPair.generate() for _ in range(3))
+    base = safety_number(b"alice", [a.public, a2.public], b"bob", [b.public])
+    assert base == safety_number(b"alice", [a2.public, a.public], b"bob", [b.public])
+    assert base != safety_number(b"alice", [a.public], b"bob", [b.public])
+    mallory = IdentityKeyPair.generate()
+    assert base != safety_number(b"alice", [a.public, a2.public], b"bob", [mallory.public])
+
+
+def test_safety_number_half_follows_libsignal_construction() -> None:
+    key = bytes(range(32))
+    digest = hashlib.sha512(b"\x00\x00" + key + b"id").digest()
+    for _ in range(5200):
+        digest = hashlib.sha512(digest + key).digest()
+    half = "".join(
+        f"{int.from_bytes(digest[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5)
+    )
+    assert half in safety_number(b"id", [key], b"other", [bytes(range(1, 33))])
+
+
+def test_backup_roundtrips_identity_prekeys_and_sessions() -> None:
+    alice, bob, store = session_pair()
+    identity = store.identity
+    contents = BackupContents(identity, store, {"alice/1": bob})
+    blob = export_backup(contents, "correct horse battery staple", **FAST_KDF)
+    restored = import_backup(blob, "correct horse battery staple")
+    assert restored.identity.public == identity.public
+    assert restored.prekeys is not None
+    assert restored.prekeys.serialize() == store.serialize()
+    session = restored.sessions["alice/1"]
+    assert session.serialize() == bob.serialize()
+    data = alice.encrypt(b"after restore", conversation_id=CONV)
+    assert session.decrypt(data, conversation_id=CONV, now=0).plaintext == b"after restore"
+
+
+def test_backup_with_wrong_passphrase_or_tampering_fails() -> None:
+    identity = IdentityKeyPair.generate()
+    blob = export_backup(BackupContents(identity), "pass phrase", **FAST_KDF)
+    with pytest.raises(DecryptionFailed):
+        import_backup(blob, "pass phrasE")
+    tampered = bytearray(blob)
+    tampered[-3] ^= 1
+    with pytest.raises(DecryptionFailed):
+        import_backup(bytes(tampered), "pass phrase")
+
+
+def test_backup_refuses_hostile_argon2_parameters() -> None:
+    import msgpack
+
+    identity = IdentityKeyPair.generate()
+    fields = msgpack.unpackb(export_backup(BackupContents(identity), "pw", **FAST_KDF))
+    fields[4] = 64 * 1024**3  # 64 GiB of memory
+    with pytest.raises(DecodeError):
+        import_backup(msgpack.packb(fields, use_bin_type=True), "pw")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=40_000))
+def test_padding_roundtrips_to_a_bucket(data: bytes) -> None:
+    padded = pad(data)
+    assert len(padded) == bucket_size(len(data))
+    assert unpad(padded) == data
+
+
+def test_padding_hides_length_within_a_bucket() -> None:
+    assert len(pad(b"a")) == len(pad(b"a" * 63)) == 64
+    assert len(pad(b"a" * 64)) == 128
+    with pytest.raises(DecodeError):
+        unpad(b"abc" + bytes(61))
+    with pytest.raises(DecodeError):
+        unpad(b"abc\x80" + bytes(100))  # not the bucket of a 3-byte plaintext
+
+
+def test_device_linking_moves_identity_under_a_one_time_code() -> None:
+    old_device = IdentityKeyPair.generate()
+    new_device = LinkingSecret()
+    assert new_device.qr_string.startswith("hushroom-link:1:")
+    assert len(new_device.code.replace("-", "")) == 32
+    payload = ProvisioningPayload(b"user-7", old_device.seed, b"extra")
+    mailbox, message = build_provisioning_message(new_device.code.lower(), payload)
+    assert mailbox == new_device.mailbox_id
+    assert old_device.seed not in message
+    received = new_device.open(message)
+    assert IdentityKeyPair(received.identity_seed).public == old_device.public
+    assert received == payload
+    with pytest.raises(StateError):
+        new_device.open(message)
+
+
+def test_linking_message_for_another_code_fails_and_qr_parses() -> None:
+    a, b = LinkingSecret(), LinkingSecret()
+    assert parse_link_code(a.qr_string) == parse_link_code(a.code)
+    _, message = build_provisioning_message(b.qr_string, ProvisioningPayload(b"u", bytes(32)))
+    with pytest.raises(DecryptionFailed):
+        a.open(message)
+    assert not a.consumed
+    with pytest.raises(DecodeError):
+        parse_link_code("not-a-code")
+
+
+def test_prekey_store_of_another_identity_is_refused_in_backup() -> None:
+    import msgpack
+
+    identity = IdentityKeyPair.generate()
+    other = PreKeyStore.generate(IdentityKeyPair.generate())
+    plaintext = msgpack.packb([11, 1, identity.seed, other.serialize(), {}], use_bin_type=True)
+    with pytest.raises(DecodeError):
+        BackupContents.decode_untrusted(plaintext)
