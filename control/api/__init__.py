@@ -6,6 +6,7 @@ from typing import Any
 
 from ._routing import Api, Call, Caller, Reply
 from .accounts import register_routes as _accounts
+from .guilds import register_routes as _guilds
 from .openapi import openapi_document
 
 __all__ = ["Api", "Call", "Caller", "Reply", "build_api"]
@@ -15,6 +16,7 @@ def build_api() -> Api:
     """A fresh registry holding every route of the API, and the document describing it."""
     api = Api()
     _accounts(api)
+    _guilds(api)
     document = openapi_document(api)
 
     @api.blueprint.get("/openapi.json")
