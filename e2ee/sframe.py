@@ -298,7 +298,7 @@ class SFrameSender:
     with a new key, so a (key, nonce) pair is never repeated.
     """
 
-    __slots__ = ("_ctr", "_gcm", "_key", "_kid_bits", "_kid_config", "_salt", "kid", "suite")
+    __slots__ = ("_ctr", "_gcm", "_key", "_prefixes", "_salt", "kid", "suite")
 
     def __init__(self, suite: int, base_key: bytes, kid: int, *, initial_ctr: int = 0) -> None:
         _check_kid_ctr(kid, initial_ctr)
@@ -309,9 +309,14 @@ class SFrameSender:
         self._gcm = self._key.gcm
         self._salt = self._key.salt
         self._ctr = initial_ctr
-        header = encode_header(kid, 0)
-        self._kid_config = header[0]
-        self._kid_bits = header[1:]
+        # Header prefixes by CTR length: index 0 holds the full headers of CTR 0..7,
+        # index n (1..8) the config byte and KID for an n-byte CTR that follows.
+        kid_header = encode_header(kid, 0)
+        config, kid_bits = kid_header[0], kid_header[1:]
+        self._prefixes: list[bytes] = [b""] + [
+            bytes((config | 0x08 | (n - 1),)) + kid_bits for n in range(1, 9)
+        ]
+        self._prefixes[0] = kid_header
 
     @property
     def ctr(self) -> int:
@@ -321,23 +326,23 @@ class SFrameSender:
     def encrypt(self, plaintext: bytes, metadata: bytes = b"") -> bytes:
         """Encrypt one frame; ``metadata`` is authenticated but not carried in the output."""
         ctr = self._ctr
-        if ctr > MAX_CTR:
-            raise CounterExhausted("SFrame counter exhausted; rotate the key")
-        if len(plaintext) > MAX_FRAME_BYTES or len(metadata) > MAX_METADATA_BYTES:
-            raise DecodeError("frame or metadata too large")
         if ctr < 8:
-            header = bytes((self._kid_config | ctr,)) + self._kid_bits
+            header = bytes((self._prefixes[0][0] | ctr,)) + self._prefixes[0][1:]
+        elif ctr > MAX_CTR:
+            raise CounterExhausted("SFrame counter exhausted; rotate the key")
         else:
             clen = (ctr.bit_length() + 7) >> 3
-            header = (
-                bytes((self._kid_config | 0x08 | (clen - 1),))
-                + self._kid_bits
-                + ctr.to_bytes(clen, "big")
-            )
+            header = self._prefixes[clen] + ctr.to_bytes(clen, "big")
+        if len(plaintext) > MAX_FRAME_BYTES or len(metadata) > MAX_METADATA_BYTES:
+            raise DecodeError("frame or metadata too large")
         self._ctr = ctr + 1
-        if self._gcm is not None:
-            nonce = (self._salt ^ ctr).to_bytes(12, "big")
-            return header + self._gcm.encrypt(nonce, plaintext, header + metadata)
+        gcm = self._gcm
+        if gcm is not None:
+            return header + gcm.encrypt(
+                (self._salt ^ ctr).to_bytes(12, "big"),
+                plaintext,
+                header + metadata if metadata else header,
+            )
         return header + self._key.seal(ctr, header + metadata, plaintext)
 
 
@@ -442,10 +447,10 @@ class SFrameReceiver:
 
     def decrypt(self, frame: bytes, metadata: bytes = b"") -> tuple[int, int, bytes]:
         """Authenticate and decrypt one frame: returns ``(kid, ctr, plaintext)``."""
+        if type(frame) is not bytes:
+            frame = bytes(frame) if isinstance(frame, bytes | bytearray | memoryview) else b""
         if len(frame) > MAX_FRAME_BYTES or len(metadata) > MAX_METADATA_BYTES:
             raise DecodeError("frame or metadata too large")
-        if not isinstance(frame, bytes):
-            frame = bytes(frame) if isinstance(frame, bytearray | memoryview) else b""
         config = frame[0] if frame else 0x80
         if not config & 0x80 and self._fast:
             # Fast path: small KID in the config byte, no ratcheting (the common media case).
@@ -463,20 +468,23 @@ class SFrameReceiver:
             if entry is None:
                 raise UnknownKey(f"no SFrame key for KID {kid}")
             key, window = entry
-            if ctr <= window.top:
+            top = window.top
+            if ctr <= top:
                 window.check(ctr)
-            header = frame[:hlen]
-            if key.gcm is not None:
+            gcm = key.gcm
+            if gcm is not None:
                 try:
-                    plaintext = key.gcm.decrypt(
-                        (key.salt ^ ctr).to_bytes(12, "big"), frame[hlen:], header + metadata
+                    plaintext = gcm.decrypt(
+                        (key.salt ^ ctr).to_bytes(12, "big"),
+                        frame[hlen:],
+                        frame[:hlen] + metadata if metadata else frame[:hlen],
                     )
                 except InvalidTag:
                     raise DecryptionFailed("SFrame authentication failed") from None
             else:
-                plaintext = key.open(ctr, header + metadata, frame[hlen:])
-            if ctr > window.top:
-                window.mask = ((window.mask << (ctr - window.top)) | 1) & window.full
+                plaintext = key.open(ctr, frame[:hlen] + metadata, frame[hlen:])
+            if ctr > top:
+                window.mask = ((window.mask << (ctr - top)) | 1) & window.full
                 window.top = ctr
             else:
                 window.accept(ctr)
