@@ -180,10 +180,13 @@ messages = sa.Table(
     sa.Column("channel_id", ID, sa.ForeignKey("channels.id", ondelete=_CASCADE), nullable=False),
     sa.Column("author_id", ID, sa.ForeignKey("users.id", ondelete=_CASCADE), nullable=False),
     sa.Column("author_device_id", ID, nullable=False),
+    # Order within the channel (members see the count anyway); ids stay random.
+    sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("ciphertext", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("edited_at", sa.BigInteger, nullable=True),
-    sa.Index("ix_messages_channel_time", "channel_id", "created_at", "id"),
+    sa.UniqueConstraint("channel_id", "seq", name="uq_messages_channel_seq"),
+    sa.Index("ix_messages_created", "created_at"),
     sa.Index("ix_messages_author", "author_id"),
 )
 

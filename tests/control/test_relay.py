@@ -1,0 +1,207 @@
+"""Prekey directory, envelope relay and channel messages."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import sqlalchemy as sa
+import trio
+from conftest import Harness, User, b64
+from test_guilds import make_guild
+
+from control.permissions import Permission as P
+from control.store import schema as t
+
+API = "/api/v1"
+
+
+async def test_claim_returns_a_bundle_per_device_and_consumes_one_otk(harness: Harness) -> None:
+    ann, bob = await harness.register("ann", otks=3), await harness.register("bob")
+    phone = await harness.add_device(ann, otks=2)
+    status, claim = await harness.call("POST", f"{API}/users/{ann.id}/keys/claim", bob, json={})
+    assert status == 200
+    devices = {b["device_id"]: b for b in claim["devices"]}
+    assert set(devices) == {ann.device_id, phone.device_id}
+    assert devices[ann.device_id]["one_time_prekey"]["key_id"] == 1
+    assert devices[ann.device_id]["signed_prekey"]["key_id"] == 1
+    status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
+    assert count == {"one_time_prekeys": 2}
+
+
+async def test_concurrent_claims_never_share_a_one_time_prekey(harness: Harness) -> None:
+    ann = await harness.register("ann", otks=40)
+    claimers = [await harness.register(f"c{i}") for i in range(4)]
+    got: list[int | None] = []
+
+    async def claim(user: User) -> None:
+        for _ in range(12):
+            status, body = await harness.call(
+                "POST", f"{API}/users/{ann.id}/keys/claim", user, json={}
+            )
+            assert status == 200
+            otk = body["devices"][0]["one_time_prekey"]
+            got.append(None if otk is None else otk["key_id"])
+
+    async with trio.open_nursery() as nursery:
+        for user in claimers:
+            nursery.start_soon(claim, user)
+    keys = [k for k in got if k is not None]
+    assert len(keys) == 40 and len(set(keys)) == 40, "every OTK handed out exactly once"
+    assert got.count(None) == 8, "then bundles come without an OTK"
+
+
+async def test_prekey_upload_checks_signatures(harness: Harness) -> None:
+    ann = await harness.register("ann")
+    bundle = ann.keys.bundle(otks=2)
+    bundle["pq_prekey"]["signature"] = b64(bytes(64))
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=bundle
+    )
+    assert status == 400 and "pq_prekey" in body["error"]["message"]
+    good = ann.keys.bundle(otks=3)
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=good
+    )
+    assert status == 200 and body == {"one_time_prekeys": 8}
+
+
+def fan_out(recipients: dict[str, list[str]], marker: bytes) -> dict[str, Any]:
+    return {
+        "recipients": [
+            {
+                "user_id": user_id,
+                "devices": [{"device_id": d, "ciphertext": b64(marker + d.encode())} for d in devs],
+            }
+            for user_id, devs in recipients.items()
+        ]
+    }
+
+
+async def test_a_stale_device_list_is_refused_with_the_current_list(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    bob_phone = await harness.add_device(bob)
+    status, body = await harness.call(
+        "POST", f"{API}/envelopes", ann, json=fan_out({bob.id: [bob.device_id]}, b"x")
+    )
+    assert status == 409 and body["error"]["code"] == "stale_devices"
+    current = {d["id"] for d in body["error"]["devices"][bob.id]}
+    assert current == {bob.device_id, bob_phone.device_id}
+    state = harness.app.extensions["hushroom.control"]
+    count = await state.db.read(
+        lambda conn: conn.execute(sa.select(sa.func.count()).select_from(t.envelopes)).scalar()
+    )
+    assert count == 0, "nothing is queued from a refused fan-out"
+
+
+async def test_own_other_devices_must_be_included(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    ann_phone = await harness.add_device(ann)
+    status, body = await harness.call(
+        "POST", f"{API}/envelopes", ann, json=fan_out({bob.id: [bob.device_id]}, b"x")
+    )
+    assert status == 409 and ann.id in body["error"]["devices"]
+    status, _ = await harness.call(
+        "POST",
+        f"{API}/envelopes",
+        ann,
+        json=fan_out({bob.id: [bob.device_id], ann.id: [ann_phone.device_id]}, b"x"),
+    )
+    assert status == 201
+
+
+async def test_envelopes_are_fetched_acked_and_deleted(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    for i in range(3):
+        status, _ = await harness.call(
+            "POST", f"{API}/envelopes", ann, json=fan_out({bob.id: [bob.device_id]}, b"m%d" % i)
+        )
+        assert status == 201
+    status, queued = await harness.call("GET", f"{API}/envelopes", bob)
+    assert status == 200 and len(queued) == 3
+    assert {q["sender_device_id"] for q in queued} == {ann.device_id}
+    assert base64.b64decode(queued[0]["ciphertext"]).startswith(b"m")
+    _, none = await harness.call("GET", f"{API}/envelopes", ann)
+    assert none == []
+    ids = [q["id"] for q in queued]
+    status, body = await harness.call("POST", f"{API}/envelopes/ack", ann, json={"ids": ids})
+    assert body == {"deleted": 0}, "only the recipient device may ack"
+    status, body = await harness.call("POST", f"{API}/envelopes/ack", bob, json={"ids": ids[:2]})
+    assert body == {"deleted": 2}
+    assert (await harness.call("DELETE", f"{API}/envelopes/{ids[2]}", bob))[0] == 204
+    assert (await harness.call("DELETE", f"{API}/envelopes/{ids[2]}", bob))[0] == 404
+    _, left = await harness.call("GET", f"{API}/envelopes", bob)
+    assert left == []
+
+
+async def test_channel_messages_page_edit_and_delete(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    guild = await make_guild(harness, ann, bob)
+    general = guild["channels"][0]["id"]
+    posted = []
+    for i in range(5):
+        status, message = await harness.call(
+            "POST", f"{API}/channels/{general}/messages", bob, json={"ciphertext": b64(b"c%d" % i)}
+        )
+        assert status == 201
+        posted.append(message)
+    status, page = await harness.call(
+        "GET", f"{API}/channels/{general}/messages", ann, query={"limit": 2}
+    )
+    assert [m["seq"] for m in page] == [5, 4]
+    status, page = await harness.call(
+        "GET", f"{API}/channels/{general}/messages", ann, query={"limit": 10, "before": 4}
+    )
+    assert [m["seq"] for m in page] == [3, 2, 1]
+    first = posted[0]["id"]
+    status, _ = await harness.call(
+        "PATCH", f"{API}/channels/{general}/messages/{first}", ann, json={"ciphertext": b64(b"z")}
+    )
+    assert status == 403, "only the author edits"
+    status, edited = await harness.call(
+        "PATCH", f"{API}/channels/{general}/messages/{first}", bob, json={"ciphertext": b64(b"z")}
+    )
+    assert status == 200 and edited["edited_at"] is not None
+    # ann owns the guild (MANAGE_MESSAGES); cat without it cannot delete bob's message.
+    cat = await harness.register("cat")
+    _, invite = await harness.call("POST", f"{API}/channels/{general}/invites", ann, json={})
+    await harness.call("POST", f"{API}/invites/{invite['code']}", cat, json={})
+    status, _ = await harness.call("DELETE", f"{API}/channels/{general}/messages/{first}", cat)
+    assert status == 403
+    status, _ = await harness.call("DELETE", f"{API}/channels/{general}/messages/{first}", ann)
+    assert status == 204
+    _, page = await harness.call("GET", f"{API}/channels/{general}/messages", ann)
+    assert [m["seq"] for m in page] == [5, 4, 3, 2]
+
+
+async def test_zero_retention_channels_relay_but_never_store(harness: Harness) -> None:
+    ann = await harness.register("ann")
+    guild = await make_guild(harness, ann)
+    status, channel = await harness.call(
+        "POST",
+        f"{API}/guilds/{guild['id']}/channels",
+        ann,
+        json={"name": "ephemeral", "retention_days": 0},
+    )
+    status, _ = await harness.call(
+        "POST", f"{API}/channels/{channel['id']}/messages", ann, json={"ciphertext": b64(b"x")}
+    )
+    assert status == 201
+    _, page = await harness.call("GET", f"{API}/channels/{channel['id']}/messages", ann)
+    assert page == []
+
+
+async def test_sending_needs_send_messages(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    guild = await make_guild(harness, ann, bob)
+    general = guild["channels"][0]["id"]
+    await harness.call(
+        "PUT",
+        f"{API}/channels/{general}/permissions/{bob.id}",
+        ann,
+        json={"type": "member", "allow": 0, "deny": int(P.SEND_MESSAGES)},
+    )
+    status, body = await harness.call(
+        "POST", f"{API}/channels/{general}/messages", bob, json={"ciphertext": b64(b"x")}
+    )
+    assert status == 403 and "SEND_MESSAGES" in body["error"]["message"]
