@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.bindings as sodium
-from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM1024PrivateKey
+from cryptography.hazmat.primitives.asymmetric.mlkem import (
+    MLKEM1024PrivateKey,
+    MLKEM1024PublicKey,
+)
 
 from e2ee import _wire
 from e2ee._primitives import (
@@ -186,9 +189,38 @@ class PreKeyBundle:
     pq_prekey_signature: bytes | None = None
     one_time_prekey_id: int | None = None
     one_time_prekey: bytes | None = None
+    # Set only by verify(). init=False keeps them out of dataclasses.replace(), so a copy
+    # with any field changed is verified again.
+    _verified: bool = field(default=False, init=False, repr=False, compare=False)
+    _identity_x25519: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _pq_public: MLKEM1024PublicKey | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def identity_x25519(self) -> bytes:
+        """The X25519 form of the identity key (checked to be a valid, non-small-order point)."""
+        if self._identity_x25519 is None:
+            object.__setattr__(
+                self, "_identity_x25519", ed25519_to_x25519_public(self.identity_key)
+            )
+        assert self._identity_x25519 is not None
+        return self._identity_x25519
+
+    def pq_public_key(self) -> MLKEM1024PublicKey | None:
+        """The loaded ML-KEM-1024 encapsulation key, if the bundle has one."""
+        if self.pq_prekey is None:
+            return None
+        if self._pq_public is None:
+            object.__setattr__(self, "_pq_public", mlkem_public_from_bytes(self.pq_prekey))
+        return self._pq_public
 
     def verify(self) -> None:
-        """Verify the signatures; raise :class:`~e2ee.errors.BadSignature` otherwise."""
+        """Verify the signatures; raise :class:`~e2ee.errors.BadSignature` otherwise.
+
+        A successful verification is remembered on this (immutable) instance.
+        """
+        if self._verified:
+            return
         verify_signed_prekey_signature(
             self.identity_key,
             self.signed_prekey_id,
@@ -201,6 +233,7 @@ class PreKeyBundle:
             verify_pq_prekey_signature(
                 self.identity_key, self.pq_prekey_id, self.pq_prekey, self.pq_prekey_signature
             )
+        object.__setattr__(self, "_verified", True)
 
     def encode(self) -> bytes:
         """Encode as msgpack ``[1, 1, ik, spk_id, spk, sig, pq_id, pq, pq_sig, otk_id, otk]``."""
@@ -236,7 +269,7 @@ class PreKeyBundle:
         if (otk_id is None) != (otk is None):
             raise DecodeError("one-time prekey id and key must both be present or absent")
         bundle = cls(
-            identity_key=_check_identity_key(f[2]),
+            identity_key=_wire.get_bytes(f[2], "identity_key", size=ED25519_LEN),
             signed_prekey_id=_wire.get_int(f[3], "signed_prekey_id", 0, MAX_KEY_ID),
             signed_prekey=_wire.get_bytes(f[4], "signed_prekey", size=X25519_LEN),
             signed_prekey_signature=_wire.get_bytes(f[5], "signature", size=SIGNATURE_LEN),
@@ -246,9 +279,9 @@ class PreKeyBundle:
             one_time_prekey_id=otk_id,
             one_time_prekey=otk,
         )
+        bundle.identity_x25519()  # rejects invalid and small-order identity keys
         bundle.verify()
-        if pq is not None:
-            mlkem_public_from_bytes(pq)
+        bundle.pq_public_key()  # FIPS 203 input check of the encapsulation key
         return bundle
 
 

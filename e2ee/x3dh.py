@@ -27,7 +27,6 @@ from e2ee._primitives import (
     ed25519_to_x25519_public,
     encode_ed25519,
     hkdf,
-    mlkem_public_from_bytes,
     x25519,
 )
 from e2ee.errors import DecodeError, DowngradeRefused, InvalidKey
@@ -166,7 +165,7 @@ def agree_as_initiator(
     bundle.verify()
     if bundle.pq_prekey is None and require_pq:
         raise DowngradeRefused("bundle has no PQ signed prekey")
-    ik_b = ed25519_to_x25519_public(bundle.identity_key)
+    ik_b = bundle.identity_x25519()
     ek = X25519KeyPair.generate()
     km = (
         x25519(identity.x25519_private, bundle.signed_prekey)
@@ -176,8 +175,9 @@ def agree_as_initiator(
     if bundle.one_time_prekey is not None:
         km += x25519(ek.private, bundle.one_time_prekey)
     kem_ct: bytes | None = None
-    if bundle.pq_prekey is not None:
-        shared, kem_ct = mlkem_public_from_bytes(bundle.pq_prekey).encapsulate()
+    pq_public = bundle.pq_public_key()
+    if pq_public is not None:
+        shared, kem_ct = pq_public.encapsulate()
         km += shared
     post_quantum = kem_ct is not None
     secret = AgreedSecret(

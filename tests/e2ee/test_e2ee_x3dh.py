@@ -203,3 +203,11 @@ def test_signed_prekey_rotation_keeps_recent_ones() -> None:
     assert first not in store.signed_prekeys
     assert len(store.signed_prekeys) == 3
     assert isinstance(store.current_signed_prekey, SignedPreKey)
+
+
+def test_copy_of_a_verified_bundle_with_a_swapped_key_is_verified_again() -> None:
+    alice, store = _setup()
+    verified = PreKeyBundle.decode_untrusted(store.bundle().encode())
+    forged = dataclasses.replace(verified, signed_prekey=X25519KeyPair.generate().public)
+    with pytest.raises(BadSignature):
+        agree_as_initiator(alice, forged)

@@ -1,0 +1,209 @@
+"""Benchmarks of the e2ee package on one core.
+
+Figures (medians of ``--runs`` runs, each run timing a fixed number of operations):
+
+* ``ratchet_msgs_per_s`` — Double Ratchet encrypt + decrypt of a 200-byte message over an
+  established pairwise session (one direction, in order);
+* ``ratchet_pingpong_msgs_per_s`` — the same with the direction changing every message, so
+  every message also performs a DH ratchet step (two X25519 + key generation);
+* ``sframe_opus_frames_per_s`` — SFrame suite 0x0004 (AES-128-GCM) encrypt + decrypt of a
+  160-byte frame through ``SFrameSender`` / ``SFrameReceiver``;
+* ``sframe_opus_suite1_frames_per_s`` — the same with suite 0x0001 (AES-CTR + HMAC);
+* ``media_opus_frames_per_s`` — ``protect_frame`` / ``unprotect_frame`` of a 160-byte Opus
+  frame (TOC byte in clear) through the media-key receiver;
+* ``sender_key_msgs_per_s`` — Sender Key encrypt + sign + verify + decrypt, 200 bytes;
+* ``pqxdh_ms`` — one full PQXDH handshake, both sides: decode and verify the bundle, encap
+  and three/four X25519 on the initiator, first message sealed, the responder's DH, ML-KEM
+  decapsulation, ratchet start and first message opened;
+* ``x3dh_ms`` — the same without the KEM.
+
+Run ``python bench/e2ee_bench.py`` for a table, ``--json`` for one JSON object on the last
+line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+from e2ee import (
+    Codec,
+    DecryptedMessage,
+    IdentityKeyPair,
+    MediaKeyReceiver,
+    MediaKeySender,
+    MessageType,
+    PreKeyBundle,
+    PreKeyStore,
+    SenderKeyReceiver,
+    SenderKeySender,
+    SFrameReceiver,
+    SFrameSender,
+    accept_session,
+    initiate_session,
+    protect_frame,
+    unprotect_frame,
+)
+
+CONV = b"bench-conversation"
+
+
+def _rate(n: int, body: Callable[[int], None]) -> float:
+    start = time.perf_counter()
+    body(n)
+    return n / (time.perf_counter() - start)
+
+
+def _sessions() -> tuple[object, object]:
+    store = PreKeyStore.generate(IdentityKeyPair.generate(), 1)
+    alice = initiate_session(
+        IdentityKeyPair.generate(), store.bundle(next(iter(store.one_time_prekeys)))
+    )
+    bob, _ = accept_session(
+        store, alice.encrypt(b"hi", conversation_id=CONV), conversation_id=CONV, now=0
+    )
+    alice.decrypt(bob.encrypt(b"hello", conversation_id=CONV), conversation_id=CONV, now=0)
+    return alice, bob
+
+
+def bench_ratchet(n: int) -> float:
+    alice, bob = _sessions()
+    enc, dec = alice.encrypt, bob.decrypt  # type: ignore[attr-defined]
+    msg = b"m" * 200
+
+    def body(count: int) -> None:
+        for _ in range(count):
+            dec(enc(msg, conversation_id=CONV), conversation_id=CONV, now=0.0)
+
+    return _rate(n, body)
+
+
+def bench_ratchet_pingpong(n: int) -> float:
+    alice, bob = _sessions()
+    msg = b"m" * 200
+
+    def body(count: int) -> None:
+        a, b = alice, bob
+        for _ in range(count):
+            b.decrypt(a.encrypt(msg, conversation_id=CONV), conversation_id=CONV, now=0.0)  # type: ignore[attr-defined]
+            a, b = b, a
+
+    return _rate(n, body)
+
+
+def bench_sframe(n: int, suite: int) -> float:
+    sender = SFrameSender(suite, b"k" * 16, 3)
+    receiver = SFrameReceiver(suite)
+    receiver.add_key(3, b"k" * 16)
+    enc, dec = sender.encrypt, receiver.decrypt
+    frame = b"o" * 160
+
+    def body(count: int) -> None:
+        for _ in range(count):
+            dec(enc(frame))
+
+    return _rate(n, body)
+
+
+def bench_media(n: int) -> float:
+    sender = MediaKeySender(1)
+    receiver = MediaKeyReceiver()
+    receiver.install(sender.current_key(), now=0.0)
+    frame = b"\x78" + b"o" * 159
+
+    def body(count: int) -> None:
+        for _ in range(count):
+            unprotect_frame(
+                receiver, Codec.OPUS, protect_frame(sender.sframe, Codec.OPUS, frame), now=0.0
+            )
+
+    return _rate(n, body)
+
+
+def bench_sender_keys(n: int) -> float:
+    sender = SenderKeySender(b"channel")
+    receiver = SenderKeyReceiver(b"channel")
+    receiver.process_distribution(
+        DecryptedMessage(
+            MessageType.SENDER_KEY_DISTRIBUTION, b"channel", sender.distribution().encode()
+        )
+    )
+    msg = b"m" * 200
+
+    def body(count: int) -> None:
+        for _ in range(count):
+            receiver.decrypt(sender.encrypt(msg))
+
+    return _rate(n, body)
+
+
+def bench_handshake(n: int, pq: bool) -> float:
+    """Milliseconds per full handshake (both sides); prekeys are generated beforehand."""
+    alice_id = IdentityKeyPair.generate()
+    store = PreKeyStore.generate(IdentityKeyPair.generate())
+    bundles = []
+    while len(bundles) < n:
+        for otk in store.generate_one_time_prekeys(min(100, n - len(bundles))):
+            bundles.append(store.bundle(otk.key_id, pq=pq).encode())
+    start = time.perf_counter()
+    for wire in bundles:
+        alice = initiate_session(alice_id, PreKeyBundle.decode_untrusted(wire), require_pq=pq)
+        first = alice.encrypt(b"hello", conversation_id=CONV)
+        accept_session(store, first, conversation_id=CONV, now=0.0, require_pq=pq)
+    return (time.perf_counter() - start) / n * 1000
+
+
+FIGURES: list[tuple[str, str, Callable[[float], float]]] = [
+    ("ratchet_msgs_per_s", "msg/s", lambda s: bench_ratchet(int(20_000 * s))),
+    ("ratchet_pingpong_msgs_per_s", "msg/s", lambda s: bench_ratchet_pingpong(int(5_000 * s))),
+    ("sframe_opus_frames_per_s", "frames/s", lambda s: bench_sframe(int(200_000 * s), 4)),
+    ("sframe_opus_suite1_frames_per_s", "frames/s", lambda s: bench_sframe(int(50_000 * s), 1)),
+    ("media_opus_frames_per_s", "frames/s", lambda s: bench_media(int(100_000 * s))),
+    ("sender_key_msgs_per_s", "msg/s", lambda s: bench_sender_keys(int(10_000 * s))),
+    ("pqxdh_ms", "ms", lambda s: bench_handshake(max(20, int(200 * s)), pq=True)),
+    ("x3dh_ms", "ms", lambda s: bench_handshake(max(20, int(200 * s)), pq=False)),
+]
+
+GOALS = {
+    "ratchet_msgs_per_s": (">=", 20_000),
+    "sframe_opus_frames_per_s": (">=", 250_000),
+    "pqxdh_ms": ("<=", 2.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--runs", type=int, default=5, help="runs per figure (median reported)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
+    args = parser.parse_args()
+
+    results: dict[str, float] = {}
+    spread: dict[str, tuple[float, float]] = {}
+    for name, _, run in FIGURES:
+        samples = [run(args.scale) for _ in range(args.runs)]
+        results[name] = round(statistics.median(samples), 3)
+        spread[name] = (min(samples), max(samples))
+
+    print(
+        f"e2ee benchmarks — {args.runs} runs each, median (min..max); {platform.python_version()}"
+    )
+    print(f"{'figure':34} {'median':>14} {'min..max':>26}  goal")
+    for name, unit, _ in FIGURES:
+        lo, hi = spread[name]
+        goal = ""
+        if name in GOALS:
+            op, target = GOALS[name]
+            met = results[name] >= target if op == ">=" else results[name] <= target
+            goal = f"{op} {target:,} {'met' if met else 'MISSED'}"
+        print(f"{name:34} {results[name]:>14,.3f} {f'{lo:,.1f}..{hi:,.1f}':>26}  {unit} {goal}")
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
