@@ -112,6 +112,7 @@ def test_ctrl_c_under_make_exits_0_with_no_process_left(tmp_path: Path) -> None:
     if pid == 0:  # the child: a session leader on a fresh terminal, as an interactive shell
         os.execvp("make", ["make", "-s", "-C", str(tmp_path), "run"])
     output = b""
+    status: int | None = None
     deadline = time.monotonic() + 90
     try:
         while b"Press Ctrl-C to stop." not in output:
@@ -121,17 +122,18 @@ def test_ctrl_c_under_make_exits_0_with_no_process_left(tmp_path: Path) -> None:
         descendants = children_of(pid)
         os.write(master, b"\x03")  # what the terminal sends for Ctrl-C
         deadline = time.monotonic() + 30
-        while True:
+        while status is None:
             if select.select([master], [], [], 0.2)[0]:
                 with contextlib.suppress(OSError):
                     output += os.read(master, 65536)
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
             if done:
-                break
+                status = wait_status
             assert time.monotonic() < deadline, output.decode(errors="replace")
     finally:
-        if not os.waitpid(pid, os.WNOHANG)[0]:
+        if status is None:
             os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         os.close(master)
     assert os.waitstatus_to_exitcode(status) == 0, output.decode(errors="replace")
     assert [p for p in descendants if Path(f"/proc/{p}").exists()] == []
