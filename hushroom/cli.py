@@ -20,11 +20,33 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "version": ("", "print the version"),
 }
 
+#: commands for people, all served by the client SDK's CLI (``client.cli.main``), which
+#: receives the command name as its first argument.
+CLIENT_COMMANDS: dict[str, str] = {
+    "register": "create an account and this device's identity",
+    "login": "sign this device in",
+    "guild": "create, join, list guilds and make invites",
+    "channel": "create and list channels",
+    "send": "send an encrypted message to a channel",
+    "dm": "send an encrypted direct message",
+    "read": "show messages",
+    "tail": "follow messages live",
+    "devices": "list or remove this account's devices",
+    "link-device": "add a new device to this account",
+    "verify": "compare and mark a contact's safety number",
+    "backup": "export or import an encrypted key backup",
+    "export-my-data": "everything the server holds about you",
+    "delete-account": "erase your account from the server",
+}
+
 
 def _usage() -> str:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = ["usage: hushroom <command> [options]", "", "commands:"]
+    width = max(width, *(len(name) for name in CLIENT_COMMANDS))
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "commands for people (client):"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in CLIENT_COMMANDS.items()]
     lines += ["", "Run 'hushroom <command> --help' for a command's options."]
     return "\n".join(lines)
 
@@ -39,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("version", "--version"):
         print(f"hushroom {__version__}")
         return 0
+    if command in CLIENT_COMMANDS:
+        client_cli = importlib.import_module("client.cli")
+        client_main: Callable[[list[str]], int] = client_cli.main
+        return client_main(args)
     if command not in SUBCOMMANDS:
         print(f"hushroom: unknown command {command!r} (see 'hushroom --help')", file=sys.stderr)
         return 2
