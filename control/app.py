@@ -18,6 +18,7 @@ from .bus import LocalBus
 from .config import ControlConfig
 from .errors import register_error_handlers
 from .gateway.hub import GatewayHub
+from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .ratelimit import RateLimiter
 from .state import EXTENSION, ControlState
@@ -61,6 +62,10 @@ def create_app(config: ControlConfig) -> QuartTrio:
     @app.after_serving
     async def close_store() -> None:
         state.db.close()
+
+    @app.websocket("/api/v1/gateway")
+    async def gateway() -> None:
+        await serve_gateway(state)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

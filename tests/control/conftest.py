@@ -187,3 +187,49 @@ async def harness(config: ControlConfig) -> AsyncIterator[Harness]:
     app = create_app(config)
     async with app.test_app():
         yield Harness(app)
+
+
+class GatewayClient:
+    """A test-client gateway connection speaking msgpack frames."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.seq = 0
+        self.session_id: str | None = None
+
+    async def send(self, op: int, d: Any = None) -> None:
+        await self.ws.send(msgpack.packb({"op": op, "d": d}))
+
+    async def receive(self, wait: float = 5.0) -> dict[str, Any]:
+        import trio
+
+        with trio.fail_after(wait):
+            frame = msgpack.unpackb(await self.ws.receive())
+        if frame.get("s") is not None:
+            self.seq = frame["s"]
+        return frame  # type: ignore[no-any-return]
+
+    async def dispatch(self, event_type: str, wait: float = 5.0) -> dict[str, Any]:
+        """The next dispatch of ``event_type`` (skipping others)."""
+        while True:
+            frame = await self.receive(wait)
+            if frame["op"] == 0 and frame["t"] == event_type:
+                return frame["d"]  # type: ignore[no-any-return]
+
+    async def nothing(self, wait: float = 0.2) -> list[dict[str, Any]]:
+        """Frames that arrive within ``wait`` (expected to be none of interest)."""
+        import trio
+
+        frames = []
+        with trio.move_on_after(wait):
+            while True:
+                frames.append(msgpack.unpackb(await self.ws.receive()))
+        return frames
+
+    async def identify(self, user: User) -> dict[str, Any]:
+        hello = await self.receive()
+        assert hello["op"] == 10 and hello["d"]["heartbeat_interval"] > 0
+        await self.send(2, {"token": user.token})
+        ready = await self.dispatch("READY")
+        self.session_id = ready["session_id"]
+        return ready
