@@ -96,6 +96,11 @@ class RtpRewriter:
             return None
         return seq
 
+    def timestamp_offset(self, source: int) -> int | None:
+        """What to add to ``source``'s RTP timestamps to get ours, while it is the current one
+        (used to translate the sender's SR timing, RFC 3550 §6.4.1)."""
+        return self._ts_offset if source == self._source else None
+
     @property
     def source(self) -> int | None:
         """The SSRC of the current segment's source."""
@@ -123,7 +128,8 @@ class Consumer:
     bandwidth: float = float("inf")
     packets_sent: int = 0
     bytes_sent: int = 0
-    rtp_timestamp_sent: int = 0
+    retransmitted: int = 0
+    fraction_lost: int = 0
     _producer_gate: bool = field(default=True, repr=False)
 
     def set_paused(self, paused: bool) -> None:

@@ -83,11 +83,13 @@ def local_ufrag_untrusted(message: Message) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class IceReply:
-    """What the responder wants done about one request: a datagram to send back, and
-    whether the request's address has just become the selected one."""
+    """What the responder wants done about one request: a datagram to send back, whether
+    the request authenticated (its address is then a valid pair for DTLS and consent), and
+    whether that address has just become the selected one."""
 
     response: bytes | None
     selected: bool = False
+    accepted: bool = False
 
 
 class IceLiteResponder:
@@ -130,7 +132,9 @@ class IceLiteResponder:
             Attr.XOR_MAPPED_ADDRESS,
             encode_xor_address(address[0], address[1], message.transaction_id),
         )
-        return IceReply(response.serialize(integrity_key=self._key, fingerprint=True), selected)
+        return IceReply(
+            response.serialize(integrity_key=self._key, fingerprint=True), selected, accepted=True
+        )
 
     def consent_expired(self, now: float, timeout: float = CONSENT_TIMEOUT) -> bool:
         """True once a selected pair has gone ``timeout`` seconds without a valid check."""

@@ -175,6 +175,7 @@ class Producer:
     transport_id: str
     payload_type: int
     clock_rate: int
+    mid: str = ""
     streams: dict[int, int] = field(default_factory=dict)
     rids: dict[str, int] = field(default_factory=dict)
     rtx_payload_type: int | None = None

@@ -422,6 +422,10 @@ def remote_fingerprints(description: SessionDescription) -> list[tuple[str, str]
     return description.fingerprints
 
 
+def _opus_parameters() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in OPUS_FMTP.split(";"))
+
+
 def _accept_audio(offered: MediaSection, answer: MediaSection) -> Codec | None:
     opus = offered.codec("opus")
     if opus is None or opus.clock_rate != 48000:
@@ -432,7 +436,7 @@ def _accept_audio(offered: MediaSection, answer: MediaSection) -> Codec | None:
             name="opus",
             clock_rate=48000,
             channels=2,
-            parameters=dict(p.split("=") for p in OPUS_FMTP.split(";")),
+            parameters=_opus_parameters(),
             feedback=[fb for fb in opus.feedback if fb in AUDIO_FEEDBACK],
         )
     )
@@ -581,10 +585,11 @@ class ConsumerOffer:
     active: bool = True
 
 
-_CONSUMER_EXTENSIONS = {
-    "audio": {1: AUDIO_LEVEL, 3: TRANSPORT_CC, 4: MID},
-    "video": {3: TRANSPORT_CC, 4: MID, 2: ABS_SEND_TIME},
-}
+# What the SFU writes on streams it sends: the audio level (so subscribers can show who
+# speaks) and nothing else; subscribers demultiplex by the SSRCs signalled in the offer.
+_CONSUMER_EXTENSIONS: dict[str, dict[int, str]] = {"audio": {1: AUDIO_LEVEL}, "video": {}}
+# Subscribers report bandwidth with REMB (transport-cc is only negotiated with publishers).
+CONSUMER_VIDEO_FEEDBACK = ("goog-remb", "ccm fir", "nack", "nack pli")
 
 
 def consumer_extensions(kind: str) -> dict[int, str]:
@@ -629,13 +634,13 @@ def build_consumer_offer(
                     "opus",
                     48000,
                     2,
-                    dict(p.split("=") for p in OPUS_FMTP.split(";")),
-                    list(AUDIO_FEEDBACK),
+                    _opus_parameters(),
+                    [],
                 )
             )
         else:
             media.codecs.append(
-                Codec(consumer.payload_type, "VP8", 90000, None, {}, list(VIDEO_FEEDBACK))
+                Codec(consumer.payload_type, "VP8", 90000, None, {}, list(CONSUMER_VIDEO_FEEDBACK))
             )
             if consumer.rtx_payload_type is not None:
                 media.codecs.append(

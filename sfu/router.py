@@ -1,0 +1,333 @@
+"""Router: one voice channel (mediasoup's term) — the forwarding hot path and RTCP.
+
+A router joins the transports of one channel: every RTP packet a producer sends is handed
+to each of its consumers, rewritten per consumer (SSRC, sequence number, timestamp,
+payload type, header extensions) and protected with the subscriber's SRTP context. The
+payload is never looked at beyond the clear VP8 descriptor (key frames) and the RFC 6464
+audio level (active speaker): it is SFrame ciphertext.
+
+RTCP: receiver-side NACKs are answered from the producer's packet cache, PLI/FIR are relayed
+to the publisher at most once per second per producer, REMB sets each subscriber's bandwidth
+estimate (which picks simulcast layers), and publisher SRs are forwarded with the timestamp
+translated into each consumer's timeline so lip sync survives rewriting.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+from sfu.active_speaker import ActiveSpeakerDetector
+from sfu.consumer import Consumer
+from sfu.errors import MalformedRtcp, SrtpError
+from sfu.producer import Producer
+from sfu.rtcp import (
+    FullIntraRequest,
+    GenericNack,
+    PictureLossIndication,
+    ReceiverEstimatedMaxBitrate,
+    ReceiverReport,
+    RtcpPacket,
+    SenderReport,
+    parse_compound_untrusted,
+    serialize_compound,
+)
+from sfu.rtp import AUDIO_LEVEL, HEADER, TRANSPORT_CC
+from sfu.transport import Address, WebRtcTransport
+from sfu.vp8 import is_keyframe_untrusted
+
+__all__ = ["Router", "SendFunction"]
+
+SendFunction = Callable[[bytes, Address], None]
+
+_EXT_HEAD = struct.Struct("!HH")
+# The one header extension the SFU writes on audio it sends: RFC 6464 audio level, id 1 as
+# offered by :func:`sfu.sdp.consumer_extensions`, in a one-byte-header block (RFC 8285 §4.2).
+_AUDIO_EXT_PREFIX = b"\xbe\xde\x00\x01\x10"
+_AUDIO_EXT_PAD = b"\x00\x00"
+_SILENT = b"\x7f"
+
+
+def _element_untrusted(block: bytes, wanted: int) -> bytes | None:
+    """One-byte-header element ``wanted`` from an extension block (RFC 8285 §4.2)."""
+    pos = 0
+    end = len(block)
+    while pos < end:
+        byte = block[pos]
+        if byte == 0:
+            pos += 1
+            continue
+        ext_id = byte >> 4
+        if ext_id == 15:
+            return None
+        length = (byte & 0x0F) + 1
+        if ext_id == wanted:
+            return block[pos + 1 : pos + 1 + length] if pos + 1 + length <= end else None
+        pos += 1 + length
+    return None
+
+
+class Router:
+    """One channel's producers and consumers, and the forwarding between them."""
+
+    def __init__(self, router_id: str, send: SendFunction) -> None:
+        self.id = router_id
+        self.send = send
+        self.transports: dict[str, WebRtcTransport] = {}
+        self.producers: dict[str, Producer] = {}
+        self.consumers: dict[str, tuple[Consumer, WebRtcTransport]] = {}
+        self.speaker = ActiveSpeakerDetector()
+        # producer id -> its consumers and their transports: the forwarding fan-out.
+        self._routes: dict[str, list[tuple[Consumer, WebRtcTransport]]] = {}
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+
+    # -- membership -------------------------------------------------------------------
+
+    def add_producer(self, transport: WebRtcTransport, producer: Producer) -> None:
+        """Make a producer available for consumers."""
+        self.producers[producer.id] = producer
+        self._routes.setdefault(producer.id, [])
+
+    def close_producer(self, producer_id: str) -> list[str]:
+        """Remove a producer and its consumers; returns the closed consumers' ids."""
+        producer = self.producers.pop(producer_id, None)
+        if producer is None:
+            return []
+        transport = self.transports.get(producer.transport_id)
+        if transport is not None:
+            transport.producers.pop(producer_id, None)
+            for ssrc in producer.streams:
+                transport.ssrc_table.pop(ssrc, None)
+        self.speaker.remove(producer_id)
+        closed = [c.id for c, _ in self._routes.pop(producer_id, [])]
+        for consumer_id in closed:
+            self.close_consumer(consumer_id)
+        return closed
+
+    def add_consumer(self, consumer: Consumer, transport: WebRtcTransport) -> None:
+        """Start forwarding ``consumer.producer`` to ``transport``."""
+        self.consumers[consumer.id] = (consumer, transport)
+        transport.consumers[consumer.id] = consumer
+        transport.consumers_by_ssrc[consumer.ssrc] = consumer
+        self._routes.setdefault(consumer.producer.id, []).append((consumer, transport))
+
+    def close_consumer(self, consumer_id: str) -> None:
+        """Stop forwarding to one consumer."""
+        entry = self.consumers.pop(consumer_id, None)
+        if entry is None:
+            return
+        consumer, transport = entry
+        transport.consumers.pop(consumer_id, None)
+        transport.consumers_by_ssrc.pop(consumer.ssrc, None)
+        route = self._routes.get(consumer.producer.id)
+        if route is not None:
+            route[:] = [(c, t) for c, t in route if c is not consumer]
+
+    def close_transport(self, transport_id: str) -> None:
+        """Remove a transport with all its producers and consumers."""
+        transport = self.transports.pop(transport_id, None)
+        if transport is None:
+            return
+        transport.closed = True
+        for producer_id in list(transport.producers):
+            self.close_producer(producer_id)
+        for consumer_id in list(transport.consumers):
+            self.close_consumer(consumer_id)
+        if transport.dtls is not None:
+            transport.dtls.close()
+
+    # -- the hot path -----------------------------------------------------------------
+
+    def receive_rtp(self, transport: WebRtcTransport, clear: bytes, now: float) -> None:
+        """Forward one decrypted RTP packet from a publisher to every admitted consumer."""
+        if len(clear) < 12:
+            return
+        first, second, seq, timestamp, ssrc = HEADER.unpack_from(clear)
+        entry = transport.ssrc_table.get(ssrc)
+        if entry is None:
+            entry = transport.learn_ssrc_untrusted(clear, ssrc)
+            if entry is None:
+                return
+        producer, layer = entry
+        size = len(clear)
+        self.packets_in += 1
+        self.bytes_in += size
+        producer.statistics[ssrc].update(seq, timestamp, size, now)
+        producer.caches[ssrc].store(seq, clear)
+        pos = 12 + 4 * (first & 0x0F)
+        block = b""
+        if first & 0x10:
+            if pos + 4 > size:
+                return
+            words = _EXT_HEAD.unpack_from(clear, pos)[1]
+            block = clear[pos + 4 : pos + 4 + 4 * words]
+            pos += 4 + 4 * words
+        end = size - clear[-1] if first & 0x20 else size
+        if pos >= end:
+            return  # padding-only probe: nothing to forward
+        payload = clear[pos:end]
+        twcc_id = transport.extension_ids.get(TRANSPORT_CC)
+        if twcc_id is not None and block:
+            twcc = _element_untrusted(block, twcc_id)
+            if twcc is not None and len(twcc) == 2:
+                transport.twcc.record((twcc[0] << 8) | twcc[1], now)
+        if producer.kind == "audio":
+            level = _SILENT
+            level_id = transport.extension_ids.get(AUDIO_LEVEL)
+            if level_id is not None and block:
+                element = _element_untrusted(block, level_id)
+                if element:
+                    level = element[:1]
+                    if producer.forwarding:
+                        self.speaker.observe(producer.id, level[0] & 0x7F, now)
+            keyframe = True
+            extension = _AUDIO_EXT_PREFIX + level + _AUDIO_EXT_PAD
+            first_out = 0x90
+        else:
+            keyframe = is_keyframe_untrusted(payload)
+            extension = b""
+            first_out = 0x80
+        marker = second & 0x80
+        for consumer, sink in self._routes[producer.id]:
+            if not consumer.admit(layer, keyframe):
+                continue
+            srtp = sink.srtp
+            address = sink.ice.selected
+            if srtp is None or address is None:
+                continue
+            out = consumer.rewriter.rewrite(ssrc, seq, timestamp, now)
+            if out is None:
+                continue
+            packet = (
+                HEADER.pack(
+                    first_out, marker | consumer.payload_type, out[0], out[1], consumer.ssrc
+                )
+                + extension
+                + payload
+            )
+            self.send(srtp.protect(packet), address)
+            consumer.packets_sent += 1
+            consumer.bytes_sent += len(packet)
+            self.packets_out += 1
+            self.bytes_out += len(packet)
+
+    # -- RTCP -------------------------------------------------------------------------
+
+    def receive_rtcp(self, transport: WebRtcTransport, data: bytes, now: float) -> None:
+        """Handle one SRTCP datagram from a peer (publisher or subscriber)."""
+        if transport.srtp is None:
+            return
+        try:
+            packets = parse_compound_untrusted(transport.srtp.unprotect_rtcp_untrusted(data))
+        except (SrtpError, MalformedRtcp):
+            return
+        for packet in packets:
+            self._handle_rtcp(transport, packet, now)
+
+    def _handle_rtcp(self, transport: WebRtcTransport, packet: RtcpPacket, now: float) -> None:
+        if isinstance(packet, SenderReport):
+            entry = transport.ssrc_table.get(packet.ssrc)
+            if entry is not None:
+                self._forward_sender_report(entry[0], packet, now)
+        elif isinstance(packet, GenericNack):
+            consumer = transport.consumers_by_ssrc.get(packet.media_ssrc)
+            if consumer is not None:
+                self._retransmit(consumer, transport, packet.lost)
+        elif isinstance(packet, PictureLossIndication):
+            consumer = transport.consumers_by_ssrc.get(packet.media_ssrc)
+            if consumer is not None:
+                self.request_keyframe(consumer.producer, now)
+        elif isinstance(packet, FullIntraRequest):
+            for ssrc, _ in packet.entries:
+                consumer = transport.consumers_by_ssrc.get(ssrc)
+                if consumer is not None:
+                    self.request_keyframe(consumer.producer, now)
+        elif isinstance(packet, ReceiverEstimatedMaxBitrate):
+            video = [c for c in transport.consumers.values() if c.producer.kind == "video"]
+            for consumer in video:
+                consumer.set_bandwidth(packet.bitrate / len(video))
+        elif isinstance(packet, ReceiverReport):
+            for block in packet.reports:
+                consumer = transport.consumers_by_ssrc.get(block.ssrc)
+                if consumer is not None:
+                    consumer.fraction_lost = block.fraction_lost
+
+    def _forward_sender_report(self, producer: Producer, report: SenderReport, now: float) -> None:
+        stats = producer.statistics.get(report.ssrc)
+        if stats is not None:
+            stats.on_sender_report(report.ntp_timestamp, now)
+        for consumer, sink in self._routes.get(producer.id, ()):
+            offset = consumer.rewriter.timestamp_offset(report.ssrc)
+            if offset is None or sink.srtp is None or sink.ice.selected is None:
+                continue
+            translated = SenderReport(
+                ssrc=consumer.ssrc,
+                ntp_timestamp=report.ntp_timestamp,
+                rtp_timestamp=(report.rtp_timestamp + offset) & 0xFFFFFFFF,
+                packet_count=consumer.packets_sent & 0xFFFFFFFF,
+                octet_count=consumer.bytes_sent & 0xFFFFFFFF,
+            )
+            self.send(sink.srtp.protect_rtcp(translated.serialize()), sink.ice.selected)
+
+    def _retransmit(
+        self, consumer: Consumer, transport: WebRtcTransport, lost: tuple[int, ...]
+    ) -> None:
+        source = consumer.rewriter.source
+        if source is None or transport.srtp is None or transport.ice.selected is None:
+            return
+        for out_seq in lost[:64]:  # a NACK covers at most a few dozen; bound the work
+            seq = consumer.rewriter.source_sequence(out_seq)
+            if seq is None:
+                continue
+            clear = consumer.producer.retransmission(source, seq)
+            if clear is None:
+                continue
+            # Re-run the packet through the rewriter: same segment, so same output numbers.
+            first, second, _, timestamp, _ = HEADER.unpack_from(clear)
+            out = consumer.rewriter.rewrite(source, seq, timestamp, 0.0)
+            if out is None:
+                continue
+            pos = 12 + 4 * (first & 0x0F)
+            extension = b""
+            if first & 0x10:
+                words = _EXT_HEAD.unpack_from(clear, pos)[1]
+                block = clear[pos + 4 : pos + 4 + 4 * words]
+                pos += 4 + 4 * words
+                publisher = self.transports.get(consumer.producer.transport_id)
+                if consumer.producer.kind == "audio" and publisher is not None:
+                    level_id = publisher.extension_ids.get(AUDIO_LEVEL)
+                    element = _element_untrusted(block, level_id) if level_id else None
+                    extension = _AUDIO_EXT_PREFIX + (element or _SILENT)[:1] + _AUDIO_EXT_PAD
+            end = len(clear) - clear[-1] if first & 0x20 else len(clear)
+            packet = (
+                HEADER.pack(
+                    0x90 if extension else 0x80,
+                    (second & 0x80) | consumer.payload_type,
+                    out[0],
+                    out[1],
+                    consumer.ssrc,
+                )
+                + extension
+                + clear[pos:end]
+            )
+            self.send(transport.srtp.protect(packet), transport.ice.selected)
+            consumer.retransmitted += 1
+
+    def request_keyframe(self, producer: Producer, now: float) -> None:
+        """Send a PLI to the publisher, at most once per second per producer (RFC 4585 §6.3.1)."""
+        if producer.kind != "video" or not producer.keyframe_request_due(now):
+            return
+        transport = self.transports.get(producer.transport_id)
+        if transport is None or transport.srtp is None or transport.ice.selected is None:
+            return
+        packets: list[RtcpPacket] = [
+            PictureLossIndication(sender_ssrc=transport.rtcp_ssrc, media_ssrc=ssrc)
+            for ssrc in producer.streams
+        ]
+        if packets:
+            self.send(
+                transport.srtp.protect_rtcp(serialize_compound(packets)), transport.ice.selected
+            )

@@ -1,0 +1,290 @@
+"""The worker core end to end, sans-I/O: RPC, ICE, DTLS, SRTP, forwarding and RTCP."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from sfu.errors import NotFound
+from sfu.rtcp import (
+    GenericNack,
+    PictureLossIndication,
+    ReceiverEstimatedMaxBitrate,
+    SenderReport,
+    parse_compound_untrusted,
+)
+from sfu.rtp import AUDIO_LEVEL, MID, RtpPacket
+from sfu.synthetic_peer import SyntheticPeer
+from sfu.worker import Worker, reply_for
+
+SFU = ("127.0.0.1", 40000)
+
+
+class Harness:
+    """A worker and synthetic peers exchanging datagrams through lists, no sockets."""
+
+    def __init__(self) -> None:
+        self.outbox: list[tuple[bytes, tuple[str, int]]] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.worker = Worker(
+            "127.0.0.1",
+            SFU[1],
+            lambda d, a: self.outbox.append((d, a)),
+            lambda e, d: self.events.append((e, d)),
+        )
+        self.peers: dict[tuple[str, int], SyntheticPeer] = {}
+        self.now = 0.0
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        return self.worker.handle_request(method, params, self.now)
+
+    def deliver(self) -> None:
+        while self.outbox:
+            data, address = self.outbox.pop(0)
+            for reply in self.peers[address].receive(data, self.now):
+                self.worker.datagram_received(reply, address, self.now)
+
+    def join(self, router_id: str, port: int) -> tuple[str, SyntheticPeer]:
+        created = self.call("transport.create", router_id=router_id)
+        peer = SyntheticPeer(created)
+        address = ("127.0.0.1", port)
+        self.peers[address] = peer
+        self.call(
+            "transport.connect",
+            transport_id=created["transport_id"],
+            dtls_parameters=peer.dtls_parameters(),
+        )
+        self.worker.datagram_received(peer.binding_request(), address, self.now)
+        for datagram in peer.start_dtls(self.now):
+            self.worker.datagram_received(datagram, address, self.now)
+        self.deliver()
+        assert peer.connected
+        return created["transport_id"], peer
+
+    def send(self, port: int, data: bytes) -> None:
+        self.worker.datagram_received(data, ("127.0.0.1", port), self.now)
+
+
+def _audio(seq: int, level: int, ssrc: int = 1111) -> bytes:
+    return RtpPacket(
+        111,
+        seq,
+        960 * seq,
+        ssrc,
+        extensions={1: bytes([0x80 | level]), 3: b"0"},
+        payload=b"sframe-ciphertext-%d" % seq,
+    ).serialize()
+
+
+@pytest.fixture
+def room() -> tuple[Harness, str, str, str]:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, _ = h.join(router_id, 5001)
+    producer_id = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="audio",
+        payload_type=111,
+        ssrcs={1111: 0},
+        extensions={1: AUDIO_LEVEL, 3: MID},
+    )["producer_id"]
+    sub_id, _ = h.join(router_id, 5002)
+    return h, router_id, producer_id, sub_id
+
+
+def test_audio_is_forwarded_rewritten_and_still_opaque(room) -> None:
+    h, _, producer_id, sub_id = room
+    consumer = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    pub, sub = h.peers[("127.0.0.1", 5001)], h.peers[("127.0.0.1", 5002)]
+    for seq in range(100, 110):
+        h.now += 0.02
+        h.send(5001, pub.protect(_audio(seq, 30)))
+    h.deliver()
+    packets = [RtpPacket.parse_untrusted(p) for p in sub.rtp]
+    assert len(packets) == 10
+    assert {p.ssrc for p in packets} == {consumer["ssrc"]}
+    assert {p.payload_type for p in packets} == {consumer["payload_type"]}
+    seqs = [p.sequence_number for p in packets]
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+    assert packets[0].payload == b"sframe-ciphertext-100"
+    assert packets[0].extensions == {1: bytes([0x80 | 30])}  # only the audio level survives
+    offer = h.call("transport.offer", transport_id=sub_id)["sdp_offer"]
+    assert f"a=ssrc:{consumer['ssrc']} cname:" in offer
+
+
+def test_nack_is_answered_and_sender_report_is_translated(room) -> None:
+    h, _, producer_id, sub_id = room
+    h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    pub, sub = h.peers[("127.0.0.1", 5001)], h.peers[("127.0.0.1", 5002)]
+    for seq in range(1, 6):
+        h.send(5001, pub.protect(_audio(seq, 40)))
+    # The network loses the third packet on its way to the subscriber.
+    to_sub = [i for i, (_, a) in enumerate(h.outbox) if a[1] == 5002]
+    del h.outbox[to_sub[2]]
+    h.deliver()
+    assert len(sub.rtp) == 4
+    first = RtpPacket.parse_untrusted(sub.rtp[0])
+    lost = (first.sequence_number + 2) & 0xFFFF
+    h.send(5002, sub.protect_rtcp([GenericNack(1, first.ssrc, (lost,))]))
+    h.deliver()
+    again = RtpPacket.parse_untrusted(sub.rtp[-1])
+    assert again.sequence_number == lost
+    assert again.payload == b"sframe-ciphertext-3"
+    sr = SenderReport(
+        ssrc=1111, ntp_timestamp=1 << 40, rtp_timestamp=960 * 5, packet_count=5, octet_count=100
+    )
+    h.send(5001, pub.protect_rtcp([sr]))
+    h.deliver()
+    (translated,) = [
+        p for raw in sub.rtcp for p in parse_compound_untrusted(raw) if isinstance(p, SenderReport)
+    ]
+    assert translated.ssrc == first.ssrc
+    assert translated.rtp_timestamp == (first.timestamp + 960 * 4) & 0xFFFFFFFF
+    assert translated.ntp_timestamp == 1 << 40
+
+
+def test_server_mute_stops_forwarding_and_pause_resume_is_seamless(room) -> None:
+    h, _, producer_id, sub_id = room
+    consumer_id = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)[
+        "consumer_id"
+    ]
+    pub, sub = h.peers[("127.0.0.1", 5001)], h.peers[("127.0.0.1", 5002)]
+    seq = 0
+
+    def burst(n: int) -> None:
+        nonlocal seq
+        for _ in range(n):
+            seq += 1
+            h.now += 0.02
+            h.send(5001, pub.protect(_audio(seq, 30)))
+        h.deliver()
+
+    burst(3)
+    h.call("producer.mute", producer_id=producer_id, muted=True)
+    burst(3)
+    assert len(sub.rtp) == 3
+    h.call("producer.mute", producer_id=producer_id, muted=False)
+    burst(2)
+    h.call("consumer.pause", consumer_id=consumer_id)
+    burst(2)
+    h.call("consumer.resume", consumer_id=consumer_id)
+    burst(2)
+    seqs = [RtpPacket.parse_untrusted(p).sequence_number for p in sub.rtp]
+    assert len(seqs) == 7
+    assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+
+
+def test_active_speaker_event_and_pli_throttle() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    video = h.call(
+        "producer.create", transport_id=pub_id, kind="video", payload_type=96, ssrcs={2222: 0}
+    )["producer_id"]
+    audio = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="audio",
+        payload_type=111,
+        ssrcs={1111: 0},
+        extensions={1: AUDIO_LEVEL},
+    )["producer_id"]
+    sub_id, sub = h.join(router_id, 5002)
+    consumer = h.call("consumer.create", transport_id=sub_id, producer_id=video)
+    for seq in range(30):
+        h.now += 0.02
+        h.send(5001, pub.protect(_audio(seq, 20)))
+        h.worker.tick(h.now)
+    assert ("speaker", {"router_id": router_id, "producer_id": audio}) in h.events
+    pub.rtcp.clear()
+    for _ in range(5):
+        h.send(5002, sub.protect_rtcp([PictureLossIndication(1, consumer["ssrc"])]))
+    h.deliver()
+    plis = [
+        p
+        for raw in pub.rtcp
+        for p in parse_compound_untrusted(raw)
+        if isinstance(p, PictureLossIndication)
+    ]
+    assert len(plis) == 1 and plis[0].media_ssrc == 2222
+    h.now += 1.0
+    h.worker.tick(h.now)
+    h.deliver()
+    rembs = [
+        p
+        for raw in pub.rtcp
+        for p in parse_compound_untrusted(raw)
+        if isinstance(p, ReceiverEstimatedMaxBitrate)
+    ]
+    assert rembs and set(rembs[-1].ssrcs) == {1111, 2222}
+
+
+def test_consent_loss_closes_the_transport_and_frees_everything(room) -> None:
+    h, _, producer_id, sub_id = room
+    h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    h.now += 31.0
+    h.worker.tick(h.now)
+    closed = {d["transport_id"] for e, d in h.events if e == "transport.closed"}
+    assert sub_id in closed and len(closed) == 2
+    stats = h.call("stats")
+    assert (stats["transports"], stats["producers"], stats["consumers"]) == (0, 0, 0)
+
+
+def test_join_leave_cycles_leave_nothing_behind() -> None:
+    h = Harness()
+    for cycle in range(200):
+        router_id = h.call("router.create")["router_id"]
+        created = h.call("transport.create", router_id=router_id)
+        producer = h.call(
+            "producer.create",
+            transport_id=created["transport_id"],
+            kind="audio",
+            payload_type=111,
+            ssrcs={cycle + 1: 0},
+        )
+        other = h.call("transport.create", router_id=router_id)["transport_id"]
+        h.call("consumer.create", transport_id=other, producer_id=producer["producer_id"])
+        h.call("transport.close", transport_id=other)
+        h.call("router.close", router_id=router_id)
+    stats = h.call("stats")
+    assert (stats["routers"], stats["transports"], stats["producers"], stats["consumers"]) == (
+        0,
+        0,
+        0,
+        0,
+    )
+    assert not h.worker._by_ufrag and not h.worker._by_address
+
+
+def test_rpc_errors_are_typed_replies() -> None:
+    h = Harness()
+    with pytest.raises(NotFound):
+        h.call("transport.create", router_id="nope")
+    reply = reply_for(h.worker, {"id": 7, "method": "router.close", "params": {}}, 0.0)
+    assert reply == {
+        "id": 7,
+        "error": {"code": "bad_params", "message": "'router_id' must be a non-empty string"},
+    }
+    assert (
+        reply_for(h.worker, {"id": 8, "method": "x.y", "params": {}}, 0.0)["error"]["code"]
+        == "bad_params"
+    )
+    assert reply_for(h.worker, {"id": 9, "method": "router.create", "params": {}}, 0.0)["result"]
+
+
+def test_unknown_and_garbage_datagrams_are_dropped(room) -> None:
+    h, *_ = room
+    for data in (
+        b"",
+        b"\x00\x01\x00\x00",
+        b"\x17\xfe\xfd" + bytes(20),
+        b"\x80\x6f" + bytes(30),
+        b"\x80\xc8" + bytes(30),
+        b"\xff" * 10,
+    ):
+        h.worker.datagram_received(data, ("127.0.0.1", 9999), 0.0)
+        h.worker.datagram_received(data, ("127.0.0.1", 5001), 0.0)
+    assert h.worker.dropped >= 6
