@@ -285,7 +285,10 @@ class DoubleRatchet:
         n = self._ns
         if n >= MAX_COUNTER:
             raise CounterExhausted("sending chain exhausted")
-        message_type = MessageType(message_type)
+        try:
+            message_type = MessageType(message_type)
+        except ValueError:
+            raise E2EEError(f"unknown message type {message_type!r}") from None
         self._cks, mk = _kdf_ck(self._cks)
         self._ns = n + 1
         dh = self._dhs.public

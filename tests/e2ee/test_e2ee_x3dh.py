@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from e2ee import (
     IdentityKeyPair,
@@ -209,5 +211,19 @@ def test_copy_of_a_verified_bundle_with_a_swapped_key_is_verified_again() -> Non
     alice, store = _setup()
     verified = PreKeyBundle.decode_untrusted(store.bundle().encode())
     forged = dataclasses.replace(verified, signed_prekey=X25519KeyPair.generate().public)
+    with pytest.raises(BadSignature):
+        agree_as_initiator(alice, forged)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from(["signed_prekey_signature", "pq_prekey_signature"]), st.data())
+def test_any_bit_flip_in_a_prekey_signature_is_refused(field: str, draw: st.DataObject) -> None:
+    alice, store = _setup(0)
+    bundle = store.bundle()
+    sig = bytearray(getattr(bundle, field))
+    sig[draw.draw(st.integers(0, 63))] ^= 1 << draw.draw(st.integers(0, 7))
+    forged = dataclasses.replace(bundle, **{field: bytes(sig)})
+    with pytest.raises(BadSignature):
+        PreKeyBundle.decode_untrusted(forged.encode())
     with pytest.raises(BadSignature):
         agree_as_initiator(alice, forged)
