@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from turn.auth import PASSWORD_ALGORITHMS_VALUE, rest_password, rest_username
+from turn.peer_filter import PeerFilter
+from turn.server import TurnPolicy, TurnServer
+from turn.stun import (
+    Attr,
+    Message,
+    MessageClass,
+    Method,
+    PasswordAlgorithm,
+    decode_error_code_untrusted,
+    encode_password_algorithm,
+    encode_uint32,
+    encode_xor_address,
+    long_term_key,
+    new_transaction_id,
+    parse_message_untrusted,
+)
 
 SECRET = "test-secret-one"
 REALM = "hushroom.test"
@@ -67,3 +87,188 @@ def start_turn(*args: str, env: dict[str, str] | None = None) -> TurnProcess:
             getattr(turn, parts[2])[host.strip("[]")] = int(port)
     process.wait(5)
     raise RuntimeError(f"turn exited early: {process.stderr.read() if process.stderr else ''}")
+
+
+# --- a scripted client for the sans-I/O core -------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+class FakeRelay:
+    """A relay handle as the shell would hand out, without a socket."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+
+
+class FakePorts:
+    """RelayPorts for the core tests: hands out numbered relays, can run out of ports."""
+
+    def __init__(self, free: int = 1000) -> None:
+        self.free = free
+        self.opened: list[FakeRelay] = []
+        self.closed: list[FakeRelay] = []
+        self.even_requests = 0
+
+    def open(
+        self, family: int, link: int, client: tuple[str, int], even_port: bool
+    ) -> tuple[FakeRelay, tuple[str, int]] | None:
+        if self.free <= 0:
+            return None
+        self.free -= 1
+        self.even_requests += even_port
+        relay = FakeRelay(len(self.opened))
+        self.opened.append(relay)
+        ip = "2001:db8:ffff::1" if family == socket.AF_INET6 else "203.0.113.1"
+        return relay, (ip, 50000 + 2 * relay.number)
+
+    def close(self, relay: FakeRelay) -> None:
+        self.closed.append(relay)
+        self.free += 1
+
+
+def make_server(
+    *,
+    secrets: tuple[bytes, ...] = (SECRET.encode(),),
+    allow_loopback: bool = False,
+    ports: FakePorts | None = None,
+    **policy: Any,
+) -> tuple[TurnServer[FakeRelay], FakePorts]:
+    """A core with a fixed nonce key and fake relay ports."""
+    ports = ports or FakePorts()
+    peer_filter = policy.pop(
+        "peer_filter", PeerFilter(own_addresses=["203.0.113.1"], allow_loopback=allow_loopback)
+    )
+    server: TurnServer[FakeRelay] = TurnServer(
+        TurnPolicy(realm=REALM, secrets=secrets, peer_filter=peer_filter, **policy),
+        ports,
+        nonce_key=b"k" * 32,
+    )
+    return server, ports
+
+
+class CoreClient:
+    """Drives a :class:`TurnServer` like a TURN client on one 5-tuple, without sockets."""
+
+    def __init__(
+        self,
+        server: TurnServer[FakeRelay],
+        *,
+        link: int = 1,
+        addr: tuple[str, int] = ("192.0.2.50", 40000),
+        session: str = "alice",
+        expiry: float = NOW + 86400,
+        secret: str = SECRET,
+        stream: bool = False,
+    ) -> None:
+        self.server = server
+        self.link = link
+        self.addr = addr
+        self.stream = stream
+        self.username = rest_username(int(expiry), session)
+        self.password = rest_password(secret.encode(), self.username)
+        self.nonce: str | None = None
+        self.now = NOW
+        self.sha256 = False
+        self.retry_stale_nonce = True
+
+    def key(self) -> bytes:
+        algorithm = PasswordAlgorithm.SHA256 if self.sha256 else PasswordAlgorithm.MD5
+        return long_term_key(self.username, REALM, self.password, algorithm)
+
+    def send_raw(self, data: bytes) -> bytes | tuple[Any, tuple[str, int], bytes] | None:
+        return self.server.receive_from_client_untrusted(
+            self.link, self.addr, data, self.now, self.stream
+        )
+
+    def request(
+        self,
+        method: int,
+        attrs: list[tuple[int, bytes]] | None = None,
+        *,
+        authenticate: bool = True,
+        tid: bytes | None = None,
+        fingerprint: bool = False,
+    ) -> Message:
+        """Send a request (after fetching a nonce if needed) and decode the response."""
+        if authenticate and self.nonce is None:
+            self.fetch_nonce()
+        msg = Message(method, MessageClass.REQUEST, tid or new_transaction_id(), list(attrs or []))
+        if authenticate:
+            assert self.nonce is not None
+            msg.add(Attr.USERNAME, self.username.encode())
+            msg.add(Attr.REALM, REALM.encode())
+            msg.add(Attr.NONCE, self.nonce.encode())
+            if self.sha256:
+                msg.add(Attr.PASSWORD_ALGORITHMS, PASSWORD_ALGORITHMS_VALUE)
+                msg.add(
+                    Attr.PASSWORD_ALGORITHM, encode_password_algorithm(PasswordAlgorithm.SHA256)
+                )
+                raw = msg.serialize(integrity_sha256_key=self.key(), fingerprint=fingerprint)
+            else:
+                raw = msg.serialize(integrity_key=self.key(), fingerprint=fingerprint)
+        else:
+            raw = msg.serialize(fingerprint=fingerprint)
+        out = self.send_raw(raw)
+        assert isinstance(out, bytes), f"expected a response, got {out!r}"
+        response = parse_message_untrusted(out)
+        assert response.transaction_id == msg.transaction_id
+        if authenticate and self.retry_stale_nonce and error_code(response) == 438:
+            self.nonce = (response.get(Attr.NONCE) or b"").decode()
+            return self.request(method, attrs, tid=tid, fingerprint=fingerprint)
+        return response
+
+    def fetch_nonce(self) -> None:
+        response = self.request(
+            Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, UDP)], authenticate=False
+        )
+        assert error_code(response) == 401
+        self.nonce = (response.get(Attr.NONCE) or b"").decode()
+
+    def allocate(self, *extra: tuple[int, bytes]) -> Message:
+        return self.request(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, UDP), *extra])
+
+    def create_permission(self, *peers: tuple[str, int]) -> Message:
+        tid = new_transaction_id()
+        attrs = [(int(Attr.XOR_PEER_ADDRESS), encode_xor_address(h, p, tid)) for h, p in peers]
+        return self.request(Method.CREATE_PERMISSION, attrs, tid=tid)
+
+    def channel_bind(self, number: int, peer: tuple[str, int]) -> Message:
+        tid = new_transaction_id()
+        return self.request(
+            Method.CHANNEL_BIND,
+            [
+                (Attr.CHANNEL_NUMBER, number.to_bytes(2, "big") + b"\x00\x00"),
+                (Attr.XOR_PEER_ADDRESS, encode_xor_address(peer[0], peer[1], tid)),
+            ],
+            tid=tid,
+        )
+
+    def refresh(self, lifetime: int | None = None) -> Message:
+        attrs = [] if lifetime is None else [(int(Attr.LIFETIME), encode_uint32(lifetime))]
+        return self.request(Method.REFRESH, attrs)
+
+    def send_indication(self, peer: tuple[str, int], data: bytes) -> Any:
+        tid = new_transaction_id()
+        msg = Message(
+            Method.SEND,
+            MessageClass.INDICATION,
+            tid,
+            [(Attr.XOR_PEER_ADDRESS, encode_xor_address(peer[0], peer[1], tid)), (Attr.DATA, data)],
+        )
+        return self.send_raw(msg.serialize())
+
+    def channel_data(self, number: int, data: bytes) -> Any:
+        frame = number.to_bytes(2, "big") + len(data).to_bytes(2, "big") + data
+        if self.stream:
+            frame += b"\x00" * (-len(frame) & 3)
+        return self.send_raw(frame)
+
+
+UDP = b"\x11\x00\x00\x00"
+
+
+def error_code(response: Message) -> int | None:
+    """The response's ERROR-CODE number, or ``None`` for a success."""
+    value = response.get(Attr.ERROR_CODE)
+    return None if value is None else decode_error_code_untrusted(value)[0]
