@@ -20,6 +20,7 @@ from .errors import register_error_handlers
 from .gateway.hub import GatewayHub
 from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
+from .purger import run_purger
 from .ratelimit import RateLimiter
 from .state import EXTENSION, ControlState
 from .store import Database
@@ -54,13 +55,22 @@ def create_app(config: ControlConfig) -> QuartTrio:
     api = build_api()
     app.register_blueprint(api.blueprint)
 
+    # The purger belongs to the app's nursery; its own scope lets shutdown stop it at once.
+    purger_scope = trio.CancelScope()
+
+    async def purger() -> None:
+        with purger_scope:
+            await run_purger(state)
+
     @app.before_serving
     async def open_store() -> None:
         version = await state.db.migrate()
         log.info("database schema at version %d", version)
+        app.nursery.start_soon(purger)
 
     @app.after_serving
     async def close_store() -> None:
+        purger_scope.cancel()
         state.db.close()
 
     @app.websocket("/api/v1/gateway")

@@ -8,6 +8,7 @@ from ._routing import Api, Call, Caller, Reply
 from .accounts import register_routes as _accounts
 from .guilds import register_routes as _guilds
 from .openapi import openapi_document
+from .privacy import register_routes as _privacy
 from .relay import register_routes as _relay
 
 __all__ = ["Api", "Call", "Caller", "Reply", "build_api"]
@@ -19,6 +20,7 @@ def build_api() -> Api:
     _accounts(api)
     _guilds(api)
     _relay(api)
+    _privacy(api)
     document = openapi_document(api)
 
     @api.blueprint.get("/openapi.json")

@@ -153,8 +153,13 @@ class Api:
                 caller = await authenticate(state) if auth else None
                 # Limits key on the session token hash (or the endpoint for public routes):
                 # never on an address, which hushroom does not record.
-                key: object = caller.token_hash if caller else ("public", method, path)
-                wait = state.limiter.acquire(key, rate_cost)
+                if caller is not None:
+                    wait = max(
+                        state.limiter.acquire(caller.token_hash, rate_cost),
+                        state.limiter.acquire(("device", caller.device_id), rate_cost),
+                    )
+                else:
+                    wait = state.limiter.acquire(("public", method, path), rate_cost)
                 if wait:
                     raise RateLimited("slow down", retry_after=round(wait, 3))
                 payload: dict[str, Any] = {}
