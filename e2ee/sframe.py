@@ -373,6 +373,18 @@ class _ReplayWindow:
             self.mask |= 1 << (self.top - ctr)
 
 
+class _KidState(_ReplayWindow):
+    """Receiver state of one KID: its key and replay window, flattened for the hot path."""
+
+    __slots__ = ("decrypt", "key", "salt")
+
+    def __init__(self, key: _FrameKey, window_size: int) -> None:
+        super().__init__(window_size)
+        self.key = key
+        self.salt = key.salt
+        self.decrypt = key.gcm.decrypt if key.gcm is not None else None
+
+
 class _Generation:
     """Receiver state for one §5.1 key generation: the current ratchet step's key."""
 
@@ -417,7 +429,7 @@ class SFrameReceiver:
         self._max_keys = max_keys
         self._generations: dict[int, _Generation] = {}
         # Fast path when no ratcheting is configured: KID -> (key, replay window).
-        self._plain: dict[int, tuple[_FrameKey, _ReplayWindow]] = {}
+        self._plain: dict[int, _KidState] = {}
 
     def add_key(self, kid: int, base_key: bytes) -> None:
         """Install ``base_key`` for ``kid`` (with ratcheting: for its generation and step)."""
@@ -425,10 +437,7 @@ class SFrameReceiver:
         if kid not in self._plain and len(self._generations) + len(self._plain) >= self._max_keys:
             raise E2EEError("too many SFrame keys installed")
         if self.ratchet_bits == 0:
-            self._plain[kid] = (
-                _FrameKey(self.suite, base_key, kid),
-                _ReplayWindow(self._window_size),
-            )
+            self._plain[kid] = _KidState(_FrameKey(self.suite, base_key, kid), self._window_size)
         else:
             self._generations[kid >> self.ratchet_bits] = _Generation(self.suite, base_key, kid)
 
@@ -464,41 +473,39 @@ class SFrameReceiver:
                     raise DecodeError("non-minimal SFrame CTR encoding")
             else:
                 ctr, hlen = config & 0x07, 1
-            entry = self._plain.get(kid)
-            if entry is None:
+            state = self._plain.get(kid)
+            if state is None:
                 raise UnknownKey(f"no SFrame key for KID {kid}")
-            key, window = entry
-            top = window.top
+            top = state.top
             if ctr <= top:
-                window.check(ctr)
-            gcm = key.gcm
-            if gcm is not None:
+                state.check(ctr)
+            decrypt = state.decrypt
+            if decrypt is not None:
                 try:
-                    plaintext = gcm.decrypt(
-                        (key.salt ^ ctr).to_bytes(12, "big"),
+                    plaintext = decrypt(
+                        (state.salt ^ ctr).to_bytes(12, "big"),
                         frame[hlen:],
                         frame[:hlen] + metadata if metadata else frame[:hlen],
                     )
                 except InvalidTag:
                     raise DecryptionFailed("SFrame authentication failed") from None
             else:
-                plaintext = key.open(ctr, frame[:hlen] + metadata, frame[hlen:])
+                plaintext = state.key.open(ctr, frame[:hlen] + metadata, frame[hlen:])
             if ctr > top:
-                window.mask = ((window.mask << (ctr - top)) | 1) & window.full
-                window.top = ctr
+                state.mask = ((state.mask << (ctr - top)) | 1) & state.full
+                state.top = ctr
             else:
-                window.accept(ctr)
+                state.accept(ctr)
             return kid, ctr, plaintext
         kid, ctr, hlen = decode_header_untrusted(frame)
         header = frame[:hlen]
         if self.ratchet_bits == 0:
-            entry = self._plain.get(kid)
-            if entry is None:
+            state = self._plain.get(kid)
+            if state is None:
                 raise UnknownKey(f"no SFrame key for KID {kid}")
-            key, window = entry
-            window.check(ctr)
-            plaintext = key.open(ctr, header + metadata, frame[hlen:])
-            window.accept(ctr)
+            state.check(ctr)
+            plaintext = state.key.open(ctr, header + metadata, frame[hlen:])
+            state.accept(ctr)
             return kid, ctr, plaintext
         return kid, ctr, self._decrypt_ratcheting(kid, ctr, header + metadata, frame[hlen:])
 
