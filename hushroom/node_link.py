@@ -12,8 +12,10 @@ frame is one msgpack map in a binary WebSocket message:
 - node → control ``{"event": "health", "data": {"workers": [...]}}`` right after
   registering and every ``HEALTH_INTERVAL_S`` seconds.
 
-Requests ``{id, method, params}`` and replies ``{id, result}`` / ``{id, error}`` travel on
-the same link once the SFU's RPC surface exists.
+After registration control sends requests ``{"id", "method", "params"}`` and the node
+answers each with ``{"id", "result"}`` or ``{"id", "error": {"code", "message"}}``
+(:func:`encode_request`, :func:`decode_request_untrusted`, :func:`encode_reply`,
+:func:`decode_reply_untrusted`). Replies may come out of request order; the id matches them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ __all__ = [
     "PATH",
     "LinkProtocolError",
     "decode_frame_untrusted",
+    "decode_message_untrusted",
+    "decode_reply_untrusted",
+    "decode_request_untrusted",
     "encode_frame",
+    "encode_reply",
+    "encode_request",
     "new_challenge",
     "prove",
     "verify_proof",
@@ -71,6 +78,75 @@ def verify_proof(secret: bytes, challenge: bytes, node_id: str, proof: object) -
 def encode_frame(event: str, data: dict[str, Any]) -> bytes:
     """Encode one event frame."""
     return msgpack.packb({"event": event, "data": data}, use_bin_type=True)
+
+
+def decode_message_untrusted(raw: bytes | str) -> dict[Any, Any]:
+    """Decode any frame on the link (event, request or reply) into its msgpack map.
+
+    Raises :class:`LinkProtocolError` for anything but a bounded binary msgpack map.
+    """
+    if not isinstance(raw, bytes):
+        raise LinkProtocolError("node link frames are binary")
+    if len(raw) > MAX_FRAME_BYTES:
+        raise LinkProtocolError("frame too large")
+    try:
+        frame = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise LinkProtocolError(f"undecodable frame: {exc}") from None
+    if not isinstance(frame, dict):
+        raise LinkProtocolError("frame is not a map")
+    return frame
+
+
+def encode_request(request_id: int, method: str, params: dict[str, Any]) -> bytes:
+    """Encode one RPC request (control → node)."""
+    return msgpack.packb({"id": request_id, "method": method, "params": params}, use_bin_type=True)
+
+
+def decode_request_untrusted(frame: dict[Any, Any]) -> tuple[int | str, str, dict[str, Any]]:
+    """``(id, method, params)`` of a decoded request frame; :class:`LinkProtocolError` if the
+    id is not an integer or short string, the method not a string or the params not a map."""
+    request_id = frame.get("id")
+    method = frame.get("method")
+    params = frame.get("params", {})
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        raise LinkProtocolError("request id must be an integer or a string")
+    if isinstance(request_id, str) and len(request_id) > 64:
+        raise LinkProtocolError("request id too long")
+    if not isinstance(method, str) or not isinstance(params, dict):
+        raise LinkProtocolError("request needs a string 'method' and a map 'params'")
+    return request_id, method, params
+
+
+def encode_reply(
+    request_id: int | str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+) -> bytes:
+    """Encode the reply to one request: a result map or an ``(code, message)`` error."""
+    if error is not None:
+        body: dict[str, Any] = {"id": request_id, "error": {"code": error[0], "message": error[1]}}
+    else:
+        body = {"id": request_id, "result": result or {}}
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode_reply_untrusted(
+    frame: dict[Any, Any],
+) -> tuple[int | str, dict[str, Any] | None, dict[str, Any] | None]:
+    """``(id, result, error)`` of a decoded reply frame; exactly one of the last two is set."""
+    request_id = frame.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        raise LinkProtocolError("reply id must be an integer or a string")
+    result, error = frame.get("result"), frame.get("error")
+    if (result is None) == (error is None):
+        raise LinkProtocolError("reply needs exactly one of 'result' and 'error'")
+    if result is not None and not isinstance(result, dict):
+        raise LinkProtocolError("reply result must be a map")
+    if error is not None and not isinstance(error, dict):
+        raise LinkProtocolError("reply error must be a map")
+    return request_id, result, error
 
 
 def decode_frame_untrusted(raw: bytes | str) -> tuple[str, dict[str, Any]]:

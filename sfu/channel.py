@@ -36,7 +36,7 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed_untrusted(self, data: bytes) -> list[dict[str, Any]]:
+    def feed_untrusted(self, data: bytes | bytearray) -> list[dict[str, Any]]:
         """Add bytes; return every complete frame they finish."""
         self._buffer += data
         frames: list[dict[str, Any]] = []

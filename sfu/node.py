@@ -5,10 +5,16 @@ registers its workers and reports their health every few seconds; when the link 
 dials again with backoff. A worker that dies stops the node with an error, so the process
 supervisor (``hushroom up``, systemd, Kubernetes) restarts the whole node cleanly rather
 than the node limping on with a hole in its capacity.
+
+Control's requests ``{id, method, params}`` are answered by routing them to the worker that
+owns the named router, transport, producer or consumer (``router.create`` places a new
+router on the least-loaded worker); workers' events (``speaker``, ``transport.closed``) are
+relayed, and a ``stats`` event with per-worker rates, loss, CPU and RSS goes out every 5 s.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,13 +32,17 @@ import trio_websocket
 from hushroom import node_link
 from hushroom.secrets_file import read_secret_file
 
+from .channel import FrameDecoder, FrameError, encode_frame
 from .config import SfuConfig
+from .errors import BadParams, NotFound, RpcError
 
 __all__ = ["Node", "WorkerDied", "WorkerHandle"]
 
 log = logging.getLogger("sfu.node")
 
 WORKER_START_TIMEOUT_S = 20.0
+STATS_INTERVAL_S = 5.0
+EVENT_QUEUE = 1024
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 5.0
 
@@ -41,13 +51,53 @@ class WorkerDied(Exception):
     """A worker process exited while the node was running."""
 
 
-@dataclass
+class WorkerError(RpcError):
+    """A worker refused a request; carries the worker's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(eq=False)
 class WorkerHandle:
-    """One worker process as the node sees it."""
+    """One worker process as the node sees it, and the request channel to it."""
 
     index: int
     process: trio.Process
     port: int
+    routers: int = 0
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._write_lock = trio.Lock()
+
+    async def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one request to the worker and wait for its reply."""
+        request_id = next(self._ids)
+        send, receive = trio.open_memory_channel[dict[str, Any]](1)
+        self._pending[request_id] = send
+        try:
+            assert self.process.stdin is not None
+            async with self._write_lock:
+                await self.process.stdin.send_all(
+                    encode_frame({"id": request_id, "method": method, "params": params})
+                )
+            reply = await receive.receive()
+        finally:
+            del self._pending[request_id]
+        error = reply.get("error")
+        if isinstance(error, dict):
+            raise WorkerError(str(error.get("code")), str(error.get("message")))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+
+    def deliver_reply(self, frame: dict[str, Any]) -> None:
+        """Hand a reply frame from the worker to the request waiting for it."""
+        waiting = self._pending.get(frame.get("id"))  # type: ignore[arg-type]
+        if waiting is not None:
+            waiting.send_nowait(frame)
 
     def health(self) -> dict[str, Any]:
         """Liveness and resource use, as sent to control."""
@@ -77,6 +127,15 @@ class Node:
         self.secret = read_secret_file(config.node_secret_file)[0]
         self.workers: list[WorkerHandle] = []
         self.registered = trio.Event()
+        # Which worker owns what, for routing control's requests.
+        self._routers: dict[str, WorkerHandle] = {}
+        self._transports: dict[str, tuple[WorkerHandle, str]] = {}
+        self._producers: dict[str, tuple[WorkerHandle, str]] = {}
+        self._consumers: dict[str, tuple[WorkerHandle, str]] = {}
+        self._events_in, self._events_out = trio.open_memory_channel[tuple[str, dict[str, Any]]](
+            EVENT_QUEUE
+        )
+        self._last_stats: dict[int, tuple[float, dict[str, Any]]] = {}
 
     def worker_count(self) -> int:
         """Workers to start: as configured, else one per core."""
@@ -101,6 +160,8 @@ class Node:
             "sfu.worker",
             "--listen-ip",
             self.config.listen_ip,
+            "--announce-ip",
+            self.config.resolved_announce_ip,
         ]
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(
@@ -117,22 +178,143 @@ class Node:
                 line = await _read_line(process.stdout)
             ready = json.loads(line)
             handle = WorkerHandle(index, process, int(ready["port"]))
+            nursery.start_soon(self._read_worker, handle)
             task_status.started(handle)
             await process.wait()
             raise WorkerDied(f"worker {index} exited with status {process.returncode}")
 
+    async def _read_worker(self, handle: WorkerHandle) -> None:
+        """Replies go to their waiting requests, events to the control link."""
+        assert handle.process.stdout is not None
+        decoder = FrameDecoder()
+        while chunk := await handle.process.stdout.receive_some(65536):
+            try:
+                frames = decoder.feed_untrusted(chunk)
+            except FrameError:
+                log.error("worker %d sent an undecodable frame", handle.index)
+                return
+            for frame in frames:
+                event, data = frame.get("event"), frame.get("data")
+                if isinstance(event, str) and isinstance(data, dict):
+                    self._on_worker_event(handle, event, data)
+                else:
+                    handle.deliver_reply(frame)
+
+    def _on_worker_event(self, handle: WorkerHandle, event: str, data: dict[str, Any]) -> None:
+        if event == "transport.closed":
+            self._forget_transport(str(data.get("transport_id")))
+        data = {**data, "worker": handle.index}
+        try:
+            self._events_in.send_nowait((event, data))
+        except trio.WouldBlock:
+            log.warning("control link is not draining events; dropped a %s event", event)
+
+    # -- routing control's requests ------------------------------------------------------
+
+    def _owner(
+        self, table: dict[str, tuple[WorkerHandle, str]], params: dict[str, Any], key: str
+    ) -> WorkerHandle:
+        value = params.get(key)
+        if not isinstance(value, str):
+            raise BadParams(f"{key!r} must be a string")
+        entry = table.get(value)
+        if entry is None:
+            raise NotFound(f"no such {key.removesuffix('_id')}")
+        return entry[0]
+
+    def _forget_transport(self, transport_id: str) -> None:
+        self._transports.pop(transport_id, None)
+        for table in (self._producers, self._consumers):
+            for key in [k for k, (_, t) in table.items() if t == transport_id]:
+                del table[key]
+
+    async def handle_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Answer one request from control by routing it to the owning worker."""
+        if method == "stats":
+            return {"workers": [await w.request("stats", {}) for w in self.workers]}
+        if method == "router.create":
+            worker = min(self.workers, key=lambda w: (w.routers, w.index))
+            result = await worker.request(method, params)
+            self._routers[str(result["router_id"])] = worker
+            worker.routers += 1
+            return result
+        if method == "router.close":
+            router_id = params.get("router_id")
+            owner = self._routers.get(router_id) if isinstance(router_id, str) else None
+            if owner is None:
+                raise NotFound("no such router")
+            result = await owner.request(method, params)
+            del self._routers[str(router_id)]
+            owner.routers -= 1
+            for transport_id in [t for t, (_, r) in self._transports.items() if r == router_id]:
+                self._forget_transport(transport_id)
+            return result
+        if method == "transport.create":
+            router_id = params.get("router_id")
+            owner = self._routers.get(router_id) if isinstance(router_id, str) else None
+            if owner is None:
+                raise NotFound("no such router")
+            result = await owner.request(method, params)
+            self._transports[str(result["transport_id"])] = (owner, str(router_id))
+            return result
+        if method.startswith("transport.") or method in ("producer.create", "consumer.create"):
+            worker = self._owner(self._transports, params, "transport_id")
+            result = await worker.request(method, params)
+            transport_id = str(params["transport_id"])
+            if method == "transport.close":
+                self._forget_transport(transport_id)
+            for producer in result.get("producers", []):
+                self._producers[str(producer["producer_id"])] = (worker, transport_id)
+            if method == "producer.create":
+                self._producers[str(result["producer_id"])] = (worker, transport_id)
+            if method == "consumer.create":
+                self._consumers[str(result["consumer_id"])] = (worker, transport_id)
+            return result
+        if method.startswith("producer."):
+            worker = self._owner(self._producers, params, "producer_id")
+            result = await worker.request(method, params)
+            if method == "producer.close":
+                self._producers.pop(str(params["producer_id"]), None)
+            return result
+        if method.startswith("consumer."):
+            worker = self._owner(self._consumers, params, "consumer_id")
+            result = await worker.request(method, params)
+            if method == "consumer.close":
+                self._consumers.pop(str(params["consumer_id"]), None)
+            return result
+        raise BadParams(f"unknown method {method!r}")
+
+    async def _answer(self, ws: trio_websocket.WebSocketConnection, frame: dict[Any, Any]) -> None:
+        try:
+            request_id, method, params = node_link.decode_request_untrusted(frame)
+        except node_link.LinkProtocolError as exc:
+            log.warning("malformed request from control: %s", exc)
+            return
+        try:
+            reply = node_link.encode_reply(
+                request_id, result=await self.handle_request(method, params)
+            )
+        except RpcError as exc:
+            reply = node_link.encode_reply(request_id, error=(exc.code, str(exc)))
+        except (KeyError, TypeError, ValueError) as exc:
+            reply = node_link.encode_reply(request_id, error=(BadParams.code, str(exc)))
+        await ws.send_message(reply)
+
     async def _link_forever(self) -> None:
         delay = RECONNECT_MIN_S
         while True:
+            # The link's tasks run in a nursery, so a failure arrives wrapped in an
+            # exception group (trio's strict groups); except* sees through it.
             try:
                 await self._link_once()
-            except (
+            except* (
                 OSError,
                 trio_websocket.HandshakeError,
                 trio_websocket.ConnectionClosed,
                 node_link.LinkProtocolError,
-            ) as exc:
-                log.warning("control link down (%s); retrying in %.1f s", type(exc).__name__, delay)
+            ) as group:
+                names = ", ".join(type(exc).__name__ for exc in group.exceptions)
+                log.warning("control link down (%s); retrying in %.1f s", names, delay)
             await trio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_S)
 
@@ -164,16 +346,59 @@ class Node:
                 self.registered.set()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report_health, ws)
+                nursery.start_soon(self._report_stats, ws)
+                nursery.start_soon(self._relay_events, ws)
                 while True:
-                    # Requests from control arrive here once the RPC surface exists;
-                    # until then every frame is decoded (and so validated) and dropped.
-                    node_link.decode_frame_untrusted(await ws.get_message())
+                    frame = node_link.decode_message_untrusted(await ws.get_message())
+                    if "method" in frame:
+                        nursery.start_soon(self._answer, ws, frame)
 
     async def _report_health(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:
             health = [w.health() for w in self.workers]
             await ws.send_message(node_link.encode_frame("health", {"workers": health}))
             await trio.sleep(node_link.HEALTH_INTERVAL_S)
+
+    async def _relay_events(self, ws: trio_websocket.WebSocketConnection) -> None:
+        async for event, data in self._events_out:
+            await ws.send_message(node_link.encode_frame(event, data))
+
+    async def _report_stats(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(STATS_INTERVAL_S)
+            await ws.send_message(node_link.encode_frame("stats", await self.stats()))
+
+    async def stats(self) -> dict[str, Any]:
+        """Per-worker rates since the previous call: packets/s and bytes/s in and out,
+        loss, CPU (percent of one core) and RSS."""
+        now = trio.current_time()
+        workers = []
+        for worker in self.workers:
+            current = await worker.request("stats", {})
+            before_time, before = self._last_stats.get(worker.index, (now, current))
+            self._last_stats[worker.index] = (now, current)
+            elapsed = max(now - before_time, 1e-9)
+            rate = {
+                key: (current[key] - before[key]) / elapsed if before is not current else 0.0
+                for key in ("packets_in", "packets_out", "bytes_in", "bytes_out", "cpu_s")
+            }
+            expected = current["packets_expected"] - before["packets_expected"]
+            lost = current["packets_lost"] - before["packets_lost"]
+            workers.append(
+                {
+                    "index": worker.index,
+                    "routers": current["routers"],
+                    "transports": current["transports"],
+                    "packets_in_per_s": rate["packets_in"],
+                    "packets_out_per_s": rate["packets_out"],
+                    "bytes_in_per_s": rate["bytes_in"],
+                    "bytes_out_per_s": rate["bytes_out"],
+                    "loss": lost / expected if expected > 0 else 0.0,
+                    "cpu_percent": 100.0 * rate["cpu_s"],
+                    "rss_bytes": current["rss_bytes"],
+                }
+            )
+        return {"workers": workers}
 
 
 async def _read_line(stream: trio.abc.ReceiveStream, limit: int = 4096) -> bytes:
