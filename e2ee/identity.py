@@ -199,20 +199,21 @@ class PreKeyBundle:
 
     def identity_x25519(self) -> bytes:
         """The X25519 form of the identity key (checked to be a valid, non-small-order point)."""
-        if self._identity_x25519 is None:
-            object.__setattr__(
-                self, "_identity_x25519", ed25519_to_x25519_public(self.identity_key)
-            )
-        assert self._identity_x25519 is not None
-        return self._identity_x25519
+        cached = self._identity_x25519
+        if cached is None:
+            cached = ed25519_to_x25519_public(self.identity_key)
+            object.__setattr__(self, "_identity_x25519", cached)
+        return cached
 
     def pq_public_key(self) -> MLKEM1024PublicKey | None:
         """The loaded ML-KEM-1024 encapsulation key, if the bundle has one."""
         if self.pq_prekey is None:
             return None
-        if self._pq_public is None:
-            object.__setattr__(self, "_pq_public", mlkem_public_from_bytes(self.pq_prekey))
-        return self._pq_public
+        cached = self._pq_public
+        if cached is None:
+            cached = mlkem_public_from_bytes(self.pq_prekey)
+            object.__setattr__(self, "_pq_public", cached)
+        return cached
 
     def verify(self) -> None:
         """Verify the signatures; raise :class:`~e2ee.errors.BadSignature` otherwise.

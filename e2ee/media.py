@@ -88,14 +88,23 @@ def protect_frame(sender: SFrameSender, codec: Codec, frame: bytes) -> bytes:
 
 
 def unprotect_frame(
-    receiver: SFrameReceiver | MediaKeyReceiver, codec: Codec, data: bytes, *, now: float = 0.0
+    receiver: SFrameReceiver | MediaKeyReceiver,
+    codec: Codec,
+    data: bytes,
+    *,
+    now: float | None = None,
 ) -> bytes:
-    """Inverse of :func:`protect_frame` for untrusted bytes; returns the whole frame."""
+    """Inverse of :func:`protect_frame` for untrusted bytes; returns the whole frame.
+
+    ``now`` is required with a :class:`MediaKeyReceiver` (it enforces grace periods).
+    """
     n = clear_prefix_length(codec, data)
     if len(data) <= n:
         raise DecodeError("protected frame too short")
     clear = data[:n]
     if isinstance(receiver, MediaKeyReceiver):
+        if now is None:
+            raise StateError("a media key receiver needs the current time")
         _, _, plaintext = receiver.decrypt(data[n:], clear, now=now)
     else:
         _, _, plaintext = receiver.decrypt(data[n:], clear)
@@ -224,7 +233,8 @@ class MediaKeyReceiver:
             raise E2EEError("grace period must be within 0..600 seconds")
         self.suite = suite
         self.grace_seconds = grace_seconds
-        self._sframe = SFrameReceiver(suite)
+        # Room for every generation held of up to 1024 participants.
+        self._sframe = SFrameReceiver(suite, max_keys=MAX_GENERATIONS_HELD * 1024)
         self._senders: dict[int, _SenderKeys] = {}
 
     def install(self, key: MediaKey, *, now: float) -> None:

@@ -20,7 +20,7 @@ from e2ee.double_ratchet import (
     MessageType,
     RatchetLimits,
 )
-from e2ee.errors import DecodeError, InvalidKey, WrongMessageType
+from e2ee.errors import DecodeError, InvalidKey, StateError, WrongMessageType
 from e2ee.identity import MAX_KEY_ID, IdentityKeyPair, PreKeyBundle, PreKeyStore
 from e2ee.x3dh import InitialMessage, agree_as_initiator, agree_as_responder
 
@@ -210,10 +210,10 @@ def accept_session(
     """
     msg = InitialMessage.decode_untrusted(data)
     s = agree_as_responder(store, msg, require_pq=require_pq)
-    assert s.responder_ratchet_pair is not None  # always set on the responder side
-    ratchet = DoubleRatchet.responder(
-        s.shared_key, s.associated_data, s.responder_ratchet_pair, limits
-    )
+    pair = s.responder_ratchet_pair
+    if pair is None:  # agree_as_responder always sets it; checked for the type system
+        raise StateError("responder handshake without a ratchet key pair")
+    ratchet = DoubleRatchet.responder(s.shared_key, s.associated_data, pair, limits)
     first = ratchet.decrypt(msg.payload, conversation_id=conversation_id, now=now)
     if msg.one_time_prekey_id is not None:
         store.take_one_time_prekey(msg.one_time_prekey_id)

@@ -16,7 +16,14 @@ from e2ee import (
     protect_frame,
     unprotect_frame,
 )
-from e2ee.errors import DecodeError, DecryptionFailed, E2EEError, UnknownKey, WrongMessageType
+from e2ee.errors import (
+    DecodeError,
+    DecryptionFailed,
+    E2EEError,
+    StateError,
+    UnknownKey,
+    WrongMessageType,
+)
 from e2ee.media import make_kid, split_kid
 
 OPUS = bytes([0x78]) + b"opus payload bytes" * 8
@@ -87,9 +94,9 @@ def test_join_ratchets_forward_and_joiner_cannot_read_the_past() -> None:
     assert unprotect_frame(bob, Codec.OPUS, after, now=1) == OPUS
     carol = MediaKeyReceiver()
     _install(carol, joiner_key)
-    assert unprotect_frame(carol, Codec.OPUS, after) == OPUS
+    assert unprotect_frame(carol, Codec.OPUS, after, now=1) == OPUS
     with pytest.raises(UnknownKey):
-        unprotect_frame(carol, Codec.OPUS, before)
+        unprotect_frame(carol, Codec.OPUS, before, now=1)
     # Generation 0 remains readable for Bob during the grace period only.
     assert unprotect_frame(bob, Codec.OPUS, before, now=5) == OPUS
     late = protect_frame(MediaKeySender(1).sframe, Codec.OPUS, OPUS)  # unrelated gen-0 key
@@ -121,4 +128,13 @@ def test_frame_from_unknown_sender_is_refused() -> None:
             MediaKeyReceiver(),
             Codec.OPUS,
             protect_frame(MediaKeySender(9).sframe, Codec.OPUS, OPUS),
+            now=0,
         )
+
+
+def test_media_key_receiver_needs_the_time() -> None:
+    sender = MediaKeySender(1)
+    receiver = MediaKeyReceiver()
+    _install(receiver, sender.current_key())
+    with pytest.raises(StateError):
+        unprotect_frame(receiver, Codec.OPUS, protect_frame(sender.sframe, Codec.OPUS, OPUS))
