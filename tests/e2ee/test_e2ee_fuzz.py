@@ -51,7 +51,7 @@ from e2ee.double_ratchet import DecryptedMessage, MessageType
 from e2ee.errors import E2EEError
 from e2ee.linking import parse_link_code
 
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
