@@ -1,0 +1,195 @@
+"""Interop with headless Chromium: it publishes its (fake) microphone to an aiortc subscriber
+and plays an aiortc publisher's tone, all through the SFU on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+from interop_peers import publish, subscribe
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+PAGE = b"""<!doctype html><meta charset="utf-8"><title>hushroom sfu interop</title>
+<script>
+async function post(path, body) {
+  const response = await fetch(path, {method: "POST", body});
+  return response.text();
+}
+(async () => {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({audio: true});
+    const pub = new RTCPeerConnection();
+    pub.addTransceiver(stream.getAudioTracks()[0], {direction: "sendonly"});
+    await pub.setLocalDescription(await pub.createOffer());
+    const answer = await post("/publish", pub.localDescription.sdp);
+    await pub.setRemoteDescription({type: "answer", sdp: answer});
+    const sub = new RTCPeerConnection();
+    sub.ontrack = (event) => {
+      const audio = new Audio();
+      audio.srcObject = new MediaStream([event.track]);
+      audio.play().catch(() => {});
+    };
+    const offer = await post("/subscribe", "");
+    await sub.setRemoteDescription({type: "offer", sdp: offer});
+    await sub.setLocalDescription(await sub.createAnswer());
+    await post("/answer", sub.localDescription.sdp);
+    let result = {};
+    for (let i = 0; i < 150; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      (await sub.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "audio") {
+          result = {packetsReceived: s.packetsReceived, totalAudioEnergy: s.totalAudioEnergy,
+                    publisher: pub.connectionState, subscriber: sub.connectionState};
+        }
+      });
+      if (result.packetsReceived > 50 && result.totalAudioEnergy > 0) break;
+    }
+    await post("/result", JSON.stringify(result));
+  } catch (error) {
+    await post("/result", JSON.stringify({error: String(error)}));
+  }
+})();
+</script>
+"""
+
+
+class PageServer:
+    """A tiny HTTP/1.1 server for the page and its signalling calls (one request per connection)."""
+
+    def __init__(
+        self, control: Any, router_id: str, aiortc_producers: list[dict[str, Any]]
+    ) -> None:
+        self.control = control
+        self.router_id = router_id
+        self.aiortc_producers = aiortc_producers
+        self.chromium_producers: list[dict[str, Any]] = []
+        self.published = trio.Event()
+        self.result: dict[str, Any] = {}
+        self.finished = trio.Event()
+        self._subscriber_transport = ""
+
+    async def route(self, method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
+        if method == "GET" and path == "/":
+            return b"text/html", PAGE
+        if path == "/publish":
+            transport = await self.control.call("transport.create", router_id=self.router_id)
+            connected = await self.control.call(
+                "transport.connect",
+                transport_id=transport["transport_id"],
+                sdp_offer=body.decode(),
+            )
+            self.chromium_producers = connected["producers"]
+            self.published.set()
+            return b"application/sdp", connected["sdp_answer"].encode()
+        if path == "/subscribe":
+            transport = await self.control.call("transport.create", router_id=self.router_id)
+            self._subscriber_transport = transport["transport_id"]
+            for producer in self.aiortc_producers:
+                await self.control.call(
+                    "consumer.create",
+                    transport_id=self._subscriber_transport,
+                    producer_id=producer["producer_id"],
+                )
+            offer = await self.control.call(
+                "transport.offer", transport_id=self._subscriber_transport
+            )
+            return b"application/sdp", offer["sdp_offer"].encode()
+        if path == "/answer":
+            await self.control.call(
+                "transport.answer",
+                transport_id=self._subscriber_transport,
+                sdp_answer=body.decode(),
+            )
+            return b"text/plain", b"ok"
+        if path == "/result":
+            self.result = json.loads(body)
+            self.finished.set()
+            return b"text/plain", b"ok"
+        return b"text/plain", b"not found"
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, body = data.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        method, path, _ = lines[0].split(" ", 2)
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(body) < length:
+            body += await stream.receive_some(65536)
+        content_type, payload = await self.route(method, path, body)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: "
+            + content_type
+            + b"\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\nConnection: close\r\n\r\n"
+            + payload
+        )
+        await stream.aclose()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+async def test_chromium_publishes_and_receives_through_the_sfu(
+    control: Any, sfu_node: list[str], nursery: trio.Nursery
+) -> None:
+    assert CHROMIUM is not None
+    router_id = (await control.call("router.create"))["router_id"]
+    publisher, producers = await publish(control, nursery, router_id, "440")
+    server = PageServer(control, router_id, producers)
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    with tempfile.TemporaryDirectory() as profile:
+        browser = await trio.lowlevel.open_process(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                f"http://127.0.0.1:{port}/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            with trio.fail_after(30):
+                await server.published.wait()
+            subscriber = await subscribe(
+                control, nursery, router_id, server.chromium_producers, "1"
+            )
+            heard = await subscriber.read(within=60)
+            await subscriber.close()
+            with trio.fail_after(30):
+                await server.finished.wait()
+        finally:
+            browser.kill()
+            await browser.wait()
+            await publisher.close()
+    # Chromium's fake microphone was decoded by aiortc...
+    assert heard["frames"] > 0 and heard["first_audio_s"] is not None
+    # ...and Chromium received and played aiortc's tone.
+    assert "error" not in server.result, server.result
+    assert server.result["packetsReceived"] > 50
+    assert server.result["totalAudioEnergy"] > 0
