@@ -1,0 +1,38 @@
+"""hushroom's Python client SDK and CLI: end-to-end encrypted text over the control plane.
+
+* :class:`client.Client` — a profile signed in to a server: DMs, channels, devices,
+  safety numbers, live events (:mod:`client.client`);
+* :mod:`client.api` — the typed REST API; :mod:`client.gateway` — the gateway session
+  (sans-I/O core plus trio shell); :mod:`client.store` — the sealed local store;
+* :mod:`client.cli` — the people's commands behind ``hushroom register|send|dm|...``.
+
+Errors are :class:`client.errors.ClientError` subclasses whose messages are one sentence.
+"""
+
+from client.client import Client, Message, Notice
+from client.errors import (
+    ApiError,
+    ClientError,
+    IdentityChanged,
+    NotRegistered,
+    ProtocolError,
+    StoreError,
+    TransportError,
+    UndecryptableMessage,
+    UsageError,
+)
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "ClientError",
+    "IdentityChanged",
+    "Message",
+    "NotRegistered",
+    "Notice",
+    "ProtocolError",
+    "StoreError",
+    "TransportError",
+    "UndecryptableMessage",
+    "UsageError",
+]

@@ -1,0 +1,256 @@
+"""The control plane's REST API (``/api/v1``), typed, over msgpack bodies.
+
+Each method is one endpoint; answers go through the ``*_untrusted`` decoders of
+:mod:`client.models`. Errors arrive as :class:`~client.errors.ApiError` carrying the
+server's code and message (a 409 ``stale_devices`` carries the current device lists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from client.errors import ApiError, ProtocolError
+from client.http import HttpClient
+from client.models import (
+    Bundle,
+    Channel,
+    ChannelMessage,
+    Device,
+    Envelope,
+    Guild,
+    Member,
+    User,
+)
+
+__all__ = ["ControlApi", "decode_body_untrusted"]
+
+_MSGPACK = "application/msgpack"
+API = "/api/v1"
+
+
+def decode_body_untrusted(body: bytes) -> Any:
+    """Parse a msgpack answer with bounded nesting and no extension types."""
+    if not body:
+        return None
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=False, timestamp=0)
+    except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
+        raise ProtocolError("the server sent a body that is not msgpack") from None
+
+
+class ControlApi:
+    """Typed calls to one control plane, authenticated with a session token once set."""
+
+    def __init__(self, server_url: str, token: str | None = None) -> None:
+        self.server_url = server_url
+        self.http = HttpClient(server_url)
+        self.token = token
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection."""
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One request; returns the decoded answer or raises :class:`ApiError`."""
+        headers = [("Accept", _MSGPACK)]
+        raw = b""
+        if body is not None:
+            headers.append(("Content-Type", _MSGPACK))
+            raw = msgpack.packb(body, use_bin_type=True)
+        if self.token is not None:
+            headers.append(("Authorization", f"Bearer {self.token}"))
+        response = await self.http.request(method, API + path, headers, raw)
+        if response.status >= 400:
+            data = decode_body_untrusted(response.body) if response.body else None
+            err = data.get("error") if isinstance(data, dict) else None
+            if isinstance(err, dict) and isinstance(err.get("message"), str):
+                code = err.get("code")
+                extra = {k: v for k, v in err.items() if k not in ("code", "message")}
+                raise ApiError(
+                    response.status,
+                    code if isinstance(code, str) else "error",
+                    err["message"],
+                    extra,
+                )
+            raise ApiError(response.status, "http_error", f"HTTP {response.status}", {})
+        return decode_body_untrusted(response.body)
+
+    # --- accounts and devices --------------------------------------------------------
+
+    async def challenge(self) -> bytes:
+        """A fresh single-use challenge to sign."""
+        data = await self.call("POST", "/auth/challenge", {})
+        value = data.get("challenge") if isinstance(data, dict) else None
+        if not isinstance(value, bytes) or len(value) != 32:
+            raise ProtocolError("the server sent a malformed challenge")
+        return value
+
+    async def register(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create the account with its first device; returns user, device and token."""
+        data = await self.call("POST", "/users", body)
+        if not isinstance(data, dict):
+            raise ProtocolError("the server sent a malformed registration answer")
+        return data
+
+    async def login(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Sign a device in; returns user id, device id and token."""
+        data = await self.call("POST", "/auth/login", body)
+        if not isinstance(data, dict):
+            raise ProtocolError("the server sent a malformed login answer")
+        return data
+
+    async def me(self) -> User:
+        """The caller's account."""
+        return User.from_wire_untrusted(await self.call("GET", "/users/@me"))
+
+    async def user_by_handle(self, handle: str) -> User:
+        """Look a user up by handle."""
+        return User.from_wire_untrusted(await self.call("GET", f"/users/by-handle/{handle}"))
+
+    async def devices(self, user_id: str) -> list[Device]:
+        """A user's current devices."""
+        return Device.list_untrusted(await self.call("GET", f"/users/{user_id}/devices"))
+
+    async def add_device(self, body: dict[str, Any]) -> Device:
+        """Add a device to the caller's account."""
+        return Device.from_wire_untrusted(await self.call("POST", "/users/@me/devices", body))
+
+    async def remove_device(self, device_id: str) -> None:
+        """Remove one of the caller's devices."""
+        await self.call("DELETE", f"/users/@me/devices/{device_id}")
+
+    async def upload_keys(self, body: dict[str, Any]) -> int:
+        """Upload prekeys; returns how many one-time prekeys the server now holds."""
+        data = await self.call("PUT", "/users/@me/devices/@current/keys", body)
+        count = data.get("one_time_prekeys") if isinstance(data, dict) else None
+        if not isinstance(count, int):
+            raise ProtocolError("the server sent a malformed key count")
+        return count
+
+    async def key_count(self) -> int:
+        """How many one-time prekeys the server still holds for this device."""
+        data = await self.call("GET", "/users/@me/devices/@current/keys")
+        count = data.get("one_time_prekeys") if isinstance(data, dict) else None
+        if not isinstance(count, int):
+            raise ProtocolError("the server sent a malformed key count")
+        return count
+
+    async def claim_bundles(self, user_id: str) -> list[Bundle]:
+        """Claim a bundle for every device of ``user_id`` (one OTK each)."""
+        data = await self.call("POST", f"/users/{user_id}/keys/claim", {})
+        devices = data.get("devices") if isinstance(data, dict) else None
+        if not isinstance(devices, list) or len(devices) > 64:
+            raise ProtocolError("the server sent a malformed bundle list")
+        return [Bundle.from_wire_untrusted(d) for d in devices]
+
+    async def export(self) -> Any:
+        """Everything the server holds about the caller."""
+        return await self.call("GET", "/users/@me/export")
+
+    async def delete_account(self) -> None:
+        """Erase the account on the server."""
+        await self.call("DELETE", "/users/@me")
+
+    async def logout(self) -> None:
+        """Revoke this session token."""
+        await self.call("POST", "/auth/logout", {})
+
+    # --- guilds, channels, members, invites ------------------------------------------
+
+    async def create_guild(self, name: str) -> Guild:
+        """Create a guild (with @everyone and #general)."""
+        return Guild.from_wire_untrusted(await self.call("POST", "/guilds", {"name": name}))
+
+    async def my_guilds(self) -> list[dict[str, Any]]:
+        """``[{"id", "name", "owner_id"}]`` of the caller's guilds."""
+        data = await self.call("GET", "/users/@me/guilds")
+        if not isinstance(data, list):
+            raise ProtocolError("the server sent a malformed guild list")
+        return [g for g in data if isinstance(g, dict)]
+
+    async def guild(self, guild_id: str) -> Guild:
+        """A guild with its roles and the channels the caller can see."""
+        return Guild.from_wire_untrusted(await self.call("GET", f"/guilds/{guild_id}"))
+
+    async def members(self, guild_id: str) -> list[Member]:
+        """The guild's members."""
+        return Member.list_untrusted(await self.call("GET", f"/guilds/{guild_id}/members"))
+
+    async def create_channel(self, guild_id: str, name: str, **fields: Any) -> Channel:
+        """Create a channel."""
+        data = await self.call("POST", f"/guilds/{guild_id}/channels", {"name": name, **fields})
+        return Channel.from_wire_untrusted(data)
+
+    async def channel(self, channel_id: str) -> Channel:
+        """One channel (with its overwrites)."""
+        return Channel.from_wire_untrusted(await self.call("GET", f"/channels/{channel_id}"))
+
+    async def channels(self, guild_id: str) -> list[Channel]:
+        """The channels the caller can see."""
+        data = await self.call("GET", f"/guilds/{guild_id}/channels")
+        if not isinstance(data, list):
+            raise ProtocolError("the server sent a malformed channel list")
+        return [Channel.from_wire_untrusted(c) for c in data]
+
+    async def create_invite(self, channel_id: str, max_uses: int = 0, max_age: int = 86400) -> str:
+        """Create an invite; returns its code."""
+        body = {"max_uses": max_uses, "max_age": max_age}
+        data = await self.call("POST", f"/channels/{channel_id}/invites", body)
+        code = data.get("code") if isinstance(data, dict) else None
+        if not isinstance(code, str):
+            raise ProtocolError("the server sent a malformed invite")
+        return code
+
+    async def accept_invite(self, code: str) -> Guild:
+        """Join the invite's guild."""
+        return Guild.from_wire_untrusted(await self.call("POST", f"/invites/{code}", {}))
+
+    async def kick(self, guild_id: str, user_id: str) -> None:
+        """Remove a member from a guild."""
+        await self.call("DELETE", f"/guilds/{guild_id}/members/{user_id}")
+
+    async def leave(self, guild_id: str) -> None:
+        """Leave a guild."""
+        await self.call("DELETE", f"/users/@me/guilds/{guild_id}")
+
+    # --- relay -------------------------------------------------------------------------
+
+    async def send_envelopes(self, recipients: list[dict[str, Any]]) -> Any:
+        """Queue one ciphertext per device (raises ApiError 409 ``stale_devices``)."""
+        return await self.call("POST", "/envelopes", {"recipients": recipients})
+
+    async def fetch_envelopes(self, limit: int = 100) -> list[Envelope]:
+        """Envelopes queued for this device, oldest first."""
+        data = await self.call("GET", f"/envelopes?limit={limit}")
+        if not isinstance(data, list):
+            raise ProtocolError("the server sent a malformed envelope list")
+        return [Envelope.from_wire_untrusted(e) for e in data]
+
+    async def ack_envelopes(self, ids: list[str]) -> None:
+        """Delete delivered envelopes."""
+        for start in range(0, len(ids), 500):
+            await self.call("POST", "/envelopes/ack", {"ids": ids[start : start + 500]})
+
+    async def post_message(self, channel_id: str, ciphertext: bytes) -> ChannelMessage:
+        """Post a Sender-Key ciphertext to a channel."""
+        data = await self.call(
+            "POST", f"/channels/{channel_id}/messages", {"ciphertext": ciphertext}
+        )
+        return ChannelMessage.from_wire_untrusted(data)
+
+    async def history(
+        self,
+        channel_id: str,
+        after: int | None = None,
+        limit: int = 100,
+        before: int | None = None,
+    ) -> list[ChannelMessage]:
+        """Stored channel messages, newest first, with seq in (``after``, ``before``)."""
+        query = f"?limit={limit}" + (f"&after={after}" if after is not None else "")
+        query += f"&before={before}" if before is not None else ""
+        data = await self.call("GET", f"/channels/{channel_id}/messages{query}")
+        if not isinstance(data, list):
+            raise ProtocolError("the server sent a malformed message list")
+        return [ChannelMessage.from_wire_untrusted(m) for m in data]

@@ -1,0 +1,504 @@
+"""The people's commands: ``hushroom register|login|guild|channel|send|dm|read|tail|...``.
+
+``main(argv)`` receives the command name first (``hushroom`` routes here). Every command
+takes ``--profile DIR`` (default ``$XDG_DATA_HOME/hushroom/profiles/default``), ``--json``
+for scripts, and reads the store passphrase from ``HUSHROOM_PASSPHRASE``,
+``--passphrase-file`` or, on a terminal, a prompt. Output is readable text by default;
+errors are one plain sentence on stderr with exit status 1 (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from client.api import ControlApi
+from client.client import Client, Message
+from client.errors import ApiError, ClientError, UsageError
+from client.store import Store
+from e2ee import BackupContents, E2EEError, Session, export_backup, import_backup
+
+__all__ = ["default_profile", "main"]
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+COMMANDS = (
+    "register",
+    "login",
+    "guild",
+    "channel",
+    "send",
+    "dm",
+    "read",
+    "tail",
+    "devices",
+    "link-device",
+    "verify",
+    "backup",
+    "export-my-data",
+    "delete-account",
+)
+
+
+def default_profile() -> Path:
+    """``$XDG_DATA_HOME/hushroom/profiles/default`` (``~/.local/share`` when unset)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hushroom" / "profiles" / "default"
+
+
+class _Out:
+    """Readable lines or JSON documents, as asked."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, text: str) -> None:
+        if self.as_json:
+            print(json.dumps(data, default=_json_default, sort_keys=True), flush=True)
+        else:
+            print(text, flush=True)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def _when(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def _message_line(m: Message, where: str = "") -> str:
+    arrow = f"[{where}] " if where else ""
+    return f"{_when(m.ts)} {arrow}{m.sender_handle}: {m.body}"
+
+
+def _message_json(m: Message) -> dict[str, Any]:
+    return m.to_record()
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", type=Path, default=None, help="profile directory")
+    common.add_argument("--server", default=None, help=f"server URL (default {DEFAULT_SERVER})")
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    common.add_argument(
+        "--passphrase-file", type=Path, default=None, help="read the store passphrase from FILE"
+    )
+    parser = argparse.ArgumentParser(
+        prog="hushroom",
+        description="hushroom's end-to-end encrypted chat, from a terminal.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("register", parents=[common], help="create an account and device")
+    p.add_argument("handle", help="your handle: 2-32 of a-z 0-9 _ .")
+    sub.add_parser("login", parents=[common], help="sign this device in again")
+
+    p = sub.add_parser("guild", parents=[common], help="create, join, list guilds; invites")
+    gsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    gsub.add_parser("create", parents=[common], help="create a guild").add_argument("name")
+    gsub.add_parser("join", parents=[common], help="join by invite code").add_argument("code")
+    gsub.add_parser("list", parents=[common], help="your guilds")
+    inv = gsub.add_parser("invite", parents=[common], help="make an invite code")
+    inv.add_argument("guild", help="guild id or name")
+    inv.add_argument("--channel", default="general", help="channel the invite points at")
+    inv.add_argument("--max-uses", type=int, default=0, help="0 = unlimited")
+
+    p = sub.add_parser("channel", parents=[common], help="create and list channels")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cc = csub.add_parser("create", parents=[common], help="create a text channel")
+    cc.add_argument("guild", help="guild id or name")
+    cc.add_argument("name")
+    cc.add_argument("--retention-days", type=int, default=None)
+    csub.add_parser("list", parents=[common], help="channels you can see").add_argument("guild")
+
+    p = sub.add_parser("send", parents=[common], help="send to a channel")
+    p.add_argument("channel", help="channel id, name or GUILD/NAME")
+    p.add_argument("text")
+    p.add_argument("--expire", type=int, default=None, help="disappear after SECONDS")
+
+    p = sub.add_parser("dm", parents=[common], help="send a direct message")
+    p.add_argument("handle")
+    p.add_argument("text")
+    p.add_argument("--expire", type=int, default=None, help="disappear after SECONDS")
+
+    p = sub.add_parser("read", parents=[common], help="fetch and show messages")
+    p.add_argument("target", nargs="?", help="channel (id, name, GUILD/NAME) or @HANDLE")
+    p.add_argument("--limit", type=int, default=50)
+
+    p = sub.add_parser("tail", parents=[common], help="follow messages live")
+    p.add_argument("--count", type=int, default=None, help="stop after COUNT messages")
+    p.add_argument("--timeout", type=float, default=None, help="stop after SECONDS")
+
+    p = sub.add_parser("devices", parents=[common], help="list or remove devices")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION")
+    dsub.add_parser("list", parents=[common], help="this account's devices")
+    dsub.add_parser("remove", parents=[common], help="remove a device").add_argument("device_id")
+
+    p = sub.add_parser("link-device", parents=[common], help="add a new device of this account")
+    p.add_argument("new_profile", type=Path, help="profile directory for the new device")
+
+    p = sub.add_parser("verify", parents=[common], help="safety number with a contact")
+    p.add_argument("handle")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mark", action="store_true", help="mark as verified (numbers match)")
+    group.add_argument("--accept", action="store_true", help="accept changed identity keys")
+
+    p = sub.add_parser("backup", parents=[common], help="encrypted key backup")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    bsub.add_parser("export", parents=[common], help="write a backup").add_argument(
+        "file", type=Path
+    )
+    bsub.add_parser("import", parents=[common], help="restore into --profile").add_argument(
+        "file", type=Path
+    )
+
+    p = sub.add_parser("export-my-data", parents=[common], help="everything held about you")
+    p.add_argument("--output", type=Path, default=None, help="write JSON to FILE")
+
+    p = sub.add_parser("delete-account", parents=[common], help="erase your account")
+    p.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    return parser
+
+
+def _passphrase(args: argparse.Namespace, env: str = "HUSHROOM_PASSPHRASE") -> str:
+    if args.passphrase_file is not None:
+        try:
+            text: str = Path(args.passphrase_file).read_text().rstrip("\n")
+        except OSError as exc:
+            raise UsageError(f"cannot read the passphrase file ({exc.strerror})") from None
+        if text:
+            return text
+    value = os.environ.get(env)
+    if value:
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("profile passphrase: ")
+    raise UsageError(f"no passphrase: set {env} or pass --passphrase-file")
+
+
+def _backup_passphrase(args: argparse.Namespace) -> str:
+    value = os.environ.get("HUSHROOM_BACKUP_PASSPHRASE")
+    if value:
+        return value
+    if sys.stdin.isatty():
+        return getpass.getpass("backup passphrase: ")
+    raise UsageError("no backup passphrase: set HUSHROOM_BACKUP_PASSPHRASE")
+
+
+def _profile(args: argparse.Namespace) -> Path:
+    return Path(args.profile) if args.profile is not None else default_profile()
+
+
+async def _open(args: argparse.Namespace) -> Client:
+    return Client.open(_profile(args), _passphrase(args), args.server)
+
+
+def _show_notices(client: Client, out: _Out) -> None:
+    for notice in client.notices():
+        if out.as_json:
+            out.emit({"notice": notice.kind, "text": notice.text}, "")
+        else:
+            print(f"! {notice.text}", file=sys.stderr, flush=True)
+
+
+async def _find_guild(client: Client, name: str) -> dict[str, Any]:
+    for g in await client.api.my_guilds():
+        if name in (g.get("id"), g.get("name")):
+            return g
+    raise UsageError(f"you are not in a guild called {name!r}")
+
+
+async def _cmd_register(args: argparse.Namespace, out: _Out) -> None:
+    server = args.server or DEFAULT_SERVER
+    client = await Client.register(_profile(args), _passphrase(args), server, args.handle)
+    async with client:
+        out.emit(
+            {"user_id": client.user_id, "handle": client.handle, "device_id": client.device_id},
+            f"registered {client.handle} on {server} (device {client.device_id})",
+        )
+
+
+async def _cmd_login(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        await client.login()
+        out.emit({"user_id": client.user_id}, f"signed in as {client.handle}")
+
+
+async def _cmd_guild(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        if args.action == "create":
+            guild = await client.api.create_guild(args.name)
+            out.emit({"id": guild.id, "name": guild.name}, f"created guild {guild.name}")
+        elif args.action == "join":
+            guild = await client.api.accept_invite(args.code)
+            out.emit({"id": guild.id, "name": guild.name}, f"joined guild {guild.name}")
+        elif args.action == "list":
+            guilds = await client.api.my_guilds()
+            out.emit(guilds, "\n".join(f"{g['name']}  ({g['id']})" for g in guilds) or "none")
+        else:
+            g = await _find_guild(client, args.guild)
+            channel = await client.find_channel(args.channel, str(g["id"]))
+            code = await client.api.create_invite(channel.id, max_uses=args.max_uses)
+            out.emit({"code": code, "guild_id": g["id"]}, code)
+
+
+async def _cmd_channel(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        g = await _find_guild(client, args.guild)
+        if args.action == "create":
+            fields = {}
+            if args.retention_days is not None:
+                fields["retention_days"] = args.retention_days
+            channel = await client.api.create_channel(str(g["id"]), args.name, **fields)
+            out.emit({"id": channel.id, "name": channel.name}, f"created #{channel.name}")
+        else:
+            channels = await client.api.channels(str(g["id"]))
+            out.emit(
+                [{"id": c.id, "name": c.name, "type": c.type} for c in channels],
+                "\n".join(f"#{c.name}  {c.type}  ({c.id})" for c in channels),
+            )
+
+
+async def _cmd_send(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        channel = await client.find_channel(args.channel)
+        await client.sync()
+        message = await client.send_channel(channel.id, args.text, args.expire)
+        _show_notices(client, out)
+        out.emit(_message_json(message), f"sent to #{channel.name}")
+
+
+async def _cmd_dm(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        await client.sync()
+        message = await client.send_dm(args.handle, args.text, args.expire)
+        _show_notices(client, out)
+        out.emit(_message_json(message), f"sent to {args.handle}")
+
+
+async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        new = await client.sync()
+        if args.target is None:
+            messages = new
+            where = {m.id: m.conversation for m in new}
+            _show_notices(client, out)
+            if out.as_json:
+                out.emit([_message_json(m) for m in messages], "")
+            else:
+                for m in messages:
+                    print(_message_line(m, where[m.id]), flush=True)
+            return
+        if args.target.startswith("@"):
+            messages = await client.dm_history(args.target[1:], args.limit)
+        else:
+            channel = await client.find_channel(args.target)
+            await client.sync_channel(channel.id)
+            messages = client.history(f"ch:{channel.id}", args.limit)
+        _show_notices(client, out)
+        if out.as_json:
+            out.emit([_message_json(m) for m in messages], "")
+        else:
+            for m in messages:
+                print(_message_line(m), flush=True)
+
+
+async def _cmd_tail(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        seen = 0
+        with trio.move_on_after(args.timeout if args.timeout is not None else float("inf")):
+            async with client.live() as messages:
+                async for m in messages:
+                    out.emit(_message_json(m), _message_line(m, m.conversation))
+                    _show_notices(client, out)
+                    seen += 1
+                    if args.count is not None and seen >= args.count:
+                        break
+
+
+async def _cmd_devices(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        if args.action == "remove":
+            await client.remove_device(args.device_id)
+            out.emit({"removed": args.device_id}, f"removed device {args.device_id}")
+            return
+        devices = await client.devices()
+        out.emit(
+            [
+                {"id": d.id, "identity_key": d.identity_key.hex(), "this": d.id == client.device_id}
+                for d in devices
+            ],
+            "\n".join(
+                f"{d.id}  {d.identity_key.hex()[:16]}…"
+                + ("  (this device)" if d.id == client.device_id else "")
+                for d in devices
+            ),
+        )
+
+
+async def _cmd_link_device(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        linked = await client.link_device(args.new_profile, _passphrase(args))
+        async with linked:
+            out.emit(
+                {"device_id": linked.device_id, "profile": str(args.new_profile)},
+                f"linked device {linked.device_id} in {args.new_profile}",
+            )
+
+
+async def _cmd_verify(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        if args.accept:
+            await client.accept_identity(args.handle)
+        number, verified = await client.safety_number(args.handle)
+        if args.mark:
+            await client.mark_verified(args.handle)
+            verified = True
+        state = "verified" if verified else "not verified"
+        out.emit(
+            {"handle": args.handle, "safety_number": number, "verified": verified},
+            f"safety number with {args.handle} ({state}):\n{number}",
+        )
+
+
+async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
+    if args.action == "export":
+        async with await _open(args) as client:
+            sessions: dict[str, Session] = {}
+            for name, blobs in client.store.names("sessions"):
+                if blobs:
+                    sessions[name] = Session.restore_untrusted(blobs[0])
+            data = export_backup(
+                BackupContents(client.identity, client.prekeys, sessions),
+                _backup_passphrase(args),
+            )
+            args.file.write_bytes(data)
+            out.emit({"file": str(args.file)}, f"backup written to {args.file}")
+        return
+    profile = _profile(args)
+    if Store.exists(profile):
+        raise UsageError(f"a profile already exists at {profile}; import into a new one")
+    try:
+        contents = import_backup(args.file.read_bytes(), _backup_passphrase(args))
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file} ({exc.strerror})") from None
+    server = args.server or DEFAULT_SERVER
+    api = ControlApi(server)
+    try:
+        challenge = await api.challenge()
+        identity = contents.identity
+        answer = await api.login(
+            {
+                "identity_key": identity.public,
+                "challenge": challenge,
+                "signature": identity.sign(b"hushroom-v1 login\x00" + challenge + identity.public),
+            }
+        )
+        api.token = str(answer["token"])
+        me = await api.me()
+    finally:
+        await api.aclose()
+    store = Store.open(profile, _passphrase(args), create=True)
+    with store.transaction():
+        store.put("identity", "seed", identity.seed)
+        prekeys = contents.prekeys
+        if prekeys is None:
+            raise UsageError("the backup holds no prekeys")
+        store.put("identity", "prekeys", prekeys.serialize())
+        store.put(
+            "account",
+            "self",
+            {
+                "server": server,
+                "user_id": me.id,
+                "handle": me.handle,
+                "device_id": str(answer["device_id"]),
+                "token": api.token,
+            },
+        )
+        # Restored sessions only decrypt: sending on them could reuse a message key the
+        # old copy already used (docs/e2ee.md); new sessions are opened for sending.
+        for label, session in contents.sessions.items():
+            store.put("sessions_restored", label, [session.serialize()])
+    store.close()
+    out.emit({"user_id": me.id, "handle": me.handle}, f"restored {me.handle} into {profile}")
+
+
+async def _cmd_export(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        data = await client.export_my_data()
+        if args.output is not None:
+            args.output.write_text(json.dumps(data, default=_json_default, indent=2))
+            out.emit({"file": str(args.output)}, f"written to {args.output}")
+        else:
+            print(json.dumps(data, default=_json_default, indent=2), flush=True)
+
+
+async def _cmd_delete(args: argparse.Namespace, out: _Out) -> None:
+    if not args.yes:
+        raise UsageError("deleting the account cannot be undone: add --yes to confirm")
+    client = await _open(args)
+    handle = client.handle
+    await client.delete_account()
+    out.emit({"deleted": handle}, f"account {handle} erased from the server and this device")
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace, _Out], Awaitable[None]]] = {
+    "register": _cmd_register,
+    "login": _cmd_login,
+    "guild": _cmd_guild,
+    "channel": _cmd_channel,
+    "send": _cmd_send,
+    "dm": _cmd_dm,
+    "read": _cmd_read,
+    "tail": _cmd_tail,
+    "devices": _cmd_devices,
+    "link-device": _cmd_link_device,
+    "verify": _cmd_verify,
+    "backup": _cmd_backup,
+    "export-my-data": _cmd_export,
+    "delete-account": _cmd_delete,
+}
+
+
+def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, ApiError):
+        text = exc.message
+    elif isinstance(exc, E2EEError):
+        text = f"a cryptographic check failed ({type(exc).__name__}: {exc})"
+    else:
+        text = str(exc)
+    text = text.strip() or type(exc).__name__
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def main(argv: list[str]) -> int:
+    """Run one command; ``argv[0]`` is the command name."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    out = _Out(args.json)
+    status = 0
+    try:
+        trio.run(_HANDLERS[args.command], args, out)
+    except* (ClientError, E2EEError) as group:
+        first: BaseException = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"hushroom: {_sentence(first)}", file=sys.stderr, flush=True)
+        status = 2 if isinstance(first, UsageError) else 1
+    except* KeyboardInterrupt:
+        status = 130
+    return status

@@ -1,0 +1,1077 @@
+"""The hushroom client: account, devices, end-to-end encrypted DMs and channels.
+
+A :class:`Client` owns one profile (an unlocked :class:`~client.store.Store`) and talks to
+one control plane through :class:`~client.api.ControlApi`. Everything the server sees is
+ciphertext built with :mod:`e2ee`:
+
+* **DMs.** For each recipient device and each of the sender's other devices: a pairwise
+  :class:`e2ee.Session` (PQXDH on first contact, from a claimed prekey bundle), one
+  envelope per device. A 409 ``stale_devices`` answer carries the current lists: the client
+  checks the new identity keys, opens sessions to new devices and retries.
+* **Receipt.** Decrypt, persist (message and session state in one transaction), then ack.
+  An envelope id already handled is acked again without being shown twice, so a crash
+  between persist and ack, or an envelope seen both in READY and by REST, is delivered
+  exactly once. An envelope that fails to authenticate is acked, dropped and reported.
+* **Channels.** One :class:`e2ee.SenderKeySender` per (channel, this device), distributed
+  inside pairwise sessions to every device of every member holding VIEW_CHANNEL (and this
+  user's other devices). Before each send the audience is recomputed: a device that left
+  it forces a new key (rotation), a device that joined receives the current key at its
+  current iteration — so a new member or device cannot read what was sent before.
+* **Identity.** Contacts' device keys are pinned on first sight. A known device whose key
+  changes, or any device change of a contact whose safety number was verified, raises
+  :class:`~client.errors.IdentityChanged` before anything is encrypted to the new keys;
+  the user decides with :meth:`Client.accept_identity` or :meth:`Client.mark_verified`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from client import _e2ee_compat as compat
+from client.api import ControlApi
+from client.envelope import (
+    Body,
+    decode_body_untrusted,
+    decode_envelope_untrusted,
+    dm_conversation,
+    encode_body,
+    encode_envelope,
+    self_conversation,
+)
+from client.errors import (
+    ApiError,
+    ClientError,
+    IdentityChanged,
+    NotRegistered,
+    ProtocolError,
+    UndecryptableMessage,
+    UsageError,
+)
+from client.gateway import Dispatch, GatewayClient
+from client.models import Channel, ChannelMessage, Device, Envelope
+from client.permissions import readers
+from client.store import Store, fingerprint
+from e2ee import (
+    DecryptedMessage,
+    E2EEError,
+    IdentityKeyPair,
+    MessageType,
+    PreKeyStore,
+    SenderKeyReceiver,
+    SenderKeySender,
+    Session,
+    UnknownKey,
+    accept_session,
+    format_safety_number,
+    initiate_session,
+    safety_number,
+)
+
+__all__ = ["Client", "Message", "Notice"]
+
+#: One-time prekeys published at registration and topped up to when the server runs low.
+OTK_BATCH = 100
+OTK_LOW = 20
+#: Pairwise session states kept per peer device (simultaneous initiations leave two).
+MAX_SESSIONS_PER_DEVICE = 4
+_STALE_RETRIES = 3
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decrypted message as the store keeps it and the CLI shows it."""
+
+    id: str
+    conversation: str
+    sender_id: str
+    sender_handle: str
+    body: str
+    ts: float
+    direction: str
+    expires_at: float | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """The stored form."""
+        return {
+            "id": self.id,
+            "conversation": self.conversation,
+            "sender_id": self.sender_id,
+            "sender_handle": self.sender_handle,
+            "body": self.body,
+            "ts": self.ts,
+            "direction": self.direction,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Message:
+        """Rebuild from the stored form."""
+        return cls(
+            r["id"],
+            r["conversation"],
+            r["sender_id"],
+            r["sender_handle"],
+            r["body"],
+            r["ts"],
+            r["direction"],
+            r.get("expires_at"),
+        )
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user must be told: a changed identity, a rejected message, ..."""
+
+    kind: str
+    text: str
+    ts: float = field(default_factory=_now)
+
+
+class Client:
+    """One profile signed in to one server. Open with :meth:`open` or :meth:`register`."""
+
+    def __init__(self, store: Store, api: ControlApi) -> None:
+        self.store = store
+        self.api = api
+        account = store.get("account", "self")
+        if account is None:
+            raise NotRegistered("this profile has no account; run 'hushroom register' first")
+        self.user_id: str = account["user_id"]
+        self.handle: str = account["handle"]
+        self.device_id: str = account["device_id"]
+        self.server: str = account["server"]
+        self.identity = IdentityKeyPair(store.get("identity", "seed"))
+        self.prekeys = PreKeyStore.restore_untrusted(store.get("identity", "prekeys"))
+        self._senders: dict[str, tuple[SenderKeySender, set[str]]] = {}
+        self._receivers: dict[tuple[str, str], SenderKeyReceiver] = {}
+        self._audience_cache: dict[str, dict[str, list[Device]]] = {}
+        self.notices_seen: list[Notice] = []
+        # True while a gateway session runs: audience changes then arrive as dispatches, so
+        # a channel's reader list may be cached until one of them says otherwise.
+        self._live = False
+        self._on_message: list[Callable[[Message], None]] = []
+
+    # --- opening, registration, login --------------------------------------------------
+
+    @classmethod
+    def open(cls, profile: Path, passphrase: str, server: str | None = None) -> Client:
+        """Unlock an existing profile."""
+        store = Store.open(profile, passphrase)
+        account = store.get("account", "self")
+        if account is None:
+            store.close()
+            raise NotRegistered(f"the profile at {profile} has no account; register first")
+        return cls(store, ControlApi(server or account["server"], account["token"]))
+
+    @classmethod
+    async def register(cls, profile: Path, passphrase: str, server: str, handle: str) -> Client:
+        """Create the account: a fresh device identity, prekeys, and a signed challenge."""
+        if Store.exists(profile):
+            raise UsageError(f"a profile already exists at {profile}; use another --profile")
+        identity = IdentityKeyPair.generate()
+        prekeys = PreKeyStore.generate(identity)
+        otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
+        api = ControlApi(server)
+        try:
+            challenge = await api.challenge()
+            body = {
+                "handle": handle,
+                "identity_key": identity.public,
+                "challenge": challenge,
+                "signature": identity.sign(
+                    b"hushroom-v1 register\x00" + challenge + identity.public + handle.encode()
+                ),
+                **compat.directory_prekeys(identity, prekeys, otks),
+            }
+            answer = await api.register(body)
+            user, device, token = answer.get("user"), answer.get("device"), answer.get("token")
+            if not isinstance(user, dict) or not isinstance(device, dict):
+                raise ProtocolError("the server sent a malformed registration answer")
+            if not isinstance(token, str):
+                raise ProtocolError("the server sent no session token")
+        except BaseException:
+            await api.aclose()
+            raise
+        store = Store.open(profile, passphrase, create=True)
+        with store.transaction():
+            store.put("identity", "seed", identity.seed)
+            store.put("identity", "prekeys", prekeys.serialize())
+            store.put(
+                "account",
+                "self",
+                {
+                    "server": server,
+                    "user_id": user["id"],
+                    "handle": handle,
+                    "device_id": device["id"],
+                    "token": token,
+                },
+            )
+        api.token = token
+        client = cls(store, api)
+        client._pin(client.user_id, handle, [Device(client.device_id, identity.public)])
+        return client
+
+    async def login(self) -> None:
+        """Get a new session token for this device by signing a challenge."""
+        challenge = await self.api.challenge()
+        message = b"hushroom-v1 login\x00" + challenge + self.identity.public
+        answer = await self.api.login(
+            {
+                "identity_key": self.identity.public,
+                "challenge": challenge,
+                "signature": self.identity.sign(message),
+            }
+        )
+        token = answer.get("token")
+        if not isinstance(token, str):
+            raise ProtocolError("the server sent no session token")
+        self.api.token = token
+        account = self.store.get("account", "self")
+        account["token"] = token
+        account["server"] = self.api.server_url
+        self.store.put("account", "self", account)
+
+    async def aclose(self) -> None:
+        """Close the connection and the store."""
+        await self.api.aclose()
+        self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- devices and linking -----------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        """This account's devices."""
+        return await self.api.devices(self.user_id)
+
+    async def link_device(self, profile: Path, passphrase: str) -> Client:
+        """Create a new device of this account in ``profile`` (vouched for by this session).
+
+        The new device has its own identity key (hushroom devices do not share keys); it
+        proves possession by signing the server's challenge bound to this user id.
+        """
+        if Store.exists(profile):
+            raise UsageError(f"a profile already exists at {profile}; choose a new directory")
+        identity = IdentityKeyPair.generate()
+        prekeys = PreKeyStore.generate(identity)
+        otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
+        challenge = await self.api.challenge()
+        message = (
+            b"hushroom-v1 add-device\x00" + challenge + identity.public + self.user_id.encode()
+        )
+        device = await self.api.add_device(
+            {
+                "identity_key": identity.public,
+                "challenge": challenge,
+                "signature": identity.sign(message),
+                **compat.directory_prekeys(identity, prekeys, otks),
+            }
+        )
+        store = Store.open(profile, passphrase, create=True)
+        with store.transaction():
+            store.put("identity", "seed", identity.seed)
+            store.put("identity", "prekeys", prekeys.serialize())
+            store.put(
+                "account",
+                "self",
+                {
+                    "server": self.api.server_url,
+                    "user_id": self.user_id,
+                    "handle": self.handle,
+                    "device_id": device.id,
+                    "token": "",
+                },
+            )
+        linked = Client(store, ControlApi(self.api.server_url))
+        try:
+            await linked.login()
+        except BaseException:
+            await linked.aclose()
+            raise
+        own = await self.devices()
+        self._pin(self.user_id, self.handle, own, own_change_ok=True)
+        linked._pin(self.user_id, self.handle, own, own_change_ok=True)
+        return linked
+
+    async def remove_device(self, device_id: str) -> None:
+        """Remove one of this account's devices (not this one)."""
+        if device_id == self.device_id:
+            raise UsageError("this device cannot remove itself; remove it from another device")
+        await self.api.remove_device(device_id)
+        self._pin(self.user_id, self.handle, await self.devices(), own_change_ok=True)
+
+    async def replenish_prekeys(self) -> int:
+        """Upload one-time prekeys when the server holds fewer than :data:`OTK_LOW`."""
+        held = await self.api.key_count()
+        if held >= OTK_LOW:
+            return held
+        otks = self.prekeys.generate_one_time_prekeys(min(OTK_BATCH, 500 - held))
+        self.store.put("identity", "prekeys", self.prekeys.serialize())
+        body = compat.directory_prekeys(self.identity, self.prekeys, otks)
+        del body["signed_prekey"], body["pq_prekey"]
+        return await self.api.upload_keys(body)
+
+    # --- contacts, identity keys and safety numbers ------------------------------------
+
+    def notices(self) -> list[Notice]:
+        """Notices not yet shown (and forget them)."""
+        raw = self.store.get("notices", "all", [])
+        self.store.put("notices", "all", [])
+        return [Notice(n["kind"], n["text"], n["ts"]) for n in raw]
+
+    def _notify(self, kind: str, text: str) -> None:
+        notice = Notice(kind, text)
+        self.notices_seen.append(notice)
+        raw = self.store.get("notices", "all", [])
+        raw.append({"kind": notice.kind, "text": notice.text, "ts": notice.ts})
+        self.store.put("notices", "all", raw[-200:])
+
+    def _contact(self, user_id: str) -> dict[str, Any] | None:
+        value = self.store.get("contact", user_id)
+        return value if isinstance(value, dict) else None
+
+    def _pin(
+        self, user_id: str, handle: str | None, devices: list[Device], own_change_ok: bool = False
+    ) -> None:
+        """Check ``devices`` against the pinned keys of ``user_id``; pin on first sight.
+
+        Raises :class:`IdentityChanged` when a known device's key changed, or when the
+        device set of a verified contact changed; otherwise records new devices with a
+        notice.
+        """
+        current = {d.id: d.identity_key for d in devices}
+        contact = self._contact(user_id)
+        if contact is None:
+            self.store.put(
+                "contact",
+                user_id,
+                {"handle": handle, "devices": current, "verified": None, "pending": None},
+            )
+            return
+        known: dict[str, bytes] = contact["devices"]
+        name = contact.get("handle") or handle or user_id
+        changed = [d for d, key in current.items() if d in known and known[d] != key]
+        if changed:
+            contact["pending"] = current
+            self.store.put("contact", user_id, contact)
+            message = (
+                f"the identity key of a device of {name} changed; nothing was sent to it — "
+                f"compare safety numbers, then run 'hushroom verify {name} --accept'"
+            )
+            self._notify("identity_changed", message)
+            raise IdentityChanged(user_id, handle, message)
+        if set(current) == set(known):
+            return
+        added = sorted(set(current) - set(known))
+        verified = contact.get("verified")
+        if (
+            verified is not None
+            and verified == fingerprint(list(known.values()))
+            and not (own_change_ok and user_id == self.user_id)
+        ):
+            contact["pending"] = current
+            self.store.put("contact", user_id, contact)
+            message = (
+                f"the safety number of {name}, whom you verified, changed "
+                f"({len(added)} new device(s)); run 'hushroom verify {name}' to compare again"
+            )
+            self._notify("identity_changed", message)
+            raise IdentityChanged(user_id, handle, message)
+        if added and user_id != self.user_id:
+            self._notify(
+                "new_device", f"{name} has {len(added)} new device(s); safety number changed"
+            )
+        elif added and not own_change_ok:
+            self._notify("new_device", f"your account has {len(added)} new device(s)")
+        contact["devices"] = current
+        contact["verified"] = None if added else verified
+        if handle:
+            contact["handle"] = handle
+        self.store.put("contact", user_id, contact)
+
+    async def _resolve(self, handle: str) -> tuple[str, str]:
+        """(user id, handle) for a handle (the caller's own included)."""
+        if handle.lower() == self.handle:
+            return self.user_id, self.handle
+        try:
+            user = await self.api.user_by_handle(handle.lower())
+        except ApiError as exc:
+            if exc.status == 404:
+                raise UsageError(f"no user has the handle {handle!r}") from None
+            raise
+        return user.id, user.handle
+
+    async def safety_number(self, handle: str) -> tuple[str, bool]:
+        """The formatted safety number with ``handle`` and whether it is marked verified."""
+        user_id, name = await self._resolve(handle)
+        theirs = await self.api.devices(user_id)
+        mine = await self.devices()
+        self._pin(user_id, name, theirs)
+        number = safety_number(
+            self.user_id.encode(),
+            [d.identity_key for d in mine],
+            user_id.encode(),
+            [d.identity_key for d in theirs],
+        )
+        contact = self._contact(user_id) or {}
+        verified = contact.get("verified") == fingerprint([d.identity_key for d in theirs])
+        return format_safety_number(number), verified
+
+    async def mark_verified(self, handle: str) -> None:
+        """Mark the contact's current keys as verified (after comparing safety numbers)."""
+        user_id, name = await self._resolve(handle)
+        theirs = await self.api.devices(user_id)
+        keys = {d.id: d.identity_key for d in theirs}
+        self.store.put(
+            "contact",
+            user_id,
+            {
+                "handle": name,
+                "devices": keys,
+                "verified": fingerprint(list(keys.values())),
+                "pending": None,
+            },
+        )
+
+    async def accept_identity(self, handle: str) -> None:
+        """Accept a contact's changed keys (unverified until compared again)."""
+        user_id, name = await self._resolve(handle)
+        theirs = await self.api.devices(user_id)
+        self.store.put(
+            "contact",
+            user_id,
+            {
+                "handle": name,
+                "devices": {d.id: d.identity_key for d in theirs},
+                "verified": None,
+                "pending": None,
+            },
+        )
+        # Sessions with devices whose key changed are useless now; drop them.
+        for device in theirs:
+            sessions = self._load_sessions(user_id, device.id)
+            kept = [s for s in sessions if s.remote_identity == device.identity_key]
+            self._save_sessions(user_id, device.id, kept)
+
+    # --- pairwise sessions ---------------------------------------------------------------
+
+    def _load_sessions(self, user_id: str, device_id: str) -> list[Session]:
+        raw = self.store.get("sessions", f"{user_id}/{device_id}", [])
+        return [Session.restore_untrusted(blob) for blob in raw]
+
+    def _save_sessions(self, user_id: str, device_id: str, sessions: list[Session]) -> None:
+        self.store.put(
+            "sessions",
+            f"{user_id}/{device_id}",
+            [s.serialize() for s in sessions[:MAX_SESSIONS_PER_DEVICE]],
+        )
+
+    async def _sessions_for(self, user_id: str, devices: list[Device]) -> dict[str, list[Session]]:
+        """A usable session list for every device in ``devices`` (claiming bundles if needed)."""
+        out = {d.id: self._load_sessions(user_id, d.id) for d in devices}
+        keys = {d.id: d.identity_key for d in devices}
+        for device_id, sessions in out.items():
+            out[device_id] = [s for s in sessions if s.remote_identity == keys[device_id]]
+        if any(not s for s in out.values()):
+            for bundle in await self.api.claim_bundles(user_id):
+                if bundle.device_id not in out or out[bundle.device_id]:
+                    continue
+                if bundle.identity_key != keys[bundle.device_id]:
+                    raise UndecryptableMessage(
+                        "the server handed out a prekey bundle under another identity key"
+                    )
+                try:
+                    pkb = compat.prekey_bundle_untrusted(bundle)
+                    out[bundle.device_id] = [initiate_session(self.identity, pkb)]
+                except E2EEError as exc:
+                    self._notify(
+                        "bad_bundle",
+                        f"a device of a contact published unusable prekeys ({type(exc).__name__})",
+                    )
+        return out
+
+    async def _fan_out(
+        self,
+        recipients: dict[str, list[Device]],
+        conversation_for: Callable[[str], bytes],
+        plaintext_for: Callable[[str], bytes],
+        message_type: Callable[[str], MessageType],
+    ) -> None:
+        """Encrypt for every device of every recipient user and post the envelopes.
+
+        ``recipients`` maps user id → devices (for this user: the other devices). A 409
+        stale-device answer refreshes the named users' lists (pinning their keys) and
+        retries.
+        """
+        for attempt in range(_STALE_RETRIES + 1):
+            body: list[dict[str, Any]] = []
+            dirty: list[tuple[str, str, list[Session]]] = []
+            for user_id, devices in recipients.items():
+                sessions = await self._sessions_for(user_id, devices)
+                conv = conversation_for(user_id)
+                entries = []
+                for device in devices:
+                    states = sessions.get(device.id) or []
+                    if not states:
+                        continue
+                    ciphertext = states[0].encrypt(
+                        plaintext_for(user_id),
+                        message_type=message_type(user_id),
+                        conversation_id=conv,
+                    )
+                    entries.append(
+                        {"device_id": device.id, "ciphertext": encode_envelope(conv, ciphertext)}
+                    )
+                    dirty.append((user_id, device.id, states))
+                body.append({"user_id": user_id, "devices": entries})
+            with self.store.transaction():
+                for user_id, device_id, states in dirty:
+                    self._save_sessions(user_id, device_id, states)
+            try:
+                await self.api.send_envelopes(body)
+                return
+            except ApiError as exc:
+                if exc.code != "stale_devices" or attempt == _STALE_RETRIES:
+                    raise
+                current = exc.extra.get("devices")
+                if not isinstance(current, dict):
+                    raise ProtocolError("a stale-device answer without device lists") from None
+                for user_id, raw in current.items():
+                    if not isinstance(user_id, str):
+                        raise ProtocolError("a stale-device answer with a bad user id") from None
+                    devices = Device.list_untrusted(raw)
+                    contact = self._contact(user_id) or {}
+                    self._pin(user_id, contact.get("handle"), devices)
+                    if user_id == self.user_id:
+                        devices = [d for d in devices if d.id != self.device_id]
+                    recipients[user_id] = devices
+                self._audience_cache.clear()
+
+    async def _own_other_devices(self) -> list[Device]:
+        own = await self.devices()
+        self._pin(self.user_id, self.handle, own)
+        return [d for d in own if d.id != self.device_id]
+
+    # --- direct messages -----------------------------------------------------------------
+
+    async def send_dm(self, handle: str, text: str, expires_in: int | None = None) -> Message:
+        """Send an end-to-end encrypted direct message to every device of ``handle``."""
+        user_id, name = await self._resolve(handle)
+        if user_id == self.user_id:
+            raise UsageError("send a note to yourself in a channel; DMs go to someone else")
+        theirs = await self.api.devices(user_id)
+        self._pin(user_id, name, theirs)
+        mine = await self._own_other_devices()
+        body = Body(secrets.token_hex(12), text, _now(), expires_in, self.handle)
+        sync = Body(body.id, text, body.ts, expires_in, self.handle, to=user_id)
+        recipients = {user_id: theirs}
+        if mine:
+            recipients[self.user_id] = mine
+        conv_dm = dm_conversation(self.user_id, user_id)
+
+        def conv(u: str) -> bytes:
+            return self_conversation(self.user_id) if u == self.user_id else conv_dm
+
+        def plain(u: str) -> bytes:
+            return encode_body(sync if u == self.user_id else body)
+
+        def kind(u: str) -> MessageType:
+            return MessageType.DEVICE_SYNC if u == self.user_id else MessageType.TEXT
+
+        await self._fan_out(recipients, conv, plain, kind)
+        message = Message(
+            body.id,
+            f"dm:{user_id}",
+            self.user_id,
+            self.handle,
+            text,
+            body.ts,
+            "out",
+            body.ts + expires_in if expires_in else None,
+        )
+        self._remember(message)
+        return message
+
+    def _remember(self, message: Message) -> bool:
+        stored = self.store.add_message(
+            message.conversation, message.id, message.to_record(), message.expires_at
+        )
+        if stored:
+            for callback in self._on_message:
+                callback(message)
+        return stored
+
+    def history(self, conversation: str, limit: int = 50) -> list[Message]:
+        """The stored messages of ``conversation`` (``dm:<user id>`` or ``ch:<channel id>``)."""
+        return [Message.from_record(r) for r in self.store.messages(conversation, limit)]
+
+    async def dm_history(self, handle: str, limit: int = 50) -> list[Message]:
+        """Stored DMs with ``handle``."""
+        user_id, _ = await self._resolve(handle)
+        return self.history(f"dm:{user_id}", limit)
+
+    # --- receiving envelopes -------------------------------------------------------------
+
+    async def sync(self) -> list[Message]:
+        """Fetch, decrypt, persist and ack every envelope queued for this device."""
+        new: list[Message] = []
+        while True:
+            batch = await self.api.fetch_envelopes(100)
+            if not batch:
+                break
+            new += await self.receive_envelopes(batch)
+            if len(batch) < 100:
+                break
+        return new
+
+    async def receive_envelopes(self, envelopes: list[Envelope]) -> list[Message]:
+        """Handle envelopes (from REST, READY or ENVELOPE_CREATE) and ack them."""
+        new: list[Message] = []
+        done: list[str] = []
+        for env in envelopes:
+            if self.store.get("envelope_done", env.id) is not None:
+                done.append(env.id)
+                continue
+            try:
+                message = await self._open_envelope(env)
+            except (UndecryptableMessage, E2EEError) as exc:
+                self._notify(
+                    "rejected",
+                    f"a message from a device of {self._name(env.sender_user_id)} failed "
+                    f"authentication and was dropped ({type(exc).__name__})",
+                )
+                message = None
+            except IdentityChanged:
+                message = None
+            with self.store.transaction():
+                if message is not None and self._remember(message):
+                    new.append(message)
+                self.store.put("envelope_done", env.id, int(_now()))
+            done.append(env.id)
+        if done:
+            await self.api.ack_envelopes(done)
+        return new
+
+    def _name(self, user_id: str) -> str:
+        contact = self._contact(user_id)
+        if contact and contact.get("handle"):
+            return str(contact["handle"])
+        return user_id
+
+    async def _open_envelope(self, env: Envelope) -> Message | None:
+        conv, payload = decode_envelope_untrusted(env.ciphertext)
+        sender = env.sender_user_id
+        if conv.startswith(b"dm:"):
+            if conv != dm_conversation(self.user_id, sender) or sender == self.user_id:
+                raise UndecryptableMessage("a DM envelope names the wrong conversation")
+        elif conv.startswith(b"self:") and (
+            sender != self.user_id or conv != self_conversation(self.user_id)
+        ):
+            raise UndecryptableMessage("a device-sync envelope from another user")
+        decrypted = await self._decrypt_pairwise(sender, env.sender_device_id, conv, payload)
+        kind = decrypted.message_type
+        if kind is MessageType.SENDER_KEY_DISTRIBUTION:
+            self._install_sender_key(conv.decode(errors="replace"), env.sender_device_id, decrypted)
+            return None
+        if kind is MessageType.TEXT and conv.startswith(b"dm:"):
+            body = decode_body_untrusted(decrypted.plaintext)
+            return Message(
+                body.id,
+                f"dm:{sender}",
+                sender,
+                await self._handle_of(sender, body.sender_handle),
+                body.body,
+                body.ts,
+                "in",
+                _now() + body.exp if body.exp else None,
+            )
+        if kind is MessageType.DEVICE_SYNC and conv.startswith(b"self:"):
+            body = decode_body_untrusted(decrypted.plaintext)
+            if body.to is None:
+                raise UndecryptableMessage("a device-sync copy without its recipient")
+            return Message(
+                body.id,
+                f"dm:{body.to}",
+                self.user_id,
+                self.handle,
+                body.body,
+                body.ts,
+                "out",
+                body.ts + body.exp if body.exp else None,
+            )
+        raise UndecryptableMessage("a pairwise message of an unexpected type")
+
+    async def _decrypt_pairwise(
+        self, user_id: str, device_id: str, conv: bytes, payload: bytes
+    ) -> DecryptedMessage:
+        """Decrypt with an existing session, or accept a new one (checking the sender's key)."""
+        sessions = self._load_sessions(user_id, device_id)
+        now = _now()
+        for index, session in enumerate(sessions):
+            try:
+                result = session.decrypt(payload, conversation_id=conv, now=now)
+            except E2EEError:
+                continue
+            sessions.insert(0, sessions.pop(index))
+            self._save_sessions(user_id, device_id, sessions)
+            return result
+        # Sessions restored from a backup only decrypt (see docs/client.md).
+        label = f"{user_id}/{device_id}"
+        for blob in self.store.get("sessions_restored", label, []):
+            restored = Session.restore_untrusted(blob)
+            try:
+                result = restored.decrypt(payload, conversation_id=conv, now=now)
+            except E2EEError:
+                continue
+            self.store.put("sessions_restored", label, [restored.serialize()])
+            return result
+        # No session opens it: it must be a new initial message from that device.
+        key = await self._device_key(user_id, device_id)
+        session, result = accept_session(self.prekeys, payload, conversation_id=conv, now=now)
+        if session.remote_identity != key:
+            raise UndecryptableMessage("an initial message under an identity key not the device's")
+        self.store.put("identity", "prekeys", self.prekeys.serialize())
+        self._save_sessions(user_id, device_id, [session, *sessions])
+        return result
+
+    async def _device_key(self, user_id: str, device_id: str) -> bytes:
+        contact = self._contact(user_id)
+        if contact is not None and device_id in contact["devices"]:
+            key: bytes = contact["devices"][device_id]
+            return key
+        devices = await self.api.devices(user_id)
+        self._pin(user_id, None, devices, own_change_ok=user_id == self.user_id)
+        for device in devices:
+            if device.id == device_id:
+                return device.identity_key
+        raise UndecryptableMessage("a message from a device the account does not list")
+
+    # --- channels ------------------------------------------------------------------------
+
+    def _install_sender_key(self, channel_id: str, device_id: str, msg: DecryptedMessage) -> None:
+        receiver = self._receiver(channel_id, device_id)
+        receiver.process_distribution(msg)
+        self.store.put("sender_in", f"{channel_id}/{device_id}", compat.save_receiver(receiver))
+
+    def _receiver(self, channel_id: str, device_id: str) -> SenderKeyReceiver:
+        found = self._receivers.get((channel_id, device_id))
+        if found is None:
+            raw = self.store.get("sender_in", f"{channel_id}/{device_id}")
+            found = (
+                compat.restore_receiver(raw)
+                if raw is not None
+                else SenderKeyReceiver(channel_id.encode())
+            )
+            self._receivers[(channel_id, device_id)] = found
+        return found
+
+    def _sender(self, channel_id: str) -> tuple[SenderKeySender, set[str]]:
+        found = self._senders.get(channel_id)
+        if found is None:
+            raw = self.store.get("sender_out", channel_id)
+            if raw is None:
+                found = (SenderKeySender(channel_id.encode()), set())
+            else:
+                found = (compat.restore_sender(raw[0]), set(raw[1]))
+            self._senders[channel_id] = found
+        return found
+
+    def _save_sender(self, channel_id: str) -> None:
+        sender, given = self._senders[channel_id]
+        self.store.put("sender_out", channel_id, [compat.save_sender(sender), sorted(given)])
+
+    async def audience(self, channel_id: str) -> dict[str, list[Device]]:
+        """user id → devices of everyone who may read ``channel_id`` (minus this device)."""
+        cached = self._audience_cache.get(channel_id)
+        if cached is not None:
+            return cached
+        channel = await self.api.channel(channel_id)
+        guild = await self.api.guild(channel.guild_id)
+        members = await self.api.members(channel.guild_id)
+        handles = {m.user_id: m.handle for m in members}
+        out: dict[str, list[Device]] = {}
+        for user_id in readers(guild, members, channel):
+            devices = await self.api.devices(user_id)
+            self._pin(user_id, handles.get(user_id), devices)
+            if user_id == self.user_id:
+                devices = [d for d in devices if d.id != self.device_id]
+            if devices:
+                out[user_id] = devices
+        if self._live:
+            self._audience_cache[channel_id] = out
+        return out
+
+    async def send_channel(
+        self, channel_id: str, text: str, expires_in: int | None = None
+    ) -> Message:
+        """Encrypt with this device's sender key and post to the channel."""
+        audience = await self.audience(channel_id)
+        sender, given = self._sender(channel_id)
+        current = {f"{u}/{d.id}" for u, devices in audience.items() for d in devices}
+        if given - current:
+            # Someone lost access (left, kicked, device removed): sender keys have no future
+            # secrecy, so the key is replaced, never ratcheted on.
+            sender.rotate()
+            given.clear()
+        missing = current - given
+        if missing:
+            users = {entry.split("/", 1)[0] for entry in missing}
+            if self.user_id in audience:
+                users.add(self.user_id)
+            recipients = {u: audience[u] for u in users if u in audience}
+            distribution = sender.distribution().encode()
+            await self._fan_out(
+                recipients,
+                lambda _u: channel_id.encode(),
+                lambda _u: distribution,
+                lambda _u: MessageType.SENDER_KEY_DISTRIBUTION,
+            )
+            given |= {f"{u}/{d.id}" for u, devices in recipients.items() for d in devices}
+        body = Body(secrets.token_hex(12), text, _now(), expires_in, self.handle)
+        ciphertext = sender.encrypt(encode_body(body))
+        self._save_sender(channel_id)
+        posted = await self.api.post_message(channel_id, ciphertext)
+        message = Message(
+            posted.id,
+            f"ch:{channel_id}",
+            self.user_id,
+            self.handle,
+            text,
+            body.ts,
+            "out",
+            body.ts + expires_in if expires_in else None,
+        )
+        self._remember(message)
+        return message
+
+    async def sync_channel(self, channel_id: str) -> list[Message]:
+        """Fetch stored channel messages after the last one seen, decrypt and persist them."""
+        cursor = self.store.get("cursor", channel_id, 0)
+        pages: list[ChannelMessage] = []
+        before: int | None = None
+        while True:
+            page = await self.api.history(channel_id, after=cursor, limit=100, before=before)
+            pages += page
+            if len(page) < 100:
+                break
+            before = min(m.seq for m in page)
+        pages.sort(key=lambda m: m.seq)
+        return await self.receive_channel_messages(pages)
+
+    async def receive_channel_messages(self, messages: list[ChannelMessage]) -> list[Message]:
+        """Decrypt channel messages (history or MESSAGE_CREATE) in order."""
+        new: list[Message] = []
+        synced = False
+        for cm in messages:
+            if self.store.has_message(cm.id):
+                self._advance(cm)
+                continue
+            if cm.author_device_id == self.device_id:
+                self._advance(cm)
+                continue
+            message: Message | None = None
+            try:
+                message = await self._open_channel_message(cm)
+            except E2EEError as first:
+                if not synced and isinstance(first, UnknownKey):
+                    # The key may be waiting in an envelope not fetched yet.
+                    synced = True
+                    new += await self.sync()
+                    try:
+                        message = await self._open_channel_message(cm)
+                    except E2EEError as exc:
+                        self._undecryptable(cm, exc)
+                else:
+                    self._undecryptable(cm, first)
+            except UndecryptableMessage as exc:
+                self._undecryptable(cm, exc)
+            with self.store.transaction():
+                if message is not None and self._remember(message):
+                    new.append(message)
+                self._advance(cm)
+        return new
+
+    def _advance(self, cm: ChannelMessage) -> None:
+        if cm.seq > self.store.get("cursor", cm.channel_id, 0):
+            self.store.put("cursor", cm.channel_id, cm.seq)
+
+    def _undecryptable(self, cm: ChannelMessage, exc: Exception) -> None:
+        reason = (
+            "no key for it: sent before this device could read the channel"
+            if isinstance(exc, UnknownKey)
+            else f"failed authentication ({type(exc).__name__})"
+        )
+        self._notify(
+            "undecryptable",
+            f"a message from {self._name(cm.author_id)} in a channel cannot be read: {reason}",
+        )
+
+    async def _handle_of(self, user_id: str, claimed: str) -> str:
+        """The handle of ``user_id``: pinned, or the claimed one once the directory agrees."""
+        contact = self._contact(user_id)
+        if contact is not None and contact.get("handle"):
+            return str(contact["handle"])
+        try:
+            found = await self.api.user_by_handle(claimed)
+        except ApiError:
+            return user_id
+        if found.id != user_id:
+            return user_id
+        if contact is not None:
+            contact["handle"] = found.handle
+            self.store.put("contact", user_id, contact)
+        return found.handle
+
+    async def _open_channel_message(self, cm: ChannelMessage) -> Message:
+        receiver = self._receiver(cm.channel_id, cm.author_device_id)
+        padded = receiver.decrypt(cm.ciphertext)
+        self.store.put(
+            "sender_in", f"{cm.channel_id}/{cm.author_device_id}", compat.save_receiver(receiver)
+        )
+        body = decode_body_untrusted(padded)
+        handle = await self._handle_of(cm.author_id, body.sender_handle)
+        return Message(
+            cm.id,
+            f"ch:{cm.channel_id}",
+            cm.author_id,
+            handle,
+            body.body,
+            body.ts,
+            "in",
+            _now() + body.exp if body.exp else None,
+        )
+
+    async def find_channel(self, name: str, guild: str | None = None) -> Channel:
+        """A channel by id, ``guild/channel`` or plain name across the caller's guilds."""
+        if "/" in name and guild is None:
+            guild, name = name.split("/", 1)
+        for g in await self.api.my_guilds():
+            if guild is not None and guild not in (g.get("id"), g.get("name")):
+                continue
+            for channel in await self.api.channels(str(g.get("id"))):
+                if name in (channel.id, channel.name, f"#{channel.name}"):
+                    return channel
+        raise UsageError(f"no channel {name!r} in your guilds")
+
+    # --- live ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def live(self) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
+        """Follow the gateway: yields a channel of new messages (DMs and channels).
+
+        On every fresh IDENTIFY (READY) the client catches up by REST — envelopes beyond
+        READY's first page, and channel history after the stored cursors — so nothing
+        queued while offline is missed; RESUME replays the rest in order.
+        """
+        send, receive = trio.open_memory_channel[Message](1024)
+        gateway = GatewayClient(self.api.server_url, self.api.token or "")
+        self._live = True
+        try:
+            async with gateway.events() as events, trio.open_nursery() as nursery:
+
+                async def pump() -> None:
+                    async with send:
+                        async for event in events:
+                            for message in await self._handle_dispatch(event):
+                                await send.send(message)
+
+                nursery.start_soon(pump)
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._live = False
+            self._audience_cache.clear()
+
+    async def _handle_dispatch(self, event: Dispatch) -> list[Message]:
+        d = event.data
+        if event.type == "READY":
+            envelopes = d.get("envelopes", []) if isinstance(d, dict) else []
+            if not isinstance(envelopes, list):
+                raise ProtocolError("READY with a malformed envelope list")
+            new = await self.receive_envelopes([Envelope.from_wire_untrusted(e) for e in envelopes])
+            new += await self.sync()
+            for name, _ in list(self.store.names("cursor")):
+                try:
+                    new += await self.sync_channel(name)
+                except ApiError:
+                    continue
+            return new
+        if event.type == "ENVELOPE_CREATE":
+            return await self.receive_envelopes([Envelope.from_wire_untrusted(d)])
+        if event.type == "MESSAGE_CREATE":
+            cm = ChannelMessage.from_wire_untrusted(d)
+            if self.store.get("cursor", cm.channel_id) is None:
+                self.store.put("cursor", cm.channel_id, 0)
+            return await self.receive_channel_messages([cm])
+        if event.type in (
+            "GUILD_MEMBER_ADD",
+            "GUILD_MEMBER_REMOVE",
+            "GUILD_DELETE",
+            "GUILD_CREATE",
+            "CHANNEL_CREATE",
+            "CHANNEL_UPDATE",
+            "CHANNEL_DELETE",
+            "GUILD_ROLE_UPDATE",
+            "GUILD_ROLE_DELETE",
+            "GUILD_MEMBER_UPDATE",
+            "DEVICE_ADD",
+            "DEVICE_REMOVE",
+        ):
+            # Who may read a channel may have changed: recompute before the next send.
+            self._audience_cache.clear()
+        if event.type == "PREKEYS_LOW":
+            await self.replenish_prekeys()
+        return []
+
+    # --- privacy -------------------------------------------------------------------------
+
+    async def export_my_data(self) -> dict[str, Any]:
+        """What the server holds about this account, and what this device holds locally."""
+        server = await self.api.export()
+        local = {
+            "account": {
+                "user_id": self.user_id,
+                "handle": self.handle,
+                "device_id": self.device_id,
+            },
+            "messages": [r for r in self.store.all_messages()],
+            "contacts": {
+                uid: {"handle": c.get("handle"), "devices": sorted(c["devices"])}
+                for uid, c in self.store.names("contact")
+            },
+        }
+        return {"server": server, "this_device": local}
+
+    async def delete_account(self) -> None:
+        """Erase the account on the server, then this profile's local store."""
+        await self.api.delete_account()
+        path = self.store.path
+        await self.aclose()
+        for suffix in ("", "-wal", "-shm"):
+            candidate = path.with_name(path.name + suffix)
+            if candidate.exists():
+                candidate.unlink()
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """True for errors the CLI reports as one sentence."""
+    return isinstance(exc, ClientError | E2EEError)
