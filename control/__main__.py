@@ -16,6 +16,7 @@ from hushroom.secrets_file import ensure_secret_file
 
 from .app import create_app
 from .config import ControlConfig
+from .logs import configure_logging
 
 __all__ = ["main"]
 
@@ -70,9 +71,7 @@ async def serve_control(config: ControlConfig) -> None:
 
 
 def _run(config: ControlConfig) -> int:
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    configure_logging(config.log_level)
     try:
         trio.run(serve_control, config)
     except OSError as exc:

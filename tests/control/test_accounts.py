@@ -6,7 +6,7 @@ import hashlib
 
 import sqlalchemy as sa
 import trio
-from conftest import DeviceKeys, Harness, b64
+from control_harness import DeviceKeys, Harness, b64
 
 from control import signatures as sig
 from control.store import schema as t

@@ -7,9 +7,17 @@ from contextlib import asynccontextmanager
 
 import msgpack
 import pytest
-from conftest import GatewayClient, Harness, User, b64, make_config
+from control_harness import (
+    GatewayClient,
+    Harness,
+    User,
+    b64,
+    give,
+    make_config,
+    make_guild,
+    new_role,
+)
 from quart.testing.connections import WebsocketDisconnectError
-from test_guilds import give, make_guild, new_role
 
 from control.app import create_app
 from control.gateway.session import ConnectionCore, GatewaySession

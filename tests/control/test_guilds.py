@@ -2,42 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
-from conftest import Harness, User
+from control_harness import Harness, give, make_guild, new_role
 
 from control.permissions import Permission as P
 from control.store import schema as t
 
 API = "/api/v1"
-
-
-async def make_guild(h: Harness, owner: User, *members: User) -> dict[str, Any]:
-    status, guild = await h.call("POST", f"{API}/guilds", owner, json={"name": "club"})
-    assert status == 201, guild
-    general = guild["channels"][0]["id"]
-    status, invite = await h.call("POST", f"{API}/channels/{general}/invites", owner, json={})
-    assert status == 201, invite
-    for member in members:
-        status, body = await h.call("POST", f"{API}/invites/{invite['code']}", member, json={})
-        assert status == 200, body
-    return guild
-
-
-async def new_role(h: Harness, actor: User, guild_id: str, name: str, perms: int) -> str:
-    status, role = await h.call(
-        "POST", f"{API}/guilds/{guild_id}/roles", actor, json={"name": name, "permissions": perms}
-    )
-    assert status == 201, role
-    return str(role["id"])
-
-
-async def give(h: Harness, actor: User, guild_id: str, user: User, role_id: str) -> int:
-    status, _ = await h.call(
-        "PUT", f"{API}/guilds/{guild_id}/members/{user.id}/roles/{role_id}", actor
-    )
-    return status
 
 
 async def test_creating_a_guild_makes_everyone_role_and_general(harness: Harness) -> None:

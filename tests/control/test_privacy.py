@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from conftest import Harness, b64
-from test_guilds import make_guild
+from control_harness import Harness, b64, make_guild
 
 from control.ids import now
 from control.purger import purge_once

@@ -7,8 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 import trio
-from conftest import Harness, User, b64
-from test_guilds import make_guild
+from control_harness import Harness, User, b64, make_guild
 
 from control.permissions import Permission as P
 from control.store import schema as t
