@@ -191,6 +191,11 @@ class Router:
             extension = b""
             first_out = 0x80
         marker = second & 0x80
+        tail = extension + payload  # shared by every consumer: one copy per packet
+        out_size = 12 + len(tail)
+        forwarded = 0
+        pack = HEADER.pack
+        send = self.send
         for consumer, sink in self._routes[producer.id]:
             if not consumer.admit(layer, keyframe):
                 continue
@@ -201,18 +206,13 @@ class Router:
             out = consumer.rewriter.rewrite(ssrc, seq, timestamp, now)
             if out is None:
                 continue
-            packet = (
-                HEADER.pack(
-                    first_out, marker | consumer.payload_type, out[0], out[1], consumer.ssrc
-                )
-                + extension
-                + payload
-            )
-            self.send(srtp.protect(packet), address)
+            header = pack(first_out, marker | consumer.payload_type, out[0], out[1], consumer.ssrc)
+            send(srtp.protect(header + tail), address)
             consumer.packets_sent += 1
-            consumer.bytes_sent += len(packet)
-            self.packets_out += 1
-            self.bytes_out += len(packet)
+            consumer.bytes_sent += out_size
+            forwarded += 1
+        self.packets_out += forwarded
+        self.bytes_out += forwarded * out_size
 
     # -- RTCP -------------------------------------------------------------------------
 

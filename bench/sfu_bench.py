@@ -1,0 +1,247 @@
+"""Benchmark one SFU worker: synthetic SRTP publishers and subscribers on loopback.
+
+Starts ``python -m sfu.worker`` (one process, one core's worth of forwarding), connects
+``--publishers`` and ``--subscribers`` synthetic peers (real ICE checks, DTLS handshakes and
+SRTP, via :mod:`sfu.synthetic_peer`), has every subscriber consume every publisher, then
+sends ``--rate`` packets/s per publisher for ``--seconds`` and counts what arrives.
+
+Figures: ``forwarded_pps`` (packets per second arriving at subscribers), ``loss_pct``
+(forwarded packets that never arrived), ``latency_p99_ms`` (send → receive on loopback,
+which bounds what the SFU adds; sampled on one packet in ``--sample``), and
+``cpu_s_per_1k_packets`` (worker CPU seconds per 1,000 forwarded packets). The load
+generator runs in two other processes (sender, receiver), so on a small machine they
+compete with the worker for cores: read the figures as a floor.
+
+Usage: ``python bench/sfu_bench.py [--json]``; with ``--json`` the last line is one JSON
+object with those keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sfu.channel import FrameDecoder, encode_frame  # noqa: E402
+from sfu.dtls import Certificate  # noqa: E402
+from sfu.errors import SrtpError  # noqa: E402
+from sfu.rtp import AUDIO_LEVEL, HEADER  # noqa: E402
+from sfu.synthetic_peer import SyntheticPeer  # noqa: E402
+
+_STAMP = struct.Struct("!Q")
+
+
+class WorkerProcess:
+    """``python -m sfu.worker`` and the request channel on its stdin/stdout."""
+
+    def __init__(self) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "sfu.worker", "--listen-ip", "127.0.0.1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        assert self.popen.stdout is not None
+        self.port = int(json.loads(self.popen.stdout.readline())["port"])
+        self.decoder = FrameDecoder()
+        self.ids = 0
+        self.pending: list[dict[str, Any]] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        assert self.popen.stdin is not None and self.popen.stdout is not None
+        self.ids += 1
+        self.popen.stdin.write(encode_frame({"id": self.ids, "method": method, "params": params}))
+        self.popen.stdin.flush()
+        while True:
+            for frame in self.pending:
+                if frame.get("id") == self.ids:
+                    self.pending.remove(frame)
+                    if "error" in frame:
+                        raise RuntimeError(f"{method}: {frame['error']}")
+                    result: dict[str, Any] = frame["result"]
+                    return result
+            chunk = os.read(self.popen.stdout.fileno(), 65536)
+            if not chunk:
+                raise RuntimeError("worker exited")
+            self.pending.extend(self.decoder.feed_untrusted(chunk))
+
+    def close(self) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.close()
+        self.popen.wait(10)
+
+
+def connect(worker: WorkerProcess, router_id: str, certificate: Certificate) -> tuple[Any, ...]:
+    """Create a transport and bring a synthetic peer up on it over a real UDP socket."""
+    created = worker.call("transport.create", router_id=router_id)
+    peer = SyntheticPeer(created, certificate)
+    worker.call(
+        "transport.connect",
+        transport_id=created["transport_id"],
+        dtls_parameters=peer.dtls_parameters(),
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    target = peer.remote_address
+    sock.sendto(peer.binding_request(), target)
+    for datagram in peer.start_dtls(time.monotonic()):
+        sock.sendto(datagram, target)
+    while not peer.connected:
+        data, _ = sock.recvfrom(2048)
+        for reply in peer.receive(data, time.monotonic()):
+            sock.sendto(reply, target)
+    return created["transport_id"], peer, sock
+
+
+def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size: int) -> int:
+    """Sender process body: every publisher sends ``rate`` packets/s; returns packets sent."""
+    payload_pad = bytes(max(0, size - _STAMP.size))
+    sent = 0
+    seq = [0] * len(publishers)
+    per_publisher = 0
+    start = time.monotonic()
+    while (now := time.monotonic()) - start < seconds:
+        # Catch up to where the clock says we should be; bursts stay small (5 ms of load).
+        due = int(rate * (now - start)) - per_publisher
+        for index, (_, peer, sock, ssrc) in enumerate(publishers):
+            for _ in range(due):
+                s = seq[index] = (seq[index] + 1) & 0xFFFF
+                header = HEADER.pack(0x90, 111, s, s * 960 & 0xFFFFFFFF, ssrc)
+                packet = (
+                    header
+                    + b"\xbe\xde\x00\x01\x10\xa0\x00\x00"
+                    + _STAMP.pack(time.monotonic_ns())
+                    + payload_pad
+                )
+                sock.sendto(peer.protect(packet), peer.remote_address)
+                sent += 1
+        per_publisher += due
+        time.sleep(0.005)
+    return sent
+
+
+def receive_load(
+    subscribers: list[tuple[Any, ...]], seconds: float, sample: int
+) -> tuple[int, list[float]]:
+    """Receiver body: count datagrams on every subscriber socket, decrypt a sample for latency."""
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    for sub in subscribers:
+        sub[2].setblocking(False)
+        selector.register(sub[2], selectors.EVENT_READ, sub[1])
+    received = 0
+    latencies: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for key, _ in selector.select(0.1):
+            sock, peer = key.fileobj, key.data
+            while True:
+                try:
+                    data = sock.recv(2048)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    break
+                if data[1] >= 192:
+                    continue  # RTCP (sender reports), not forwarded media
+                received += 1
+                if received % sample == 0:
+                    try:
+                        clear = peer.srtp.unprotect_untrusted(data)
+                    except SrtpError:
+                        continue
+                    stamp = _STAMP.unpack_from(clear, 20)[0]
+                    latencies.append((time.monotonic_ns() - stamp) / 1e6)
+    return received, latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--publishers", type=int, default=10)
+    parser.add_argument("--subscribers", type=int, default=10)
+    parser.add_argument("--rate", type=int, default=1000, help="packets/s per publisher")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--size", type=int, default=120, help="payload bytes")
+    parser.add_argument("--sample", type=int, default=50, help="decrypt 1 in N for latency")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    worker = WorkerProcess()
+    certificate = Certificate.generate()
+    router_id = worker.call("router.create")["router_id"]
+    publishers = []
+    for index in range(args.publishers):
+        transport_id, peer, sock = connect(worker, router_id, certificate)
+        ssrc = 1000 + index
+        producer = worker.call(
+            "producer.create",
+            transport_id=transport_id,
+            kind="audio",
+            payload_type=111,
+            ssrcs={str(ssrc): 0},
+            extensions={"1": AUDIO_LEVEL},
+        )
+        publishers.append((producer["producer_id"], peer, sock, ssrc))
+    subscribers = []
+    for _ in range(args.subscribers):
+        transport_id, peer, sock = connect(worker, router_id, certificate)
+        for producer_id, *_ in publishers:
+            worker.call("consumer.create", transport_id=transport_id, producer_id=producer_id)
+        subscribers.append((transport_id, peer, sock))
+
+    process = psutil.Process(worker.popen.pid)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        time.sleep(0.5)  # let the receiver start listening first
+        sent = send_load(publishers, args.rate, args.seconds, args.size)
+        os.write(write_end, str(sent).encode())
+        os._exit(0)
+    os.close(write_end)
+    cpu_before = process.cpu_times()
+    started = time.monotonic()
+    received, latencies = receive_load(subscribers, args.seconds + 1.5, args.sample)
+    elapsed = time.monotonic() - started
+    cpu_after = process.cpu_times()
+    os.waitpid(child, 0)
+    sent = int(os.read(read_end, 64))
+    worker.close()
+
+    expected = sent * args.subscribers
+    cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
+    latencies.sort()
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
+    figures = {
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "offered_pps": round(expected / args.seconds),
+        "forwarded_pps": round(received / args.seconds),
+        "loss_pct": round(100.0 * max(0, expected - received) / max(expected, 1), 3),
+        "latency_p50_ms": round(latencies[len(latencies) // 2], 3) if latencies else None,
+        "latency_p99_ms": round(p99, 3),
+        "cpu_s_per_1k_packets": round(1000 * cpu / max(received, 1), 4),
+        "worker_cpu_percent": round(100 * cpu / elapsed, 1),
+    }
+    width = max(len(k) for k in figures)
+    for key, value in figures.items():
+        print(f"{key:<{width}}  {value}")
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
