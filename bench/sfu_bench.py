@@ -31,13 +31,11 @@ from typing import Any
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sfu.channel import FrameDecoder, encode_frame  # noqa: E402
-from sfu.dtls import Certificate  # noqa: E402
-from sfu.errors import SrtpError  # noqa: E402
-from sfu.rtp import AUDIO_LEVEL, HEADER  # noqa: E402
-from sfu.synthetic_peer import SyntheticPeer  # noqa: E402
+from sfu.channel import FrameDecoder, encode_frame
+from sfu.dtls import Certificate
+from sfu.errors import SrtpError
+from sfu.rtp import AUDIO_LEVEL, HEADER
+from sfu.synthetic_peer import SyntheticPeer
 
 _STAMP = struct.Struct("!Q")
 
