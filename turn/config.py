@@ -144,6 +144,12 @@ class TurnConfig:
     max_connections: int = option(
         1000, help="simultaneous TCP/TLS connections", check=_check_positive
     )
+    workers: int = option(
+        1,
+        help="processes sharing the listening ports (SO_REUSEPORT); allocations, quotas and"
+        " rate limits are per process",
+        check=_check_positive,
+    )
     stats_interval: float = option(
         0.0, help="seconds between counter log lines, 0 = only at exit", check=_check_non_negative
     )

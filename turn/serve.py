@@ -30,7 +30,7 @@ from turn.framing import FramingError, StreamFramer
 from turn.peer_filter import PeerFilter
 from turn.server import TurnPolicy, TurnServer
 
-__all__ = ["Listening", "TurnShell", "build_policy", "serve"]
+__all__ = ["BoundSocket", "Listening", "TurnShell", "bind_listeners", "build_policy", "serve"]
 
 log = logging.getLogger("turn")
 
@@ -137,10 +137,12 @@ def build_policy(config: TurnConfig) -> TurnPolicy:
 class TurnShell:
     """Owns the sockets of one TURN process and moves bytes between them and the core."""
 
-    def __init__(self, config: TurnConfig, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, config: TurnConfig, nursery: trio.Nursery, nonce_key: bytes | None = None
+    ) -> None:
         self.config = config
         self._nursery = nursery
-        self.server: TurnServer[Relay] = TurnServer(build_policy(config), self)
+        self.server: TurnServer[Relay] = TurnServer(build_policy(config), self, nonce_key=nonce_key)
         self._links: dict[int, _UdpLink | _StreamLink] = {}
         self._link_ids = itertools.count(1)
         self._lo, self._hi = config.port_range()
@@ -223,21 +225,11 @@ class TurnShell:
 
     # --- UDP listeners ------------------------------------------------------------------------
 
-    def bind_udp(self, host: str, port: int) -> tuple[socket.socket, int]:
-        """Bind a UDP listener socket; returns it with its link id."""
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
+    def register_udp(self, sock: socket.socket) -> int:
+        """Adopt a bound UDP listener socket; returns its link id for :meth:`serve_udp`."""
         link = next(self._link_ids)
         self._links[link] = _UdpLink(sock)
-        return sock, link
+        return link
 
     async def serve_udp(self, sock: socket.socket, link: int) -> None:
         """Drain datagrams from a UDP listener into the core until cancelled."""
@@ -351,17 +343,114 @@ def _tls_context(config: TurnConfig) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True, slots=True)
+class BoundSocket:
+    """A listening socket bound before serving (so worker processes can share it)."""
+
+    proto: str
+    host: str
+    sock: socket.socket
+
+    @property
+    def listening(self) -> Listening:
+        """What to announce for this socket."""
+        return Listening(self.proto, self.host, self.sock.getsockname()[1])
+
+
+def _bind(kind: int, host: str, port: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(256)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_copies(kind: int, host: str, port: int, copies: int) -> list[socket.socket]:
+    reuse = copies > 1
+    first = _bind(kind, host, port, reuse)
+    bound = first.getsockname()[1]
+    socks = [first]
+    try:
+        for _ in range(copies - 1):
+            socks.append(_bind(kind, host, bound, reuse))
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def bind_listeners(config: TurnConfig, copies: int = 1) -> list[list[BoundSocket]]:
+    """Bind every listener ``copies`` times (SO_REUSEPORT when more than once).
+
+    Each ``--listen`` gets a UDP and a TCP socket on the same port when it is free (port 0
+    picks one for UDP and tries it for TCP). Returns one list of sockets per copy.
+    """
+    sets: list[list[BoundSocket]] = [[] for _ in range(copies)]
+    try:
+        for host, port in config.listen_addresses():
+            udp = _bind_copies(socket.SOCK_DGRAM, host, port, copies)
+            udp_port = udp[0].getsockname()[1]
+            try:
+                tcp = _bind_copies(socket.SOCK_STREAM, host, port or udp_port, copies)
+            except OSError:
+                if port:
+                    raise
+                tcp = _bind_copies(socket.SOCK_STREAM, host, 0, copies)
+            for i in range(copies):
+                sets[i].append(BoundSocket("udp", host, udp[i]))
+                sets[i].append(BoundSocket("tcp", host, tcp[i]))
+        for host, port in config.tls_addresses():
+            tls = _bind_copies(socket.SOCK_STREAM, host, port, copies)
+            for i in range(copies):
+                sets[i].append(BoundSocket("tls", host, tls[i]))
+    except OSError:
+        for bound in sets:
+            for b in bound:
+                b.sock.close()
+        raise
+    return sets
+
+
 async def serve(
     config: TurnConfig,
     announce: Callable[[Listening], None],
     *,
+    sockets: list[BoundSocket] | None = None,
+    nonce_key: bytes | None = None,
     task_status: trio.TaskStatus[TurnShell] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the TURN relay until cancelled; ``announce`` hears of each bound listener."""
+    """Run the TURN relay until cancelled; ``announce`` hears of each listener.
+
+    ``sockets`` are listeners bound beforehand (see :func:`bind_listeners`); without them,
+    this binds its own. ``nonce_key`` lets worker processes share nonces.
+    """
+    if sockets is None:
+        sockets = bind_listeners(config)[0]
     async with trio.open_nursery() as nursery:
-        shell = TurnShell(config, nursery)
+        shell = TurnShell(config, nursery, nonce_key)
         try:
-            await _start_listeners(shell, config, nursery, announce)
+            context = _tls_context(config) if config.tls_listen else None
+            for bound in sockets:
+                if bound.proto == "udp":
+                    nursery.start_soon(shell.serve_udp, bound.sock, shell.register_udp(bound.sock))
+                else:
+                    listener = trio.SocketListener(trio.socket.from_stdlib_socket(bound.sock))
+                    handler = _stream_handler(shell, context if bound.proto == "tls" else None)
+                    nursery.start_soon(_serve_listener, listener, handler)
+                announce(bound.listening)
             nursery.start_soon(_housekeeping, shell, config.stats_interval)
             task_status.started(shell)
             await trio.sleep_forever()
@@ -370,43 +459,9 @@ async def serve(
             _log_counters(shell)
 
 
-async def _start_listeners(
-    shell: TurnShell,
-    config: TurnConfig,
-    nursery: trio.Nursery,
-    announce: Callable[[Listening], None],
-) -> None:
-    for host, port in config.listen_addresses():
-        sock, link = shell.bind_udp(host, port)
-        udp_port = sock.getsockname()[1]
-        nursery.start_soon(shell.serve_udp, sock, link)
-        announce(Listening("udp", host, udp_port))
-        tcp_port = await _listen_tcp(nursery, shell, host, port or udp_port, None, port == 0)
-        announce(Listening("tcp", host, tcp_port))
-    if config.tls_listen:
-        context = _tls_context(config)
-        for host, port in config.tls_addresses():
-            tls_port = await _listen_tcp(nursery, shell, host, port, context, False)
-            announce(Listening("tls", host, tls_port))
-
-
-async def _listen_tcp(
-    nursery: trio.Nursery,
-    shell: TurnShell,
-    host: str,
-    port: int,
-    context: ssl.SSLContext | None,
-    any_port_ok: bool,
-) -> int:
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError:
-        if not any_port_ok:
-            raise
-        listeners = await trio.open_tcp_listeners(0, host=host)
-    listener = listeners[0]
-    bound_port: int = listener.socket.getsockname()[1]
-
+def _stream_handler(
+    shell: TurnShell, context: ssl.SSLContext | None
+) -> Callable[[trio.SocketStream], Awaitable[None]]:
     async def handler(stream: trio.SocketStream) -> None:
         try:
             client: Addr = stream.socket.getpeername()[:2]
@@ -419,8 +474,7 @@ async def _listen_tcp(
             tls = trio.SSLStream(stream, context, server_side=True, https_compatible=False)
             await shell.handle_stream(tls, client)
 
-    nursery.start_soon(_serve_listener, listener, handler)
-    return bound_port
+    return handler
 
 
 async def _serve_listener(

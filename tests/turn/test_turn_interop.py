@@ -7,7 +7,6 @@ aioice runs in-process on a trio-asyncio loop against the real trio shell; cotur
 from __future__ import annotations
 
 import asyncio
-import datetime
 import re
 import shutil
 import ssl
@@ -21,11 +20,7 @@ import pytest
 import trio
 import trio_asyncio
 from aioice.turn import create_turn_endpoint
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from turn_support import SECRET, start_turn
+from turn_support import SECRET, self_signed, start_turn
 
 from turn.auth import rest_password, rest_username
 from turn.config import TurnConfig
@@ -46,33 +41,6 @@ class Echo:
             data, addr = await self.sock.recvfrom(65536)
             self.received += 1
             await self.sock.sendto(data, addr)
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 async def aioice_echo(

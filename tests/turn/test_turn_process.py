@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from turn_support import TurnProcess, start_turn
+from turn_support import TurnProcess, self_signed, start_turn
 
 from turn.stun import (
     Attr,
@@ -86,3 +88,90 @@ def test_bad_value_is_one_line_error_with_exit_2() -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "--listen" in result.stderr
+
+
+def test_workers_share_the_ports_and_all_exit_zero_on_sigterm() -> None:
+    turn = start_turn("--listen", "127.0.0.1:0", "--workers", "2")
+    try:
+        for _ in range(8):  # several source ports, so the kernel spreads them over workers
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5)
+                sock.sendto(_binding_request(), ("127.0.0.1", turn.udp_port))
+                assert parse_message_untrusted(sock.recv(2048)).message_class == (
+                    MessageClass.SUCCESS
+                )
+        with socket.create_connection(("127.0.0.1", turn.tcp_port), timeout=5) as sock:
+            sock.sendall(_binding_request())
+            assert parse_message_untrusted(sock.recv(2048)).message_class == MessageClass.SUCCESS
+    finally:
+        assert turn.stop(signal.SIGTERM) == 0
+
+
+def test_logs_carry_no_client_address(turn_server: TurnProcess) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(_binding_request(), ("127.0.0.1", turn_server.udp_port))
+        sock.recv(2048)
+        sock.sendto(b"\x00\x03garbage" * 4, ("127.0.0.1", turn_server.udp_port))
+    turn_server.stop()
+    assert turn_server.process.stderr is not None
+    log = turn_server.process.stderr.read()
+    assert "turn counters" in log
+    assert "127.0.0.1" not in log
+
+
+def test_tls_listener_is_announced_and_answers_binding(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    turn = start_turn(
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+    )
+    try:
+        assert any(line.startswith("turn listening tls 127.0.0.1:") for line in turn.lines)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        port = next(iter(turn.tls.values()))
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw) as sock,
+        ):
+            sock.sendall(_binding_request())
+            response = parse_message_untrusted(sock.recv(2048))
+            assert response.message_class == MessageClass.SUCCESS
+    finally:
+        assert turn.stop() == 0
+
+
+def test_secret_file_with_several_lines_and_env_precedence(tmp_path: Path) -> None:
+    from hushroom.config import load
+    from turn.config import TurnConfig
+
+    secret_file = tmp_path / "secrets"
+    secret_file.write_text("old\n\nnew\n")
+    config = load(
+        TurnConfig,
+        "turn",
+        {"secret_file": str(secret_file), "realm": "flag-realm"},
+        {"HUSHROOM_TURN_SECRET": "envsecret", "HUSHROOM_TURN_REALM": "env-realm"},
+    )
+    assert config.secrets() == [b"old", b"new", b"envsecret"]
+    assert config.realm == "flag-realm"
+
+
+def test_missing_secret_is_a_configuration_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "turn", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin"},
+    )
+    assert result.returncode == 2
+    assert "secret" in result.stderr
