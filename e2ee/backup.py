@@ -21,6 +21,7 @@ from e2ee import _wire
 from e2ee._primitives import random_bytes
 from e2ee.errors import DecodeError, DecryptionFailed, E2EEError
 from e2ee.identity import IdentityKeyPair, PreKeyStore
+from e2ee.sender_keys import SenderKeyReceiver, SenderKeySender
 from e2ee.session import Session
 
 __all__ = ["BackupContents", "export_backup", "import_backup"]
@@ -34,14 +35,17 @@ _MEM_RANGE = (pwhash.argon2id.MEMLIMIT_MIN, pwhash.argon2id.MEMLIMIT_MODERATE)
 
 @dataclass(slots=True)
 class BackupContents:
-    """What a backup restores: the identity, the prekey store and pairwise sessions.
+    """What a backup restores: identity, prekey store, pairwise sessions and sender keys.
 
-    ``sessions`` maps an application label (e.g. "<user id>/<device id>") to a session.
+    Each map is keyed by an application label (e.g. "<user id>/<device id>" for sessions,
+    "<channel id>" or "<channel id>/<sender device>" for sender keys).
     """
 
     identity: IdentityKeyPair
     prekeys: PreKeyStore | None = None
     sessions: dict[str, Session] = field(default_factory=dict)
+    sender_keys: dict[str, SenderKeySender] = field(default_factory=dict)
+    sender_key_receivers: dict[str, SenderKeyReceiver] = field(default_factory=dict)
 
     def encode(self) -> bytes:
         """Encode the plaintext of a backup."""
@@ -52,6 +56,8 @@ class BackupContents:
                 self.identity.seed,
                 None if self.prekeys is None else self.prekeys.serialize(),
                 {label: s.serialize() for label, s in self.sessions.items()},
+                {label: s.serialize() for label, s in self.sender_keys.items()},
+                {label: r.serialize() for label, r in self.sender_key_receivers.items()},
             ]
         )
 
@@ -63,8 +69,8 @@ class BackupContents:
             _wire.TAG_BACKUP_PAYLOAD,
             max_bytes=MAX_BACKUP_BYTES,
             max_items=MAX_SESSIONS,
-            min_fields=5,
-            max_fields=5,
+            min_fields=7,
+            max_fields=7,
         )
         identity = IdentityKeyPair(_wire.get_bytes(f[2], "identity_seed", size=32))
         prekeys = None
@@ -72,13 +78,28 @@ class BackupContents:
             prekeys = PreKeyStore.restore_untrusted(_wire.get_bytes(f[3], "prekeys"))
             if prekeys.identity.public != identity.public:
                 raise DecodeError("prekey store belongs to another identity")
-        if not isinstance(f[4], dict):
-            raise DecodeError("sessions must be a map")
-        sessions: dict[str, Session] = {}
-        for label, blob in f[4].items():
-            name = _wire.get_str(label, "session label", max_len=MAX_LABEL)
-            sessions[name] = Session.restore_untrusted(_wire.get_bytes(blob, "session"))
-        return cls(identity, prekeys, sessions)
+        sessions = {
+            label: Session.restore_untrusted(blob)
+            for label, blob in _labelled_blobs(f[4], "sessions").items()
+        }
+        senders = {
+            label: SenderKeySender.restore_untrusted(blob)
+            for label, blob in _labelled_blobs(f[5], "sender_keys").items()
+        }
+        receivers = {
+            label: SenderKeyReceiver.restore_untrusted(blob)
+            for label, blob in _labelled_blobs(f[6], "sender_key_receivers").items()
+        }
+        return cls(identity, prekeys, sessions, senders, receivers)
+
+
+def _labelled_blobs(value: object, name: str) -> dict[str, bytes]:
+    if not isinstance(value, dict):
+        raise DecodeError(f"{name} must be a map")
+    return {
+        _wire.get_str(label, f"{name} label", max_len=MAX_LABEL): _wire.get_bytes(blob, name)
+        for label, blob in value.items()
+    }
 
 
 def _key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:

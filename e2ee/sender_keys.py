@@ -68,6 +68,8 @@ MAX_ITERATION = 0xFFFFFFFF
 MAX_CHANNEL_ID = 255
 _SIG_LABEL = b"hushroom sender key message v1\x00"
 _AD_LABEL = b"hushroom sender key ad v1\x00"
+_SENDER_STATE = 0
+_RECEIVER_STATE = 1
 
 
 def _check_channel(channel_id: bytes) -> None:
@@ -185,12 +187,52 @@ class SenderKeySender:
         self._new_key()
 
     def _new_key(self) -> None:
-        self.key_id = int.from_bytes(random_bytes(4), "big")
-        self.iteration = 0
-        self._chain_key = random_bytes(32)
-        public, secret = sodium.crypto_sign_seed_keypair(random_bytes(32))
+        self._install(int.from_bytes(random_bytes(4), "big"), 0, random_bytes(32), random_bytes(32))
+
+    def _install(self, key_id: int, iteration: int, chain_key: bytes, signing_seed: bytes) -> None:
+        self.key_id = key_id
+        self.iteration = iteration
+        self._chain_key = chain_key
+        self._signing_seed = signing_seed
+        public, secret = sodium.crypto_sign_seed_keypair(signing_seed)
         self.signing_public: bytes = public
         self._signing_secret: bytes = secret
+
+    def serialize(self) -> bytes:
+        """Encode the sending state (chain key and signing seed included) for storage."""
+        return _wire.pack(
+            [
+                _wire.TAG_SENDER_KEY_STATE,
+                _wire.VERSION,
+                _SENDER_STATE,
+                self.channel_id,
+                self.key_id,
+                self.iteration,
+                self._chain_key,
+                self._signing_seed,
+            ]
+        )
+
+    @classmethod
+    def restore_untrusted(cls, data: bytes) -> SenderKeySender:
+        """Rebuild a sender from :meth:`serialize` output, checking every field."""
+        f = _wire.unpack_untrusted(
+            data, _wire.TAG_SENDER_KEY_STATE, max_bytes=1024, min_fields=8, max_fields=8
+        )
+        if f[2] != _SENDER_STATE or type(f[2]) is not int:
+            raise DecodeError("not a sender-key sending state")
+        channel = _wire.get_bytes(f[3], "channel_id", max_len=MAX_CHANNEL_ID)
+        if not channel:
+            raise DecodeError("empty channel id")
+        sender = cls.__new__(cls)
+        sender.channel_id = channel
+        sender._install(
+            _wire.get_int(f[4], "key_id", 0, 0xFFFFFFFF),
+            _wire.get_int(f[5], "iteration", 0, MAX_ITERATION),
+            _wire.get_bytes(f[6], "chain_key", size=32),
+            _wire.get_bytes(f[7], "signing_seed", size=32),
+        )
+        return sender
 
     def distribution(self) -> SenderKeyDistribution:
         """The distribution for the current key at the current iteration.
@@ -226,10 +268,10 @@ class SenderKeySender:
 class _ReceiverState:
     __slots__ = ("chain_key", "iteration", "signing_key", "skipped")
 
-    def __init__(self, dist: SenderKeyDistribution) -> None:
-        self.chain_key = dist.chain_key
-        self.iteration = dist.iteration
-        self.signing_key = dist.signing_key
+    def __init__(self, chain_key: bytes, iteration: int, signing_key: bytes) -> None:
+        self.chain_key = chain_key
+        self.iteration = iteration
+        self.signing_key = signing_key
         self.skipped: dict[int, bytes] = {}
 
 
@@ -262,7 +304,7 @@ class SenderKeyReceiver:
             if dist.iteration >= existing.iteration:
                 return
             raise DuplicateMessage("distribution older than the installed state")
-        self._states[dist.key_id] = _ReceiverState(dist)
+        self._states[dist.key_id] = _ReceiverState(dist.chain_key, dist.iteration, dist.signing_key)
         while len(self._states) > MAX_SENDER_KEY_STATES:
             del self._states[next(iter(self._states))]
 
@@ -302,6 +344,57 @@ class SenderKeyReceiver:
         # Most recently used state last, so eviction drops the least recent.
         self._states[msg.key_id] = self._states.pop(msg.key_id)
         return plaintext
+
+    def serialize(self) -> bytes:
+        """Encode every installed sender key (with its skipped message keys) for storage."""
+        return _wire.pack(
+            [
+                _wire.TAG_SENDER_KEY_STATE,
+                _wire.VERSION,
+                _RECEIVER_STATE,
+                self.channel_id,
+                [
+                    [key_id, st.iteration, st.chain_key, st.signing_key, list(st.skipped.items())]
+                    for key_id, st in self._states.items()
+                ],
+            ]
+        )
+
+    @classmethod
+    def restore_untrusted(cls, data: bytes) -> SenderKeyReceiver:
+        """Rebuild a receiver from :meth:`serialize` output, checking every field."""
+        f = _wire.unpack_untrusted(
+            data,
+            _wire.TAG_SENDER_KEY_STATE,
+            max_bytes=MAX_SENDER_KEY_STATES * (MAX_SKIPPED_SENDER_KEYS * 48 + 256) + 512,
+            max_items=MAX_SKIPPED_SENDER_KEYS,
+            min_fields=5,
+            max_fields=5,
+        )
+        if f[2] != _RECEIVER_STATE or type(f[2]) is not int:
+            raise DecodeError("not a sender-key receiving state")
+        channel = _wire.get_bytes(f[3], "channel_id", max_len=MAX_CHANNEL_ID)
+        if not channel:
+            raise DecodeError("empty channel id")
+        receiver = cls(channel)
+        for item in _wire.get_list(f[4], "states", max_len=MAX_SENDER_KEY_STATES):
+            entry = _wire.get_list(item, "state", max_len=5)
+            if len(entry) != 5:
+                raise DecodeError("sender-key state must have 5 fields")
+            state = _ReceiverState(
+                _wire.get_bytes(entry[2], "chain_key", size=32),
+                _wire.get_int(entry[1], "iteration", 0, MAX_ITERATION),
+                _wire.get_bytes(entry[3], "signing_key", size=ED25519_LEN),
+            )
+            for pair in _wire.get_list(entry[4], "skipped", max_len=MAX_SKIPPED_SENDER_KEYS):
+                kv = _wire.get_list(pair, "skipped key", max_len=2)
+                if len(kv) != 2:
+                    raise DecodeError("skipped key must be [iteration, key]")
+                state.skipped[_wire.get_int(kv[0], "iteration", 0, MAX_ITERATION)] = (
+                    _wire.get_bytes(kv[1], "message key", size=32)
+                )
+            receiver._states[_wire.get_int(entry[0], "key_id", 0, 0xFFFFFFFF)] = state
+        return receiver
 
     def forget(self, key_id: int) -> None:
         """Drop a sender key (e.g. once its sender has rotated and the grace has passed)."""

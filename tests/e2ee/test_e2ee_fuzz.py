@@ -51,7 +51,7 @@ from e2ee.double_ratchet import DecryptedMessage, MessageType
 from e2ee.errors import E2EEError
 from e2ee.linking import parse_link_code
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
@@ -105,6 +105,8 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
         "session_state": (bob.serialize(), Session.restore_untrusted),
         "sender_key_message": (sks.encrypt(b"group"), SenderKeyMessage.decode_untrusted),
         "sender_key_decrypt": (sks.encrypt(b"group"), skr.decrypt),
+        "sender_key_sender_state": (sks.serialize(), SenderKeySender.restore_untrusted),
+        "sender_key_receiver_state": (skr.serialize(), SenderKeyReceiver.restore_untrusted),
         "sender_key_distribution": (
             sks.distribution().encode(),
             SenderKeyDistribution.decode_untrusted,
@@ -126,7 +128,7 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
         "media_key": (media_sender.current_key().encode(), MediaKey.decode_untrusted),
         "backup": (backup, lambda d: import_backup(d, "pw")),
         "backup_contents": (
-            BackupContents(store.identity, store, {"b": bob}).encode(),
+            BackupContents(store.identity, store, {"b": bob}, {"c": sks}, {"c": skr}).encode(),
             BackupContents.decode_untrusted,
         ),
         "provisioning": (provisioning, lambda d: LinkingSecret(parse_link_code(link.code)).open(d)),

@@ -12,10 +12,14 @@ from nacl import pwhash
 
 from e2ee import (
     BackupContents,
+    DecryptedMessage,
     IdentityKeyPair,
     LinkingSecret,
+    MessageType,
     PreKeyStore,
     ProvisioningPayload,
+    SenderKeyReceiver,
+    SenderKeySender,
     build_provisioning_message,
     export_backup,
     format_safety_number,
@@ -73,6 +77,30 @@ def test_backup_roundtrips_identity_prekeys_and_sessions() -> None:
     assert session.serialize() == bob.serialize()
     data = alice.encrypt(b"after restore", conversation_id=CONV)
     assert session.decrypt(data, conversation_id=CONV, now=0).plaintext == b"after restore"
+
+
+def test_backup_roundtrips_sender_keys() -> None:
+    sender = SenderKeySender(b"chan")
+    receiver = SenderKeyReceiver(b"chan")
+    receiver.process_distribution(
+        DecryptedMessage(
+            MessageType.SENDER_KEY_DISTRIBUTION, b"chan", sender.distribution().encode()
+        )
+    )
+    skipped = sender.encrypt(b"skipped")
+    receiver.decrypt(sender.encrypt(b"seen"))
+    contents = BackupContents(
+        IdentityKeyPair.generate(),
+        sender_keys={"chan": sender},
+        sender_key_receivers={"chan/a": receiver},
+    )
+    restored = import_backup(export_backup(contents, "pw", **FAST_KDF), "pw")
+    new_sender = restored.sender_keys["chan"]
+    new_receiver = restored.sender_key_receivers["chan/a"]
+    assert new_sender.serialize() == sender.serialize()
+    assert new_receiver.serialize() == receiver.serialize()
+    assert new_receiver.decrypt(skipped) == b"skipped"
+    assert new_receiver.decrypt(new_sender.encrypt(b"after restore")) == b"after restore"
 
 
 def test_backup_with_wrong_passphrase_or_tampering_fails() -> None:
@@ -145,6 +173,8 @@ def test_prekey_store_of_another_identity_is_refused_in_backup() -> None:
 
     identity = IdentityKeyPair.generate()
     other = PreKeyStore.generate(IdentityKeyPair.generate())
-    plaintext = msgpack.packb([11, 1, identity.seed, other.serialize(), {}], use_bin_type=True)
+    plaintext = msgpack.packb(
+        [11, 1, identity.seed, other.serialize(), {}, {}, {}], use_bin_type=True
+    )
     with pytest.raises(DecodeError):
         BackupContents.decode_untrusted(plaintext)
