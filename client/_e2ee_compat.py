@@ -1,17 +1,15 @@
-"""Where the client bridges gaps between ``e2ee/`` and ``control/``; each is reported.
+"""Where the client bridges a gap between ``e2ee/`` and ``control/`` (reported).
 
-1. **Prekey signatures.** The directory (``control.signatures``) checks signatures over
+**Prekey signatures.** The directory (``control.signatures``) checks signatures over
    ``"hushroom-v1 signed-prekey" NUL ‖ key id ‖ public key`` (and ``pq-prekey``), while
    :mod:`e2ee.identity` signs and verifies ``"hushroom signed prekey v1" NUL ‖ key id ‖
    Encode(PK)``. A bundle the server accepts therefore never passes
    :meth:`e2ee.PreKeyBundle.verify`. The client signs the directory's format on upload and,
    on claim, verifies the directory's format itself (same identity key, same
    domain-separated purpose) before marking the bundle verified.
-2. **Sender-key persistence.** :class:`e2ee.SenderKeySender` and
-   :class:`e2ee.SenderKeyReceiver` have no serialize/restore, but a CLI process ends after
-   every command. Their state is saved and rebuilt here, field by field.
 
-Both reach into private attributes of ``e2ee`` objects; both belong in ``e2ee`` itself.
+This reaches into a private attribute of :class:`e2ee.PreKeyBundle`; the fix belongs in
+one of the two packages (one signature format for both).
 """
 
 from __future__ import annotations
@@ -23,26 +21,10 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from client.models import Bundle
-from e2ee import (
-    BadSignature,
-    IdentityKeyPair,
-    PreKeyBundle,
-    PreKeyStore,
-    SenderKeyDistribution,
-    SenderKeyReceiver,
-    SenderKeySender,
-)
-from e2ee import sender_keys as _sender_keys
+from e2ee import BadSignature, IdentityKeyPair, PreKeyBundle, PreKeyStore
 from e2ee.errors import DecodeError
 
-__all__ = [
-    "directory_prekeys",
-    "prekey_bundle_untrusted",
-    "restore_receiver",
-    "restore_sender",
-    "save_receiver",
-    "save_sender",
-]
+__all__ = ["directory_prekeys", "prekey_bundle_untrusted"]
 
 
 def _spk_message(key_id: int, public: bytes) -> bytes:
@@ -113,51 +95,3 @@ def prekey_bundle_untrusted(bundle: Bundle) -> PreKeyBundle:
     # The signatures verified above are the directory's; e2ee checks its own format only.
     object.__setattr__(result, "_verified", True)
     return result
-
-
-def save_sender(sender: SenderKeySender) -> list[Any]:
-    """The state of a sending sender key, as a msgpack-able list."""
-    return [
-        sender.channel_id,
-        sender.key_id,
-        sender.iteration,
-        sender._chain_key,
-        sender.signing_public,
-        sender._signing_secret,
-    ]
-
-
-def restore_sender(data: list[Any]) -> SenderKeySender:
-    """Rebuild a :class:`SenderKeySender` saved by :func:`save_sender`."""
-    channel_id, key_id, iteration, chain_key, signing_public, signing_secret = data
-    sender = SenderKeySender(channel_id)
-    sender.key_id = key_id
-    sender.iteration = iteration
-    sender._chain_key = chain_key
-    sender.signing_public = signing_public
-    sender._signing_secret = signing_secret
-    return sender
-
-
-def save_receiver(receiver: SenderKeyReceiver) -> list[Any]:
-    """The state of a receiving sender key (every key id it follows)."""
-    return [
-        receiver.channel_id,
-        [
-            [key_id, s.chain_key, s.iteration, s.signing_key, list(s.skipped.items())]
-            for key_id, s in receiver._states.items()
-        ],
-    ]
-
-
-def restore_receiver(data: list[Any]) -> SenderKeyReceiver:
-    """Rebuild a :class:`SenderKeyReceiver` saved by :func:`save_receiver`."""
-    channel_id, states = data
-    receiver = SenderKeyReceiver(channel_id)
-    for key_id, chain_key, iteration, signing_key, skipped in states:
-        state = _sender_keys._ReceiverState(
-            SenderKeyDistribution(channel_id, key_id, iteration, chain_key, signing_key)
-        )
-        state.skipped = {int(i): bytes(k) for i, k in skipped}
-        receiver._states[key_id] = state
-    return receiver

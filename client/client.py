@@ -61,6 +61,7 @@ from client.permissions import readers
 from client.store import Store, fingerprint
 from e2ee import (
     DecryptedMessage,
+    DuplicateMessage,
     E2EEError,
     IdentityKeyPair,
     MessageType,
@@ -101,6 +102,8 @@ class Message:
     ts: float
     direction: str
     expires_at: float | None = None
+    #: A channel message's position on the server (None for DMs).
+    seq: int | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The stored form."""
@@ -113,6 +116,7 @@ class Message:
             "ts": self.ts,
             "direction": self.direction,
             "expires_at": self.expires_at,
+            "seq": self.seq,
         }
 
     @classmethod
@@ -127,6 +131,7 @@ class Message:
             r["ts"],
             r["direction"],
             r.get("expires_at"),
+            r.get("seq"),
         )
 
 
@@ -611,7 +616,11 @@ class Client:
 
     def _remember(self, message: Message) -> bool:
         stored = self.store.add_message(
-            message.conversation, message.id, message.to_record(), message.expires_at
+            message.conversation,
+            message.id,
+            message.to_record(),
+            message.expires_at,
+            message.seq,
         )
         if stored:
             for callback in self._on_message:
@@ -649,18 +658,20 @@ class Client:
             if self.store.get("envelope_done", env.id) is not None:
                 done.append(env.id)
                 continue
-            try:
-                message = await self._open_envelope(env)
-            except (UndecryptableMessage, E2EEError) as exc:
-                self._notify(
-                    "rejected",
-                    f"a message from a device of {self._name(env.sender_user_id)} failed "
-                    f"authentication and was dropped ({type(exc).__name__})",
-                )
-                message = None
-            except IdentityChanged:
-                message = None
+            # Session state, the message and the "done" mark commit together: a crash
+            # leaves either all of them (the envelope is then only acked again) or none.
             with self.store.transaction():
+                try:
+                    message = await self._open_envelope(env)
+                except (UndecryptableMessage, E2EEError) as exc:
+                    self._notify(
+                        "rejected",
+                        f"a message from a device of {self._name(env.sender_user_id)} failed "
+                        f"authentication and was dropped ({type(exc).__name__})",
+                    )
+                    message = None
+                except IdentityChanged:
+                    message = None
                 if message is not None and self._remember(message):
                     new.append(message)
                 self.store.put("envelope_done", env.id, int(_now()))
@@ -767,15 +778,20 @@ class Client:
 
     def _install_sender_key(self, channel_id: str, device_id: str, msg: DecryptedMessage) -> None:
         receiver = self._receiver(channel_id, device_id)
-        receiver.process_distribution(msg)
-        self.store.put("sender_in", f"{channel_id}/{device_id}", compat.save_receiver(receiver))
+        try:
+            receiver.process_distribution(msg)
+        except DuplicateMessage:
+            # An authentic but older copy of a key this device already follows further
+            # (its channel messages were read before the envelope was): nothing to do.
+            return
+        self.store.put("sender_in", f"{channel_id}/{device_id}", receiver.serialize())
 
     def _receiver(self, channel_id: str, device_id: str) -> SenderKeyReceiver:
         found = self._receivers.get((channel_id, device_id))
         if found is None:
             raw = self.store.get("sender_in", f"{channel_id}/{device_id}")
             found = (
-                compat.restore_receiver(raw)
+                SenderKeyReceiver.restore_untrusted(raw)
                 if raw is not None
                 else SenderKeyReceiver(channel_id.encode())
             )
@@ -789,13 +805,13 @@ class Client:
             if raw is None:
                 found = (SenderKeySender(channel_id.encode()), set())
             else:
-                found = (compat.restore_sender(raw[0]), set(raw[1]))
+                found = (SenderKeySender.restore_untrusted(raw[0]), set(raw[1]))
             self._senders[channel_id] = found
         return found
 
     def _save_sender(self, channel_id: str) -> None:
         sender, given = self._senders[channel_id]
-        self.store.put("sender_out", channel_id, [compat.save_sender(sender), sorted(given)])
+        self.store.put("sender_out", channel_id, [sender.serialize(), sorted(given)])
 
     async def audience(self, channel_id: str) -> dict[str, list[Device]]:
         """user id → devices of everyone who may read ``channel_id`` (minus this device)."""
@@ -857,6 +873,7 @@ class Client:
             body.ts,
             "out",
             body.ts + expires_in if expires_in else None,
+            posted.seq,
         )
         self._remember(message)
         return message
@@ -880,32 +897,32 @@ class Client:
         new: list[Message] = []
         synced = False
         for cm in messages:
-            if self.store.has_message(cm.id):
+            if self.store.has_message(cm.id) or cm.author_device_id == self.device_id:
                 self._advance(cm)
                 continue
-            if cm.author_device_id == self.device_id:
-                self._advance(cm)
-                continue
-            message: Message | None = None
-            try:
-                message = await self._open_channel_message(cm)
-            except E2EEError as first:
-                if not synced and isinstance(first, UnknownKey):
-                    # The key may be waiting in an envelope not fetched yet.
-                    synced = True
-                    new += await self.sync()
+            while True:
+                missing_key = False
+                # The advanced sender-key state, the message and the cursor commit together.
+                with self.store.transaction():
+                    message: Message | None = None
                     try:
                         message = await self._open_channel_message(cm)
-                    except E2EEError as exc:
+                    except UnknownKey as exc:
+                        missing_key = not synced
+                        if synced:
+                            self._undecryptable(cm, exc)
+                    except (E2EEError, UndecryptableMessage) as exc:
                         self._undecryptable(cm, exc)
-                else:
-                    self._undecryptable(cm, first)
-            except UndecryptableMessage as exc:
-                self._undecryptable(cm, exc)
-            with self.store.transaction():
-                if message is not None and self._remember(message):
-                    new.append(message)
-                self._advance(cm)
+                    if not missing_key:
+                        if message is not None and self._remember(message):
+                            new.append(message)
+                        self._advance(cm)
+                if not missing_key:
+                    break
+                # No key yet: it may wait in an envelope not fetched yet (decryption failed
+                # without touching any state, so the message is simply tried again).
+                synced = True
+                new += await self.sync()
         return new
 
     def _advance(self, cm: ChannelMessage) -> None:
@@ -942,9 +959,7 @@ class Client:
     async def _open_channel_message(self, cm: ChannelMessage) -> Message:
         receiver = self._receiver(cm.channel_id, cm.author_device_id)
         padded = receiver.decrypt(cm.ciphertext)
-        self.store.put(
-            "sender_in", f"{cm.channel_id}/{cm.author_device_id}", compat.save_receiver(receiver)
-        )
+        self.store.put("sender_in", f"{cm.channel_id}/{cm.author_device_id}", receiver.serialize())
         body = decode_body_untrusted(padded)
         handle = await self._handle_of(cm.author_id, body.sender_handle)
         return Message(
@@ -956,6 +971,7 @@ class Client:
             body.ts,
             "in",
             _now() + body.exp if body.exp else None,
+            cm.seq,
         )
 
     async def find_channel(self, name: str, guild: str | None = None) -> Channel:
@@ -976,12 +992,16 @@ class Client:
     async def live(self) -> AsyncIterator[trio.MemoryReceiveChannel[Message]]:
         """Follow the gateway: yields a channel of new messages (DMs and channels).
 
+        The block is entered once the session is established and the backlog handled;
+        messages found while catching up are the first ones in the channel.
+
         On every fresh IDENTIFY (READY) the client catches up by REST — envelopes beyond
         READY's first page, and channel history after the stored cursors — so nothing
         queued while offline is missed; RESUME replays the rest in order.
         """
         send, receive = trio.open_memory_channel[Message](1024)
         gateway = GatewayClient(self.api.server_url, self.api.token or "")
+        caught_up = trio.Event()
         self._live = True
         try:
             async with gateway.events() as events, trio.open_nursery() as nursery:
@@ -991,8 +1011,13 @@ class Client:
                         async for event in events:
                             for message in await self._handle_dispatch(event):
                                 await send.send(message)
+                            if event.type in ("READY", "RESUMED"):
+                                caught_up.set()
 
                 nursery.start_soon(pump)
+                # Entered only once connected and caught up, so a caller knows that what
+                # is sent from now on arrives live.
+                await caught_up.wait()
                 try:
                     yield receive
                 finally:

@@ -31,6 +31,7 @@ import sqlite3
 import time
 import unicodedata
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ class Store:
         self._box = SecretBox(key)
         self._index_key = hmac.digest(key, b"hushroom store index v1", "sha256")
         self.path = path
+        self._depth = 0
 
     @classmethod
     def exists(cls, profile: Path) -> bool:
@@ -105,17 +107,18 @@ class Store:
             salt = random(pwhash.argon2id.SALTBYTES)
             key = _derive(passphrase, salt, _OPS, _MEM)
             check = SecretBox(key).encrypt(_CHECK)
-            with db:
-                db.executemany(
-                    "INSERT INTO meta (name, value) VALUES (?, ?)",
-                    [
-                        ("format", _FORMAT),
-                        ("salt", salt),
-                        ("opslimit", _OPS),
-                        ("memlimit", _MEM),
-                        ("check", bytes(check)),
-                    ],
-                )
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                [
+                    ("format", _FORMAT),
+                    ("salt", salt),
+                    ("opslimit", _OPS),
+                    ("memlimit", _MEM),
+                    ("check", bytes(check)),
+                ],
+            )
+            db.execute("COMMIT")
             return cls(db, key, path)
         if meta.get("format") != _FORMAT:
             db.close()
@@ -182,23 +185,53 @@ class Store:
             if got_kind == kind:
                 yield name, value
 
-    def transaction(self) -> sqlite3.Connection:
-        """``with store.transaction(): ...`` groups writes atomically."""
-        return self._db
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``with store.transaction(): ...``: the writes inside commit together or not at all.
+
+        Nested uses join the outermost transaction.
+        """
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._db.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self._db.execute("COMMIT")
 
     # --- message history -----------------------------------------------------------
 
     def add_message(
-        self, conv: str, message_id: str, value: dict[str, Any], expires_at: float | None
+        self,
+        conv: str,
+        message_id: str,
+        value: dict[str, Any],
+        expires_at: float | None,
+        order: int | None = None,
     ) -> bool:
-        """Append a message to ``conv``; False when it was already stored (same id)."""
+        """Store a message of ``conv``; False when it was already stored (same id).
+
+        ``order`` places it within the conversation (a channel's server sequence number);
+        without it the message goes after everything stored so far.
+        """
         key = self._index("message", message_id)
         cur = self._db.execute(
             "INSERT OR IGNORE INTO messages (id, conv, ord, expires_at, value) "
-            "VALUES (?, ?, (SELECT COALESCE(MAX(ord), 0) + 1 FROM messages), ?, ?)",
+            "VALUES (?, ?, COALESCE(?, (SELECT COALESCE(MAX(ord), 0) + 1 FROM messages)), ?, ?)",
             (
                 key,
                 self._index("conv", conv),
+                order,
                 expires_at,
                 self._seal("message", message_id, value),
             ),

@@ -1,0 +1,26 @@
+"""Fixtures for the client tests: a fresh control plane process per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from client_live import ControlProcess
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[ControlProcess]:
+    """A fresh control plane for one test (generous rate limits: tests are bursty)."""
+    server = ControlProcess(
+        tmp_path / "control-data",
+        tmp_path / "control.log",
+        "--rate-per-s",
+        "10000",
+        "--rate-burst",
+        "10000",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
