@@ -313,10 +313,9 @@ class SFrameSender:
         # index n (1..8) the config byte and KID for an n-byte CTR that follows.
         kid_header = encode_header(kid, 0)
         config, kid_bits = kid_header[0], kid_header[1:]
-        self._prefixes: list[bytes] = [b""] + [
+        self._prefixes: list[bytes] = [kid_header] + [
             bytes((config | 0x08 | (n - 1),)) + kid_bits for n in range(1, 9)
         ]
-        self._prefixes[0] = kid_header
 
     @property
     def ctr(self) -> int:
