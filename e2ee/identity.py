@@ -42,7 +42,7 @@ from e2ee._primitives import (
     mlkem_public_from_bytes,
     random_bytes,
 )
-from e2ee.errors import DecodeError, InvalidKey, UnknownKey
+from e2ee.errors import DecodeError, E2EEError, InvalidKey, UnknownKey
 
 __all__ = [
     "MAX_ONE_TIME_PREKEYS_PER_UPLOAD",
@@ -423,7 +423,7 @@ class PreKeyStore:
     def generate_one_time_prekeys(self, count: int) -> list[OneTimePreKey]:
         """Create ``count`` one-time prekeys (at most one upload batch at a time)."""
         if not 0 <= count <= MAX_ONE_TIME_PREKEYS_PER_UPLOAD:
-            raise DecodeError(f"OTK batch size must be 0..{MAX_ONE_TIME_PREKEYS_PER_UPLOAD}")
+            raise E2EEError(f"OTK batch size must be 0..{MAX_ONE_TIME_PREKEYS_PER_UPLOAD}")
         batch = [OneTimePreKey(self._allocate_id(), X25519KeyPair.generate()) for _ in range(count)]
         for otk in batch:
             self.one_time_prekeys[otk.key_id] = otk
