@@ -54,6 +54,8 @@ class ReceiveStatistics:
     __slots__ = (
         "_bad_seq",
         "_base_seq",
+        "_bytes_prior",
+        "_rate_time",
         "_cycles",
         "_expected_prior",
         "_jitter",
@@ -83,9 +85,13 @@ class ReceiveStatistics:
         self._last_transit: float | None = None
         self._last_sr = 0
         self._last_sr_arrival = 0.0
+        self._bytes_prior = 0
+        self._rate_time: float | None = None
 
     def update(self, seq: int, timestamp: int, size: int, now: float) -> None:
         """Account one received packet (A.1 sequence tracking, A.8 interarrival jitter)."""
+        if self._rate_time is None:
+            self._rate_time = now  # the bitrate window opens with the first packet
         self.received += 1
         self.bytes += size
         if self._base_seq < 0:
@@ -130,6 +136,14 @@ class ReceiveStatistics:
     def lost(self) -> int:
         """Cumulative loss (A.3): gaps in sequence numbers only, so DTX is never loss."""
         return max(0, self.expected - self.received)
+
+    def bitrate(self, now: float) -> float | None:
+        """Bits per second received since the previous call (``None`` on the first)."""
+        previous, self._rate_time = self._rate_time, now
+        received, self._bytes_prior = self.bytes - self._bytes_prior, self.bytes
+        if previous is None or now <= previous:
+            return None
+        return 8 * received / (now - previous)
 
     def on_sender_report(self, ntp_timestamp: int, now: float) -> None:
         """Remember the middle 32 bits of an SR's NTP time for LSR/DLSR (§6.4.1)."""
@@ -204,6 +218,13 @@ class Producer:
             return False
         self.last_keyframe_request = now
         return True
+
+    def measure_layers(self, now: float) -> None:
+        """Refresh :attr:`layer_bitrates` from what each simulcast stream delivered."""
+        for ssrc, stats in self.statistics.items():
+            rate = stats.bitrate(now)
+            if rate is not None:
+                self.layer_bitrates[self.streams[ssrc]] = rate
 
     def retransmission(self, ssrc: int, seq: int) -> bytes | None:
         """The cached clear packet for a NACKed sequence number, if still held."""

@@ -185,6 +185,12 @@ class Worker:
                 self._close_transport(transport, "ICE never connected")
         if now >= self._next_rtcp:
             self._next_rtcp = now + RTCP_INTERVAL
+            for producer in self.producers.values():
+                if producer.kind == "video":
+                    producer.measure_layers(now)
+            for consumer in self.consumers.values():
+                if consumer.producer.kind == "video":
+                    consumer.set_bandwidth(consumer.bandwidth)
             for transport in self.transports.values():
                 self._report_to_publisher(transport, now)
         if now >= self._next_twcc:

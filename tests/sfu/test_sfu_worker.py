@@ -6,6 +6,8 @@ import itertools
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sfu.errors import NotFound
 from sfu.rtcp import (
@@ -288,3 +290,131 @@ def test_unknown_and_garbage_datagrams_are_dropped(room) -> None:
         h.worker.datagram_received(data, ("127.0.0.1", 9999), 0.0)
         h.worker.datagram_received(data, ("127.0.0.1", 5001), 0.0)
     assert h.worker.dropped >= 6
+
+
+CHROME_SIMULCAST_OFFER_VIDEO = """v=0
+o=- 1 2 IN IP4 127.0.0.1
+s=-
+t=0 0
+a=group:BUNDLE 0
+m=video 9 UDP/TLS/RTP/SAVPF 96
+c=IN IP4 0.0.0.0
+a=ice-ufrag:abcd
+a=ice-pwd:abcdefghijklmnopqrstuvwx
+a=fingerprint:sha-256 FINGERPRINT
+a=setup:actpass
+a=mid:0
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id
+a=sendonly
+a=rtcp-mux
+a=rtpmap:96 VP8/90000
+a=rtcp-fb:96 nack pli
+a=rid:l send
+a=rid:h send
+a=simulcast:send l;h
+"""
+
+KEY = bytes([0x90, 0x80, 0x01, 0x10, 0x00])  # S=1 PID=0, picture id, P=0: key frame
+DELTA = bytes([0x90, 0x80, 0x02, 0x11, 0x00])
+
+
+def test_simulcast_layers_learnt_by_rid_and_switched_at_key_frames() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    created = h.call("transport.create", router_id=router_id)
+    peer = SyntheticPeer(created)
+    offer = CHROME_SIMULCAST_OFFER_VIDEO.replace("FINGERPRINT", peer.certificate.fingerprint())
+    connected = h.call("transport.connect", transport_id=created["transport_id"], sdp_offer=offer)
+    assert "a=simulcast:recv l;h" in connected["sdp_answer"]
+    (producer,) = connected["producers"]
+    address = ("127.0.0.1", 5001)
+    h.peers[address] = peer
+    h.worker.datagram_received(peer.binding_request(), address, 0.0)
+    for datagram in peer.start_dtls(0.0):
+        h.worker.datagram_received(datagram, address, 0.0)
+    h.deliver()
+    sub_id, sub = h.join(router_id, 5002)
+    consumer = h.call("consumer.create", transport_id=sub_id, producer_id=producer["producer_id"])
+
+    def frame(rid: bytes, ssrc: int, seq: int, payload: bytes) -> None:
+        # The high layer carries more bytes per frame, as a higher resolution would.
+        payload += b"H" * 200 if rid == b"h" else b""
+        packet = RtpPacket(96, seq, 3000 * seq, ssrc, extensions={10: rid}, payload=payload)
+        h.send(5001, peer.protect(packet.serialize()))
+
+    # The subscriber has no estimate yet: target is the highest layer (h), but it starts on
+    # whatever key frame comes first, and switches to h at h's first key frame.
+    h.worker.tick(0.0)
+    frame(b"l", 111, 1, KEY)
+    frame(b"h", 222, 1, DELTA)
+    frame(b"l", 111, 2, DELTA)
+    frame(b"h", 222, 2, KEY)
+    frame(b"l", 111, 3, DELTA)
+    frame(b"h", 222, 3, DELTA)
+    h.deliver()
+    received = [RtpPacket.parse_untrusted(p) for p in sub.rtp]
+    high = b"H" * 200
+    assert [p.payload for p in received] == [KEY, DELTA, KEY + high, DELTA + high]
+    seqs = [p.sequence_number for p in received]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(4)]
+    assert {p.ssrc for p in received} == {consumer["ssrc"]}
+    # Once layer bitrates are measured, a REMB that only fits the low layer moves the
+    # target down; the switch waits for l's key frame.
+    h.worker.tick(1.0)
+    h.send(5002, sub.protect_rtcp([ReceiverEstimatedMaxBitrate(1, 1000, (consumer["ssrc"],))]))
+    h.deliver()
+    frame(b"l", 111, 4, DELTA)
+    frame(b"h", 222, 4, DELTA)
+    frame(b"l", 111, 5, KEY)
+    h.deliver()
+    assert [RtpPacket.parse_untrusted(p).payload for p in sub.rtp[4:]] == [DELTA + high, KEY]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.binary(max_size=120)), max_size=20))
+def test_hostile_datagrams_at_the_socket_never_crash_or_grow_state(
+    datagrams: list[tuple[int, bytes]],
+) -> None:
+    h = _FUZZ_ROOM
+    before = (len(h.worker._by_address), len(h.worker.transports), h.worker.srtp_failures)
+    pub = h.peers[("127.0.0.1", 5001)]
+    seeds = [
+        pub.binding_request(),
+        pub.protect(_audio(7, 30)),
+        pub.protect_rtcp([PictureLossIndication(1, 2)]),
+        bytes([22, 0xFE, 0xFD]) + bytes(10),
+        b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12),
+        b"\x80\xc8\x00\x06" + bytes(24),
+    ]
+    for seed, noise in datagrams:
+        data = bytearray(seeds[seed])
+        for i, byte in enumerate(noise[:16]):
+            data[(i * 7 + byte) % len(data)] ^= byte
+        for port in (5001, 5002, 7777):
+            h.worker.datagram_received(bytes(data) + noise[16:], ("127.0.0.1", port), 1.0)
+    h.worker.tick(1.0)
+    after = (len(h.worker._by_address), len(h.worker.transports))
+    assert after[0] <= before[0] + 1  # only a correctly signed check may add an address
+    assert after[1] == before[1]
+
+
+def _fuzz_room() -> Harness:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, _ = h.join(router_id, 5001)
+    producer_id = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="audio",
+        payload_type=111,
+        ssrcs={1111: 0},
+        extensions={1: AUDIO_LEVEL},
+    )["producer_id"]
+    sub_id, _ = h.join(router_id, 5002)
+    h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    h.outbox.clear()
+    return h
+
+
+_FUZZ_ROOM = _fuzz_room()
