@@ -166,7 +166,8 @@ class Client:
         # True while a gateway session runs: audience changes then arrive as dispatches, so
         # a channel's reader list may be cached until one of them says otherwise.
         self._live = False
-        self._on_message: list[Callable[[Message], None]] = []
+        #: The gateway session while :meth:`live` runs (``gateway.reconnect()`` resumes).
+        self.gateway: GatewayClient | None = None
 
     # --- opening, registration, login --------------------------------------------------
 
@@ -622,9 +623,6 @@ class Client:
             message.expires_at,
             message.seq,
         )
-        if stored:
-            for callback in self._on_message:
-                callback(message)
         return stored
 
     def history(self, conversation: str, limit: int = 50) -> list[Message]:
@@ -1001,6 +999,7 @@ class Client:
         """
         send, receive = trio.open_memory_channel[Message](1024)
         gateway = GatewayClient(self.api.server_url, self.api.token or "")
+        self.gateway = gateway
         caught_up = trio.Event()
         self._live = True
         try:
@@ -1024,6 +1023,7 @@ class Client:
                     nursery.cancel_scope.cancel()
         finally:
             self._live = False
+            self.gateway = None
             self._audience_cache.clear()
 
     async def _handle_dispatch(self, event: Dispatch) -> list[Message]:

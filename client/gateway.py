@@ -170,6 +170,13 @@ class GatewayClient:
         self.host, self.port, self.path = _gateway_target(server_url)
         self.core = GatewayCore(token)
         self.connections = 0
+        self._connection_scope: trio.CancelScope | None = None
+
+    def reconnect(self) -> None:
+        """Drop the current connection now and RESUME on a new one (e.g. after the network
+        changed); dispatches sent meanwhile are replayed by the server."""
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
 
     @asynccontextmanager
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[Dispatch]]:
@@ -187,7 +194,8 @@ class GatewayClient:
         async with out:
             while True:
                 try:
-                    await self._connect_once(out)
+                    with trio.CancelScope() as self._connection_scope:
+                        await self._connect_once(out)
                     delay = 0.1
                 except* (OSError, HandshakeError, ConnectionClosed, ProtocolError):
                     # Dropped or refused: back off, then RESUME (or IDENTIFY) again.

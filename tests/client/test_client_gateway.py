@@ -1,0 +1,115 @@
+"""The gateway session core (sans-I/O) and RESUME against a real control process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+import trio
+from client_live import ControlProcess
+
+from client import Client
+from client.errors import ProtocolError
+from client.gateway import Dispatch, GatewayClient, GatewayCore, Op, Reconnect
+
+
+def frame(op: int, d: object = None, s: int | None = None, t: str | None = None) -> bytes:
+    return msgpack.packb({"op": op, "d": d, "s": s, "t": t}, use_bin_type=True)
+
+
+def sent(item: object) -> dict[str, object]:
+    assert isinstance(item, bytes)
+    value = msgpack.unpackb(item)
+    assert isinstance(value, dict)
+    return value
+
+
+def test_hello_starts_identify_then_resume_after_ready() -> None:
+    core = GatewayCore("token-1")
+    core.connection_opened()
+    (identify,) = core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 41250}))
+    assert sent(identify) == {"op": 2, "d": {"token": "token-1", "status": "online"}}
+    assert core.interval_s == 41.25
+    (ready,) = core.receive_untrusted(frame(Op.DISPATCH, {"session_id": "s1"}, 1, "READY"))
+    assert ready == Dispatch("READY", {"session_id": "s1"}) and core.established
+    core.receive_untrusted(frame(Op.DISPATCH, {"x": 1}, 7, "ENVELOPE_CREATE"))
+    assert core.seq == 7
+    # A new connection after a drop resumes where the last one stopped.
+    core.connection_opened()
+    (resume,) = core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    assert sent(resume) == {"op": 6, "d": {"token": "token-1", "session_id": "s1", "seq": 7}}
+
+
+def test_heartbeat_carries_the_sequence_and_waits_for_its_ack() -> None:
+    core = GatewayCore("t")
+    core.connection_opened()
+    core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    core.receive_untrusted(frame(Op.DISPATCH, {"session_id": "s"}, 3, "READY"))
+    assert sent(core.heartbeat()) == {"op": 1, "d": 3}
+    assert not core.acked
+    core.receive_untrusted(frame(Op.HEARTBEAT_ACK))
+    assert core.acked
+    # The server may ask for a heartbeat at once.
+    (beat,) = core.receive_untrusted(frame(Op.HEARTBEAT))
+    assert sent(beat)["op"] == 1
+
+
+def test_invalid_session_not_resumable_forgets_the_session() -> None:
+    core = GatewayCore("t")
+    core.connection_opened()
+    core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    core.receive_untrusted(frame(Op.DISPATCH, {"session_id": "s"}, 5, "READY"))
+    assert core.receive_untrusted(frame(Op.INVALID_SESSION, False)) == [
+        Reconnect(False, "the server invalidated the session")
+    ]
+    core.connection_opened()
+    (again,) = core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    assert sent(again)["op"] == Op.IDENTIFY
+    assert core.receive_untrusted(frame(Op.RECONNECT))[0] == Reconnect(
+        True, "the server asked to reconnect"
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xc1",
+        msgpack.packb([1, 2]),
+        msgpack.packb({"op": "x"}),
+        msgpack.packb({"op": 0, "s": "1", "t": "READY"}),
+        msgpack.packb({"op": 0, "d": {}, "s": 1, "t": "READY"}),
+        msgpack.packb({"op": 10, "d": {"heartbeat_interval": 0}}),
+        "text frame",
+    ],
+)
+def test_malformed_frames_are_protocol_errors(raw: bytes | str) -> None:
+    core = GatewayCore("t")
+    with pytest.raises(ProtocolError):
+        core.receive_untrusted(raw)
+
+
+@pytest.mark.slow
+async def test_reconnect_resumes_and_replays_what_was_missed(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
+    gateway = GatewayClient(control.url, alice.api.token or "")
+    with trio.fail_after(20):
+        async with gateway.events() as events:
+            first = await events.receive()
+            assert first.type == "READY"
+            gateway.reconnect()
+            # Sent while alice's connection is down or just back: replayed on RESUME.
+            await bob.send_dm("alice", "while you were away")
+            seen = []
+            async for event in events:
+                seen.append(event.type)
+                if {"RESUMED", "ENVELOPE_CREATE"} <= set(seen):
+                    break
+    assert "READY" not in seen
+    assert gateway.connections == 2
+    assert [m.body for m in await alice.sync()] == ["while you were away"]
+    await alice.aclose()
+    await bob.aclose()
