@@ -15,10 +15,12 @@ from sfu.rtcp import (
     PictureLossIndication,
     ReceiverEstimatedMaxBitrate,
     SenderReport,
+    TransportCc,
     parse_compound_untrusted,
 )
-from sfu.rtp import AUDIO_LEVEL, MID, RtpPacket
+from sfu.rtp import AUDIO_LEVEL, MID, TRANSPORT_CC, RtpPacket
 from sfu.synthetic_peer import SyntheticPeer
+from sfu.transport import TransportCcRecorder
 from sfu.worker import Worker, reply_for
 
 SFU = ("127.0.0.1", 40000)
@@ -418,3 +420,45 @@ def _fuzz_room() -> Harness:
 
 
 _FUZZ_ROOM = _fuzz_room()
+
+
+def test_transport_cc_feedback_reports_arrivals_and_losses() -> None:
+    recorder = TransportCcRecorder()
+    for seq, at in ((65534, 10.000), (65535, 10.001), (1, 10.0105)):  # 0 was lost
+        recorder.record(seq, at)
+    feedback = recorder.feedback(1, 2)
+    assert feedback is not None
+    assert feedback.base_sequence == 65534
+    assert feedback.deltas[2] is None
+    assert [d is not None for d in feedback.deltas] == [True, True, False, True]
+    assert feedback.deltas[1] == 4  # 1 ms = 4 ticks of 250 us
+    assert feedback.deltas[3] == 38  # 9.5 ms
+    assert recorder.feedback(1, 2) is None  # everything was reported
+
+
+def test_publisher_with_transport_cc_gets_feedback() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="audio",
+        payload_type=111,
+        ssrcs={"1111": 0},
+        extensions={"1": AUDIO_LEVEL, "5": TRANSPORT_CC},
+    )
+    for seq in range(5):
+        packet = RtpPacket(
+            111, seq, 960 * seq, 1111, extensions={5: seq.to_bytes(2, "big")}, payload=b"x"
+        )
+        h.now = seq * 0.02
+        h.send(5001, pub.protect(packet.serialize()))
+    h.worker.tick(0.2)
+    h.deliver()
+    feedback = [
+        p for raw in pub.rtcp for p in parse_compound_untrusted(raw) if isinstance(p, TransportCc)
+    ]
+    assert len(feedback) == 1
+    assert feedback[0].base_sequence == 0 and len(feedback[0].deltas) == 5
+    assert None not in feedback[0].deltas
