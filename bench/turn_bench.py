@@ -39,8 +39,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from turn.auth import rest_password, rest_username
 from turn.stun import (
     Attr,
@@ -113,20 +111,23 @@ def process(
 
 
 @contextlib.contextmanager
-def ours(port: int) -> Iterator[None]:
-    """hushroom's ``python -m turn`` on ``port``."""
+def ours(port: int, workers: int) -> Iterator[None]:
+    """hushroom's ``python -m turn`` on ``port`` with ``workers`` processes."""
     args = [sys.executable, "-m", "turn", "--listen", f"127.0.0.1:{port}", "--realm", REALM]
+    args += ["--workers", str(workers)]
     args += ["--allow-loopback-peers", "--bandwidth", "0", "--max-allocations-per-user", "1000"]
     args += ["--relay-ports", "40000-44999", "--log-level", "warning"]
-    root = Path(__file__).resolve().parents[1]
-    with process(args, {"HUSHROOM_TURN_SECRET": SECRET, "PYTHONPATH": str(root)}):
+    with process(args, {"HUSHROOM_TURN_SECRET": SECRET}):
         wait_udp_stun(port)
         yield
 
 
 @contextlib.contextmanager
-def coturn(port: int) -> Iterator[None]:
-    """coturn's ``turnserver`` on ``port`` with a temporary configuration."""
+def coturn(port: int, workers: int) -> Iterator[None]:
+    """coturn's ``turnserver`` on ``port`` with a temporary configuration.
+
+    ``workers`` is ignored: coturn picks its relay threads itself (one per CPU).
+    """
     binary = shutil.which("turnserver")
     if binary is None:
         raise SystemExit("turnserver not found: apt-get install coturn")
@@ -166,6 +167,7 @@ class Client:
 
     def __init__(self, server: tuple[str, int], peer: tuple[str, int], session: str) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(2.0)
         self.server = server
@@ -383,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="our --workers (coturn: 1/CPU)"
+    )
     parser.add_argument("--generators", type=int, default=2, help="load-generator processes")
     parser.add_argument("--size", type=int, default=160, help="payload bytes per packet")
     parser.add_argument(
@@ -409,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in range(args.runs):
             for name in names:
                 port = free_port()
-                with servers[name](port):
+                with servers[name](port, args.workers):
                     result = measure(port, peer_port, args, f"{name}{run}")
                 results[name].append(result)
                 flag = " (generator-bound)" if result.generator_bound else ""

@@ -41,6 +41,10 @@ _STREAM_QUEUE = 512
 _IDLE_STREAM_TIMEOUT = 30.0
 _PORT_ATTEMPTS = 64
 _IP_PMTUDISC_DO = 2  # linux/in.h; the socket module does not export it
+# Receive buffers absorb bursts while the process is not scheduled (the kernel caps them at
+# net.core.rmem_max); relays get less since there can be thousands of them.
+_LISTENER_RCVBUF = 2 * 1024 * 1024
+_RELAY_RCVBUF = 256 * 1024
 _STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError)
 
 
@@ -161,6 +165,7 @@ class TurnShell:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RELAY_RCVBUF)
             if hasattr(socket, "IP_MTU_DISCOVER") and family == socket.AF_INET:
                 # Always set DF, which is what DONT-FRAGMENT asks for (RFC 8656 §14.8).
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
@@ -365,6 +370,8 @@ def _bind(kind: int, host: str, port: int, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _LISTENER_RCVBUF)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
