@@ -83,6 +83,8 @@ OTK_BATCH = 100
 OTK_LOW = 20
 #: Pairwise session states kept per peer device (simultaneous initiations leave two).
 MAX_SESSIONS_PER_DEVICE = 4
+#: How long a fetched device list is trusted before it is fetched again.
+DEVICE_LIST_TTL_S = 30.0
 _STALE_RETRIES = 3
 
 
@@ -161,7 +163,8 @@ class Client:
         self.prekeys = PreKeyStore.restore_untrusted(store.get("identity", "prekeys"))
         self._senders: dict[str, tuple[SenderKeySender, set[str]]] = {}
         self._receivers: dict[tuple[str, str], SenderKeyReceiver] = {}
-        self._audience_cache: dict[str, dict[str, list[Device]]] = {}
+        self._audience_cache: dict[str, list[str]] = {}
+        self._device_cache: dict[str, tuple[float, list[Device]]] = {}
         self.notices_seen: list[Notice] = []
         # True while a gateway session runs: audience changes then arrive as dispatches, so
         # a channel's reader list may be cached until one of them says otherwise.
@@ -314,6 +317,7 @@ class Client:
         own = await self.devices()
         self._pin(self.user_id, self.handle, own, own_change_ok=True)
         linked._pin(self.user_id, self.handle, own, own_change_ok=True)
+        self._device_cache.pop(self.user_id, None)
         return linked
 
     async def remove_device(self, device_id: str) -> None:
@@ -322,6 +326,7 @@ class Client:
             raise UsageError("this device cannot remove itself; remove it from another device")
         await self.api.remove_device(device_id)
         self._pin(self.user_id, self.handle, await self.devices(), own_change_ok=True)
+        self._device_cache.pop(self.user_id, None)
 
     async def replenish_prekeys(self) -> int:
         """Upload one-time prekeys when the server holds fewer than :data:`OTK_LOW`."""
@@ -413,16 +418,33 @@ class Client:
         self.store.put("contact", user_id, contact)
 
     async def _resolve(self, handle: str) -> tuple[str, str]:
-        """(user id, handle) for a handle (the caller's own included)."""
-        if handle.lower() == self.handle:
+        """(user id, handle) for a handle (the caller's own included); handles are fixed
+        for an account's life, so a lookup is remembered."""
+        name = handle.lower().lstrip("@")
+        if name == self.handle:
             return self.user_id, self.handle
+        known = self.store.get("handle", name)
+        if isinstance(known, str):
+            return known, name
         try:
-            user = await self.api.user_by_handle(handle.lower())
+            user = await self.api.user_by_handle(name)
         except ApiError as exc:
             if exc.status == 404:
                 raise UsageError(f"no user has the handle {handle!r}") from None
             raise
+        self.store.put("handle", user.handle, user.id)
         return user.id, user.handle
+
+    async def _devices_of(self, user_id: str, handle: str | None) -> list[Device]:
+        """A user's devices, checked against the pinned keys; fetched at most every
+        :data:`DEVICE_LIST_TTL_S` (a stale list is caught by the relay's 409 anyway)."""
+        cached = self._device_cache.get(user_id)
+        if cached is not None and trio.current_time() - cached[0] < DEVICE_LIST_TTL_S:
+            return cached[1]
+        devices = await self.api.devices(user_id)
+        self._pin(user_id, handle, devices)
+        self._device_cache[user_id] = (trio.current_time(), devices)
+        return devices
 
     async def safety_number(self, handle: str) -> tuple[str, bool]:
         """The formatted safety number with ``handle`` and whether it is marked verified."""
@@ -460,6 +482,7 @@ class Client:
         """Accept a contact's changed keys (unverified until compared again)."""
         user_id, name = await self._resolve(handle)
         theirs = await self.api.devices(user_id)
+        self._device_cache.pop(user_id, None)
         self.store.put(
             "contact",
             user_id,
@@ -565,14 +588,14 @@ class Client:
                     devices = Device.list_untrusted(raw)
                     contact = self._contact(user_id) or {}
                     self._pin(user_id, contact.get("handle"), devices)
+                    self._device_cache[user_id] = (trio.current_time(), devices)
                     if user_id == self.user_id:
                         devices = [d for d in devices if d.id != self.device_id]
                     recipients[user_id] = devices
                 self._audience_cache.clear()
 
     async def _own_other_devices(self) -> list[Device]:
-        own = await self.devices()
-        self._pin(self.user_id, self.handle, own)
+        own = await self._devices_of(self.user_id, self.handle)
         return [d for d in own if d.id != self.device_id]
 
     # --- direct messages -----------------------------------------------------------------
@@ -582,8 +605,7 @@ class Client:
         user_id, name = await self._resolve(handle)
         if user_id == self.user_id:
             raise UsageError("send a note to yourself in a channel; DMs go to someone else")
-        theirs = await self.api.devices(user_id)
-        self._pin(user_id, name, theirs)
+        theirs = await self._devices_of(user_id, name)
         mine = await self._own_other_devices()
         body = Body(secrets.token_hex(12), text, _now(), expires_in, self.handle)
         sync = Body(body.id, text, body.ts, expires_in, self.handle, to=user_id)
@@ -812,24 +834,28 @@ class Client:
         self.store.put("sender_out", channel_id, [sender.serialize(), sorted(given)])
 
     async def audience(self, channel_id: str) -> dict[str, list[Device]]:
-        """user id → devices of everyone who may read ``channel_id`` (minus this device)."""
-        cached = self._audience_cache.get(channel_id)
-        if cached is not None:
-            return cached
-        channel = await self.api.channel(channel_id)
-        guild = await self.api.guild(channel.guild_id)
-        members = await self.api.members(channel.guild_id)
-        handles = {m.user_id: m.handle for m in members}
+        """user id → devices of everyone who may read ``channel_id`` (minus this device).
+
+        Who may read is computed afresh for every send, unless a gateway session runs
+        (membership, role and channel changes then arrive as dispatches that clear it).
+        """
+        reader_ids = self._audience_cache.get(channel_id)
+        handles: dict[str, str | None] = {}
+        if reader_ids is None:
+            channel = await self.api.channel(channel_id)
+            guild = await self.api.guild(channel.guild_id)
+            members = await self.api.members(channel.guild_id)
+            handles = {m.user_id: m.handle for m in members}
+            reader_ids = readers(guild, members, channel)
+            if self._live:
+                self._audience_cache[channel_id] = reader_ids
         out: dict[str, list[Device]] = {}
-        for user_id in readers(guild, members, channel):
-            devices = await self.api.devices(user_id)
-            self._pin(user_id, handles.get(user_id), devices)
+        for user_id in reader_ids:
+            devices = await self._devices_of(user_id, handles.get(user_id))
             if user_id == self.user_id:
                 devices = [d for d in devices if d.id != self.device_id]
             if devices:
                 out[user_id] = devices
-        if self._live:
-            self._audience_cache[channel_id] = out
         return out
 
     async def send_channel(
@@ -1055,14 +1081,15 @@ class Client:
             "CHANNEL_CREATE",
             "CHANNEL_UPDATE",
             "CHANNEL_DELETE",
-            "GUILD_ROLE_UPDATE",
-            "GUILD_ROLE_DELETE",
+            "GUILD_ROLES_UPDATE",
             "GUILD_MEMBER_UPDATE",
             "DEVICE_ADD",
             "DEVICE_REMOVE",
         ):
             # Who may read a channel may have changed: recompute before the next send.
             self._audience_cache.clear()
+        if event.type in ("DEVICE_ADD", "DEVICE_REMOVE") and isinstance(d, dict):
+            self._device_cache.pop(str(d.get("user_id")), None)
         if event.type == "PREKEYS_LOW":
             await self.replenish_prekeys()
         return []
