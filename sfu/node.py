@@ -14,6 +14,7 @@ relayed, and a ``stats`` event with per-worker rates, loss, CPU and RSS goes out
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -132,6 +133,10 @@ class Node:
         self._transports: dict[str, tuple[WorkerHandle, str]] = {}
         self._producers: dict[str, tuple[WorkerHandle, str]] = {}
         self._consumers: dict[str, tuple[WorkerHandle, str]] = {}
+        # (source router, target router) -> (pipe id there, pipe id here); and each piped
+        # producer's copies, so closing the original closes them too.
+        self._pipes: dict[tuple[str, str], tuple[str, str]] = {}
+        self._piped: dict[str, list[WorkerHandle]] = {}
         self._events_in, self._events_out = trio.open_memory_channel[tuple[str, dict[str, Any]]](
             EVENT_QUEUE
         )
@@ -246,6 +251,8 @@ class Node:
             result = await owner.request(method, params)
             del self._routers[str(router_id)]
             owner.routers -= 1
+            for pair in [pair for pair in self._pipes if router_id in pair]:
+                del self._pipes[pair]
             for transport_id in [t for t, (_, r) in self._transports.items() if r == router_id]:
                 self._forget_transport(transport_id)
             return result
@@ -270,11 +277,17 @@ class Node:
             if method == "consumer.create":
                 self._consumers[str(result["consumer_id"])] = (worker, transport_id)
             return result
+        if method == "producer.pipe":
+            return await self._pipe_producer(params)
         if method.startswith("producer."):
             worker = self._owner(self._producers, params, "producer_id")
             result = await worker.request(method, params)
             if method == "producer.close":
-                self._producers.pop(str(params["producer_id"]), None)
+                producer_id = str(params["producer_id"])
+                self._producers.pop(producer_id, None)
+                for copy in self._piped.pop(producer_id, []):
+                    with contextlib.suppress(RpcError):
+                        await copy.request("producer.close", {"producer_id": producer_id})
             return result
         if method.startswith("consumer."):
             worker = self._owner(self._consumers, params, "consumer_id")
@@ -283,6 +296,44 @@ class Node:
                 self._consumers.pop(str(params["consumer_id"]), None)
             return result
         raise BadParams(f"unknown method {method!r}")
+
+    async def _pipe_producer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``producer.pipe {producer_id, router_id}``: make a producer consumable in a router
+        on another worker of this node (so one channel can span cores). Afterwards
+        ``consumer.create`` in that router takes the same producer id."""
+        producer_id, router_id = params.get("producer_id"), params.get("router_id")
+        if not isinstance(producer_id, str) or not isinstance(router_id, str):
+            raise BadParams("'producer_id' and 'router_id' must be strings")
+        source_entry = self._producers.get(producer_id)
+        target = self._routers.get(router_id)
+        if source_entry is None or target is None:
+            raise NotFound("no such producer or router")
+        source, transport_id = source_entry
+        source_router = self._transports[transport_id][1]
+        if source is target:
+            raise BadParams("router is on the producer's worker: consume directly")
+        pair = self._pipes.get((source_router, router_id))
+        if pair is None:
+            there = await source.request("pipe.create", {"router_id": source_router})
+            here = await target.request("pipe.create", {"router_id": router_id})
+            await source.request(
+                "pipe.connect",
+                {"pipe_id": there["pipe_id"], "ip": here["ip"], "port": here["port"]},
+            )
+            await target.request(
+                "pipe.connect",
+                {"pipe_id": here["pipe_id"], "ip": there["ip"], "port": there["port"]},
+            )
+            pair = (str(there["pipe_id"]), str(here["pipe_id"]))
+            self._pipes[(source_router, router_id)] = pair
+        description = await source.request(
+            "pipe.consume", {"pipe_id": pair[0], "producer_id": producer_id}
+        )
+        await target.request(
+            "pipe.produce", {**description, "pipe_id": pair[1], "producer_id": producer_id}
+        )
+        self._piped.setdefault(producer_id, []).append(target)
+        return {"producer_id": producer_id, "router_id": router_id}
 
     async def _answer(self, ws: trio_websocket.WebSocketConnection, frame: dict[Any, Any]) -> None:
         try:

@@ -79,6 +79,8 @@ class Router:
         self.speaker = ActiveSpeakerDetector()
         # producer id -> its consumers and their transports: the forwarding fan-out.
         self._routes: dict[str, list[tuple[Consumer, WebRtcTransport]]] = {}
+        # producer id -> pipe transports its packets are copied to (other workers' routers).
+        self.pipes: dict[str, list[WebRtcTransport]] = {}
         self.packets_in = 0
         self.bytes_in = 0
         self.packets_out = 0
@@ -102,6 +104,7 @@ class Router:
             for ssrc in producer.streams:
                 transport.ssrc_table.pop(ssrc, None)
         self.speaker.remove(producer_id)
+        self.pipes.pop(producer_id, None)
         closed = [c.id for c, _ in self._routes.pop(producer_id, [])]
         for consumer_id in closed:
             self.close_consumer(consumer_id)
@@ -132,6 +135,8 @@ class Router:
         if transport is None:
             return
         transport.closed = True
+        for route in self.pipes.values():
+            route[:] = [t for t in route if t is not transport]
         for producer_id in list(transport.producers):
             self.close_producer(producer_id)
         for consumer_id in list(transport.consumers):
@@ -169,6 +174,11 @@ class Router:
         if pos >= end:
             return  # padding-only probe: nothing to forward
         payload = clear[pos:end]
+        piped = self.pipes.get(producer.id)
+        if piped and producer.forwarding:
+            for pipe in piped:
+                if pipe.pipe_address is not None:
+                    self.send(clear, pipe.pipe_address)
         twcc_id = transport.extension_ids.get(TRANSPORT_CC)
         if twcc_id is not None and block:
             twcc = _element_untrusted(block, twcc_id)
@@ -217,11 +227,15 @@ class Router:
     # -- RTCP -------------------------------------------------------------------------
 
     def receive_rtcp(self, transport: WebRtcTransport, data: bytes, now: float) -> None:
-        """Handle one SRTCP datagram from a peer (publisher or subscriber)."""
-        if transport.srtp is None:
-            return
+        """Handle one SRTCP datagram from a peer (publisher or subscriber), or one plain RTCP
+        datagram from a pipe."""
         try:
-            packets = parse_compound_untrusted(transport.srtp.unprotect_rtcp_untrusted(data))
+            if transport.pipe:
+                packets = parse_compound_untrusted(data)
+            elif transport.srtp is not None:
+                packets = parse_compound_untrusted(transport.srtp.unprotect_rtcp_untrusted(data))
+            else:
+                return
         except (SrtpError, MalformedRtcp):
             return
         for packet in packets:
@@ -240,6 +254,11 @@ class Router:
             consumer = transport.consumers_by_ssrc.get(packet.media_ssrc)
             if consumer is not None:
                 self.request_keyframe(consumer.producer, now)
+            elif transport.pipe:
+                # The other worker's consumers want a key frame of a producer piped from here.
+                for producer in self.producers.values():
+                    if packet.media_ssrc in producer.streams:
+                        self.request_keyframe(producer, now)
         elif isinstance(packet, FullIntraRequest):
             for ssrc, _ in packet.entries:
                 consumer = transport.consumers_by_ssrc.get(ssrc)
@@ -321,6 +340,13 @@ class Router:
         if producer.kind != "video" or not producer.keyframe_request_due(now):
             return
         transport = self.transports.get(producer.transport_id)
+        if transport is not None and transport.pipe and transport.pipe_address is not None:
+            # A piped producer: ask the worker that has the publisher, in clear over loopback.
+            # That worker applies the once-per-second limit again for the real publisher.
+            for ssrc in producer.streams:
+                pli = PictureLossIndication(sender_ssrc=transport.rtcp_ssrc, media_ssrc=ssrc)
+                self.send(pli.serialize(), transport.pipe_address)
+            return
         if transport is None or transport.srtp is None or transport.ice.selected is None:
             return
         packets: list[RtcpPacket] = [

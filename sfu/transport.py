@@ -1,4 +1,5 @@
-"""WebRtcTransport: one participant's ICE-lite + DTLS-SRTP association (mediasoup's term).
+"""WebRtcTransport: one participant's ICE-lite + DTLS-SRTP association (mediasoup's term),
+and its plain variant, the pipe between two workers' routers (mediasoup's PipeTransport).
 
 A transport owns the security state of one peer (ICE credentials, DTLS session, SRTP
 contexts), the producers it publishes and the consumers it receives. It also records the
@@ -103,6 +104,10 @@ class WebRtcTransport:
     rtcp_ssrc: int = field(default_factory=lambda: secrets.randbits(32))
     offer_version: int = 0
     closed: bool = False
+    # A pipe joins two routers of the same node on different workers: plain RTP/RTCP on
+    # loopback between the workers' ports, no ICE, no DTLS, no SRTP.
+    pipe: bool = False
+    pipe_address: Address | None = None
 
     @classmethod
     def create(cls, transport_id: str, router_id: str) -> WebRtcTransport:

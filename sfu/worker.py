@@ -88,8 +88,11 @@ class Worker:
         port: int,
         send: Callable[[bytes, Address], None],
         emit: EmitFunction,
+        local_ip: str | None = None,
     ) -> None:
         self.announce_ip = announce_ip
+        # Where other workers of this node reach us for pipes (the bound address).
+        self.local_ip = local_ip or announce_ip
         self.port = port
         self.send = send
         self.emit = emit
@@ -117,8 +120,14 @@ class Worker:
         kind = classify(data)
         if kind is Kind.RTP:
             transport = self._by_address.get(address)
-            if transport is None or transport.srtp is None:
+            if transport is None:
                 self.dropped += 1
+                return
+            if transport.srtp is None:
+                if transport.pipe:
+                    self.routers[transport.router_id].receive_rtp(transport, data, now)
+                else:
+                    self.dropped += 1
                 return
             try:
                 clear = transport.srtp.unprotect_untrusted(data)
@@ -425,6 +434,55 @@ class Worker:
             transport.connect(self._context, fingerprints)
         return {}
 
+    def pipe_create(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        """``pipe.create``: a plain transport in a router, for another worker's router."""
+        router = self._router(params)
+        transport = WebRtcTransport.create(secrets.token_hex(8), router.id)
+        transport.pipe = True
+        router.transports[transport.id] = transport
+        self.transports[transport.id] = transport
+        return {"pipe_id": transport.id, "ip": self.local_ip, "port": self.port}
+
+    def pipe_connect(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        """``pipe.connect``: the other end's address (loopback, same node)."""
+        transport = self._transport({"transport_id": params.get("pipe_id")})
+        if not transport.pipe or transport.pipe_address is not None:
+            raise BadParams("not an unconnected pipe")
+        address = (_str(params, "ip"), _int(params, "port"))
+        transport.pipe_address = address
+        self._by_address[address] = transport
+        self._addresses[transport.id] = [address]
+        return {}
+
+    def pipe_consume(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        """``pipe.consume``: copy a producer's packets into a pipe; returns what the other
+        worker needs to recreate the producer (``pipe.produce``)."""
+        transport = self._transport({"transport_id": params.get("pipe_id")})
+        producer = self._producer(params)
+        router = self.routers[transport.router_id]
+        if not transport.pipe or producer.id not in router.producers:
+            raise BadParams("pipe and producer must be in the same router")
+        router.pipes.setdefault(producer.id, []).append(transport)
+        publisher = self.transports[producer.transport_id]
+        return {
+            "kind": producer.kind,
+            "payload_type": producer.payload_type,
+            "clock_rate": producer.clock_rate,
+            "mid": producer.mid,
+            "ssrcs": {str(ssrc): layer for ssrc, layer in producer.streams.items()},
+            "rids": [rid for rid, _ in sorted(producer.rids.items(), key=lambda r: r[1])],
+            "extensions": {str(i): uri for uri, i in publisher.extension_ids.items()},
+        }
+
+    def pipe_produce(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        """``pipe.produce``: the far side of :meth:`pipe_consume`, under the same producer id."""
+        transport = self._transport({"transport_id": params.get("pipe_id")})
+        producer_id = _str(params, "producer_id")
+        if not transport.pipe or producer_id in self.producers:
+            raise BadParams("not a pipe, or that producer already exists here")
+        producer = self._producer_from_params(transport, params, producer_id)
+        return {"producer_id": producer.id}
+
     def transport_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``transport.close``."""
         self._close_transport(self._transport(params), "")
@@ -441,9 +499,10 @@ class Worker:
         ssrcs: dict[int, int],
         rids: tuple[str, ...],
         extensions: dict[int, str],
+        producer_id: str | None = None,
     ) -> Producer:
         producer = Producer(
-            id=secrets.token_hex(8),
+            id=producer_id or secrets.token_hex(8),
             kind=kind,
             transport_id=transport.id,
             payload_type=payload_type,
@@ -460,7 +519,11 @@ class Worker:
 
     def producer_create(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``producer.create`` from explicit RTP parameters (the non-SDP path)."""
-        transport = self._transport(params)
+        return {"producer_id": self._producer_from_params(self._transport(params), params).id}
+
+    def _producer_from_params(
+        self, transport: WebRtcTransport, params: dict[str, Any], producer_id: str | None = None
+    ) -> Producer:
         kind = params.get("kind")
         if kind not in ("audio", "video"):
             raise BadParams("'kind' must be 'audio' or 'video'")
@@ -473,7 +536,7 @@ class Worker:
             raise BadParams("'extensions' must be a map")
         ssrcs = {int(k): int(v) for k, v in list(raw_ssrcs.items())[:8]}
         extensions = {int(k): str(v) for k, v in list(raw_ext.items())[:16]}
-        producer = self._add_producer(
+        return self._add_producer(
             transport,
             kind=kind,
             payload_type=_int(params, "payload_type"),
@@ -482,8 +545,8 @@ class Worker:
             ssrcs=ssrcs,
             rids=tuple(str(r) for r in raw_rids[:4]),
             extensions=extensions,
+            producer_id=producer_id,
         )
-        return {"producer_id": producer.id}
 
     def producer_pause(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``producer.pause``: stop forwarding (the publisher asked)."""
@@ -613,6 +676,10 @@ _METHODS: dict[str, Callable[[Worker, dict[str, Any], float], dict[str, Any]]] =
     "transport.offer": Worker.transport_offer,
     "transport.answer": Worker.transport_answer,
     "transport.close": Worker.transport_close,
+    "pipe.create": Worker.pipe_create,
+    "pipe.connect": Worker.pipe_connect,
+    "pipe.consume": Worker.pipe_consume,
+    "pipe.produce": Worker.pipe_produce,
     "producer.create": Worker.producer_create,
     "producer.pause": Worker.producer_pause,
     "producer.resume": Worker.producer_resume,
@@ -693,7 +760,8 @@ async def run_worker(listen_ip: str, port: int, announce_ip: str | None = None) 
         with contextlib.suppress(trio.WouldBlock):
             events_out.send_nowait(encode_frame({"event": event, "data": data}))
 
-    worker = Worker(announce_ip or listen_ip, bound_port, send, emit)
+    local_ip = "127.0.0.1" if listen_ip in ("0.0.0.0", "::") else listen_ip
+    worker = Worker(announce_ip or listen_ip, bound_port, send, emit, local_ip)
     with sock, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery, stdin, stdout:
 

@@ -100,11 +100,9 @@ async def control(nursery: trio.Nursery, tmp_path: Path) -> ControlStub:
     return stub
 
 
-@pytest.fixture
-async def sfu_node(
-    control: ControlStub, nursery: trio.Nursery, tmp_path: Path
-) -> AsyncIterator[list[str]]:
-    """A real ``python -m sfu`` with one worker, registered with the stub; yields its lines."""
+async def _run_node(
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path, workers: int
+) -> tuple[trio.Process, list[str]]:
     command = [
         sys.executable,
         "-m",
@@ -114,7 +112,7 @@ async def sfu_node(
         "--node-secret-file",
         str(tmp_path / "node-secret"),
         "--workers",
-        "1",
+        str(workers),
         "--listen-ip",
         "127.0.0.1",
     ]
@@ -139,8 +137,31 @@ async def sfu_node(
             *complete, rest = buffer.split(b"\n")
             buffer = rest
             lines.extend(line.decode() for line in complete)
-    yield lines
+    return process, lines
+
+
+async def _stop_node(process: trio.Process) -> None:
     process.terminate()
     with trio.fail_after(20):
         await process.wait()
     assert process.returncode == 0
+
+
+@pytest.fixture
+async def sfu_node(
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[list[str]]:
+    """A real ``python -m sfu`` with one worker, registered with the stub; yields its lines."""
+    process, lines = await _run_node(control, nursery, tmp_path, 1)
+    yield lines
+    await _stop_node(process)
+
+
+@pytest.fixture
+async def sfu_node_two_workers(
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[list[str]]:
+    """As :func:`sfu_node`, with two workers (two UDP ports, two processes)."""
+    process, lines = await _run_node(control, nursery, tmp_path, 2)
+    yield lines
+    await _stop_node(process)

@@ -120,3 +120,42 @@ async def test_stats_event_is_pushed(control: Any, sfu_node: list[str]) -> None:
     (worker,) = stats["workers"]
     assert worker["rss_bytes"] > 0
     assert {"packets_in_per_s", "packets_out_per_s", "loss", "cpu_percent"} <= set(worker)
+
+
+async def test_producer_piped_to_a_router_on_another_worker(
+    control: Any, sfu_node_two_workers: list[str]
+) -> None:
+    first = (await control.call("router.create"))["router_id"]
+    second = (await control.call("router.create"))["router_id"]
+    publisher = await _join(control, first)
+    subscriber = await _join(control, second)
+    assert publisher.peer.remote_address != subscriber.peer.remote_address  # two workers
+    producer = await control.call(
+        "producer.create",
+        transport_id=publisher.created["transport_id"],
+        kind="audio",
+        payload_type=111,
+        ssrcs={"5151": 0},
+        extensions={"1": AUDIO_LEVEL},
+    )
+    same_worker = await control.call_raw(
+        "producer.pipe", producer_id=producer["producer_id"], router_id=first
+    )
+    assert same_worker["error"]["code"] == "bad_params"
+    await control.call("producer.pipe", producer_id=producer["producer_id"], router_id=second)
+    consumer = await control.call(
+        "consumer.create",
+        transport_id=subscriber.created["transport_id"],
+        producer_id=producer["producer_id"],
+    )
+    for seq in range(40):
+        packet = RtpPacket(111, seq, 960 * seq, 5151, extensions={1: b"\x94"}, payload=b"y" * 60)
+        await publisher.send(packet.serialize())
+        await trio.sleep(0.005)
+    received = await subscriber.receive_rtp(40, within=2.0)
+    assert len(received) >= 35
+    assert {p.ssrc for p in received} == {consumer["ssrc"]}
+    assert received[0].payload == b"y" * 60
+    await control.call("producer.close", producer_id=producer["producer_id"])
+    stats = await control.call("stats")
+    assert [w["producers"] for w in stats["workers"]] == [0, 0]
