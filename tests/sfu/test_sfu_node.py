@@ -159,3 +159,33 @@ async def test_producer_piped_to_a_router_on_another_worker(
     await control.call("producer.close", producer_id=producer["producer_id"])
     stats = await control.call("stats")
     assert [w["producers"] for w in stats["workers"]] == [0, 0]
+
+
+async def test_200_join_leave_cycles_leave_nothing_behind(
+    control: Any, sfu_node: list[str]
+) -> None:
+    router_id = (await control.call("router.create"))["router_id"]
+    publisher = await control.call("transport.create", router_id=router_id)
+    producer = await control.call(
+        "producer.create",
+        transport_id=publisher["transport_id"],
+        kind="audio",
+        payload_type=111,
+        ssrcs={"777": 0},
+    )
+    baseline = (await control.call("stats"))["workers"][0]["rss_bytes"]
+    for _ in range(200):
+        joined = await control.call("transport.create", router_id=router_id)
+        await control.call(
+            "consumer.create",
+            transport_id=joined["transport_id"],
+            producer_id=producer["producer_id"],
+        )
+        await control.call("transport.close", transport_id=joined["transport_id"])
+    worker = (await control.call("stats"))["workers"][0]
+    assert (worker["transports"], worker["consumers"], worker["producers"]) == (1, 0, 1)
+    # ru_maxrss is a high-water mark: 200 cycles may not raise it by more than a few MiB.
+    assert worker["rss_bytes"] - baseline < 8 << 20
+    await control.call("router.close", router_id=router_id)
+    worker = (await control.call("stats"))["workers"][0]
+    assert (worker["routers"], worker["transports"], worker["producers"]) == (0, 0, 0)
