@@ -129,6 +129,10 @@ class Consumer:
     packets_sent: int = 0
     bytes_sent: int = 0
     retransmitted: int = 0
+    # RTX (RFC 4588) towards the subscriber, when its offer carries it (video).
+    rtx_ssrc: int | None = None
+    rtx_payload_type: int | None = None
+    rtx_sequence: int = 0
     fraction_lost: int = 0
     _producer_gate: bool = field(default=True, repr=False)
 

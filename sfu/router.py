@@ -321,18 +321,27 @@ class Router:
                     element = _element_untrusted(block, level_id) if level_id else None
                     extension = _AUDIO_EXT_PREFIX + (element or _SILENT)[:1] + _AUDIO_EXT_PAD
             end = len(clear) - clear[-1] if first & 0x20 else len(clear)
-            packet = (
-                HEADER.pack(
+            if consumer.rtx_ssrc is not None and consumer.rtx_payload_type is not None:
+                # RFC 4588 §4: own SSRC and sequence space, original sequence number first.
+                consumer.rtx_sequence = (consumer.rtx_sequence + 1) & 0xFFFF
+                header = HEADER.pack(
+                    0x90 if extension else 0x80,
+                    (second & 0x80) | consumer.rtx_payload_type,
+                    consumer.rtx_sequence,
+                    out[1],
+                    consumer.rtx_ssrc,
+                )
+                body = out[0].to_bytes(2, "big") + clear[pos:end]
+            else:
+                header = HEADER.pack(
                     0x90 if extension else 0x80,
                     (second & 0x80) | consumer.payload_type,
                     out[0],
                     out[1],
                     consumer.ssrc,
                 )
-                + extension
-                + clear[pos:end]
-            )
-            self.send(transport.srtp.protect(packet), transport.ice.selected)
+                body = clear[pos:end]
+            self.send(transport.srtp.protect(header + extension + body), transport.ice.selected)
             consumer.retransmitted += 1
 
     def request_keyframe(self, producer: Producer, now: float) -> None:

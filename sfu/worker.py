@@ -593,6 +593,10 @@ class Worker:
             rewriter=RtpRewriter(producer.clock_rate, secrets.randbits(16), secrets.randbits(32)),
             paused=bool(params.get("paused", False)),
         )
+        if producer.kind == "video":
+            consumer.rtx_ssrc = secrets.randbits(32) or 2
+            consumer.rtx_payload_type = 102
+            consumer.rtx_sequence = secrets.randbits(16)
         preferred = params.get("preferred_layer")
         if isinstance(preferred, int) and not isinstance(preferred, bool):
             consumer.preferred_layer = preferred
@@ -607,6 +611,8 @@ class Worker:
                 cname=producer.transport_id,
                 stream_id=producer.transport_id,
                 track_id=producer.id,
+                rtx_payload_type=consumer.rtx_payload_type,
+                rtx_ssrc=consumer.rtx_ssrc,
             )
         )
         router.add_consumer(consumer, transport)
@@ -616,6 +622,7 @@ class Worker:
             "kind": producer.kind,
             "ssrc": ssrc,
             "payload_type": consumer.payload_type,
+            "rtx_ssrc": consumer.rtx_ssrc,
             "mid": mid,
         }
 

@@ -462,3 +462,36 @@ def test_publisher_with_transport_cc_gets_feedback() -> None:
     assert len(feedback) == 1
     assert feedback[0].base_sequence == 0 and len(feedback[0].deltas) == 5
     assert None not in feedback[0].deltas
+
+
+def test_video_nack_is_answered_with_rtx() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    producer_id = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="video",
+        payload_type=96,
+        ssrcs={"2222": 0},
+    )["producer_id"]
+    sub_id, sub = h.join(router_id, 5002)
+    consumer = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    offer = h.call("transport.offer", transport_id=sub_id)["sdp_offer"]
+    assert f"a=ssrc-group:FID {consumer['ssrc']} {consumer['rtx_ssrc']}" in offer
+    assert "a=fmtp:102 apt=101" in offer
+    for seq in range(1, 6):
+        payload = bytes([0x90, 0x80, seq, 0x10 if seq == 1 else 0x11, 0x00]) + b"frame"
+        h.send(5001, pub.protect(RtpPacket(96, seq, 3000 * seq, 2222, payload=payload).serialize()))
+    to_sub = [i for i, (_, a) in enumerate(h.outbox) if a[1] == 5002]
+    del h.outbox[to_sub[2]]
+    h.deliver()
+    first = RtpPacket.parse_untrusted(sub.rtp[0])
+    lost = (first.sequence_number + 2) & 0xFFFF
+    h.send(5002, sub.protect_rtcp([GenericNack(1, first.ssrc, (lost,))]))
+    h.deliver()
+    rtx = RtpPacket.parse_untrusted(sub.rtp[-1])
+    assert (rtx.ssrc, rtx.payload_type) == (consumer["rtx_ssrc"], 102)
+    assert int.from_bytes(rtx.payload[:2], "big") == lost
+    assert rtx.payload[2:] == bytes([0x90, 0x80, 3, 0x11, 0x00]) + b"frame"
+    assert rtx.timestamp == (first.timestamp + 6000) & 0xFFFFFFFF
