@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from typing import Any
 
@@ -189,3 +190,37 @@ async def test_200_join_leave_cycles_leave_nothing_behind(
     await control.call("router.close", router_id=router_id)
     worker = (await control.call("stats"))["workers"][0]
     assert (worker["routers"], worker["transports"], worker["producers"]) == (0, 0, 0)
+
+
+async def test_garbage_at_the_udp_port_leaves_the_worker_serving(
+    control: Any, sfu_node: list[str]
+) -> None:
+    router_id = (await control.call("router.create"))["router_id"]
+    peer = await _join(control, router_id)
+    port = peer.peer.remote_address
+    seeds = [
+        peer.peer.binding_request(),
+        peer.peer.protect(RtpPacket(111, 1, 960, 1, payload=b"z" * 50).serialize()),
+        bytes([22, 0xFE, 0xFD]) + bytes(40),
+        b"\x80\xc9\x00\x01" + bytes(4),
+    ]
+    rng = random.Random(6)
+    attacker = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await attacker.bind(("127.0.0.1", 0))
+    for i in range(3000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(0, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if i % 7 == 0:
+            data = bytearray(rng.randbytes(rng.randint(0, 1400)))
+        sender = peer.sock if i % 2 else attacker
+        await sender.sendto(bytes(data), port)
+        if i % 200 == 0:
+            await trio.lowlevel.checkpoint()
+    with trio.fail_after(10):
+        while True:
+            worker = (await control.call("stats"))["workers"][0]
+            if worker["dropped"] + worker["srtp_failures"] > 1000:
+                break
+            await trio.sleep(0.05)
+    assert worker["transports"] == 1
