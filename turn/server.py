@@ -495,13 +495,20 @@ class TurnServer(Generic[R]):
                 return _Auth(credential, key, msg.integrity_sha256_offset >= 0)
         raise Unauthenticated("MESSAGE-INTEGRITY mismatch")
 
-    def _lifetime(self, msg: Message, credential: Credential, now: float) -> int:
+    def _lifetime(self, msg: Message, credential: Credential, now: float, refresh: bool) -> int:
+        """The granted lifetime (RFC 8656 §7.2, §8.2).
+
+        0 only for a Refresh asking for 0; otherwise the request (600 s when absent) clamped
+        to 600-3600 s, then cut at the credential's expiry.
+        """
         value = msg.get(Attr.LIFETIME)
         try:
             requested = DEFAULT_LIFETIME if value is None else decode_uint32_untrusted(value)
         except StunDecodeError as exc:
             raise BadRequest(str(exc)) from None
-        lifetime = min(requested, MAX_LIFETIME)
+        if requested == 0 and refresh:
+            return 0
+        lifetime = max(DEFAULT_LIFETIME, min(requested, MAX_LIFETIME))
         # The credential's expiry binds the allocation, unlike coturn (REFERENCES.md).
         return max(0, min(lifetime, int(credential.expiry - now)))
 
@@ -549,7 +556,7 @@ class TurnServer(Generic[R]):
                 raise InsufficientCapacity("port reservations are not offered")
             even_port = True
         credential = auth.credential
-        lifetime = self._lifetime(msg, credential, now)
+        lifetime = self._lifetime(msg, credential, now, refresh=False)
         if lifetime <= 0:
             raise Unauthenticated("credential expires now")
         user_count = self._per_user.get(credential.user_id, 0)
@@ -601,7 +608,7 @@ class TurnServer(Generic[R]):
             if family != alloc.family:
                 raise PeerAddressFamilyMismatch("allocation has another address family")
         credential = self._credential_of(alloc)
-        lifetime = self._lifetime(msg, credential, now)
+        lifetime = self._lifetime(msg, credential, now, refresh=True)
         if lifetime == 0:
             self._delete(alloc)
         else:

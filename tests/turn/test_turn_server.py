@@ -397,6 +397,13 @@ def test_requested_lifetime_is_capped_at_3600() -> None:
     assert lifetime_of(response) == 3600
 
 
+def test_requested_lifetime_below_default_gets_the_default() -> None:
+    server, _ = make_server()
+    client = CoreClient(server)
+    assert lifetime_of(client.allocate((Attr.LIFETIME, encode_uint32(30)))) == 600
+    assert lifetime_of(client.refresh(30)) == 600
+
+
 def test_lifetime_never_passes_the_credential_expiry() -> None:
     server, _ = make_server()
     client = CoreClient(server, expiry=NOW + 100)

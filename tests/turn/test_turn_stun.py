@@ -273,3 +273,19 @@ def test_looks_like_stun_demultiplexes() -> None:
     assert looks_like_stun(raw)
     assert not looks_like_stun(b"\x40\x00\x00\x00" + raw[4:])
     assert not looks_like_stun(raw[:19])
+
+
+def test_alternate_server_and_software_in_an_error_response() -> None:
+    tid = new_transaction_id()
+    msg = Message(Method.ALLOCATE, MessageClass.ERROR, tid)
+    msg.add(Attr.ERROR_CODE, encode_error_code(300, "Try Alternate"))
+    msg.add(Attr.ALTERNATE_SERVER, encode_address("2001:db8::7", 3478))
+    msg.add(Attr.SOFTWARE, b"hushroom")
+    parsed = parse_message_untrusted(msg.serialize(fingerprint=True))
+    assert decode_error_code_untrusted(parsed.get(Attr.ERROR_CODE) or b"") == (300, "Try Alternate")
+    assert decode_address_untrusted(parsed.get(Attr.ALTERNATE_SERVER) or b"") == (
+        "2001:db8::7",
+        3478,
+    )
+    assert parsed.get(Attr.SOFTWARE) == b"hushroom"
+    assert parsed.check_fingerprint()
