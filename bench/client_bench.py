@@ -8,8 +8,9 @@ limits raised so the limiter is not what is measured), registers the users it ne
   (``Client.send_dm``: directory lookups, Double Ratchet encrypt, envelope POST) while bob
   follows the gateway (``Client.live``: ENVELOPE_CREATE, decrypt, persist in his sealed
   store, ack). Rate = messages / (first send → bob has decrypted the last one).
-* ``channel50_msgs_per_s`` — a 50-member channel: one member sends ``--channel-messages``
-  messages (Sender Key encrypt, POST) while the 49 others follow the gateway
+* ``channel50_msgs_per_s`` — a 50-member channel: one member (itself following the
+  gateway, as a running client does) sends ``--channel-messages`` messages (Sender Key
+  encrypt, POST) while the 49 others follow the gateway
   (MESSAGE_CREATE, verify, decrypt, persist). Rate = messages / (first send → every member
   has decrypted the last one); ``channel50_deliveries_per_s`` counts each member's copy.
   The sender-key distribution to the 49 is done by a warm-up message before timing.
@@ -126,10 +127,13 @@ async def channel_run(sender: Client, readers: list[Client], channel_id: str, co
     async with trio.open_nursery() as nursery:
         for reader in readers:
             await nursery.start(follow, reader, finished)
-        start = time.perf_counter()
-        for i in range(count):
-            await sender.send_channel(channel_id, f"channel {i}")
-        await finished.wait()
+        # The sender follows the gateway too, as a running client does: who may read the
+        # channel then comes from dispatches instead of three requests per message.
+        async with sender.live():
+            start = time.perf_counter()
+            for i in range(count):
+                await sender.send_channel(channel_id, f"channel {i}")
+            await finished.wait()
     return time.perf_counter() - start
 
 

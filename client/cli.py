@@ -25,7 +25,15 @@ from client.api import ControlApi
 from client.client import Client, Message
 from client.errors import ApiError, ClientError, UsageError
 from client.store import Store
-from e2ee import BackupContents, E2EEError, Session, export_backup, import_backup
+from e2ee import (
+    BackupContents,
+    E2EEError,
+    SenderKeyReceiver,
+    SenderKeySender,
+    Session,
+    export_backup,
+    import_backup,
+)
 
 __all__ = ["default_profile", "main"]
 
@@ -379,8 +387,16 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
             for name, blobs in client.store.names("sessions"):
                 if blobs:
                     sessions[name] = Session.restore_untrusted(blobs[0])
+            senders = {
+                name: SenderKeySender.restore_untrusted(raw[0])
+                for name, raw in client.store.names("sender_out")
+            }
+            receivers = {
+                name: SenderKeyReceiver.restore_untrusted(raw)
+                for name, raw in client.store.names("sender_in")
+            }
             data = export_backup(
-                BackupContents(client.identity, client.prekeys, sessions),
+                BackupContents(client.identity, client.prekeys, sessions, senders, receivers),
                 _backup_passphrase(args),
             )
             args.file.write_bytes(data)
@@ -431,6 +447,10 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
         # old copy already used (docs/e2ee.md); new sessions are opened for sending.
         for label, session in contents.sessions.items():
             store.put("sessions_restored", label, [session.serialize()])
+        # Received sender keys keep old channel messages readable. This device's own
+        # sending keys are not reused, for the same reason: the next send starts a new key.
+        for label, receiver in contents.sender_key_receivers.items():
+            store.put("sender_in", label, receiver.serialize())
     store.close()
     out.emit({"user_id": me.id, "handle": me.handle}, f"restored {me.handle} into {profile}")
 
@@ -441,6 +461,8 @@ async def _cmd_export(args: argparse.Namespace, out: _Out) -> None:
         if args.output is not None:
             args.output.write_text(json.dumps(data, default=_json_default, indent=2))
             out.emit({"file": str(args.output)}, f"written to {args.output}")
+        elif out.as_json:
+            out.emit(data, "")
         else:
             print(json.dumps(data, default=_json_default, indent=2), flush=True)
 

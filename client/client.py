@@ -165,6 +165,7 @@ class Client:
         self._receivers: dict[tuple[str, str], SenderKeyReceiver] = {}
         self._audience_cache: dict[str, list[str]] = {}
         self._device_cache: dict[str, tuple[float, list[Device]]] = {}
+        self._pending_acks: list[str] = []
         self.notices_seen: list[Notice] = []
         # True while a gateway session runs: audience changes then arrive as dispatches, so
         # a channel's reader list may be cached until one of them says otherwise.
@@ -670,10 +671,17 @@ class Client:
                 break
         return new
 
-    async def receive_envelopes(self, envelopes: list[Envelope]) -> list[Message]:
-        """Handle envelopes (from REST, READY or ENVELOPE_CREATE) and ack them."""
+    async def receive_envelopes(
+        self, envelopes: list[Envelope], *, ack: bool = True
+    ) -> list[Message]:
+        """Handle envelopes (from REST, READY or ENVELOPE_CREATE) and ack them.
+
+        With ``ack=False`` the ids are queued and acked by the next :meth:`flush_acks`
+        (the gateway loop acks once its backlog is drained, not once per envelope); the
+        "done" marks already make a repeat harmless.
+        """
         new: list[Message] = []
-        done: list[str] = []
+        done = self._pending_acks
         for env in envelopes:
             if self.store.get("envelope_done", env.id) is not None:
                 done.append(env.id)
@@ -696,9 +704,15 @@ class Client:
                     new.append(message)
                 self.store.put("envelope_done", env.id, int(_now()))
             done.append(env.id)
+        if ack:
+            await self.flush_acks()
+        return new
+
+    async def flush_acks(self) -> None:
+        """Ack every envelope handled so far."""
+        done, self._pending_acks = self._pending_acks, []
         if done:
             await self.api.ack_envelopes(done)
-        return new
 
     def _name(self, user_id: str) -> str:
         contact = self._contact(user_id)
@@ -1036,6 +1050,8 @@ class Client:
                         async for event in events:
                             for message in await self._handle_dispatch(event):
                                 await send.send(message)
+                            if events.statistics().current_buffer_used == 0:
+                                await self.flush_acks()
                             if event.type in ("READY", "RESUMED"):
                                 caught_up.set()
 
@@ -1067,7 +1083,7 @@ class Client:
                     continue
             return new
         if event.type == "ENVELOPE_CREATE":
-            return await self.receive_envelopes([Envelope.from_wire_untrusted(d)])
+            return await self.receive_envelopes([Envelope.from_wire_untrusted(d)], ack=False)
         if event.type == "MESSAGE_CREATE":
             cm = ChannelMessage.from_wire_untrusted(d)
             if self.store.get("cursor", cm.channel_id) is None:

@@ -1,0 +1,111 @@
+"""The people's commands end to end: devices, verification, backup, tail, export, deletion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from client_live import ControlProcess
+
+pytestmark = pytest.mark.slow
+
+
+class Cli:
+    """``python -m client`` in one working directory with one passphrase."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.env = dict(os.environ) | {
+            "HUSHROOM_PASSPHRASE": "lifecycle test passphrase",
+            "HUSHROOM_BACKUP_PASSPHRASE": "backup passphrase for the test",
+        }
+
+    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "client", *args],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ok:
+            assert result.returncode == 0, (args, result.stderr)
+        return result
+
+    def json(self, *args: str) -> object:
+        return json.loads(self(*args, "--json").stdout.strip().splitlines()[-1])
+
+    def tail(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "client", "tail", *args],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    cli("register", "ann", "--profile", "a", "--server", control.url)
+    cli("register", "ben", "--profile", "b", "--server", control.url)
+
+    # A second device for ann, in its own profile; ben's DM reaches both.
+    cli("link-device", "a2", "--profile", "a")
+    devices = cli.json("devices", "--profile", "a2")
+    assert isinstance(devices, list) and len(devices) == 2
+    cli("dm", "ann", "hello to both of your devices", "--profile", "b")
+    for profile in ("a", "a2"):
+        (message,) = cli.json("read", "@ben", "--profile", profile)  # type: ignore[misc]
+        assert message["body"] == "hello to both of your devices"
+
+    # Safety numbers agree on both sides; marking one verified is remembered.
+    ben_view = cli.json("verify", "ann", "--profile", "b", "--mark")
+    ann_view = cli.json("verify", "ben", "--profile", "a")
+    assert isinstance(ben_view, dict) and isinstance(ann_view, dict)
+    assert ben_view["safety_number"] == ann_view["safety_number"]
+    assert ben_view["verified"] is True and ann_view["verified"] is False
+
+    # Backup, then restore ben's device into a fresh profile: it reads what comes next.
+    cli("backup", "export", "ben.backup", "--profile", "b")
+    assert (tmp_path / "ben.backup").stat().st_size > 0
+    assert b"hello" not in (tmp_path / "ben.backup").read_bytes()
+    restored = cli.json(
+        "backup", "import", "ben.backup", "--profile", "b-restored", "--server", control.url
+    )
+    assert isinstance(restored, dict) and restored["handle"] == "ben"
+    cli("dm", "ben", "after the restore", "--profile", "a")
+    (late,) = cli.json("read", "@ann", "--profile", "b-restored")  # type: ignore[misc]
+    assert late["body"] == "after the restore"
+
+    # tail catches up (the copy of ann's DM from her other device), follows live and
+    # stops after --count messages.
+    follower = cli.tail("--profile", "a2", "--count", "2", "--timeout", "30", "--json")
+    cli("dm", "ann", "live one", "--profile", "b-restored")
+    out, err = follower.communicate(timeout=40)
+    assert follower.returncode == 0, err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [(m["body"], m["direction"]) for m in lines] == [
+        ("after the restore", "out"),
+        ("live one", "in"),
+    ]
+
+    # The server's export names ann and holds no plaintext.
+    exported = cli.json("export-my-data", "--profile", "a")
+    assert isinstance(exported, dict)
+    assert exported["server"]["user"]["handle"] == "ann"
+    assert "live one" not in json.dumps(exported["server"])
+
+    # Deleting the account works once confirmed; afterwards its tokens are dead.
+    refused = cli("delete-account", "--profile", "b-restored", ok=False)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    cli("delete-account", "--profile", "b-restored", "--yes")
+    gone = cli("devices", "--profile", "b", ok=False)
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("hushroom: ") and gone.stderr.count("\n") == 1
