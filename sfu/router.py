@@ -151,17 +151,7 @@ class Router:
         if len(clear) < 12:
             return
         first, second, seq, timestamp, ssrc = HEADER.unpack_from(clear)
-        entry = transport.ssrc_table.get(ssrc)
-        if entry is None:
-            entry = transport.learn_ssrc_untrusted(clear, ssrc)
-            if entry is None:
-                return
-        producer, layer = entry
         size = len(clear)
-        self.packets_in += 1
-        self.bytes_in += size
-        producer.statistics[ssrc].update(seq, timestamp, size, now)
-        producer.caches[ssrc].store(seq, clear)
         pos = 12 + 4 * (first & 0x0F)
         block = b""
         if first & 0x10:
@@ -170,6 +160,23 @@ class Router:
             words = _EXT_HEAD.unpack_from(clear, pos)[1]
             block = clear[pos + 4 : pos + 4 + 4 * words]
             pos += 4 + 4 * words
+            # Congestion feedback must cover every packet that arrived — RTX, padding probes
+            # and not-yet-learnt layers too — or the sender reads them as lost and backs off.
+            twcc_id = transport.extension_ids.get(TRANSPORT_CC)
+            if twcc_id is not None:
+                twcc = _element_untrusted(block, twcc_id)
+                if twcc is not None and len(twcc) == 2:
+                    transport.twcc.record((twcc[0] << 8) | twcc[1], now)
+        entry = transport.ssrc_table.get(ssrc)
+        if entry is None:
+            entry = transport.learn_ssrc_untrusted(clear, ssrc)
+            if entry is None:
+                return
+        producer, layer = entry
+        self.packets_in += 1
+        self.bytes_in += size
+        producer.statistics[ssrc].update(seq, timestamp, size, now)
+        producer.caches[ssrc].store(seq, clear)
         end = size - clear[-1] if first & 0x20 else size
         if pos >= end:
             return  # padding-only probe: nothing to forward
@@ -179,11 +186,6 @@ class Router:
             for pipe in piped:
                 if pipe.pipe_address is not None:
                     self.send(clear, pipe.pipe_address)
-        twcc_id = transport.extension_ids.get(TRANSPORT_CC)
-        if twcc_id is not None and block:
-            twcc = _element_untrusted(block, twcc_id)
-            if twcc is not None and len(twcc) == 2:
-                transport.twcc.record((twcc[0] << 8) | twcc[1], now)
         if producer.kind == "audio":
             level = _SILENT
             level_id = transport.extension_ids.get(AUDIO_LEVEL)

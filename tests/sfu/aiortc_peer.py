@@ -185,14 +185,47 @@ async def subscribe(seconds: float, video: bool) -> None:
     await pc.close()
 
 
+async def watch(seconds: float) -> None:
+    """Decode the first video track for SECONDS; report frames and the widths seen."""
+    pc = RTCPeerConnection()
+    track_future: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "video" and not track_future.done():
+            track_future.set_result(track)
+
+    offer = await read_message()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["offer"], type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    emit({"answer": pc.localDescription.sdp})
+    track = await asyncio.wait_for(track_future, 10)
+    frames = 0
+    widths: set[int] = set()
+
+    async def decode() -> None:
+        nonlocal frames
+        while True:
+            frame = await track.recv()
+            frames += 1
+            widths.add(frame.width)
+
+    with contextlib.suppress(TimeoutError, MediaStreamError):
+        await asyncio.wait_for(decode(), seconds)
+    emit({"video_frames": frames, "widths": sorted(widths)})
+    await pc.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["publish", "subscribe"])
+    parser.add_argument("mode", choices=["publish", "subscribe", "watch"])
     parser.add_argument("value", type=float)
     parser.add_argument("--video", action="store_true")
     args = parser.parse_args()
     if args.mode == "publish":
         asyncio.run(publish(args.value, args.video))
+    elif args.mode == "watch":
+        asyncio.run(watch(args.value))
     else:
         asyncio.run(subscribe(args.value, args.video))
 

@@ -64,7 +64,14 @@ async def publish(control: Any, nursery: trio.Nursery, router_id: str, *args: st
     return publisher, connected["producers"]
 
 
-async def subscribe(control: Any, nursery: trio.Nursery, router_id: str, producers, *args: str):
+async def subscribe(
+    control: Any,
+    nursery: trio.Nursery,
+    router_id: str,
+    producers: list[dict[str, Any]],
+    *args: str,
+    mode: str = "subscribe",
+) -> Peer:
     transport = await control.call("transport.create", router_id=router_id)
     for producer in producers:
         await control.call(
@@ -73,7 +80,7 @@ async def subscribe(control: Any, nursery: trio.Nursery, router_id: str, produce
             producer_id=producer["producer_id"],
         )
     offer = await control.call("transport.offer", transport_id=transport["transport_id"])
-    subscriber = await Peer.start(nursery, "subscribe", *args)
+    subscriber = await Peer.start(nursery, mode, *args)
     await subscriber.write({"offer": offer["sdp_offer"]})
     answer = (await subscriber.read())["answer"]
     await control.call(
