@@ -151,6 +151,15 @@ class TurnShell:
         self._link_ids = itertools.count(1)
         self._lo, self._hi = config.port_range()
         self._connections = 0
+        self._last_error_log = -math.inf
+
+    def _internal_error(self) -> None:
+        """A bug met a packet: count it, log it at most once a minute, keep serving."""
+        self.server.counters.internal_errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= 60.0:
+            self._last_error_log = now
+            log.exception("internal error while handling a packet (packet dropped)")
 
     # --- RelayPorts ---------------------------------------------------------------------------
 
@@ -221,7 +230,11 @@ class TurnShell:
                             continue
                         if v6:
                             peer = peer[:2]
-                        out = receive(relay, peer, data, now)
+                        try:
+                            out = receive(relay, peer, data, now)
+                        except Exception:
+                            self._internal_error()
+                            continue
                         if out is not None:
                             send(out, client)
         finally:
@@ -251,7 +264,11 @@ class TurnShell:
                         break
                     except OSError:
                         continue
-                    out = receive(link, addr, data, now)
+                    try:
+                        out = receive(link, addr, data, now)
+                    except Exception:
+                        self._internal_error()
+                        continue
                     if out is None:
                         continue
                     try:
@@ -316,7 +333,11 @@ class TurnShell:
                 return
             now = time.time()
             for frame in frames:
-                out = receive(link, client, frame, now, True)
+                try:
+                    out = receive(link, client, frame, now, True)
+                except Exception:
+                    self._internal_error()
+                    return
                 if out is None:
                     continue
                 if isinstance(out, bytes):

@@ -83,6 +83,8 @@ Addr = tuple[str, int]
 UDP_TRANSPORT = 17
 MAX_PERMISSIONS = 64
 MAX_CHANNELS = 64
+#: Largest peer datagram that still fits a Data indication (16-bit STUN length, IPv6 peer).
+MAX_RELAYED_PAYLOAD = 0xFFFF - 4 - 24 - 3
 _SUCCESS = int(MessageClass.SUCCESS)
 _ERROR = int(MessageClass.ERROR)
 
@@ -164,6 +166,7 @@ class Counters:
     peer_refusals: int = 0
     rate_limited: int = 0
     malformed: int = 0
+    internal_errors: int = 0
 
     def snapshot(self, allocations: int) -> dict[str, int]:
         """All counters plus the current number of allocations, as a flat dict."""
@@ -255,7 +258,7 @@ class TurnServer(Generic[R]):
             self.counters.packets_dropped += 1
             return None
         n = len(data)
-        if self._rate and not self._spend(alloc, n, now):
+        if n > MAX_RELAYED_PAYLOAD or (self._rate and not self._spend(alloc, n, now)):
             self.counters.packets_dropped += 1
             return None
         counters = self.counters
@@ -263,8 +266,6 @@ class TurnServer(Generic[R]):
         counters.bytes_relayed += n
         channel = alloc.channel_by_peer.get(peer)
         if channel is not None and channel.expires > now:
-            if n > 0xFFFF:
-                return None
             frame = channel.header + n.to_bytes(2, "big") + data
             if alloc.stream and n & 3:
                 frame += b"\x00" * (-n & 3)

@@ -8,17 +8,20 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from turn_support import TurnProcess, self_signed, start_turn
+from turn_support import REALM, SECRET, TurnProcess, self_signed, start_turn
 
+from turn.auth import rest_password, rest_username
 from turn.stun import (
     Attr,
     Message,
     MessageClass,
     Method,
     decode_xor_address_untrusted,
+    long_term_key,
     new_transaction_id,
     parse_message_untrusted,
 )
@@ -175,3 +178,59 @@ def test_missing_secret_is_a_configuration_error() -> None:
     )
     assert result.returncode == 2
     assert "secret" in result.stderr
+
+
+def _allocate_over(sock: socket.socket, server: tuple[str, int], family: bytes) -> Message:
+    """Allocate with REST credentials over a real socket; returns the final response."""
+    username = rest_username(int(time.time()) + 600, "v6-test")
+    key = long_term_key(username, REALM, rest_password(SECRET.encode(), username))
+    nonce = b""
+    for _ in range(3):
+        msg = Message(Method.ALLOCATE, MessageClass.REQUEST, new_transaction_id())
+        msg.add(Attr.REQUESTED_TRANSPORT, b"\x11\x00\x00\x00")
+        msg.add(Attr.REQUESTED_ADDRESS_FAMILY, family)
+        if nonce:
+            msg.add(Attr.USERNAME, username.encode()).add(Attr.REALM, REALM.encode())
+            msg.add(Attr.NONCE, nonce)
+        sock.sendto(msg.serialize(integrity_key=key if nonce else None), server)
+        response = parse_message_untrusted(sock.recv(2048))
+        if response.message_class == MessageClass.SUCCESS:
+            return response
+        nonce = response.get(Attr.NONCE) or b""
+    return response
+
+
+def test_ipv6_listener_answers_binding_and_allocates_ipv6_relays() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        turn = start_turn("--listen", "[::1]:0", "--listen", "127.0.0.1:0")
+    except RuntimeError as exc:
+        pytest.skip(f"cannot listen on ::1: {exc}")
+    try:
+        assert any(line.startswith("turn listening udp [::1]:") for line in turn.lines)
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            server = ("::1", turn.udp["::1"])
+            sock.sendto(_binding_request(), server)
+            response = parse_message_untrusted(sock.recv(2048))
+            mapped = decode_xor_address_untrusted(
+                response.get(Attr.XOR_MAPPED_ADDRESS) or b"", response.transaction_id
+            )
+            assert mapped == ("::1", sock.getsockname()[1])
+            response = _allocate_over(sock, server, b"\x02\x00\x00\x00")
+            relayed = decode_xor_address_untrusted(
+                response.get(Attr.XOR_RELAYED_ADDRESS) or b"", response.transaction_id
+            )
+            assert relayed[0] == "::1"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            response = _allocate_over(
+                sock, ("127.0.0.1", turn.udp["127.0.0.1"]), b"\x01\x00\x00\x00"
+            )
+            relayed = decode_xor_address_untrusted(
+                response.get(Attr.XOR_RELAYED_ADDRESS) or b"", response.transaction_id
+            )
+            assert relayed[0] == "127.0.0.1"
+    finally:
+        assert turn.stop() == 0

@@ -607,3 +607,15 @@ def test_xor_peer_address_v6_roundtrip_in_requests() -> None:
     tid = new_transaction_id()
     value = encode_xor_address("2606:4700::1", 443, tid)
     assert decode_xor_address_untrusted(value, tid) == ("2606:4700::1", 443)
+
+
+def test_largest_ipv6_peer_datagram_is_dropped_not_crashing() -> None:
+    server, _ = make_server(relay_families=frozenset({socket.AF_INET6}))
+    client = CoreClient(server)
+    assert error_code(client.allocate((Attr.REQUESTED_ADDRESS_FAMILY, b"\x02\x00\x00\x00"))) is None
+    peer = ("2606:4700::1", 443)
+    client.create_permission(peer)
+    relay = server.allocations()[0].relay
+    assert server.receive_from_peer_untrusted(relay, peer, b"x" * 65527, NOW) is None
+    out = server.receive_from_peer_untrusted(relay, peer, b"x" * 65504, NOW)
+    assert out is not None and parse_message_untrusted(out).get(Attr.DATA) == b"x" * 65504
