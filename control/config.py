@@ -63,6 +63,11 @@ class ControlConfig:
     resume_window_s: int = option(
         120, help="how long a dropped gateway session may RESUME", check=_positive
     )
+    presence_guild_limit: int = option(
+        250,
+        help="presence is pushed only through guilds with at most this many members",
+        check=_positive,
+    )
     purge_interval_s: float = option(
         60.0, help="seconds between runs of the retention purger", check=_positive
     )

@@ -56,14 +56,24 @@ async def _session_for_token(state: ControlState, token: str) -> Caller | None:
     return None if row is None else Caller(row.user_id, row.device_id, digest)
 
 
-def co_members(conn: Connection, user_id: str) -> frozenset[str]:
-    """Users who share at least one guild with ``user_id`` (the presence audience)."""
-    mine = sa.select(t.members.c.guild_id).where(t.members.c.user_id == user_id)
-    stmt = sa.select(t.members.c.user_id).where(t.members.c.guild_id.in_(mine)).distinct()
+def co_members(conn: Connection, user_id: str, guild_limit: int) -> frozenset[str]:
+    """The presence audience: users sharing a guild of at most ``guild_limit`` members.
+
+    Presence in larger guilds is not pushed (Discord's "large guild" rule): one member
+    coming online would otherwise cost a frame to every member of every large guild.
+    """
+    m = t.members
+    small = (
+        sa.select(m.c.guild_id)
+        .where(m.c.guild_id.in_(sa.select(m.c.guild_id).where(m.c.user_id == user_id)))
+        .group_by(m.c.guild_id)
+        .having(sa.func.count() <= guild_limit)
+    )
+    stmt = sa.select(m.c.user_id).where(m.c.guild_id.in_(small)).distinct()
     return frozenset(conn.execute(stmt).scalars())
 
 
-def _ready(conn: Connection, session_id: str, caller: Caller) -> dict[str, Any]:
+def _ready(conn: Connection, session_id: str, caller: Caller, guild_limit: int) -> dict[str, Any]:
     user = conn.execute(sa.select(t.users).where(t.users.c.id == caller.user_id)).first()
     conn.execute(
         sa.update(t.devices)
@@ -88,12 +98,13 @@ def _ready(conn: Connection, session_id: str, caller: Caller) -> dict[str, Any]:
         "devices": current_devices(conn, caller.user_id),
         "guilds": [full_guild(conn, g, caller.user_id) for g in sorted(guild_ids)],
         "envelopes": [envelope_view(r) for r in queued],
-        "co_members": sorted(co_members(conn, caller.user_id)),
+        "co_members": sorted(co_members(conn, caller.user_id, guild_limit)),
     }
 
 
 async def _publish_presence(state: ControlState, user_id: str, status: str) -> None:
-    audience = await state.db.read(lambda conn: co_members(conn, user_id))
+    limit = state.config.presence_guild_limit
+    audience = await state.db.read(lambda conn: co_members(conn, user_id, limit))
     await state.bus.publish(
         Event("PRESENCE_UPDATE", {"user_id": user_id, "status": status}, audience | {user_id})
     )
@@ -141,7 +152,8 @@ async def serve_gateway(state: ControlState) -> None:
             session_id = new_id()
             live = hub.create(GatewaySession(session_id, caller.user_id, caller.device_id))
             hub.attach(live, outbox_send, kick)
-            ready = await state.db.write(lambda conn: _ready(conn, session_id, caller))
+            limit = state.config.presence_guild_limit
+            ready = await state.db.write(lambda conn: _ready(conn, session_id, caller, limit))
             ready["presences"] = [
                 {"user_id": u, "status": hub.presence[u]}
                 for u in ready.pop("co_members")

@@ -73,14 +73,14 @@ async def test_heartbeat_is_acknowledged(harness: Harness) -> None:
 
 
 async def test_missed_heartbeat_disconnects(tmp_path: object) -> None:
-    app = create_app(make_config(tmp_path, heartbeat_interval_ms=100))  # type: ignore[arg-type]
+    app = create_app(make_config(tmp_path, heartbeat_interval_ms=1000))  # type: ignore[arg-type]
     async with app.test_app():
         harness = Harness(app)
         ann = await harness.register("ann")
         async with gateway(harness, ann) as gw:
             with pytest.raises(WebsocketDisconnectError) as caught:
                 while True:
-                    await gw.receive(wait=2)
+                    await gw.receive(wait=5)
     assert caught.value.args[0] == 4009
 
 
@@ -277,3 +277,23 @@ def test_session_replay_window() -> None:
     assert session.replay_after(2) is not None and len(session.replay_after(2) or []) == 3
     assert session.replay_after(1) is None, "seq 2 has left the window"
     assert session.replay_after(9) is None
+
+
+async def test_presence_is_not_pushed_through_large_guilds(tmp_path: object) -> None:
+    app = create_app(make_config(tmp_path, presence_guild_limit=2))  # type: ignore[arg-type]
+    async with app.test_app():
+        harness = Harness(app)
+        ann, bob, cat = [await harness.register(n) for n in ("ann", "bob", "cat")]
+        await make_guild(harness, ann, bob, cat)
+        async with gateway(harness, ann) as ga, gateway(harness, bob):
+            frames = await ga.nothing(0.5)
+        assert not [f for f in frames if (f.get("d") or {}).get("user_id") == bob.id]
+
+
+async def test_low_one_time_prekeys_are_announced_to_the_owning_device(harness: Harness) -> None:
+    ann, bob = await harness.register("ann", otks=10), await harness.register("bob")
+    async with gateway(harness, ann) as ga:
+        status, _ = await harness.call("POST", f"{API}/users/{ann.id}/keys/claim", bob, json={})
+        assert status == 200
+        low = await ga.dispatch("PREKEYS_LOW")
+        assert low == {"device_id": ann.device_id, "one_time_prekeys": 9}
