@@ -63,6 +63,9 @@ class HttpClient:
     ) -> HttpResponse:
         """Send one request and read the whole answer."""
         async with self._lock:
+            if self._conn is not None and self._conn.our_state is not h11.IDLE:
+                # A request on it was cancelled midway: its state is unknown, start afresh.
+                self._discard()
             fresh = self._stream is None
             try:
                 return await self._exchange(method, path, headers, body)
@@ -74,6 +77,12 @@ class HttpClient:
                 return await self._exchange(method, path, headers, body)
             except _StaleConnection:
                 raise TransportError("the server closed the connection") from None
+
+    def _discard(self) -> None:
+        """Drop the connection at once (no checkpoint, so it also works when cancelled)."""
+        stream, self._stream, self._conn = self._stream, None, None
+        if stream is not None:
+            stream.socket.close()
 
     async def _connect(self) -> tuple[trio.SocketStream, h11.Connection]:
         if self._stream is None or self._conn is None:
@@ -142,6 +151,10 @@ class HttpClient:
             raise TransportError("the server spoke malformed HTTP") from None
         except (_StaleConnection, TransportError):
             await self.aclose()
+            raise
+        except BaseException:
+            # Cancelled (or worse) midway: the connection is in an unknown state.
+            self._discard()
             raise
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
             await self.aclose()
