@@ -88,6 +88,15 @@ class ReceiveStatistics:
         self._bytes_prior = 0
         self._rate_time: float | None = None
 
+    def missing_before(self, seq: int, limit: int = 64) -> list[int]:
+        """Sequence numbers skipped if ``seq`` arrives next (a gap of at most ``limit``)."""
+        if self._base_seq < 0:
+            return []
+        gap = (seq - self._max_seq) & 0xFFFF
+        if not 1 < gap <= limit + 1:
+            return []
+        return [(self._max_seq + i) & 0xFFFF for i in range(1, gap)]
+
     def update(self, seq: int, timestamp: int, size: int, now: float) -> None:
         """Account one received packet (A.1 sequence tracking, A.8 interarrival jitter)."""
         if self._rate_time is None:
@@ -193,6 +202,8 @@ class Producer:
     streams: dict[int, int] = field(default_factory=dict)
     rids: dict[str, int] = field(default_factory=dict)
     rtx_payload_type: int | None = None
+    # RTX SSRC -> the media SSRC it repairs (RFC 4588 §8.2 FID, or learnt by repaired-rid).
+    rtx_streams: dict[int, int] = field(default_factory=dict)
     paused: bool = False
     muted: bool = False
     caches: dict[int, PacketCache] = field(default_factory=dict)

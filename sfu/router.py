@@ -169,13 +169,22 @@ class Router:
                     transport.twcc.record((twcc[0] << 8) | twcc[1], now)
         entry = transport.ssrc_table.get(ssrc)
         if entry is None:
+            repair = transport.rtx_table.get(ssrc) or transport.learn_rtx_untrusted(clear, ssrc)
+            if repair is not None:
+                self._receive_rtx(transport, clear, pos, repair, now)
+                return
             entry = transport.learn_ssrc_untrusted(clear, ssrc)
             if entry is None:
                 return
         producer, layer = entry
+        stats = producer.statistics[ssrc]
+        if producer.kind == "video" and transport.srtp is not None:
+            missing = stats.missing_before(seq)
+            if missing:
+                self._nack_publisher(transport, ssrc, missing)
         self.packets_in += 1
         self.bytes_in += size
-        producer.statistics[ssrc].update(seq, timestamp, size, now)
+        stats.update(seq, timestamp, size, now)
         producer.caches[ssrc].store(seq, clear)
         end = size - clear[-1] if first & 0x20 else size
         if pos >= end:
@@ -225,6 +234,41 @@ class Router:
             forwarded += 1
         self.packets_out += forwarded
         self.bytes_out += forwarded * out_size
+
+    def _receive_rtx(
+        self,
+        transport: WebRtcTransport,
+        packet: bytes,
+        pos: int,
+        repair: tuple[Producer, int],
+        now: float,
+    ) -> None:
+        """Unwrap an RTX packet (RFC 4588 §4) into the packet it repairs and handle that."""
+        producer, media_ssrc = repair
+        end = len(packet) - packet[-1] if packet[0] & 0x20 else len(packet)
+        if end - pos < 2:
+            return  # padding-only probe on the RTX stream
+        original = (packet[pos] << 8) | packet[pos + 1]
+        first, second, _, timestamp, _ = HEADER.unpack_from(packet)
+        rebuilt = (
+            HEADER.pack(
+                first & ~0x20 & 0xFF,
+                (second & 0x80) | producer.payload_type,
+                original,
+                timestamp,
+                media_ssrc,
+            )
+            + packet[12:pos]
+            + packet[pos + 2 : end]
+        )
+        self.receive_rtp(transport, rebuilt, now)
+
+    def _nack_publisher(self, transport: WebRtcTransport, ssrc: int, missing: list[int]) -> None:
+        """Ask the publisher to resend what never arrived (RFC 4585 §6.2.1), once per gap."""
+        if transport.ice.selected is None or transport.srtp is None:
+            return
+        nack = GenericNack(sender_ssrc=transport.rtcp_ssrc, media_ssrc=ssrc, lost=tuple(missing))
+        self.send(transport.srtp.protect_rtcp(nack.serialize()), transport.ice.selected)
 
     # -- RTCP -------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from sfu.dtls import DtlsSession, DtlsState
 from sfu.ice import IceLiteResponder, new_credentials
 from sfu.producer import Producer
 from sfu.rtcp import TransportCc
-from sfu.rtp import MID, RID, TRANSPORT_CC, find_extension_untrusted
+from sfu.rtp import MID, REPAIRED_RID, RID, TRANSPORT_CC, find_extension_untrusted
 from sfu.sdp import ConsumerOffer
 from sfu.srtp import SrtpContext
 
@@ -96,6 +96,7 @@ class WebRtcTransport:
     srtp: SrtpContext | None = None
     producers: dict[str, Producer] = field(default_factory=dict)
     ssrc_table: dict[int, tuple[Producer, int]] = field(default_factory=dict)
+    rtx_table: dict[int, tuple[Producer, int]] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
     consumer_offers: list[ConsumerOffer] = field(default_factory=list)
@@ -138,6 +139,8 @@ class WebRtcTransport:
         self.producers[producer.id] = producer
         for ssrc, layer in producer.streams.items():
             self.ssrc_table[ssrc] = (producer, layer)
+        for rtx_ssrc, media_ssrc in producer.rtx_streams.items():
+            self.rtx_table[rtx_ssrc] = (producer, media_ssrc)
         for ext_id, uri in extensions.items():
             self.extension_ids[uri] = ext_id
 
@@ -170,6 +173,26 @@ class WebRtcTransport:
                         producer.add_stream(ssrc, 0)
                         self.ssrc_table[ssrc] = (producer, 0)
                         return producer, 0
+        return None
+
+    def learn_rtx_untrusted(self, packet: bytes, ssrc: int) -> tuple[Producer, int] | None:
+        """Map an unsignalled RTX SSRC to ``(producer, media SSRC)`` by its repaired-rid."""
+        rrid_id = self.extension_ids.get(REPAIRED_RID)
+        if rrid_id is None:
+            return None
+        rrid = find_extension_untrusted(packet, rrid_id)
+        if rrid is None:
+            return None
+        for producer in self.producers.values():
+            layer = producer.rids.get(rrid.decode("ascii", "replace"))
+            if layer is None:
+                continue
+            media = next((s for s, n in producer.streams.items() if n == layer), None)
+            if media is None or len(producer.rtx_streams) >= len(producer.rids):
+                return None
+            producer.rtx_streams[ssrc] = media
+            self.rtx_table[ssrc] = (producer, media)
+            return producer, media
         return None
 
     @property

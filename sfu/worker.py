@@ -385,6 +385,12 @@ class Worker:
                     ssrcs=track.ssrcs,
                     rids=track.layers,
                     extensions=track.extensions,
+                    rtx_streams={
+                        rtx: media
+                        for rtx, rtx_layer in track.rtx_ssrcs.items()
+                        for media, layer in track.ssrcs.items()
+                        if layer == rtx_layer
+                    },
                 )
                 created.append(
                     {"producer_id": producer.id, "kind": producer.kind, "mid": track.mid}
@@ -500,6 +506,7 @@ class Worker:
         rids: tuple[str, ...],
         extensions: dict[int, str],
         producer_id: str | None = None,
+        rtx_streams: dict[int, int] | None = None,
     ) -> Producer:
         producer = Producer(
             id=producer_id or secrets.token_hex(8),
@@ -512,6 +519,7 @@ class Worker:
         )
         for ssrc, layer in ssrcs.items():
             producer.add_stream(ssrc, layer)
+        producer.rtx_streams.update(rtx_streams or {})
         transport.add_producer(producer, extensions)
         self.routers[transport.router_id].add_producer(transport, producer)
         self.producers[producer.id] = producer
@@ -534,8 +542,12 @@ class Worker:
             raise BadParams("'ssrcs' must be a map and 'rids' a list")
         if not isinstance(raw_ext, dict):
             raise BadParams("'extensions' must be a map")
+        raw_rtx = params.get("rtx_ssrcs", {})
+        if not isinstance(raw_rtx, dict):
+            raise BadParams("'rtx_ssrcs' must be a map")
         ssrcs = {int(k): int(v) for k, v in list(raw_ssrcs.items())[:8]}
         extensions = {int(k): str(v) for k, v in list(raw_ext.items())[:16]}
+        rtx_streams = {int(k): int(v) for k, v in list(raw_rtx.items())[:8]}
         return self._add_producer(
             transport,
             kind=kind,
@@ -546,6 +558,7 @@ class Worker:
             rids=tuple(str(r) for r in raw_rids[:4]),
             extensions=extensions,
             producer_id=producer_id,
+            rtx_streams=rtx_streams,
         )
 
     def producer_pause(self, params: dict[str, Any], now: float) -> dict[str, Any]:

@@ -495,3 +495,42 @@ def test_video_nack_is_answered_with_rtx() -> None:
     assert int.from_bytes(rtx.payload[:2], "big") == lost
     assert rtx.payload[2:] == bytes([0x90, 0x80, 3, 0x11, 0x00]) + b"frame"
     assert rtx.timestamp == (first.timestamp + 6000) & 0xFFFFFFFF
+
+
+def test_upstream_loss_is_nacked_and_repaired_from_publisher_rtx() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    producer_id = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="video",
+        payload_type=96,
+        ssrcs={"2222": 0},
+        rtx_ssrcs={"3333": 2222},
+    )["producer_id"]
+    sub_id, sub = h.join(router_id, 5002)
+    h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+
+    def payload(seq: int) -> bytes:
+        return bytes([0x90, 0x80, seq, 0x10 if seq == 1 else 0x11, 0x00]) + b"f%d" % seq
+
+    for seq in (1, 2, 5):  # 3 and 4 are lost on the way to the SFU
+        h.send(
+            5001,
+            pub.protect(RtpPacket(96, seq, 3000 * seq, 2222, payload=payload(seq)).serialize()),
+        )
+    h.deliver()
+    nacks = [
+        p for raw in pub.rtcp for p in parse_compound_untrusted(raw) if isinstance(p, GenericNack)
+    ]
+    assert [(n.media_ssrc, n.lost) for n in nacks] == [(2222, (3, 4))]
+    # The publisher answers with RTX (RFC 4588): its own SSRC and sequence, OSN first.
+    rtx = RtpPacket(97, 900, 9000, 3333, payload=(3).to_bytes(2, "big") + payload(3))
+    h.send(5001, pub.protect(rtx.serialize()))
+    h.deliver()
+    received = [RtpPacket.parse_untrusted(p) for p in sub.rtp]
+    assert [p.payload for p in received] == [payload(1), payload(2), payload(5), payload(3)]
+    seqs = [p.sequence_number for p in received]
+    assert (seqs[3] - seqs[0]) & 0xFFFF == 2  # the repair lands in its original place
+    assert received[3].payload_type == received[0].payload_type
