@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import msgpack
 import pytest
 from _e2ee_helpers import CONV, session_pair
@@ -168,3 +170,28 @@ def test_malformed_message_is_a_decode_error() -> None:
     _, receiver = _pair()
     with pytest.raises(DecodeError):
         receiver.decrypt(b"\x96\x06\x01\x00\x00\xc4\x00\xc4\x00")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.permutations(list(range(6))))
+def test_forward_secrecy_message_key_gone_from_state_after_decrypt(order: list[int]) -> None:
+    sender, receiver = _pair()
+    keys, msgs = [], []
+    for i in range(6):
+        keys.append(hmac.digest(sender._chain_key, b"\x01", "sha256"))
+        msgs.append(sender.encrypt(b"m%d" % i))
+    for i in order:
+        assert receiver.decrypt(msgs[i]) == b"m%d" % i
+        assert keys[i] not in receiver.serialize()
+
+
+def test_state_serializes_and_restores_exactly() -> None:
+    sender, receiver = _pair()
+    skipped = sender.encrypt(b"later")
+    receiver.decrypt(sender.encrypt(b"now"))
+    restored_sender = SenderKeySender.restore_untrusted(sender.serialize())
+    restored_receiver = SenderKeyReceiver.restore_untrusted(receiver.serialize())
+    assert restored_sender.serialize() == sender.serialize()
+    assert restored_receiver.serialize() == receiver.serialize()
+    assert restored_receiver.decrypt(skipped) == b"later"
+    assert restored_receiver.decrypt(restored_sender.encrypt(b"next")) == b"next"
