@@ -210,6 +210,8 @@ def agree_as_responder(
     """
     if message.kem_ciphertext is None and require_pq:
         raise DowngradeRefused("initial message without a KEM ciphertext")
+    if (message.pq_prekey_id is None) != (message.kem_ciphertext is None):
+        raise DecodeError("PQ prekey id and KEM ciphertext must both be present or absent")
     ik_a = ed25519_to_x25519_public(message.identity_key)
     if message.identity_key == store.identity.public:
         raise InvalidKey("initial message from our own identity key")
@@ -224,6 +226,7 @@ def agree_as_responder(
         km += x25519(otk.key_pair.private, message.ephemeral_key)
     post_quantum = message.kem_ciphertext is not None
     if message.pq_prekey_id is not None and message.kem_ciphertext is not None:
+        # Both present (checked above); the test narrows the types.
         pq = store.pq_prekey(message.pq_prekey_id)
         try:
             km += pq.private_key().decapsulate(message.kem_ciphertext)
