@@ -12,8 +12,13 @@ which bounds what the SFU adds; sampled on one packet in ``--sample``), and
 generator runs in two other processes (sender, receiver), so on a small machine they
 compete with the worker for cores: read the figures as a floor.
 
-Usage: ``python bench/sfu_bench.py [--json]``; with ``--json`` the last line is one JSON
-object with those keys.
+``--in-process`` measures the forwarding core alone: the worker's sans-I/O core in this
+process, fed pre-encrypted packets as fast as it takes them, sending real datagrams to a
+loopback sink socket. No generator competes for the core, so ``forwarded_pps`` is what one
+core sustains (CPU time, kernel ``sendto`` included); loss and latency do not apply.
+
+Usage: ``python bench/sfu_bench.py [--in-process] [--json]``; with ``--json`` the last line
+is one JSON object with those keys.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from sfu.dtls import Certificate
 from sfu.errors import SrtpError
 from sfu.rtp import AUDIO_LEVEL, HEADER
 from sfu.synthetic_peer import SyntheticPeer
+from sfu.worker import Worker
 
 _STAMP = struct.Struct("!Q")
 
@@ -165,6 +171,100 @@ def receive_load(
     return received, latencies
 
 
+def in_process(args: argparse.Namespace) -> dict[str, Any]:
+    """Drive a :class:`sfu.worker.Worker` core directly; see the module docstring."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    out.setblocking(False)
+    target = sink.getsockname()
+    peers: dict[tuple[str, int], SyntheticPeer] = {}
+    handshake: list[tuple[bytes, tuple[str, int]]] = []
+    forwarding = False
+
+    def send(data: bytes, address: tuple[str, int]) -> None:
+        if forwarding:
+            try:  # noqa: SIM105 - per packet, cheaper than contextlib.suppress
+                out.sendto(data, target)
+            except OSError:
+                pass  # the sink is not read: a full buffer drops, as on a real network
+        else:
+            handshake.append((data, address))
+
+    worker = Worker("127.0.0.1", 40000, send, lambda event, data: None)
+    certificate = Certificate.generate()
+    router_id = worker.handle_request("router.create", {}, 0.0)["router_id"]
+
+    def join(port: int) -> tuple[str, SyntheticPeer]:
+        created = worker.handle_request("transport.create", {"router_id": router_id}, 0.0)
+        peer = SyntheticPeer(created, certificate)
+        address = ("127.0.0.1", port)
+        peers[address] = peer
+        worker.handle_request(
+            "transport.connect",
+            {"transport_id": created["transport_id"], "dtls_parameters": peer.dtls_parameters()},
+            0.0,
+        )
+        worker.datagram_received(peer.binding_request(), address, 0.0)
+        for datagram in peer.start_dtls(0.0):
+            worker.datagram_received(datagram, address, 0.0)
+        while handshake:
+            data, to = handshake.pop(0)
+            for reply in peers[to].receive(data, 0.0):
+                worker.datagram_received(reply, to, 0.0)
+        return created["transport_id"], peer
+
+    publishers = []
+    for index in range(args.publishers):
+        transport_id, peer = join(20000 + index)
+        producer = worker.handle_request(
+            "producer.create",
+            {
+                "transport_id": transport_id,
+                "kind": "audio",
+                "payload_type": 111,
+                "ssrcs": {str(1000 + index): 0},
+                "extensions": {"1": AUDIO_LEVEL},
+            },
+            0.0,
+        )
+        publishers.append(
+            (producer["producer_id"], peer, ("127.0.0.1", 20000 + index), 1000 + index)
+        )
+    for index in range(args.subscribers):
+        transport_id, _ = join(30000 + index)
+        for producer_id, *_ in publishers:
+            worker.handle_request(
+                "consumer.create", {"transport_id": transport_id, "producer_id": producer_id}, 0.0
+            )
+    handshake.clear()
+    count = max(1, int(args.rate * args.seconds))
+    pad = bytes(max(0, args.size - _STAMP.size))
+    batch = []
+    for seq in range(1, count + 1):
+        for _, peer, address, ssrc in publishers:
+            header = HEADER.pack(0x90, 111, seq & 0xFFFF, seq * 960 & 0xFFFFFFFF, ssrc)
+            packet = header + b"\xbe\xde\x00\x01\x10\xa0\x00\x00" + bytes(8) + pad
+            batch.append((peer.protect(packet), address))
+    forwarding = True
+    receive = worker.datagram_received
+    started = time.process_time()
+    for data, address in batch:
+        receive(data, address, 1.0)
+    cpu = time.process_time() - started
+    forwarded = sum(r.packets_out for r in worker.routers.values())
+    return {
+        "mode": "in-process",
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "forwarded_packets": forwarded,
+        "forwarded_pps": round(forwarded / cpu),
+        "loss_pct": None,
+        "latency_p99_ms": None,
+        "cpu_s_per_1k_packets": round(1000 * cpu / max(forwarded, 1), 4),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--publishers", type=int, default=10)
@@ -174,7 +274,16 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=120, help="payload bytes")
     parser.add_argument("--sample", type=int, default=50, help="decrypt 1 in N for latency")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--in-process", action="store_true", help="forwarding core alone")
     args = parser.parse_args()
+    if args.in_process:
+        figures = in_process(args)
+        width = max(len(k) for k in figures)
+        for key, value in figures.items():
+            print(f"{key:<{width}}  {value}")
+        if args.json:
+            print(json.dumps(figures))
+        return 0
 
     worker = WorkerProcess()
     certificate = Certificate.generate()
