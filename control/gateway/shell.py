@@ -75,11 +75,6 @@ def co_members(conn: Connection, user_id: str, guild_limit: int) -> frozenset[st
 
 def _ready(conn: Connection, session_id: str, caller: Caller, guild_limit: int) -> dict[str, Any]:
     user = conn.execute(sa.select(t.users).where(t.users.c.id == caller.user_id)).first()
-    conn.execute(
-        sa.update(t.devices)
-        .where(t.devices.c.id == caller.device_id)
-        .values(last_seen_day=day_now())
-    )
     guild_ids = conn.execute(
         sa.select(t.members.c.guild_id).where(t.members.c.user_id == caller.user_id)
     ).scalars()
@@ -100,6 +95,23 @@ def _ready(conn: Connection, session_id: str, caller: Caller, guild_limit: int) 
         "envelopes": [envelope_view(r) for r in queued],
         "co_members": sorted(co_members(conn, caller.user_id, guild_limit)),
     }
+
+
+async def _touch_device(state: ControlState, device_id: str) -> None:
+    """Record today as the device's last-seen day (a write only once per day)."""
+    today = day_now()
+    devices = t.devices
+    seen = await state.db.read(
+        lambda conn: conn.execute(
+            sa.select(devices.c.last_seen_day).where(devices.c.id == device_id)
+        ).scalar()
+    )
+    if seen != today:
+        await state.db.write(
+            lambda conn: conn.execute(
+                sa.update(devices).where(devices.c.id == device_id).values(last_seen_day=today)
+            )
+        )
 
 
 async def _publish_presence(state: ControlState, user_id: str, status: str) -> None:
@@ -153,7 +165,8 @@ async def serve_gateway(state: ControlState) -> None:
             live = hub.create(GatewaySession(session_id, caller.user_id, caller.device_id))
             hub.attach(live, outbox_send, kick)
             limit = state.config.presence_guild_limit
-            ready = await state.db.write(lambda conn: _ready(conn, session_id, caller, limit))
+            ready = await state.db.read(lambda conn: _ready(conn, session_id, caller, limit))
+            await _touch_device(state, caller.device_id)
             ready["presences"] = [
                 {"user_id": u, "status": hub.presence[u]}
                 for u in ready.pop("co_members")
