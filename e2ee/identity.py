@@ -6,9 +6,12 @@ Ed25519 signatures where Signal uses XEdDSA). Signed prekeys are X25519, PQ sign
 are ML-KEM-1024 (FIPS 203); both are signed by the identity key. One-time prekeys are
 unsigned X25519 keys with ids, published in batches.
 
-Each signature covers a context label, the prekey id and Encode(PK). The label keeps these
-signatures apart from every other use of the device key — sign-in challenges are signed by
-the same key, so without it a server could get a chosen "prekey" signed as a challenge.
+Each signature covers a context label naming the key type, the prekey id (u32 big-endian)
+and the raw public key — ``"hushroom-v1 signed-prekey" NUL ‖ id ‖ X25519 key`` and
+``"hushroom-v1 pq-prekey" NUL ‖ id ‖ ML-KEM-1024 key``, the same bytes the prekey directory
+checks on upload. The label keeps these signatures apart from every other use of the
+device key — sign-in challenges are signed by the same key, so without it a server could
+get a chosen "prekey" signed as a challenge.
 
 Wire structures (msgpack, ``[tag, version, ...]``) are decoded only by ``*_untrusted``
 functions, which bound every field and verify every signature before returning.
@@ -36,8 +39,6 @@ from e2ee._primitives import (
     ed25519_sign,
     ed25519_to_x25519_public,
     ed25519_verify,
-    encode_mlkem,
-    encode_x25519,
     mlkem_private_from_seed,
     mlkem_public_from_bytes,
     random_bytes,
@@ -65,8 +66,10 @@ MAX_ONE_TIME_PREKEYS_HELD = 1000
 # still find their key.
 MAX_SIGNED_PREKEYS_HELD = 3
 
-_SPK_LABEL = b"hushroom signed prekey v1\x00"
-_PQSPK_LABEL = b"hushroom pq signed prekey v1\x00"
+# The exact strings the prekey directory checks on upload (control/signatures.py), so one
+# signature serves the server's check and the peer's.
+_SPK_LABEL = b"hushroom-v1 signed-prekey\x00"
+_PQSPK_LABEL = b"hushroom-v1 pq-prekey\x00"
 
 
 class IdentityKeyPair:
@@ -98,11 +101,12 @@ class IdentityKeyPair:
 
 
 def _spk_message(key_id: int, public: bytes) -> bytes:
-    return _SPK_LABEL + key_id.to_bytes(4, "big") + encode_x25519(public)
+    # The label names the key type, which is what Encode(PK)'s type byte would add.
+    return _SPK_LABEL + key_id.to_bytes(4, "big") + public
 
 
 def _pq_message(key_id: int, public: bytes) -> bytes:
-    return _PQSPK_LABEL + key_id.to_bytes(4, "big") + encode_mlkem(public)
+    return _PQSPK_LABEL + key_id.to_bytes(4, "big") + public
 
 
 def verify_signed_prekey_signature(

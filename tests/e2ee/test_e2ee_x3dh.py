@@ -19,7 +19,7 @@ from e2ee import (
     agree_as_responder,
     initiate_session,
 )
-from e2ee._primitives import X25519KeyPair, ed25519_to_x25519_public, x25519
+from e2ee._primitives import X25519KeyPair, ed25519_to_x25519_public, ed25519_verify, x25519
 from e2ee.errors import (
     BadSignature,
     DecryptionFailed,
@@ -227,3 +227,15 @@ def test_any_bit_flip_in_a_prekey_signature_is_refused(field: str, draw: st.Data
         PreKeyBundle.decode_untrusted(forged.encode())
     with pytest.raises(BadSignature):
         agree_as_initiator(alice, forged)
+
+
+def test_prekey_signatures_cover_the_directory_format() -> None:
+    # The prekey directory (control/signatures.py) checks exactly these bytes on upload.
+    store = PreKeyStore.generate(IdentityKeyPair.generate())
+    spk, pq = store.current_signed_prekey, store.current_pq_prekey
+    spk_bytes = (
+        b"hushroom-v1 signed-prekey\x00" + spk.key_id.to_bytes(4, "big") + spk.key_pair.public
+    )
+    pq_bytes = b"hushroom-v1 pq-prekey\x00" + pq.key_id.to_bytes(4, "big") + pq.public
+    ed25519_verify(store.identity.public, spk_bytes, spk.signature)
+    ed25519_verify(store.identity.public, pq_bytes, pq.signature)
