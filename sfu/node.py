@@ -233,12 +233,18 @@ class Node:
             for key in [k for k, (_, t) in table.items() if t == transport_id]:
                 del table[key]
 
+    def _load(self, worker: WorkerHandle) -> tuple[int, int, int]:
+        """Placement order for a new router: fewest transports (participants), then fewest
+        routers, then lowest index."""
+        transports = sum(1 for owner, _ in self._transports.values() if owner is worker)
+        return transports, worker.routers, worker.index
+
     async def handle_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Answer one request from control by routing it to the owning worker."""
         if method == "stats":
             return {"workers": [await w.request("stats", {}) for w in self.workers]}
         if method == "router.create":
-            worker = min(self.workers, key=lambda w: (w.routers, w.index))
+            worker = min(self.workers, key=self._load)
             result = await worker.request(method, params)
             self._routers[str(result["router_id"])] = worker
             worker.routers += 1
