@@ -1,10 +1,12 @@
 """The trio shell around :class:`turn.server.TurnServer`: sockets in, sockets out.
 
-UDP (listeners and relay endpoints) uses stdlib non-blocking sockets and
-``trio.lowlevel.wait_readable``: each wake-up drains the queued datagrams (up to a batch, then
-yields to the scheduler) with no await, log call or per-packet object beyond the datagram
-itself. TCP and TLS connections are trio streams framed by :class:`turn.framing.StreamFramer`,
-each with a writer task fed through a bounded memory channel so the data path never awaits.
+UDP listeners and relay endpoints are stdlib non-blocking sockets woken through
+``trio.lowlevel.wait_readable``: a listener has its own task; all relay sockets sit in one
+epoll set drained by one task, so an allocation costs a socket and no task. Each wake-up
+drains the queued datagrams (up to a batch, then yields to the scheduler) with no await, log
+call or per-packet object beyond the datagram itself. TCP and TLS connections are trio
+streams framed by :class:`turn.framing.StreamFramer`, each with a writer task fed through a
+bounded memory channel so the data path never awaits.
 
 Every task lives in the nursery of :func:`serve`; cancelling it closes every socket.
 Logs never carry addresses or usernames.
@@ -17,11 +19,12 @@ import itertools
 import logging
 import math
 import random
+import select
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -87,7 +90,6 @@ class Relay:
     link: _UdpLink | _StreamLink
     client: Addr
     v6: bool
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,17 +143,16 @@ def build_policy(config: TurnConfig) -> TurnPolicy:
 class TurnShell:
     """Owns the sockets of one TURN process and moves bytes between them and the core."""
 
-    def __init__(
-        self, config: TurnConfig, nursery: trio.Nursery, nonce_key: bytes | None = None
-    ) -> None:
+    def __init__(self, config: TurnConfig, nonce_key: bytes | None = None) -> None:
         self.config = config
-        self._nursery = nursery
         self.server: TurnServer[Relay] = TurnServer(build_policy(config), self, nonce_key=nonce_key)
         self._links: dict[int, _UdpLink | _StreamLink] = {}
         self._link_ids = itertools.count(1)
         self._lo, self._hi = config.port_range()
         self._connections = 0
         self._last_error_log = -math.inf
+        self._relays: dict[int, Relay] = {}
+        self._relay_poll = select.epoll()
 
     def _internal_error(self) -> None:
         """A bug met a packet: count it, log it at most once a minute, keep serving."""
@@ -186,7 +187,8 @@ class TurnShell:
             sock.close()
             return None
         relay = Relay(sock, sender, client, family == socket.AF_INET6)
-        self._nursery.start_soon(self._serve_relay, relay)
+        self._relays[sock.fileno()] = relay
+        self._relay_poll.register(sock.fileno(), select.EPOLLIN)
         return relay, (self.config.advertised_ip(family), port)
 
     def _bind_random_port(self, sock: socket.socket, ip: str, even: bool) -> int | None:
@@ -205,30 +207,42 @@ class TurnShell:
         return None
 
     def close(self, relay: Relay) -> None:
-        """Stop the relay's task; the task closes the socket on its way out."""
-        relay.scope.cancel()
+        """Release a relay endpoint: forget it in the poller and close its socket."""
+        fd = relay.sock.fileno()
+        if self._relays.pop(fd, None) is not None:
+            self._relay_poll.unregister(fd)
+        relay.sock.close()
 
     # --- relay endpoints ------------------------------------------------------------------------
 
-    async def _serve_relay(self, relay: Relay) -> None:
-        sock = relay.sock
+    async def serve_relays(self) -> None:
+        """Drain every relay socket from one task, woken by one epoll set.
+
+        One wake-up serves all relays with queued datagrams, so the cost of a trio wake-up
+        is shared by many packets, and an allocation costs a socket but no task.
+        """
+        poll = self._relay_poll.poll
+        relays = self._relays
         receive = self.server.receive_from_peer_untrusted
-        send = relay.link.send
-        client = relay.client
-        v6 = relay.v6
         try:
-            with relay.scope:
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    now = time.time()
+            while True:
+                await trio.lowlevel.wait_readable(self._relay_poll)
+                now = time.time()
+                for fd, _ in poll(0):
+                    relay = relays.get(fd)
+                    if relay is None:
+                        continue
+                    recvfrom = relay.sock.recvfrom
+                    send = relay.link.send
+                    client = relay.client
                     for _ in range(_BATCH):
                         try:
-                            data, peer = sock.recvfrom(_RECV_SIZE)
+                            data, peer = recvfrom(_RECV_SIZE)
                         except BlockingIOError:
                             break
                         except OSError:
                             continue
-                        if v6:
+                        if relay.v6:
                             peer = peer[:2]
                         try:
                             out = receive(relay, peer, data, now)
@@ -238,8 +252,11 @@ class TurnShell:
                         if out is not None:
                             send(out, client)
         finally:
-            trio.lowlevel.notify_closing(sock)
-            sock.close()
+            for relay in list(relays.values()):
+                relay.sock.close()
+            relays.clear()
+            trio.lowlevel.notify_closing(self._relay_poll)
+            self._relay_poll.close()
 
     # --- UDP listeners ------------------------------------------------------------------------
 
@@ -468,7 +485,7 @@ async def serve(
     if sockets is None:
         sockets = bind_listeners(config)[0]
     async with trio.open_nursery() as nursery:
-        shell = TurnShell(config, nursery, nonce_key)
+        shell = TurnShell(config, nonce_key)
         try:
             context = _tls_context(config) if config.tls_listen else None
             for bound in sockets:
@@ -479,6 +496,7 @@ async def serve(
                     handler = _stream_handler(shell, context if bound.proto == "tls" else None)
                     nursery.start_soon(_serve_listener, listener, handler)
                 announce(bound.listening)
+            nursery.start_soon(shell.serve_relays)
             nursery.start_soon(_housekeeping, shell, config.stats_interval)
             task_status.started(shell)
             await trio.sleep_forever()
