@@ -22,7 +22,7 @@ from e2ee.errors import (
 )
 
 VECTORS: dict[str, list[dict[str, Any]]] = json.loads(
-    (Path(__file__).resolve().parents[3] / "shared" / "vectors" / "sframe-rfc9605.json").read_text()
+    (Path(__file__).resolve().parents[1] / "vectors" / "sframe-rfc9605.json").read_text()
 )
 h = bytes.fromhex
 
