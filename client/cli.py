@@ -298,6 +298,10 @@ async def _cmd_dm(args: argparse.Namespace, out: _Out) -> None:
 async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
     async with await _open(args) as client:
         new = await client.sync()
+        # Reading is the regular moment a CLI user is around: keep the prekeys fresh and
+        # the store small here (a running `tail` does the same on PREKEYS_LOW).
+        await client.maintain_prekeys()
+        client.prune_envelope_marks()
         if args.target is None:
             messages = new
             where = {m.id: m.conversation for m in new}

@@ -83,6 +83,10 @@ OTK_BATCH = 100
 OTK_LOW = 20
 #: Pairwise session states kept per peer device (simultaneous initiations leave two).
 MAX_SESSIONS_PER_DEVICE = 4
+#: Signed and PQ prekeys are replaced this often (Signal rotates weekly to monthly).
+PREKEY_ROTATION_S = 7 * 86400
+#: Envelope ids handled are remembered a little longer than the relay's 30-day TTL.
+ENVELOPE_MARK_TTL_S = 31 * 86400
 #: How long a fetched device list is trusted before it is fetched again.
 DEVICE_LIST_TTL_S = 30.0
 _STALE_RETRIES = 3
@@ -218,6 +222,7 @@ class Client:
         with store.transaction():
             store.put("identity", "seed", identity.seed)
             store.put("identity", "prekeys", prekeys.serialize())
+            store.put("identity", "prekeys_rotated_at", _now())
             store.put(
                 "account",
                 "self",
@@ -298,6 +303,7 @@ class Client:
         with store.transaction():
             store.put("identity", "seed", identity.seed)
             store.put("identity", "prekeys", prekeys.serialize())
+            store.put("identity", "prekeys_rotated_at", _now())
             store.put(
                 "account",
                 "self",
@@ -329,16 +335,41 @@ class Client:
         self._pin(self.user_id, self.handle, await self.devices(), own_change_ok=True)
         self._device_cache.pop(self.user_id, None)
 
-    async def replenish_prekeys(self) -> int:
-        """Upload one-time prekeys when the server holds fewer than :data:`OTK_LOW`."""
+    async def maintain_prekeys(self) -> int:
+        """Top up one-time prekeys below :data:`OTK_LOW` and rotate the signed and PQ
+        prekeys every :data:`PREKEY_ROTATION_S`; returns the OTKs the server holds.
+
+        The previous signed prekeys stay in the local store (``e2ee`` keeps three), so
+        initial messages already in flight still open.
+        """
         held = await self.api.key_count()
-        if held >= OTK_LOW:
+        rotated_at = self.store.get("identity", "prekeys_rotated_at", 0.0)
+        rotate = _now() - rotated_at >= PREKEY_ROTATION_S
+        if held >= OTK_LOW and not rotate:
             return held
-        otks = self.prekeys.generate_one_time_prekeys(min(OTK_BATCH, 500 - held))
-        self.store.put("identity", "prekeys", self.prekeys.serialize())
+        otks = []
+        if held < OTK_LOW:
+            otks = self.prekeys.generate_one_time_prekeys(min(OTK_BATCH, 500 - held))
+        if rotate:
+            self.prekeys.rotate_signed_prekey()
+            self.prekeys.rotate_pq_prekey()
+        with self.store.transaction():
+            self.store.put("identity", "prekeys", self.prekeys.serialize())
+            if rotate:
+                self.store.put("identity", "prekeys_rotated_at", _now())
         body = compat.directory_prekeys(self.identity, self.prekeys, otks)
-        del body["signed_prekey"], body["pq_prekey"]
+        if not rotate:
+            del body["signed_prekey"], body["pq_prekey"]
         return await self.api.upload_keys(body)
+
+    def prune_envelope_marks(self, now: float | None = None) -> int:
+        """Forget "already handled" marks older than the relay keeps envelopes."""
+        limit = (_now() if now is None else now) - ENVELOPE_MARK_TTL_S
+        old = [name for name, at in self.store.names("envelope_done") if at < limit]
+        with self.store.transaction():
+            for name in old:
+                self.store.delete("envelope_done", name)
+        return len(old)
 
     # --- contacts, identity keys and safety numbers ------------------------------------
 
@@ -1107,7 +1138,7 @@ class Client:
         if event.type in ("DEVICE_ADD", "DEVICE_REMOVE") and isinstance(d, dict):
             self._device_cache.pop(str(d.get("user_id")), None)
         if event.type == "PREKEYS_LOW":
-            await self.replenish_prekeys()
+            await self.maintain_prekeys()
         return []
 
     # --- privacy -------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""A changed identity key is surfaced and never silently accepted (a malicious server)."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from pathlib import Path
+
+import pytest
+from client_live import ControlProcess
+
+from client import Client, IdentityChanged
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_swapped_device_key_is_refused_until_the_user_accepts(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
+    await alice.send_dm("bob", "before the swap")
+    assert [m.body for m in await bob.sync()] == ["before the swap"]
+    number_before, _ = await alice.safety_number("bob")
+
+    # The server swaps the key of bob's (only) device for one it controls.
+    db = sqlite3.connect(control.database, timeout=10)
+    with db:
+        db.execute(
+            "UPDATE devices SET identity_key = ? WHERE id = ?",
+            (secrets.token_bytes(32), bob.device_id),
+        )
+    db.close()
+
+    with pytest.raises(IdentityChanged):
+        await alice.safety_number("bob")
+    notices = alice.notices()
+    assert [n.kind for n in notices] == ["identity_changed"]
+    assert "bob" in notices[0].text and "verify bob --accept" in notices[0].text
+    # A fresh process (no cached device list) refuses to encrypt to the new key.
+    await alice.aclose()
+    alice = Client.open(tmp_path / "a", "pw")
+    with pytest.raises(IdentityChanged):
+        await alice.send_dm("bob", "never sent")
+    assert await bob.sync() == []
+
+    # Accepting is an explicit act; the safety number then differs from before.
+    await alice.accept_identity("bob")
+    number_after, verified = await alice.safety_number("bob")
+    assert number_after != number_before and not verified
+    await alice.aclose()
+    await bob.aclose()
+
+
+async def test_prekeys_are_topped_up_and_rotated(control: ControlProcess, tmp_path: Path) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
+    # Most one-time prekeys are gone (claimed by others, say).
+    db = sqlite3.connect(control.database, timeout=10)
+    with db:
+        db.execute(
+            "DELETE FROM one_time_prekeys WHERE device_id = ? AND key_id NOT IN "
+            "(SELECT key_id FROM one_time_prekeys WHERE device_id = ? LIMIT 15)",
+            (alice.device_id, alice.device_id),
+        )
+    db.close()
+    assert await alice.api.key_count() == 15
+    spk_before = alice.prekeys.current_signed_prekey.key_id
+    assert await alice.maintain_prekeys() == 115
+    assert alice.prekeys.current_signed_prekey.key_id == spk_before  # not due yet
+    # A week later the signed and PQ prekeys are replaced; sessions still open with them.
+    alice.store.put("identity", "prekeys_rotated_at", 0.0)
+    await alice.maintain_prekeys()
+    (bundle,) = await bob.api.claim_bundles(alice.user_id)
+    assert bundle.signed_prekey_id == alice.prekeys.current_signed_prekey.key_id != spk_before
+    await bob.send_dm("alice", "after the rotation")
+    assert [m.body for m in await alice.sync()] == ["after the rotation"]
+    # Handled-envelope marks are forgotten once the relay could no longer resend them.
+    assert alice.prune_envelope_marks() == 0
+    assert alice.prune_envelope_marks(now=10**10) == 1
+    await alice.aclose()
+    await bob.aclose()
