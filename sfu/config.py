@@ -31,6 +31,12 @@ def _check_workers(value: int) -> int:
     return value
 
 
+def _check_consent(value: float) -> float:
+    if not 1.0 <= value <= 300.0:
+        raise ValueError("must be 1 to 300 seconds (RFC 7675 recommends 30)")
+    return value
+
+
 def _check_node_id(value: str) -> str:
     if not 1 <= len(value) <= 64 or not value.replace("-", "").replace("_", "").isalnum():
         raise ValueError("must be 1-64 letters, digits, '-' or '_'")
@@ -60,6 +66,11 @@ class SfuConfig:
         None, help="stable node id (default: random per start)", check=_check_node_id
     )
     log_level: str = option("info", help="debug, info, warning or error")
+    consent_timeout: float = option(
+        30.0,
+        help="seconds without an ICE consent check before a transport is closed (RFC 7675)",
+        check=_check_consent,
+    )
 
     @property
     def resolved_announce_ip(self) -> str:

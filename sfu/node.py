@@ -167,6 +167,8 @@ class Node:
             self.config.listen_ip,
             "--announce-ip",
             self.config.resolved_announce_ip,
+            "--consent-timeout",
+            str(self.config.consent_timeout),
         ]
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(

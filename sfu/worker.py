@@ -35,7 +35,7 @@ from sfu.consumer import Consumer, RtpRewriter
 from sfu.demux import Kind, classify
 from sfu.dtls import Certificate
 from sfu.errors import BadParams, NotFound, RpcError, SfuError, SrtpError
-from sfu.ice import decode_binding_untrusted, local_ufrag_untrusted
+from sfu.ice import CONSENT_TIMEOUT, decode_binding_untrusted, local_ufrag_untrusted
 from sfu.producer import Producer
 from sfu.router import Router
 from sfu.rtcp import ReceiverEstimatedMaxBitrate, ReceiverReport, RtcpPacket, serialize_compound
@@ -89,7 +89,9 @@ class Worker:
         send: Callable[[bytes, Address], None],
         emit: EmitFunction,
         local_ip: str | None = None,
+        consent_timeout: float = CONSENT_TIMEOUT,
     ) -> None:
+        self.consent_timeout = consent_timeout
         self.announce_ip = announce_ip
         # Where other workers of this node reach us for pipes (the bound address).
         self.local_ip = local_ip or announce_ip
@@ -185,7 +187,7 @@ class Worker:
                 for datagram in dtls.outgoing():
                     if known:
                         self.send(datagram, known[-1])
-            if transport.ice.consent_expired(now):
+            if transport.ice.consent_expired(now, self.consent_timeout):
                 self._close_transport(transport, "consent expired")
             elif (
                 transport.ice.selected is None
@@ -752,7 +754,12 @@ async def _tick(worker: Worker) -> None:
         await trio.sleep(TICK_INTERVAL)
 
 
-async def run_worker(listen_ip: str, port: int, announce_ip: str | None = None) -> None:
+async def run_worker(
+    listen_ip: str,
+    port: int,
+    announce_ip: str | None = None,
+    consent_timeout: float = CONSENT_TIMEOUT,
+) -> None:
     """Bind, announce the port, serve datagrams and the node's requests until told to stop."""
     family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -781,7 +788,7 @@ async def run_worker(listen_ip: str, port: int, announce_ip: str | None = None) 
             events_out.send_nowait(encode_frame({"event": event, "data": data}))
 
     local_ip = "127.0.0.1" if listen_ip in ("0.0.0.0", "::") else listen_ip
-    worker = Worker(announce_ip or listen_ip, bound_port, send, emit, local_ip)
+    worker = Worker(announce_ip or listen_ip, bound_port, send, emit, local_ip, consent_timeout)
     with sock, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery, stdin, stdout:
 
@@ -815,8 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-ip", required=True)
     parser.add_argument("--announce-ip", default=None)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--consent-timeout", type=float, default=CONSENT_TIMEOUT)
     args = parser.parse_args(argv)
-    trio.run(run_worker, args.listen_ip, args.port, args.announce_ip)
+    trio.run(run_worker, args.listen_ip, args.port, args.announce_ip, args.consent_timeout)
     return 0
 
 

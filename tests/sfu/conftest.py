@@ -101,7 +101,7 @@ async def control(nursery: trio.Nursery, tmp_path: Path) -> ControlStub:
 
 
 async def _run_node(
-    control: ControlStub, nursery: trio.Nursery, tmp_path: Path, workers: int
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path, workers: int, *extra: str
 ) -> tuple[trio.Process, list[str]]:
     command = [
         sys.executable,
@@ -115,6 +115,7 @@ async def _run_node(
         str(workers),
         "--listen-ip",
         "127.0.0.1",
+        *extra,
     ]
     process: trio.Process = await nursery.start(
         partial(
@@ -163,5 +164,15 @@ async def sfu_node_two_workers(
 ) -> AsyncIterator[list[str]]:
     """As :func:`sfu_node`, with two workers (two UDP ports, two processes)."""
     process, lines = await _run_node(control, nursery, tmp_path, 2)
+    yield lines
+    await _stop_node(process)
+
+
+@pytest.fixture
+async def sfu_node_short_consent(
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[list[str]]:
+    """As :func:`sfu_node`, closing transports after 2 s without a consent check."""
+    process, lines = await _run_node(control, nursery, tmp_path, 1, "--consent-timeout", "2")
     yield lines
     await _stop_node(process)

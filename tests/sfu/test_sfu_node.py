@@ -224,3 +224,24 @@ async def test_garbage_at_the_udp_port_leaves_the_worker_serving(
                 break
             await trio.sleep(0.05)
     assert worker["transports"] == 1
+
+
+async def test_silent_peer_loses_consent_and_its_transport_is_closed(
+    control: Any, sfu_node_short_consent: list[str]
+) -> None:
+    router_id = (await control.call("router.create"))["router_id"]
+    peer = await _join(control, router_id)
+    await control.call(
+        "producer.create",
+        transport_id=peer.created["transport_id"],
+        kind="audio",
+        payload_type=111,
+        ssrcs={"99": 0},
+    )
+    closed = await control.wait_event("transport.closed", within=10)
+    assert closed["transport_id"] == peer.created["transport_id"]
+    assert closed["reason"] == "consent expired"
+    worker = (await control.call("stats"))["workers"][0]
+    assert (worker["transports"], worker["producers"]) == (0, 0)
+    reply = await control.call_raw("transport.close", transport_id=peer.created["transport_id"])
+    assert reply["error"]["code"] == "not_found"
