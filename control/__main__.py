@@ -45,6 +45,9 @@ async def serve_control(config: ControlConfig) -> None:
     # Hypercorn's access log records client addresses; hushroom never logs them.
     hyper.accesslog = None
     hyper.include_server_header = False
+    # Gateway frames are at most 16 KiB and node-link frames small: refuse larger messages
+    # before they are buffered.
+    hyper.websocket_max_message_size = 1024 * 1024
     hyper.errorlog = logging.getLogger("hypercorn.error")
     shutdown = trio.Event()
     # Hypercorn adopts the descriptor and closes it when it stops serving.

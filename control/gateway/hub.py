@@ -7,8 +7,7 @@ replays what it missed from the session's buffer).
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +72,8 @@ class GatewayHub:
         self._by_device: defaultdict[str, set[LiveSession]] = defaultdict(set)
         #: user id -> status for users with an attached connection (never stored).
         self.presence: dict[str, str] = {}
+        #: Detached sessions in detach order, so expiry never scans every session.
+        self._detached: deque[tuple[float, LiveSession]] = deque()
         self._unsubscribe = bus.subscribe(self.deliver)
 
     def deliver(self, event: Event) -> None:
@@ -112,6 +113,7 @@ class GatewayHub:
         """The connection is gone; keep the session resumable for the window."""
         live.outbox, live.on_kick = None, None
         live.detached_at = now
+        self._detached.append((now, live))
 
     def online(self, user_id: str) -> bool:
         """True while the user has at least one attached connection here."""
@@ -119,8 +121,10 @@ class GatewayHub:
 
     def expire(self, now: float) -> None:
         """Forget detached sessions older than the resume window."""
-        for live in list(self.sessions.values()):
-            if live.detached_at is not None and now - live.detached_at > self.resume_window_s:
+        while self._detached and now - self._detached[0][0] > self.resume_window_s:
+            detached_at, live = self._detached.popleft()
+            # A session resumed since (or detached again later) is not this entry's to end.
+            if live.detached_at == detached_at:
                 self._remove(live)
 
     def drop_device(self, device_id: str) -> None:
@@ -149,8 +153,3 @@ class GatewayHub:
     def connected_count(self) -> int:
         """Sessions with an attached connection."""
         return sum(1 for s in self.sessions.values() if s.outbox is not None)
-
-    def next_expiry(self) -> float:
-        """When the oldest detached session leaves its window (inf when none)."""
-        times = [s.detached_at for s in self.sessions.values() if s.detached_at is not None]
-        return min(times) + self.resume_window_s if times else math.inf

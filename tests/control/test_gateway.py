@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import msgpack
 import pytest
+import trio
 from control_harness import (
     GatewayClient,
     Harness,
@@ -20,6 +21,8 @@ from control_harness import (
 from quart.testing.connections import WebsocketDisconnectError
 
 from control.app import create_app
+from control.bus import LocalBus
+from control.gateway.hub import GatewayHub
 from control.gateway.session import ConnectionCore, GatewaySession
 from control.permissions import Permission as P
 
@@ -297,3 +300,16 @@ async def test_low_one_time_prekeys_are_announced_to_the_owning_device(harness: 
         assert status == 200
         low = await ga.dispatch("PREKEYS_LOW")
         assert low == {"device_id": ann.device_id, "one_time_prekeys": 9}
+
+
+def test_hub_forgets_detached_sessions_after_the_resume_window() -> None:
+    hub = GatewayHub(LocalBus(), resume_window_s=10)
+    stays, goes = (hub.create(GatewaySession(s, "u", "d")) for s in ("stays", "goes"))
+    send, _recv = trio.open_memory_channel[bytes](1)
+    hub.detach(goes, now=0.0)
+    hub.detach(stays, now=0.0)
+    hub.attach(stays, send, lambda: None)
+    hub.expire(now=5.0)
+    assert set(hub.sessions) == {"stays", "goes"}
+    hub.expire(now=11.0)
+    assert set(hub.sessions) == {"stays"}, "a resumed session is kept"

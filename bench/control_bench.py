@@ -1,0 +1,371 @@
+"""Benchmark one control-plane process: idle gateway connections, channel fan-out, envelopes.
+
+Starts ``python -m control`` on a loopback port the OS picks with a fresh data directory,
+then measures, each in its own phase:
+
+* **idle**: gateway connections identified and held, and the server's RSS with them open;
+* **fanout**: latency from posting one channel message to its MESSAGE_CREATE arriving on
+  each of M connected members (p50/p99 over several messages);
+* **envelopes**: durable envelopes posted (committed before the 201) and acked per second
+  by C concurrent clients over keep-alive HTTP/1.1.
+
+Run: ``python bench/control_bench.py [--idle 10000] [--members 1000] [--seconds 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h11
+import msgpack
+import psutil
+import trio
+from nacl.signing import SigningKey
+from trio_websocket import open_websocket_url
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from control import signatures as sig  # noqa: E402
+from hushroom.secrets_file import ensure_secret_file  # noqa: E402
+
+API = "/api/v1"
+MSGPACK = "application/msgpack"
+
+
+class Http:
+    """A keep-alive HTTP/1.1 client speaking msgpack bodies (h11 over a trio stream)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.stream: trio.SocketStream | None = None
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+            self.conn = h11.Connection(h11.CLIENT)
+        data = b"" if body is None else msgpack.packb(body, use_bin_type=True)
+        headers = [
+            ("Host", f"{self.host}:{self.port}"),
+            ("Accept", MSGPACK),
+            ("Content-Length", str(len(data))),
+        ]
+        if body is not None:
+            headers.append(("Content-Type", MSGPACK))
+        if token is not None:
+            headers.append(("Authorization", f"Bearer {token}"))
+        out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
+        out += self.conn.send(h11.Data(data=data)) if data else b""
+        out += self.conn.send(h11.EndOfMessage())
+        await self.stream.send_all(out)
+        status, chunks = 0, []
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        self.conn.start_next_cycle()
+        raw = b"".join(chunks)
+        return status, msgpack.unpackb(raw) if raw else None
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+
+
+def start_control(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    ensure_secret_file(data_dir / "node-secret")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            "--rate-per-s",
+            "1000000000",
+            "--rate-burst",
+            "1000000000",
+            "--heartbeat-interval-ms",
+            "600000",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    host, port = "", 0
+    for raw in proc.stdout:
+        line = raw.decode().strip()
+        if line.startswith("control listening http "):
+            host, _, port_text = line.rsplit(" ", 1)[1].rpartition(":")
+            port = int(port_text)
+        if line == "control ready":
+            break
+    assert port, "control did not start"
+    return proc, host, port
+
+
+async def register(http: Http, handle: str) -> dict[str, Any]:
+    key = SigningKey.generate()
+    ik = bytes(key.verify_key)
+    _, ch = await http.request("POST", f"{API}/auth/challenge", {})
+    spk, pq = os.urandom(32), os.urandom(sig.PQ_PUBLIC_KEY_LEN)
+    status, body = await http.request(
+        "POST",
+        f"{API}/users",
+        {
+            "handle": handle,
+            "identity_key": ik,
+            "challenge": ch["challenge"],
+            "signature": key.sign(sig.register_message(ch["challenge"], ik, handle)).signature,
+            "signed_prekey": {
+                "key_id": 1,
+                "public_key": spk,
+                "signature": key.sign(sig.signed_prekey_message(1, spk)).signature,
+            },
+            "pq_prekey": {
+                "key_id": 1,
+                "public_key": pq,
+                "signature": key.sign(sig.pq_prekey_message(1, pq)).signature,
+            },
+        },
+    )
+    assert status == 201, body
+    return {"id": body["user"]["id"], "device": body["device"]["id"], "token": body["token"]}
+
+
+async def register_many(
+    host: str, port: int, prefix: str, count: int, workers: int = 16
+) -> list[dict[str, Any]]:
+    users: list[dict[str, Any]] = []
+
+    async def worker(indexes: range) -> None:
+        http = Http(host, port)
+        for i in indexes:
+            users.append(await register(http, f"{prefix}{i}"))
+        await http.close()
+
+    async with trio.open_nursery() as nursery:
+        for w in range(workers):
+            nursery.start_soon(worker, range(w, count, workers))
+    return users
+
+
+async def identify(
+    url: str,
+    token: str,
+    ready: trio.Event | None,
+    hold: trio.Event,
+    inbox: trio.MemorySendChannel[tuple[float, dict[str, Any]]] | None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
+        msgpack.unpackb(await ws.get_message())
+        await ws.send_message(msgpack.packb({"op": 2, "d": {"token": token}}))
+        while True:
+            frame = msgpack.unpackb(await ws.get_message())
+            if frame.get("t") == "READY":
+                break
+        task_status.started()
+        if inbox is None:
+            await hold.wait()
+            return
+        # Runs until the phase cancels the nursery holding every connection.
+        while True:
+            raw = await ws.get_message()
+            received = time.perf_counter()
+            frame = msgpack.unpackb(raw)
+            if frame.get("t") == "MESSAGE_CREATE":
+                await inbox.send((received, frame["d"]))
+
+
+async def phase_idle(host: str, port: int, pid: int, count: int) -> dict[str, float]:
+    users = await register_many(host, port, "idle", min(count, 200))
+    url = f"ws://{host}:{port}{API}/gateway"
+    hold = trio.Event()
+    started = time.perf_counter()
+    connected = 0
+    rss_before = psutil.Process(pid).memory_info().rss
+    async with trio.open_nursery() as nursery:
+        limiter = trio.CapacityLimiter(200)
+
+        async def one(i: int) -> None:
+            nonlocal connected
+            async with limiter:
+                await nursery.start(identify, url, users[i % len(users)]["token"], None, hold, None)
+            connected += 1
+
+        async with trio.open_nursery() as opening:
+            for i in range(count):
+                opening.start_soon(one, i)
+        elapsed = time.perf_counter() - started
+        await trio.sleep(1)
+        rss = psutil.Process(pid).memory_info().rss
+        hold.set()
+        nursery.cancel_scope.cancel()
+    return {
+        "idle_connections": connected,
+        "idle_rss_mib": rss / 2**20,
+        "idle_rss_mib_before": rss_before / 2**20,
+        "idle_connect_s": elapsed,
+    }
+
+
+async def phase_fanout(host: str, port: int, members: int, messages: int) -> dict[str, float]:
+    users = await register_many(host, port, "fan", members)
+    http = Http(host, port)
+    owner = users[0]
+    _, guild = await http.request("POST", f"{API}/guilds", {"name": "bench"}, owner["token"])
+    channel = guild["channels"][0]["id"]
+    _, invite = await http.request("POST", f"{API}/channels/{channel}/invites", {}, owner["token"])
+
+    async def join(chunk: list[dict[str, Any]]) -> None:
+        client = Http(host, port)
+        for user in chunk:
+            status, _ = await client.request(
+                "POST", f"{API}/invites/{invite['code']}", {}, user["token"]
+            )
+            assert status == 200
+        await client.close()
+
+    async with trio.open_nursery() as nursery:
+        for w in range(16):
+            nursery.start_soon(join, users[1:][w::16])
+    url = f"ws://{host}:{port}{API}/gateway"
+    send, recv = trio.open_memory_channel[tuple[float, dict[str, Any]]](members * messages + 10)
+    hold = trio.Event()
+    latencies: list[float] = []
+    async with trio.open_nursery() as nursery:
+        limiter = trio.CapacityLimiter(100)
+
+        async def one(user: dict[str, Any]) -> None:
+            async with limiter:
+                await nursery.start(identify, url, user["token"], None, hold, send)
+
+        async with trio.open_nursery() as opening:
+            for user in users:
+                opening.start_soon(one, user)
+        await trio.sleep(1)
+        for i in range(messages):
+            sent = time.perf_counter()
+            status, _ = await http.request(
+                "POST",
+                f"{API}/channels/{channel}/messages",
+                {"ciphertext": os.urandom(200)},
+                owner["token"],
+            )
+            assert status == 201
+            got = 0
+            with trio.move_on_after(30):
+                while got < members:
+                    received, _ = await recv.receive()
+                    latencies.append(received - sent)
+                    got += 1
+            await trio.sleep(0.2)
+            del i
+        hold.set()
+        nursery.cancel_scope.cancel()
+    await http.close()
+    latencies.sort()
+    return {
+        "fanout_members": members,
+        "fanout_messages": messages,
+        "fanout_delivered": len(latencies),
+        "fanout_p50_ms": 1000 * statistics.median(latencies),
+        "fanout_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+    }
+
+
+async def phase_envelopes(
+    host: str, port: int, seconds: float, concurrency: int
+) -> dict[str, float]:
+    users = await register_many(host, port, "env", 2 * concurrency)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def pair(sender: dict[str, Any], recipient: dict[str, Any]) -> None:
+        nonlocal done
+        a, b = Http(host, port), Http(host, port)
+        body = {
+            "recipients": [
+                {
+                    "user_id": recipient["id"],
+                    "devices": [{"device_id": recipient["device"], "ciphertext": os.urandom(256)}],
+                }
+            ]
+        }
+        while time.perf_counter() < deadline:
+            status, sent = await a.request("POST", f"{API}/envelopes", body, sender["token"])
+            assert status == 201, sent
+            ids = [e["id"] for e in sent["envelopes"]]
+            status, acked = await b.request(
+                "POST", f"{API}/envelopes/ack", {"ids": ids}, recipient["token"]
+            )
+            assert status == 200 and acked["deleted"] == 1
+            done += 1
+        await a.close()
+        await b.close()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for i in range(concurrency):
+            nursery.start_soon(pair, users[2 * i], users[2 * i + 1])
+    elapsed = time.perf_counter() - started
+    return {"envelopes_per_s": done / elapsed, "envelopes_concurrency": concurrency}
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    data_dir = Path(tempfile.mkdtemp(prefix="control-bench-"))
+    proc, host, port = start_control(data_dir)
+    results: dict[str, float] = {}
+    try:
+        if "envelopes" in args.phases:
+            results.update(await phase_envelopes(host, port, args.seconds, args.concurrency))
+        if "fanout" in args.phases:
+            results.update(await phase_fanout(host, port, args.members, args.messages))
+        if "idle" in args.phases:
+            results.update(await phase_idle(host, port, proc.pid, args.idle))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--phases", default="envelopes,fanout,idle")
+    parser.add_argument("--idle", type=int, default=10_000, help="idle gateway connections")
+    parser.add_argument("--members", type=int, default=1000, help="fan-out channel members")
+    parser.add_argument("--messages", type=int, default=10, help="fan-out messages posted")
+    parser.add_argument("--seconds", type=float, default=10.0, help="envelope phase length")
+    parser.add_argument("--concurrency", type=int, default=32, help="envelope client pairs")
+    args = parser.parse_args()
+    results = trio.run(run, args)
+    for name, value in results.items():
+        print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}")
+
+
+if __name__ == "__main__":
+    main()
