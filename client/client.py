@@ -165,8 +165,6 @@ class Client:
         self.server: str = account["server"]
         self.identity = IdentityKeyPair(store.get("identity", "seed"))
         self.prekeys = PreKeyStore.restore_untrusted(store.get("identity", "prekeys"))
-        self._senders: dict[str, tuple[SenderKeySender, set[str]]] = {}
-        self._receivers: dict[tuple[str, str], SenderKeyReceiver] = {}
         self._audience_cache: dict[str, list[str]] = {}
         self._device_cache: dict[str, tuple[float, list[Device]]] = {}
         self._pending_acks: list[str] = []
@@ -544,29 +542,42 @@ class Client:
             [s.serialize() for s in sessions[:MAX_SESSIONS_PER_DEVICE]],
         )
 
-    async def _sessions_for(self, user_id: str, devices: list[Device]) -> dict[str, list[Session]]:
-        """A usable session list for every device in ``devices`` (claiming bundles if needed)."""
-        out = {d.id: self._load_sessions(user_id, d.id) for d in devices}
+    def _usable_sessions(self, user_id: str, device: Device) -> list[Session]:
+        return [
+            s
+            for s in self._load_sessions(user_id, device.id)
+            if s.remote_identity == device.identity_key
+        ]
+
+    async def _ensure_sessions(self, user_id: str, devices: list[Device]) -> None:
+        """Open a session (PQXDH, from a claimed bundle) with every device that has none."""
         keys = {d.id: d.identity_key for d in devices}
-        for device_id, sessions in out.items():
-            out[device_id] = [s for s in sessions if s.remote_identity == keys[device_id]]
-        if any(not s for s in out.values()):
-            for bundle in await self.api.claim_bundles(user_id):
-                if bundle.device_id not in out or out[bundle.device_id]:
-                    continue
-                if bundle.identity_key != keys[bundle.device_id]:
-                    raise UndecryptableMessage(
-                        "the server handed out a prekey bundle under another identity key"
-                    )
-                try:
-                    pkb = compat.prekey_bundle_untrusted(bundle)
-                    out[bundle.device_id] = [initiate_session(self.identity, pkb)]
-                except E2EEError as exc:
-                    self._notify(
-                        "bad_bundle",
-                        f"a device of a contact published unusable prekeys ({type(exc).__name__})",
-                    )
-        return out
+        lacking = {d.id for d in devices if not self._usable_sessions(user_id, d)}
+        if not lacking:
+            return
+        for bundle in await self.api.claim_bundles(user_id):
+            if bundle.device_id not in lacking:
+                continue
+            if bundle.identity_key != keys[bundle.device_id]:
+                raise UndecryptableMessage(
+                    "the server handed out a prekey bundle under another identity key"
+                )
+            try:
+                session = initiate_session(self.identity, compat.prekey_bundle_untrusted(bundle))
+            except E2EEError as exc:
+                raise ClientError(
+                    f"a device of {self._name(user_id)} published prekeys that do not verify "
+                    f"({type(exc).__name__}); nothing was sent"
+                ) from None
+            with self.store.transaction():
+                # Another process on this profile may have opened one meanwhile: keep it.
+                existing = self._load_sessions(user_id, bundle.device_id)
+                self._save_sessions(user_id, bundle.device_id, [*existing, session])
+            lacking.discard(bundle.device_id)
+        if lacking:
+            raise ClientError(
+                f"a device of {self._name(user_id)} has no prekeys on the server; nothing was sent"
+            )
 
     async def _fan_out(
         self,
@@ -579,32 +590,33 @@ class Client:
 
         ``recipients`` maps user id → devices (for this user: the other devices). A 409
         stale-device answer refreshes the named users' lists (pinning their keys) and
-        retries.
+        retries. Each ratchet step is loaded, taken and saved inside one store
+        transaction, so two processes on one profile never encrypt with the same
+        message key.
         """
         for attempt in range(_STALE_RETRIES + 1):
-            body: list[dict[str, Any]] = []
-            dirty: list[tuple[str, str, list[Session]]] = []
             for user_id, devices in recipients.items():
-                sessions = await self._sessions_for(user_id, devices)
-                conv = conversation_for(user_id)
-                entries = []
-                for device in devices:
-                    states = sessions.get(device.id) or []
-                    if not states:
-                        continue
-                    ciphertext = states[0].encrypt(
-                        plaintext_for(user_id),
-                        message_type=message_type(user_id),
-                        conversation_id=conv,
-                    )
-                    entries.append(
-                        {"device_id": device.id, "ciphertext": encode_envelope(conv, ciphertext)}
-                    )
-                    dirty.append((user_id, device.id, states))
-                body.append({"user_id": user_id, "devices": entries})
+                await self._ensure_sessions(user_id, devices)
+            body: list[dict[str, Any]] = []
             with self.store.transaction():
-                for user_id, device_id, states in dirty:
-                    self._save_sessions(user_id, device_id, states)
+                for user_id, devices in recipients.items():
+                    conv = conversation_for(user_id)
+                    entries = []
+                    for device in devices:
+                        states = self._usable_sessions(user_id, device)
+                        ciphertext = states[0].encrypt(
+                            plaintext_for(user_id),
+                            message_type=message_type(user_id),
+                            conversation_id=conv,
+                        )
+                        self._save_sessions(user_id, device.id, states)
+                        entries.append(
+                            {
+                                "device_id": device.id,
+                                "ciphertext": encode_envelope(conv, ciphertext),
+                            }
+                        )
+                    body.append({"user_id": user_id, "devices": entries})
             try:
                 await self.api.send_envelopes(body)
                 return
@@ -820,7 +832,14 @@ class Client:
             return result
         # No session opens it: it must be a new initial message from that device.
         key = await self._device_key(user_id, device_id)
-        session, result = accept_session(self.prekeys, payload, conversation_id=conv, now=now)
+        try:
+            session, result = accept_session(self.prekeys, payload, conversation_id=conv, now=now)
+        except E2EEError as exc:
+            if sessions:
+                raise UndecryptableMessage(
+                    f"no session with that device opens it ({type(exc).__name__})"
+                ) from None
+            raise
         if session.remote_identity != key:
             raise UndecryptableMessage("an initial message under an identity key not the device's")
         self.store.put("identity", "prekeys", self.prekeys.serialize())
@@ -852,30 +871,20 @@ class Client:
         self.store.put("sender_in", f"{channel_id}/{device_id}", receiver.serialize())
 
     def _receiver(self, channel_id: str, device_id: str) -> SenderKeyReceiver:
-        found = self._receivers.get((channel_id, device_id))
-        if found is None:
-            raw = self.store.get("sender_in", f"{channel_id}/{device_id}")
-            found = (
-                SenderKeyReceiver.restore_untrusted(raw)
-                if raw is not None
-                else SenderKeyReceiver(channel_id.encode())
-            )
-            self._receivers[(channel_id, device_id)] = found
-        return found
+        # Always from the store (never cached): another process on this profile may have
+        # advanced it, and an older copy written back would re-open used iterations.
+        raw = self.store.get("sender_in", f"{channel_id}/{device_id}")
+        if raw is None:
+            return SenderKeyReceiver(channel_id.encode())
+        return SenderKeyReceiver.restore_untrusted(raw)
 
-    def _sender(self, channel_id: str) -> tuple[SenderKeySender, set[str]]:
-        found = self._senders.get(channel_id)
-        if found is None:
-            raw = self.store.get("sender_out", channel_id)
-            if raw is None:
-                found = (SenderKeySender(channel_id.encode()), set())
-            else:
-                found = (SenderKeySender.restore_untrusted(raw[0]), set(raw[1]))
-            self._senders[channel_id] = found
-        return found
+    def _load_sender(self, channel_id: str) -> tuple[SenderKeySender, set[str]]:
+        raw = self.store.get("sender_out", channel_id)
+        if raw is None:
+            return SenderKeySender(channel_id.encode()), set()
+        return SenderKeySender.restore_untrusted(raw[0]), set(raw[1])
 
-    def _save_sender(self, channel_id: str) -> None:
-        sender, given = self._senders[channel_id]
+    def _store_sender(self, channel_id: str, sender: SenderKeySender, given: set[str]) -> None:
         self.store.put("sender_out", channel_id, [sender.serialize(), sorted(given)])
 
     async def audience(self, channel_id: str) -> dict[str, list[Device]]:
@@ -908,30 +917,41 @@ class Client:
     ) -> Message:
         """Encrypt with this device's sender key and post to the channel."""
         audience = await self.audience(channel_id)
-        sender, given = self._sender(channel_id)
         current = {f"{u}/{d.id}" for u, devices in audience.items() for d in devices}
-        if given - current:
-            # Someone lost access (left, kicked, device removed): sender keys have no future
-            # secrecy, so the key is replaced, never ratcheted on.
-            sender.rotate()
-            given.clear()
-        missing = current - given
+        with self.store.transaction():
+            sender, given = self._load_sender(channel_id)
+            if given - current:
+                # Someone lost access (left, kicked, device removed): sender keys have no
+                # future secrecy, so the key is replaced, never ratcheted on.
+                sender.rotate()
+                given = set()
+            missing = current - given
+            distribution = sender.distribution().encode()
+            key_id = sender.key_id
+            self._store_sender(channel_id, sender, given)
         if missing:
             users = {entry.split("/", 1)[0] for entry in missing}
             if self.user_id in audience:
                 users.add(self.user_id)
             recipients = {u: audience[u] for u in users if u in audience}
-            distribution = sender.distribution().encode()
             await self._fan_out(
                 recipients,
                 lambda _u: channel_id.encode(),
                 lambda _u: distribution,
                 lambda _u: MessageType.SENDER_KEY_DISTRIBUTION,
             )
-            given |= {f"{u}/{d.id}" for u, devices in recipients.items() for d in devices}
+            with self.store.transaction():
+                sender, given = self._load_sender(channel_id)
+                if sender.key_id == key_id:
+                    given |= {f"{u}/{d.id}" for u, devices in recipients.items() for d in devices}
+                    self._store_sender(channel_id, sender, given)
         body = Body(secrets.token_hex(12), text, _now(), expires_in, self.handle)
-        ciphertext = sender.encrypt(encode_body(body))
-        self._save_sender(channel_id)
+        # Load, step and save in one transaction: two processes on one profile never use
+        # the same iteration (a message key encrypts exactly one message).
+        with self.store.transaction():
+            sender, given = self._load_sender(channel_id)
+            ciphertext = sender.encrypt(encode_body(body))
+            self._store_sender(channel_id, sender, given)
         posted = await self.api.post_message(channel_id, ciphertext)
         message = Message(
             posted.id,
