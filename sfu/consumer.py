@@ -59,11 +59,6 @@ class RtpRewriter:
         """The highest output sequence number sent so far."""
         return self._last_out_seq
 
-    @property
-    def last_timestamp(self) -> int:
-        """The output timestamp of the highest sequence number sent so far."""
-        return self._last_out_ts
-
     def rewrite(self, source: int, seq: int, timestamp: int, now: float) -> tuple[int, int] | None:
         """Output ``(seq, timestamp)`` for an input packet, or ``None`` to drop it."""
         if source != self._source:

@@ -201,7 +201,6 @@ class Producer:
     mid: str = ""
     streams: dict[int, int] = field(default_factory=dict)
     rids: dict[str, int] = field(default_factory=dict)
-    rtx_payload_type: int | None = None
     # RTX SSRC -> the media SSRC it repairs (RFC 4588 §8.2 FID, or learnt by repaired-rid).
     rtx_streams: dict[int, int] = field(default_factory=dict)
     paused: bool = False
@@ -210,7 +209,6 @@ class Producer:
     statistics: dict[int, ReceiveStatistics] = field(default_factory=dict)
     layer_bitrates: dict[int, float] = field(default_factory=dict)
     last_keyframe_request: float = float("-inf")
-    rtx_sequence: int = 0
 
     def add_stream(self, ssrc: int, layer: int) -> None:
         """Start receiving ``ssrc`` as simulcast ``layer``."""

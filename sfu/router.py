@@ -88,7 +88,7 @@ class Router:
 
     # -- membership -------------------------------------------------------------------
 
-    def add_producer(self, transport: WebRtcTransport, producer: Producer) -> None:
+    def add_producer(self, producer: Producer) -> None:
         """Make a producer available for consumers."""
         self.producers[producer.id] = producer
         self._routes.setdefault(producer.id, [])

@@ -19,7 +19,7 @@ from sfu.dtls import DtlsSession, DtlsState
 from sfu.ice import IceLiteResponder, new_credentials
 from sfu.producer import Producer
 from sfu.rtcp import TransportCc
-from sfu.rtp import MID, REPAIRED_RID, RID, TRANSPORT_CC, find_extension_untrusted
+from sfu.rtp import MID, REPAIRED_RID, RID, find_extension_untrusted
 from sfu.sdp import ConsumerOffer
 from sfu.srtp import SrtpContext
 
@@ -194,11 +194,6 @@ class WebRtcTransport:
             self.rtx_table[ssrc] = (producer, media)
             return producer, media
         return None
-
-    @property
-    def twcc_extension_id(self) -> int | None:
-        """The negotiated transport-wide sequence number extension id, if any."""
-        return self.extension_ids.get(TRANSPORT_CC)
 
     def new_mid(self) -> str:
         """The next m-section id for a consumer in this transport's receiving session."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -523,7 +524,7 @@ class Worker:
             producer.add_stream(ssrc, layer)
         producer.rtx_streams.update(rtx_streams or {})
         transport.add_producer(producer, extensions)
-        self.routers[transport.router_id].add_producer(transport, producer)
+        self.routers[transport.router_id].add_producer(producer)
         self.producers[producer.id] = producer
         return producer
 
@@ -658,7 +659,7 @@ class Worker:
         if transport is not None:
             self.routers[transport.router_id].close_consumer(consumer.id)
             transport.consumer_offers = [
-                ConsumerOffer(**{**o.__dict__, "active": False}) if o.ssrc == consumer.ssrc else o
+                dataclasses.replace(o, active=False) if o.ssrc == consumer.ssrc else o
                 for o in transport.consumer_offers
             ]
         del self.consumers[consumer.id]
