@@ -141,6 +141,8 @@ class Node:
             EVENT_QUEUE
         )
         self._last_stats: dict[int, tuple[float, dict[str, Any]]] = {}
+        # Producers whose transport went away while copies live on other workers.
+        self._orphans_in, self._orphans_out = trio.open_memory_channel[str](EVENT_QUEUE)
 
     def worker_count(self) -> int:
         """Workers to start: as configured, else one per core."""
@@ -153,6 +155,7 @@ class Node:
                 handle = await nursery.start(self._run_worker, index)
                 self.workers.append(handle)
             nursery.start_soon(self._link_forever)
+            nursery.start_soon(self._close_orphaned_copies)
             await self.registered.wait()
             task_status.started()
 
@@ -234,6 +237,18 @@ class Node:
         for table in (self._producers, self._consumers):
             for key in [k for k, (_, t) in table.items() if t == transport_id]:
                 del table[key]
+                if key in self._piped:
+                    try:
+                        self._orphans_in.send_nowait(key)
+                    except trio.WouldBlock:
+                        log.warning("too many piped producers to close at once; one is left")
+
+    async def _close_orphaned_copies(self) -> None:
+        """Close the piped copies of producers whose transport closed (left or timed out)."""
+        async for producer_id in self._orphans_out:
+            for copy in self._piped.pop(producer_id, []):
+                with contextlib.suppress(RpcError):
+                    await copy.request("producer.close", {"producer_id": producer_id})
 
     def _load(self, worker: WorkerHandle) -> tuple[int, int, int]:
         """Placement order for a new router: fewest transports (participants), then fewest

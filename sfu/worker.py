@@ -217,7 +217,11 @@ class Worker:
                     self.emit("speaker", {"router_id": router.id, "producer_id": speaker})
             for router in self.routers.values():
                 for consumer, _ in router.consumers.values():
-                    if consumer.needs_keyframe and not consumer.paused:
+                    if (
+                        consumer.needs_keyframe
+                        and not consumer.paused
+                        and consumer.producer.forwarding
+                    ):
                         router.request_keyframe(consumer.producer, now)
 
     def _report_to_publisher(self, transport: WebRtcTransport, now: float) -> None:

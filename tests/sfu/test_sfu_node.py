@@ -157,9 +157,14 @@ async def test_producer_piped_to_a_router_on_another_worker(
     assert len(received) >= 35
     assert {p.ssrc for p in received} == {consumer["ssrc"]}
     assert received[0].payload == b"y" * 60
-    await control.call("producer.close", producer_id=producer["producer_id"])
-    stats = await control.call("stats")
-    assert [w["producers"] for w in stats["workers"]] == [0, 0]
+    # The publisher leaves: the copy in the other worker's router goes with it.
+    await control.call("transport.close", transport_id=publisher.created["transport_id"])
+    with trio.fail_after(5):
+        while True:
+            workers = (await control.call("stats"))["workers"]
+            if [w["producers"] for w in workers] == [0, 0]:
+                break
+            await trio.sleep(0.05)  # closing the copy is asynchronous; poll the RPC
 
 
 async def test_200_join_leave_cycles_leave_nothing_behind(
