@@ -7,6 +7,7 @@ server's code and message (a 409 ``stale_devices`` carries the current device li
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -47,6 +48,9 @@ class ControlApi:
         self.server_url = server_url
         self.http = HttpClient(server_url)
         self.token = token
+        #: Called once when an authenticated request gets 401 (an expired token): it signs
+        #: in again and sets :attr:`token`, then the request is retried.
+        self.relogin: Callable[[], Awaitable[None]] | None = None
 
     async def aclose(self) -> None:
         """Close the HTTP connection."""
@@ -54,6 +58,20 @@ class ControlApi:
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One request; returns the decoded answer or raises :class:`ApiError`."""
+        try:
+            return await self._call_once(method, path, body)
+        except ApiError as exc:
+            relogin = self.relogin
+            if exc.status != 401 or self.token is None or relogin is None:
+                raise
+            self.relogin = None  # at most once per request chain: no loop
+            try:
+                await relogin()
+            finally:
+                self.relogin = relogin
+            return await self._call_once(method, path, body)
+
+    async def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         headers = [("Accept", _MSGPACK)]
         raw = b""
         if body is not None:

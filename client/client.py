@@ -164,6 +164,8 @@ class Client:
         self.device_id: str = account["device_id"]
         self.server: str = account["server"]
         self.identity = IdentityKeyPair(store.get("identity", "seed"))
+        # An expired session token is renewed by signing a challenge, transparently.
+        api.relogin = self.login
         self.prekeys = PreKeyStore.restore_untrusted(store.get("identity", "prekeys"))
         self._audience_cache: dict[str, list[str]] = {}
         self._device_cache: dict[str, tuple[float, list[Device]]] = {}
@@ -1089,6 +1091,7 @@ class Client:
         queued while offline is missed; RESUME replays the rest in order.
         """
         send, receive = trio.open_memory_channel[Message](1024)
+        await self.api.me()  # renews an expired token before the gateway needs it
         gateway = GatewayClient(self.api.server_url, self.api.token or "")
         self.gateway = gateway
         caught_up = trio.Event()

@@ -29,6 +29,10 @@ class ApiError(ClientError):
         self.extra = extra
 
 
+class TokenRefused(ClientError):
+    """The session token is unknown, expired or revoked; the device must sign in again."""
+
+
 class ProtocolError(ClientError):
     """The server sent something that does not decode as the API promises."""
 

@@ -23,7 +23,7 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
-from client.errors import ProtocolError
+from client.errors import ProtocolError, TokenRefused
 from client.http import split_server_url
 
 __all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Op", "Reconnect"]
@@ -31,6 +31,8 @@ __all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Op", "Reconnect"]
 #: Largest frame accepted from the server (READY of a large account included).
 MAX_FRAME = 16 * 1024 * 1024
 _BACKOFF_MAX_S = 5.0
+#: The close code of a refused IDENTIFY/RESUME token (Discord's 4004).
+_AUTHENTICATION_FAILED = 4004
 
 
 class Op(enum.IntEnum):
@@ -224,7 +226,17 @@ class GatewayClient:
                         await trio.sleep(core.interval_s)
 
                 while True:
-                    raw = await ws.get_message()
+                    try:
+                        raw = await ws.get_message()
+                    except ConnectionClosed as exc:
+                        code = exc.reason.code if exc.reason is not None else None
+                        if code == _AUTHENTICATION_FAILED:
+                            # Retrying with the same token cannot help.
+                            raise TokenRefused(
+                                "the server refused this device's session token; "
+                                "run 'hushroom login'"
+                            ) from None
+                        raise
                     for item in core.receive_untrusted(raw):
                         if isinstance(item, bytes):
                             await ws.send_message(item)

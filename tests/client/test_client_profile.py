@@ -33,3 +33,18 @@ async def test_two_clients_on_one_profile_take_distinct_ratchet_steps(
     assert [n.kind for n in bob.notices()] == []
     for client in (first, second, bob):
         await client.aclose()
+
+
+async def test_a_revoked_token_is_renewed_by_signing_in_again(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    old = alice.api.token
+    await alice.api.logout()  # the server forgets the token
+    assert (await alice.api.me()).handle == "alice"
+    assert alice.api.token not in (None, old)
+    await alice.aclose()
+    # The renewed token was saved: a new process uses it without signing in.
+    again = Client.open(tmp_path / "a", "pw")
+    assert again.api.token == alice.api.token
+    await again.aclose()
