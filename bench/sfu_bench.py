@@ -275,6 +275,9 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=50, help="decrypt 1 in N for latency")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--in-process", action="store_true", help="forwarding core alone")
+    parser.add_argument(
+        "--pin", action="store_true", help="pin the worker to one core, the load to the others"
+    )
     args = parser.parse_args()
     if args.in_process:
         figures = in_process(args)
@@ -309,6 +312,11 @@ def main() -> int:
         subscribers.append((transport_id, peer, sock))
 
     process = psutil.Process(worker.popen.pid)
+    cores = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cores) >= 2:
+        # The worker gets a core to itself; sender and receiver share the rest.
+        os.sched_setaffinity(worker.popen.pid, {cores[0]})
+        os.sched_setaffinity(0, set(cores[1:]))
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
