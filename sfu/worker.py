@@ -191,7 +191,8 @@ class Worker:
             if transport.ice.consent_expired(now, self.consent_timeout):
                 self._close_transport(transport, "consent expired")
             elif (
-                transport.ice.selected is None
+                not transport.pipe
+                and transport.ice.selected is None
                 and now - self._created.get(transport.id, now) > ICE_CONNECT_TIMEOUT
             ):
                 self._close_transport(transport, "ICE never connected")

@@ -534,3 +534,16 @@ def test_upstream_loss_is_nacked_and_repaired_from_publisher_rtx() -> None:
     seqs = [p.sequence_number for p in received]
     assert (seqs[3] - seqs[0]) & 0xFFFF == 2  # the repair lands in its original place
     assert received[3].payload_type == received[0].payload_type
+
+
+def test_unconnected_transports_time_out_but_pipes_do_not() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    lonely = h.call("transport.create", router_id=router_id)["transport_id"]
+    pipe = h.call("pipe.create", router_id=router_id)["pipe_id"]
+    h.call("pipe.connect", pipe_id=pipe, ip="127.0.0.1", port=40001)
+    h.worker.tick(61.0)
+    assert ("transport.closed", {"transport_id": lonely, "reason": "ICE never connected"}) in (
+        h.events
+    )
+    assert set(h.worker.transports) == {pipe}
