@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import secrets
 import signal
 import socket
@@ -29,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import trio
 
 from sfu.channel import FrameDecoder, FrameError, encode_frame
@@ -115,6 +115,7 @@ class Worker:
         self._next_speaker = 0.0
         self.dropped = 0
         self.srtp_failures = 0
+        self._process = psutil.Process()
 
     # -- datagrams --------------------------------------------------------------------
 
@@ -692,7 +693,7 @@ class Worker:
             "dropped": self.dropped,
             "srtp_failures": self.srtp_failures,
             "cpu_s": time.process_time(),
-            "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "rss_bytes": self._process.memory_info().rss,
         }
 
 

@@ -190,7 +190,7 @@ async def test_200_join_leave_cycles_leave_nothing_behind(
         await control.call("transport.close", transport_id=joined["transport_id"])
     worker = (await control.call("stats"))["workers"][0]
     assert (worker["transports"], worker["consumers"], worker["producers"]) == (1, 0, 1)
-    # ru_maxrss is a high-water mark: 200 cycles may not raise it by more than a few MiB.
+    # 200 cycles may not leave more than a few MiB behind.
     assert worker["rss_bytes"] - baseline < 8 << 20
     await control.call("router.close", router_id=router_id)
     worker = (await control.call("stats"))["workers"][0]
