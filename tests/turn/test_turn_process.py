@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import re
 import signal
 import socket
@@ -234,3 +236,43 @@ def test_ipv6_listener_answers_binding_and_allocates_ipv6_relays() -> None:
             assert relayed[0] == "127.0.0.1"
     finally:
         assert turn.stop() == 0
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_garbage_flood_does_not_crash_the_process_nor_grow_it(turn_server: TurnProcess) -> None:
+    rng = random.Random(7)
+    valid = _binding_request()
+    target = ("127.0.0.1", turn_server.udp_port)
+
+    def flood(n: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for i in range(n):
+                if i % 2:
+                    packet = bytearray(valid)
+                    packet[rng.randrange(len(packet))] ^= 1 << rng.randrange(8)
+                    sock.sendto(bytes(packet), target)
+                else:
+                    sock.sendto(rng.randbytes(rng.randint(1, 600)), target)
+        with (
+            socket.create_connection(("127.0.0.1", turn_server.tcp_port), timeout=5) as tcp,
+            contextlib.suppress(OSError),
+        ):
+            tcp.sendall(b"\x00\x01\xff\xff" + rng.randbytes(3000))  # a frame that never ends
+            tcp.sendall(b"\x7f" * 100)
+
+    flood(5000)
+    time.sleep(0.5)
+    before = _rss_kib(turn_server.process.pid)
+    flood(20000)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(valid, target)
+        assert parse_message_untrusted(sock.recv(2048)).message_class == MessageClass.SUCCESS
+    assert turn_server.process.poll() is None
+    assert _rss_kib(turn_server.process.pid) - before < 4096
