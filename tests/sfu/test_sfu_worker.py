@@ -19,6 +19,7 @@ from sfu.rtcp import (
     parse_compound_untrusted,
 )
 from sfu.rtp import AUDIO_LEVEL, MID, TRANSPORT_CC, RtpPacket
+from sfu.sdp import SessionDescription
 from sfu.synthetic_peer import SyntheticPeer
 from sfu.transport import TransportCcRecorder
 from sfu.worker import Worker, reply_for
@@ -547,3 +548,29 @@ def test_unconnected_transports_time_out_but_pipes_do_not() -> None:
         h.events
     )
     assert set(h.worker.transports) == {pipe}
+
+
+def test_new_producers_appear_by_renegotiation_with_stable_mids(room) -> None:
+    h, router_id, producer_id, sub_id = room
+    first = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    offer1 = SessionDescription.parse_untrusted(
+        h.call("transport.offer", transport_id=sub_id)["sdp_offer"]
+    )
+    h.call("transport.answer", transport_id=sub_id, sdp_answer=offer1.serialize())
+    pub2_id, _ = h.join(router_id, 5003)
+    video = h.call(
+        "producer.create", transport_id=pub2_id, kind="video", payload_type=96, ssrcs={"4444": 0}
+    )["producer_id"]
+    second = h.call("consumer.create", transport_id=sub_id, producer_id=video)
+    h.call("consumer.close", consumer_id=first["consumer_id"])
+    offer2 = SessionDescription.parse_untrusted(
+        h.call("transport.offer", transport_id=sub_id)["sdp_offer"]
+    )
+    assert offer2.origin_session_id == offer1.origin_session_id
+    assert offer2.origin_version == offer1.origin_version + 1
+    assert [(m.mid, m.kind, m.port != 0) for m in offer2.media] == [
+        ("0", "audio", False),  # closed consumer: same position, now inactive
+        ("1", "video", True),
+    ]
+    assert int(second["mid"]) == 1
+    assert offer2.bundle == ["1"]
