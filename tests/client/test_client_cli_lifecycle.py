@@ -96,6 +96,21 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
         ("live one", "in"),
     ]
 
+    # Channels: create one, list it, talk in it.
+    cli("guild", "create", "Crew", "--profile", "a")
+    made = cli.json("channel", "create", "Crew", "plans", "--profile", "a")
+    assert isinstance(made, dict) and made["name"] == "plans"
+    listed = cli.json("channel", "list", "Crew", "--profile", "a")
+    assert isinstance(listed, list) and [c["name"] for c in listed] == ["general", "plans"]
+    cli("send", "Crew/plans", "a note to self", "--profile", "a")
+    (note,) = cli.json("read", "Crew/plans", "--profile", "a2")  # type: ignore[misc]
+    assert note["body"] == "a note to self" and note["sender_handle"] == "ann"
+
+    # Removing the second device (from the first): it is gone from the account's list.
+    second = next(d["id"] for d in devices if d["this"])  # type: ignore[index]
+    cli("devices", "remove", second, "--profile", "a")
+    assert len(cli.json("devices", "--profile", "a")) == 1  # type: ignore[arg-type]
+
     # The server's export names ann and holds no plaintext.
     exported = cli.json("export-my-data", "--profile", "a")
     assert isinstance(exported, dict)

@@ -113,3 +113,23 @@ async def test_reconnect_resumes_and_replays_what_was_missed(
     assert [m.body for m in await alice.sync()] == ["while you were away"]
     await alice.aclose()
     await bob.aclose()
+
+
+@pytest.mark.slow
+async def test_heartbeats_keep_a_quiet_session_alive(tmp_path: Path) -> None:
+    # The server cuts a session that misses 1.5 heartbeat intervals: with 200 ms, a quiet
+    # connection survives two seconds only if the client keeps beating.
+    server = ControlProcess(
+        tmp_path / "data", tmp_path / "control.log", "--heartbeat-interval-ms", "200"
+    )
+    try:
+        alice = await Client.register(tmp_path / "a", "pw", server.url, "alice")
+        gateway = GatewayClient(server.url, alice.api.token or "")
+        with trio.fail_after(10):
+            async with gateway.events() as events:
+                assert (await events.receive()).type == "READY"
+                await trio.sleep(2)  # the passage of time is what is tested here
+                assert gateway.connections == 1
+        await alice.aclose()
+    finally:
+        server.stop()
