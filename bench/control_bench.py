@@ -180,7 +180,9 @@ async def identify(
     inbox: trio.MemorySendChannel[tuple[float, dict[str, Any]]] | None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
+    async with open_websocket_url(
+        url, max_message_size=16 * 1024 * 1024, connect_timeout=600
+    ) as ws:
         msgpack.unpackb(await ws.get_message())
         await ws.send_message(msgpack.packb({"op": 2, "d": {"token": token}}))
         while True:
@@ -208,7 +210,7 @@ async def phase_idle(host: str, port: int, pid: int, count: int) -> dict[str, fl
     connected = 0
     rss_before = psutil.Process(pid).memory_info().rss
     async with trio.open_nursery() as nursery:
-        limiter = trio.CapacityLimiter(200)
+        limiter = trio.CapacityLimiter(64)
 
         async def one(i: int) -> None:
             nonlocal connected
@@ -348,7 +350,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             results.update(await phase_idle(host, port, proc.pid, args.idle))
     finally:
         proc.terminate()
-        proc.wait(30)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         shutil.rmtree(data_dir, ignore_errors=True)
     return results
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import trio
 from control_harness import Harness, make_config
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from control.api import build_api
@@ -217,7 +217,10 @@ def test_fuzzed_bodies_never_cause_a_server_error(
     if kind == "json":
         body, ctype = json.dumps(value).encode(), "application/json"
     elif kind == "msgpack":
-        body, ctype = msgpack.packb(value), "application/msgpack"
+        try:
+            body, ctype = msgpack.packb(value), "application/msgpack"
+        except OverflowError:
+            assume(False)  # integers beyond 64 bits have no msgpack form (JSON covers them)
     elif kind == "garbage":
         body, ctype = garbage, garbage_type
     elif kind == "unknown":
