@@ -315,11 +315,10 @@ class Message:
 def parse_message_untrusted(data: bytes) -> Message:
     """Decode one STUN message from network bytes (exactly one message, no trailing bytes).
 
-    Checks the header (§5), attribute lengths and padding bounds (§14) and the placement rules
-    for the integrity attributes: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and
-    FINGERPRINT may follow, after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT, and FINGERPRINT
-    must be last. Other attributes that follow an integrity attribute are ignored, as §14.5
-    tells receivers to. Raises :class:`StunDecodeError`.
+    Checks the header (§5), attribute lengths and padding bounds (§14), and that FINGERPRINT
+    is last. After MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and FINGERPRINT count, and
+    after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT: anything else there is ignored, as
+    §14.5 and §14.6 tell receivers to. Raises :class:`StunDecodeError`.
     """
     n = len(data)
     if n < HEADER_LENGTH:
@@ -359,18 +358,16 @@ def parse_message_untrusted(data: bytes) -> Message:
         elif attr_type == Attr.MESSAGE_INTEGRITY:
             if attr_len != 20:
                 raise StunDecodeError("MESSAGE-INTEGRITY must be 20 bytes")
-            if after_integrity:
-                raise StunDecodeError("MESSAGE-INTEGRITY after another integrity attribute")
-            msg.integrity_offset = pos
-            after_integrity = True
+            if not after_integrity:  # one after an integrity attribute is ignored (§14.5)
+                msg.integrity_offset = pos
+                after_integrity = True
         elif attr_type == Attr.MESSAGE_INTEGRITY_SHA256:
             if attr_len < 16 or attr_len > 32 or attr_len & 3:
                 raise StunDecodeError("MESSAGE-INTEGRITY-SHA256 must be 16-32 bytes, 4-aligned")
-            if msg.integrity_sha256_offset >= 0:
-                raise StunDecodeError("duplicate MESSAGE-INTEGRITY-SHA256")
-            msg.integrity_sha256_offset = pos
-            msg.integrity_sha256_length = attr_len
-            after_integrity = True
+            if msg.integrity_sha256_offset < 0:  # a second one is ignored (§14.6)
+                msg.integrity_sha256_offset = pos
+                msg.integrity_sha256_length = attr_len
+                after_integrity = True
         elif not after_integrity:
             attributes.append((attr_type, data[pos + 4 : end]))
         pos = end + (-attr_len & 3)

@@ -289,3 +289,16 @@ def test_alternate_server_and_software_in_an_error_response() -> None:
     )
     assert parsed.get(Attr.SOFTWARE) == b"hushroom"
     assert parsed.check_fingerprint()
+
+
+def test_integrity_attributes_in_the_wrong_order_are_ignored_not_trusted() -> None:
+    tid = new_transaction_id()
+    raw = Message(Method.BINDING, MessageClass.REQUEST, tid).serialize(integrity_sha256_key=b"k")
+    tail = b"\x00\x08\x00\x14" + b"\x00" * 20  # a MESSAGE-INTEGRITY after the SHA-256 one
+    length = len(raw) - 20 + len(tail)
+    parsed = parse_message_untrusted(raw[:2] + length.to_bytes(2, "big") + raw[4:] + tail)
+    assert parsed.integrity_offset < 0
+    # The MAC covers the message up to MESSAGE-INTEGRITY-SHA256 with the length adjusted to
+    # end there (§14.6), so what follows neither breaks nor extends what is authenticated.
+    assert parsed.check_integrity(b"k")
+    assert not parsed.check_integrity(b"other")
