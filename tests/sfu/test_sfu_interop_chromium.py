@@ -1,5 +1,6 @@
-"""Interop with headless Chromium: it publishes its (fake) microphone to an aiortc subscriber
-and plays an aiortc publisher's tone, all through the SFU on loopback."""
+"""Interop with headless Chromium, all through the SFU on loopback: Chromium publishes its
+(fake) microphone to an aiortc subscriber, plays an aiortc publisher's tone and decodes its
+VP8, and sends VP8 simulcast that an aiortc subscriber decodes."""
 
 from __future__ import annotations
 
@@ -47,11 +48,18 @@ async function post(path, body) {
       await new Promise((resolve) => setTimeout(resolve, 100));
       (await sub.getStats()).forEach((s) => {
         if (s.type === "inbound-rtp" && s.kind === "audio") {
-          result = {packetsReceived: s.packetsReceived, totalAudioEnergy: s.totalAudioEnergy,
-                    publisher: pub.connectionState, subscriber: sub.connectionState};
+          result.packetsReceived = s.packetsReceived;
+          result.totalAudioEnergy = s.totalAudioEnergy;
+        }
+        if (s.type === "inbound-rtp" && s.kind === "video") {
+          result.framesDecoded = s.framesDecoded;
+          result.frameWidth = s.frameWidth;
         }
       });
-      if (result.packetsReceived > 50 && result.totalAudioEnergy > 0) break;
+      result.publisher = pub.connectionState;
+      result.subscriber = sub.connectionState;
+      if (result.packetsReceived > 50 && result.totalAudioEnergy > 0
+          && result.framesDecoded > 10) break;
     }
     await post("/result", JSON.stringify(result));
   } catch (error) {
@@ -210,7 +218,7 @@ async def test_chromium_publishes_and_receives_through_the_sfu(
 ) -> None:
     assert CHROMIUM is not None
     router_id = (await control.call("router.create"))["router_id"]
-    publisher, producers = await publish(control, nursery, router_id, "440")
+    publisher, producers = await publish(control, nursery, router_id, "440", "--video")
     server = PageServer(control, router_id, producers)
     listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
     port = listeners[0].socket.getsockname()[1]
@@ -237,10 +245,12 @@ async def test_chromium_publishes_and_receives_through_the_sfu(
             await publisher.close()
     # Chromium's fake microphone was decoded by aiortc...
     assert heard["frames"] > 0 and heard["first_audio_s"] is not None
-    # ...and Chromium received and played aiortc's tone.
+    # ...and Chromium received and played aiortc's tone, and decoded its VP8.
     assert "error" not in server.result, server.result
     assert server.result["packetsReceived"] > 50
     assert server.result["totalAudioEnergy"] > 0
+    assert server.result["framesDecoded"] > 10
+    assert server.result["frameWidth"] == 320
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
