@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from turn_support import NOW, CoreClient, error_code, make_server
 
 from turn.framing import FramingError, StreamFramer
@@ -220,3 +221,69 @@ def test_short_inputs_are_ignored(length: int) -> None:
 
 def test_fresh_transaction_ids_differ() -> None:
     assert new_transaction_id() != new_transaction_id()
+
+
+class CoreMachine(RuleBasedStateMachine):
+    """Random sequences of client operations and clock jumps keep the core's books straight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server, self.ports = make_server(
+            max_allocations_per_user=3, max_allocations=6, unauthenticated_burst=1e9
+        )
+        self.now = NOW
+        self.clients = [
+            CoreClient(self.server, addr=("192.0.2.7", 1000 + i), session=f"user{i % 3}")
+            for i in range(5)
+        ]
+        self.peers = [PEER, ("198.51.200.10", 7), ("10.0.0.1", 9), ("127.0.0.1", 1)]
+
+    def client(self, index: int) -> CoreClient:
+        client = self.clients[index]
+        client.now = self.now
+        return client
+
+    @rule(index=st.integers(0, 4), lifetime=st.sampled_from([None, 0, 30, 600, 5000]))
+    def allocate_or_refresh(self, index: int, lifetime: int | None) -> None:
+        client = self.client(index)
+        attrs = [] if lifetime is None else [(int(Attr.LIFETIME), lifetime.to_bytes(4, "big"))]
+        code = error_code(client.allocate(*attrs))
+        assert code in (None, 437, 486, 508)
+        if code == 437:
+            assert error_code(client.refresh(lifetime)) in (None, 437)
+
+    @rule(index=st.integers(0, 4), peer=st.integers(0, 3))
+    def permit(self, index: int, peer: int) -> None:
+        code = error_code(self.client(index).create_permission(self.peers[peer]))
+        assert code in (None, 403, 437)
+        assert (code == 403) == (peer >= 2) or code == 437
+
+    @rule(index=st.integers(0, 4), peer=st.integers(0, 3), number=st.integers(0x3FFF, 0x4003))
+    def bind(self, index: int, peer: int, number: int) -> None:
+        code = error_code(self.client(index).channel_bind(number, self.peers[peer]))
+        assert code in (None, 400, 403, 437)
+
+    @rule(index=st.integers(0, 4), size=st.integers(0, 100))
+    def send(self, index: int, size: int) -> None:
+        client = self.client(index)
+        client.send_indication(PEER, b"x" * size)
+        client.channel_data(0x4000, b"y" * size)
+
+    @rule(seconds=st.sampled_from([1, 299, 301, 601, 3601]))
+    def wait(self, seconds: int) -> None:
+        self.now += seconds
+        self.server.expire(self.now)
+
+    @invariant()
+    def books_balance(self) -> None:
+        live = self.server.allocations()
+        assert len(live) == len(self.ports.opened) - len(self.ports.closed)
+        assert sum(self.server._per_user.values()) == len(live)
+        assert len(live) <= 6
+        for alloc in live:
+            assert all(self.server.policy.peer_filter.allows(ip) for ip in alloc.permissions)
+            assert len(alloc.channels) == len(alloc.channel_by_peer)
+
+
+CoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+test_core_state_machine = CoreMachine.TestCase
