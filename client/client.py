@@ -25,6 +25,7 @@ ciphertext built with :mod:`e2ee`:
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -348,12 +349,13 @@ class Client:
         if held >= OTK_LOW and not rotate:
             return held
         otks = []
-        if held < OTK_LOW:
-            otks = self.prekeys.generate_one_time_prekeys(min(OTK_BATCH, 500 - held))
-        if rotate:
-            self.prekeys.rotate_signed_prekey()
-            self.prekeys.rotate_pq_prekey()
         with self.store.transaction():
+            self.prekeys = PreKeyStore.restore_untrusted(self.store.get("identity", "prekeys"))
+            if held < OTK_LOW:
+                otks = self.prekeys.generate_one_time_prekeys(min(OTK_BATCH, 500 - held))
+            if rotate:
+                self.prekeys.rotate_signed_prekey()
+                self.prekeys.rotate_pq_prekey()
             self.store.put("identity", "prekeys", self.prekeys.serialize())
             if rotate:
                 self.store.put("identity", "prekeys_rotated_at", _now())
@@ -403,17 +405,13 @@ class Client:
         contact = self._contact(user_id)
         if contact is None:
             self.store.put(
-                "contact",
-                user_id,
-                {"handle": handle, "devices": current, "verified": None, "pending": None},
+                "contact", user_id, {"handle": handle, "devices": current, "verified": None}
             )
             return
         known: dict[str, bytes] = contact["devices"]
         name = contact.get("handle") or handle or user_id
         changed = [d for d, key in current.items() if d in known and known[d] != key]
         if changed:
-            contact["pending"] = current
-            self.store.put("contact", user_id, contact)
             message = (
                 f"the identity key of a device of {name} changed; nothing was sent to it — "
                 f"compare safety numbers, then run 'hushroom verify {name} --accept'"
@@ -429,11 +427,10 @@ class Client:
             and verified == fingerprint(list(known.values()))
             and not (own_change_ok and user_id == self.user_id)
         ):
-            contact["pending"] = current
-            self.store.put("contact", user_id, contact)
             message = (
-                f"the safety number of {name}, whom you verified, changed "
-                f"({len(added)} new device(s)); run 'hushroom verify {name}' to compare again"
+                f"the safety number of {name}, whom you verified, changed (their devices "
+                f"changed); nothing was sent — compare it again with 'hushroom verify {name}', "
+                f"then mark it with --mark, or continue unverified with --accept"
             )
             self._notify("identity_changed", message)
             raise IdentityChanged(user_id, handle, message)
@@ -479,11 +476,18 @@ class Client:
         return devices
 
     async def safety_number(self, handle: str) -> tuple[str, bool]:
-        """The formatted safety number with ``handle`` and whether it is marked verified."""
+        """The formatted safety number with ``handle`` over their current keys, and whether
+        exactly those keys are marked verified.
+
+        A change from the pinned keys is recorded as a notice (and still blocks sending
+        until :meth:`mark_verified` or :meth:`accept_identity`); the number shown is the
+        new one, so the user can compare it.
+        """
         user_id, name = await self._resolve(handle)
         theirs = await self.api.devices(user_id)
         mine = await self.devices()
-        self._pin(user_id, name, theirs)
+        with contextlib.suppress(IdentityChanged):
+            self._pin(user_id, name, theirs)
         number = safety_number(
             self.user_id.encode(),
             [d.identity_key for d in mine],
@@ -502,12 +506,7 @@ class Client:
         self.store.put(
             "contact",
             user_id,
-            {
-                "handle": name,
-                "devices": keys,
-                "verified": fingerprint(list(keys.values())),
-                "pending": None,
-            },
+            {"handle": name, "devices": keys, "verified": fingerprint(list(keys.values()))},
         )
 
     async def accept_identity(self, handle: str) -> None:
@@ -522,7 +521,6 @@ class Client:
                 "handle": name,
                 "devices": {d.id: d.identity_key for d in theirs},
                 "verified": None,
-                "pending": None,
             },
         )
         # Sessions with devices whose key changed are useless now; drop them.
@@ -834,6 +832,8 @@ class Client:
             return result
         # No session opens it: it must be a new initial message from that device.
         key = await self._device_key(user_id, device_id)
+        # The prekey store as committed (another process may have consumed an OTK since).
+        self.prekeys = PreKeyStore.restore_untrusted(self.store.get("identity", "prekeys"))
         try:
             session, result = accept_session(self.prekeys, payload, conversation_id=conv, now=now)
         except E2EEError as exc:
