@@ -164,14 +164,7 @@ class TurnShell:
 
     # --- RelayPorts ---------------------------------------------------------------------------
 
-    def open(
-        self, family: int, link: int, client: Addr, even_port: bool
-    ) -> tuple[Relay, Addr] | None:
-        """Bind a UDP relay socket on a random free port of ``--relay-ports``."""
-        sender = self._links.get(link)
-        if sender is None:
-            return None
-        bind_ip = self.config.bind_ip(family)
+    def _relay_socket(self, family: int) -> socket.socket:
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -179,17 +172,82 @@ class TurnShell:
             if hasattr(socket, "IP_MTU_DISCOVER") and family == socket.AF_INET:
                 # Always set DF, which is what DONT-FRAGMENT asks for (RFC 8656 §14.8).
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-            port = self._bind_random_port(sock, bind_ip, even_port)
         except OSError:
             sock.close()
-            return None
-        if port is None:
-            sock.close()
-            return None
+            raise
+        return sock
+
+    def _register(
+        self, sock: socket.socket, sender: _UdpLink | _StreamLink, client: Addr, family: int
+    ) -> Relay:
         relay = Relay(sock, sender, client, family == socket.AF_INET6)
         self._relays[sock.fileno()] = relay
         self._relay_poll.register(sock.fileno(), select.EPOLLIN)
+        return relay
+
+    def open(
+        self, family: int, link: int, client: Addr, even_port: bool
+    ) -> tuple[Relay, Addr] | None:
+        """Bind a UDP relay socket on a random free port of ``--relay-ports``."""
+        sender = self._links.get(link)
+        if sender is None:
+            return None
+        try:
+            sock = self._relay_socket(family)
+        except OSError:
+            return None
+        port = self._bind_random_port(sock, self.config.bind_ip(family), even_port)
+        if port is None:
+            sock.close()
+            return None
+        relay = self._register(sock, sender, client, family)
         return relay, (self.config.advertised_ip(family), port)
+
+    def open_pair(
+        self, family: int, link: int, client: Addr
+    ) -> tuple[Relay, Addr, Relay, Addr] | None:
+        """Bind an even port and the odd one above it, for EVEN-PORT with reservation."""
+        sender = self._links.get(link)
+        if sender is None:
+            return None
+        ip = self.config.bind_ip(family)
+        advertised = self.config.advertised_ip(family)
+        for _ in range(_PORT_ATTEMPTS):
+            port = random.randint(self._lo, self._hi) & ~1
+            if port < self._lo or port + 1 > self._hi:
+                continue
+            try:
+                first = self._relay_socket(family)
+            except OSError:
+                return None
+            try:
+                second = self._relay_socket(family)
+            except OSError:
+                first.close()
+                return None
+            try:
+                first.bind((ip, port))
+                second.bind((ip, port + 1))
+            except OSError:
+                first.close()
+                second.close()
+                continue
+            return (
+                self._register(first, sender, client, family),
+                (advertised, port),
+                self._register(second, sender, client, family),
+                (advertised, port + 1),
+            )
+        return None
+
+    def adopt(self, relay: Relay, link: int, client: Addr) -> bool:
+        """Hand a reserved relay to the client that presented its token."""
+        sender = self._links.get(link)
+        if sender is None or relay.sock.fileno() < 0:
+            return False
+        relay.link = sender
+        relay.client = client
+        return True
 
     def _bind_random_port(self, sock: socket.socket, ip: str, even: bool) -> int | None:
         lo, hi = self._lo, self._hi

@@ -18,6 +18,7 @@ long-term authentication with REST credentials and stateless nonces (RFC 8489 §
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Hashable
 from dataclasses import dataclass, fields
@@ -83,6 +84,8 @@ Addr = tuple[str, int]
 UDP_TRANSPORT = 17
 MAX_PERMISSIONS = 64
 MAX_CHANNELS = 64
+#: How long the odd port of an EVEN-PORT pair stays reserved (RFC 8656 §7.2: about 30 s).
+RESERVATION_LIFETIME = 30.0
 #: Largest peer datagram that still fits a Data indication (16-bit STUN length, IPv6 peer).
 MAX_RELAYED_PAYLOAD = 0xFFFF - 4 - 24 - 3
 _SUCCESS = int(MessageClass.SUCCESS)
@@ -104,6 +107,7 @@ _KNOWN_REQUIRED = frozenset(
         Attr.XOR_RELAYED_ADDRESS,
         Attr.REQUESTED_ADDRESS_FAMILY,
         Attr.EVEN_PORT,
+        Attr.RESERVATION_TOKEN,
         Attr.REQUESTED_TRANSPORT,
         Attr.DONT_FRAGMENT,
         Attr.PASSWORD_ALGORITHM,
@@ -127,6 +131,17 @@ class RelayPorts(Protocol[R]):
         Returns the shell's handle and the relayed transport address to advertise, or
         ``None`` when no port is free.
         """
+        ...
+
+    def open_pair(self, family: int, link: int, client: Addr) -> tuple[R, Addr, R, Addr] | None:
+        """Bind an even port and the next one (EVEN-PORT with reservation, RFC 8656 §7.2).
+
+        The second endpoint is held for a later Allocate carrying its RESERVATION-TOKEN.
+        """
+        ...
+
+    def adopt(self, relay: R, link: int, client: Addr) -> bool:
+        """Point a reserved relay endpoint at the client that claimed it; False if gone."""
         ...
 
     def close(self, relay: R) -> None:
@@ -198,6 +213,7 @@ class TurnServer(Generic[R]):
         self._by_link: dict[int, dict[Addr, Allocation[R]]] = {}
         self._by_relay: dict[R, Allocation[R]] = {}
         self._per_user: dict[str, int] = {}
+        self._reservations: dict[bytes, tuple[R, Addr, int, float]] = {}
         self._rate = float(policy.bandwidth_per_allocation)
         self._burst = max(self._rate, 65536.0)
 
@@ -292,11 +308,18 @@ class TurnServer(Generic[R]):
                 self._delete(alloc)
             else:
                 alloc.expire(now)
+        for token, reserved in list(self._reservations.items()):
+            if reserved[3] <= now:
+                del self._reservations[token]
+                self._ports.close(reserved[0])
 
     def close(self) -> None:
         """Delete every allocation, releasing all relay endpoints."""
         for alloc in list(self._by_relay.values()):
             self._delete(alloc)
+        for reserved in self._reservations.values():
+            self._ports.close(reserved[0])
+        self._reservations.clear()
 
     # --- data path ----------------------------------------------------------------------------
 
@@ -533,7 +556,7 @@ class TurnServer(Generic[R]):
             raise BadRequest("REQUESTED-TRANSPORT missing")
         if transport[0] != UDP_TRANSPORT:
             raise UnsupportedTransport("only UDP relaying is offered")
-        family = socket.AF_INET
+        family: int = socket.AF_INET
         requested_family = msg.get(Attr.REQUESTED_ADDRESS_FAMILY)
         if requested_family is not None:
             if len(requested_family) != 4:
@@ -548,14 +571,14 @@ class TurnServer(Generic[R]):
                 raise AddressFamilyNotSupported("unknown address family")
         if family not in self.policy.relay_families:
             raise AddressFamilyNotSupported("no relay address of that family")
-        even_port = False
         even_value = msg.get(Attr.EVEN_PORT)
-        if even_value is not None:
-            if len(even_value) != 1:
-                raise BadRequest("bad EVEN-PORT")
-            if even_value[0] & 0x80:
-                raise InsufficientCapacity("port reservations are not offered")
-            even_port = True
+        token = msg.get(Attr.RESERVATION_TOKEN)
+        if even_value is not None and len(even_value) != 1:
+            raise BadRequest("bad EVEN-PORT")
+        if token is not None and (len(token) != 8 or even_value is not None):
+            raise BadRequest("bad RESERVATION-TOKEN, or one with EVEN-PORT")
+        even_port = even_value is not None
+        reserve = even_value is not None and bool(even_value[0] & 0x80)
         credential = auth.credential
         lifetime = self._lifetime(msg, credential, now, refresh=False)
         if lifetime <= 0:
@@ -565,10 +588,36 @@ class TurnServer(Generic[R]):
             raise AllocationQuotaReached("per-user allocation quota reached")
         if len(self._by_relay) >= self.policy.max_allocations:
             raise InsufficientCapacity("server allocation limit reached")
-        opened = self._ports.open(family, link, client, even_port)
-        if opened is None:
-            raise InsufficientCapacity("no relay port available")
-        relay, relayed_address = opened
+        new_token = b""
+        if token is not None:
+            reserved = self._reservations.pop(token, None)
+            if reserved is None or reserved[3] <= now:
+                if reserved is not None:
+                    self._ports.close(reserved[0])
+                raise InsufficientCapacity("unknown or expired reservation")
+            relay, relayed_address, family, _expires = reserved
+            if not self._ports.adopt(relay, link, client):
+                self._ports.close(relay)
+                raise InsufficientCapacity("reserved relay is gone")
+        elif reserve:
+            if len(self._reservations) >= self.policy.max_allocations:
+                raise InsufficientCapacity("too many port reservations")
+            pair = self._ports.open_pair(family, link, client)
+            if pair is None:
+                raise InsufficientCapacity("no free even/odd port pair")
+            relay, relayed_address, spare, spare_address = pair
+            new_token = secrets.token_bytes(8)
+            self._reservations[new_token] = (
+                spare,
+                spare_address,
+                family,
+                now + RESERVATION_LIFETIME,
+            )
+        else:
+            opened = self._ports.open(family, link, client, even_port)
+            if opened is None:
+                raise InsufficientCapacity("no relay port available")
+            relay, relayed_address = opened
         alloc = Allocation(
             link=link,
             client=client,
@@ -598,6 +647,8 @@ class TurnServer(Generic[R]):
             (Attr.LIFETIME, encode_uint32(lifetime)),
             (Attr.XOR_MAPPED_ADDRESS, encode_xor_address(client[0], client[1], msg.transaction_id)),
         ]
+        if new_token:
+            attrs.append((Attr.RESERVATION_TOKEN, new_token))
         alloc.response = self._success(msg, attrs, auth)
         return alloc.response
 

@@ -195,8 +195,9 @@ def test_turnutils_uclient_reports_zero_loss(turnutils_peer: int, tcp: bool) -> 
         assert UCLIENT is not None
         # -s: Send indications. uclient picks channel numbers in RFC 5766's 0x4000-0x7FFF,
         # which RFC 8656 narrowed to 0x4000-0x4FFF; we refuse the rest with 400, as asked.
-        # -c: no RTCP allocation (it needs EVEN-PORT reservations, which we refuse with 508).
-        args = [UCLIENT, "-s", "-c", "-W", SECRET, "-u", "uclient", "-m", "4", "-n", "50"]
+        # Without -c each client also allocates an RTCP relay through EVEN-PORT with a
+        # reservation and RESERVATION-TOKEN.
+        args = [UCLIENT, "-s", "-W", SECRET, "-u", "uclient", "-m", "4", "-n", "50"]
         args += ["-l", "170", "-z", "5", "-e", "127.0.0.1", "-r", str(turnutils_peer)]
         args += ["-p", str(turn.tcp_port if tcp else turn.udp_port)]
         if tcp:

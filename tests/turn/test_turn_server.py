@@ -338,13 +338,55 @@ def test_no_free_relay_port_is_508() -> None:
     assert error_code(CoreClient(server).allocate()) == 508
 
 
-def test_even_port_reservation_is_508_but_plain_even_port_is_served() -> None:
+def test_plain_even_port_asks_the_shell_for_an_even_port() -> None:
     server, ports = make_server()
-    response = CoreClient(server, addr=("192.0.2.1", 1)).allocate((Attr.EVEN_PORT, b"\x80"))
-    assert error_code(response) == 508
-    response = CoreClient(server, addr=("192.0.2.1", 2)).allocate((Attr.EVEN_PORT, b"\x00"))
+    response = CoreClient(server).allocate((Attr.EVEN_PORT, b"\x00"))
     assert error_code(response) is None
+    assert response.get(Attr.RESERVATION_TOKEN) is None
     assert ports.even_requests == 1
+
+
+def test_even_port_with_reservation_hands_the_next_port_to_the_token_holder() -> None:
+    server, ports = make_server()
+    rtp = CoreClient(server, addr=("192.0.2.1", 5000))
+    response = rtp.allocate((Attr.EVEN_PORT, b"\x80"))
+    assert error_code(response) is None
+    token = response.get(Attr.RESERVATION_TOKEN)
+    assert token is not None and len(token) == 8
+    port = decode_xor_address_untrusted(
+        response.get(Attr.XOR_RELAYED_ADDRESS) or b"", response.transaction_id
+    )[1]
+    assert port % 2 == 0
+    rtcp = CoreClient(server, addr=("192.0.2.1", 5001))
+    response = rtcp.allocate((Attr.RESERVATION_TOKEN, token))
+    assert error_code(response) is None
+    relayed = decode_xor_address_untrusted(
+        response.get(Attr.XOR_RELAYED_ADDRESS) or b"", response.transaction_id
+    )
+    assert relayed[1] == port + 1
+    assert ports.adopted == [(ports.opened[1], 1, rtcp.addr)]
+    again = CoreClient(server, addr=("192.0.2.1", 5002), session="bob")
+    assert error_code(again.allocate((Attr.RESERVATION_TOKEN, token))) == 508  # used up
+
+
+def test_unknown_or_expired_reservation_token_is_508_and_frees_the_port() -> None:
+    server, ports = make_server()
+    rtp = CoreClient(server, addr=("192.0.2.1", 5000))
+    token = rtp.allocate((Attr.EVEN_PORT, b"\x80")).get(Attr.RESERVATION_TOKEN) or b""
+    stranger = CoreClient(server, addr=("192.0.2.1", 5001))
+    assert error_code(stranger.allocate((Attr.RESERVATION_TOKEN, b"12345678"))) == 508
+    server.expire(NOW + 31)
+    assert ports.closed == [ports.opened[1]]
+    stranger.now = NOW + 31
+    assert error_code(stranger.allocate((Attr.RESERVATION_TOKEN, token))) == 508
+
+
+def test_reservation_token_with_even_port_or_bad_length_is_400() -> None:
+    server, _ = make_server()
+    client = CoreClient(server)
+    assert error_code(client.allocate((Attr.RESERVATION_TOKEN, b"1234"))) == 400
+    response = client.allocate((Attr.RESERVATION_TOKEN, b"12345678"), (Attr.EVEN_PORT, b"\x00"))
+    assert error_code(response) == 400
 
 
 def test_channel_number_outside_range_is_400() -> None:

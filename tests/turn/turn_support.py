@@ -115,6 +115,7 @@ class FakePorts:
         self.opened: list[FakeRelay] = []
         self.closed: list[FakeRelay] = []
         self.even_requests = 0
+        self.adopted: list[tuple[FakeRelay, int, tuple[str, int]]] = []
 
     def open(
         self, family: int, link: int, client: tuple[str, int], even_port: bool
@@ -127,6 +128,20 @@ class FakePorts:
         self.opened.append(relay)
         ip = "2001:db8:ffff::1" if family == socket.AF_INET6 else "203.0.113.1"
         return relay, (ip, 50000 + 2 * relay.number)
+
+    def open_pair(
+        self, family: int, link: int, client: tuple[str, int]
+    ) -> tuple[FakeRelay, tuple[str, int], FakeRelay, tuple[str, int]] | None:
+        if self.free < 2:
+            return None
+        first = self.open(family, link, client, True)
+        second = self.open(family, link, client, False)
+        assert first is not None and second is not None
+        return first[0], first[1], second[0], (first[1][0], first[1][1] + 1)
+
+    def adopt(self, relay: FakeRelay, link: int, client: tuple[str, int]) -> bool:
+        self.adopted.append((relay, link, client))
+        return True
 
     def close(self, relay: FakeRelay) -> None:
         self.closed.append(relay)
