@@ -95,13 +95,13 @@ def _message_json(m: Message) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", type=Path, default=None, help="profile directory")
-    common.add_argument("--server", default=None, help=f"server URL (default {DEFAULT_SERVER})")
+    # SUPPRESS: the options are accepted at every level (``guild --json create x`` and
+    # ``guild create x --json``) without a deeper level's default erasing a given value.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--profile", type=Path, help="profile directory")
+    common.add_argument("--server", help=f"server URL (default {DEFAULT_SERVER})")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
-    common.add_argument(
-        "--passphrase-file", type=Path, default=None, help="read the store passphrase from FILE"
-    )
+    common.add_argument("--passphrase-file", type=Path, help="read the store passphrase from FILE")
     parser = argparse.ArgumentParser(
         prog="hushroom",
         description="hushroom's end-to-end encrypted chat, from a terminal.",
@@ -177,6 +177,14 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete-account", parents=[common], help="erase your account")
     p.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
     return parser
+
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "profile": None,
+    "server": None,
+    "json": False,
+    "passphrase_file": None,
+}
 
 
 def _passphrase(args: argparse.Namespace, env: str = "HUSHROOM_PASSPHRASE") -> str:
@@ -515,6 +523,9 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    for name, default in _COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
     out = _Out(args.json)
     status = 0
     try:

@@ -159,3 +159,21 @@ def test_directory_signatures_verify_and_a_forged_prekey_is_refused() -> None:
     )
     with pytest.raises(BadSignature):
         prekey_bundle_untrusted(forged)
+
+
+def test_cli_options_work_before_and_after_the_action(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from client.cli import _parser, main
+
+    early = _parser().parse_args(["guild", "--profile", "p", "--json", "create", "name"])
+    late = _parser().parse_args(["guild", "create", "name", "--profile", "p", "--json"])
+    for args in (early, late):
+        assert (args.profile, args.json, args.name) == (Path("p"), True, "name")
+    # Bad usage: argparse's message and status 2; a missing profile: one sentence, status 1.
+    assert main(["dm"]) == 2
+    assert main(
+        ["read", "--profile", str(tmp_path / "none"), "--passphrase-file", "/dev/null"]
+    ) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("hushroom: ")
