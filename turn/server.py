@@ -213,7 +213,7 @@ class TurnServer(Generic[R]):
         self._by_link: dict[int, dict[Addr, Allocation[R]]] = {}
         self._by_relay: dict[R, Allocation[R]] = {}
         self._per_user: dict[str, int] = {}
-        self._reservations: dict[bytes, tuple[R, Addr, int, float]] = {}
+        self._reservations: dict[bytes, tuple[R, Addr, int, float, str]] = {}
         self._rate = float(policy.bandwidth_per_allocation)
         self._burst = max(self._rate, 65536.0)
 
@@ -595,13 +595,16 @@ class TurnServer(Generic[R]):
                 if reserved is not None:
                     self._ports.close(reserved[0])
                 raise InsufficientCapacity("unknown or expired reservation")
-            relay, relayed_address, family, _expires = reserved
+            relay, relayed_address, family, _expires, _owner = reserved
             if not self._ports.adopt(relay, link, client):
                 self._ports.close(relay)
                 raise InsufficientCapacity("reserved relay is gone")
         elif reserve:
             if len(self._reservations) >= self.policy.max_allocations:
                 raise InsufficientCapacity("too many port reservations")
+            held = sum(1 for r in self._reservations.values() if r[4] == credential.user_id)
+            if held >= self.policy.max_allocations_per_user:
+                raise AllocationQuotaReached("per-user reservation quota reached")
             pair = self._ports.open_pair(family, link, client)
             if pair is None:
                 raise InsufficientCapacity("no free even/odd port pair")
@@ -612,6 +615,7 @@ class TurnServer(Generic[R]):
                 spare_address,
                 family,
                 now + RESERVATION_LIFETIME,
+                credential.user_id,
             )
         else:
             opened = self._ports.open(family, link, client, even_port)

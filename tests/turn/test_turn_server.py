@@ -381,6 +381,16 @@ def test_unknown_or_expired_reservation_token_is_508_and_frees_the_port() -> Non
     assert error_code(stranger.allocate((Attr.RESERVATION_TOKEN, token))) == 508
 
 
+def test_reservations_count_against_the_per_user_quota() -> None:
+    server, _ = make_server(max_allocations_per_user=2)
+    for port in range(2):
+        client = CoreClient(server, addr=("192.0.2.1", 6000 + port))
+        assert error_code(client.allocate((Attr.EVEN_PORT, b"\x80"))) is None
+        assert error_code(client.refresh(0)) is None  # the allocation goes, the reservation stays
+    client = CoreClient(server, addr=("192.0.2.1", 6002))
+    assert error_code(client.allocate((Attr.EVEN_PORT, b"\x80"))) == 486
+
+
 def test_reservation_token_with_even_port_or_bad_length_is_400() -> None:
     server, _ = make_server()
     client = CoreClient(server)
