@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import json
 import os
 import secrets
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import trio
 
-from .config import option, run_main
+from .config import ConfigError, option, run_main
 from .secrets_file import ensure_secret_file
 
 __all__ = ["UpConfig", "main"]
@@ -48,17 +49,43 @@ def _check_timeout(value: float) -> float:
     return value
 
 
+def _check_ip(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address, got {value!r}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class UpConfig:
     """Settings of ``hushroom up`` (flags > ``HUSHROOM_UP_*`` > TOML ``[up]``)."""
 
-    host: str = option("127.0.0.1", help="address every part listens on")
+    host: str = option("127.0.0.1", help="address every part listens on", check=_check_ip)
+    announce_ip: str | None = option(
+        None,
+        help="address clients are given for TURN relays and SFU media "
+        "(default: --host; required when --host is a wildcard)",
+        check=_check_ip,
+    )
     control_port: int = option(8080, help="control plane HTTP port", check=_check_port)
     turn_port: int = option(3478, help="TURN port, UDP and TCP", check=_check_port)
     data_dir: Path = option(Path("data"), help="database and secrets live here")
     workers: int = option(0, help="SFU worker processes, 0 = one per core")
     realm: str = option("hushroom", help="TURN realm")
     ready_timeout: float = option(60.0, help="seconds to wait for each part", check=_check_timeout)
+
+    @property
+    def local_host(self) -> str:
+        """Where ``up`` itself reaches the parts (loopback when they listen on a wildcard)."""
+        if ipaddress.ip_address(self.host).is_unspecified:
+            return "::1" if ":" in self.host else "127.0.0.1"
+        return self.host
+
+    def validate(self) -> None:
+        """A wildcard listener cannot tell clients where to send media by itself."""
+        if ipaddress.ip_address(self.host).is_unspecified and self.announce_ip is None:
+            raise ConfigError("--announce-ip", "is required when --host is a wildcard")
 
 
 class ChildFailed(Exception):
@@ -205,8 +232,10 @@ async def run_up(config: UpConfig) -> None:
     node_secret, turn_secret = data_dir / "node-secret", data_dir / "turn-secret"
     ensure_secret_file(node_secret)
     ensure_secret_file(turn_secret)
-    base = f"http://{_url_host(config.host)}:{config.control_port}"
-    control_ws = f"ws://{_url_host(config.host)}:{config.control_port}/internal/v1/sfu"
+    base = f"http://{_url_host(config.local_host)}:{config.control_port}"
+    control_ws = f"ws://{_url_host(config.local_host)}:{config.control_port}/internal/v1/sfu"
+    announce = ["--announce-ip", config.announce_ip] if config.announce_ip else []
+    external = ["--external-ip", config.announce_ip] if config.announce_ip else []
     timeout = config.ready_timeout
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -237,12 +266,13 @@ async def run_up(config: UpConfig) -> None:
                     config.realm,
                     "--secret-file",
                     str(turn_secret),
+                    *external,
                 ],
                 "turn ready",
                 timeout,
             )
             answered = await trio.to_thread.run_sync(
-                _stun_binding_answered, config.host, config.turn_port, 5.0
+                _stun_binding_answered, config.local_host, config.turn_port, 5.0
             )
             if not answered:
                 raise ChildFailed("TURN did not answer a STUN Binding request")
@@ -259,6 +289,7 @@ async def run_up(config: UpConfig) -> None:
                     config.host,
                     "--workers",
                     str(config.workers),
+                    *announce,
                 ],
                 "sfu ready",
                 timeout,

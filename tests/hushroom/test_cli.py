@@ -41,6 +41,8 @@ def test_version_and_unknown_command() -> None:
     [
         (["up", "--control-port", "99999"], "--control-port"),
         (["up", "--workers", "many"], "--workers"),
+        (["up", "--host", "0.0.0.0"], "--announce-ip"),
+        (["up", "--host", "localhost"], "--host"),
         (["control", "--listen", "localhost"], "--listen"),
         (["control", "--log-level", "loud"], "--log-level"),
         (["sfu", "--control-url", "http://x"], "--control-url"),
