@@ -258,6 +258,10 @@ class ControlApi:
         )
         return ChannelMessage.from_wire_untrusted(data)
 
+    async def delete_message(self, channel_id: str, message_id: str) -> None:
+        """Delete a channel message (its author, or MANAGE_MESSAGES)."""
+        await self.call("DELETE", f"/channels/{channel_id}/messages/{message_id}")
+
     async def history(
         self,
         channel_id: str,

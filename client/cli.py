@@ -310,6 +310,7 @@ async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
         # the store small here (a running `tail` does the same on PREKEYS_LOW).
         await client.maintain_prekeys()
         client.prune_envelope_marks()
+        await client.expire_sent_messages()
         if args.target is None:
             messages = new
             where = {m.id: m.conversation for m in new}

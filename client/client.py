@@ -88,6 +88,8 @@ MAX_SESSIONS_PER_DEVICE = 4
 PREKEY_ROTATION_S = 7 * 86400
 #: Envelope ids handled are remembered a little longer than the relay's 30-day TTL.
 ENVELOPE_MARK_TTL_S = 31 * 86400
+#: While live, disappearing messages are looked after this often.
+HOUSEKEEPING_S = 30.0
 #: How long a fetched device list is trusted before it is fetched again.
 DEVICE_LIST_TTL_S = 30.0
 _STALE_RETRIES = 3
@@ -966,8 +968,27 @@ class Client:
             body.ts + expires_in if expires_in else None,
             posted.seq,
         )
-        self._remember(message)
+        with self.store.transaction():
+            self._remember(message)
+            if message.expires_at is not None:
+                # The server keeps channel ciphertext for the channel's retention; the
+                # author removes a disappearing one when it is due (expire_sent_messages).
+                self.store.put("expiring", posted.id, [channel_id, message.expires_at])
         return message
+
+    async def expire_sent_messages(self, now: float | None = None) -> int:
+        """Delete this device's disappearing channel messages that are due from the server."""
+        moment = _now() if now is None else now
+        due = [(mid, v[0]) for mid, v in self.store.names("expiring") if v[1] <= moment]
+        for message_id, channel_id in due:
+            try:
+                await self.api.delete_message(channel_id, message_id)
+            except ApiError as exc:
+                if exc.status not in (403, 404):
+                    raise
+            self.store.delete("expiring", message_id)
+        self.store.purge_expired(moment)
+        return len(due)
 
     async def sync_channel(self, channel_id: str) -> list[Message]:
         """Fetch stored channel messages after the last one seen, decrypt and persist them."""
@@ -1109,7 +1130,13 @@ class Client:
                             if event.type in ("READY", "RESUMED"):
                                 caught_up.set()
 
+                async def housekeeping() -> None:
+                    while True:
+                        await trio.sleep(HOUSEKEEPING_S)
+                        await self.expire_sent_messages()
+
                 nursery.start_soon(pump)
+                nursery.start_soon(housekeeping)
                 # Entered only once connected and caught up, so a caller knows that what
                 # is sent from now on arrives live.
                 await caught_up.wait()

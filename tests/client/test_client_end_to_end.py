@@ -228,6 +228,16 @@ async def test_three_users_dms_channels_devices_removal_offline_tamper(
     bob.store.purge_expired(now=time.time() + 61)
     assert fleeting not in bodies(await alice.dm_history("bob"))
     assert fleeting not in bodies(await bob.dm_history("alice"))
+    brief = say("bob in general, disappearing")
+    posted = await bob.send_channel(general.id, brief, expires_in=60)
+    assert bodies(await alice.sync_channel(general.id)) == [brief]
+    assert await bob.expire_sent_messages() == 0  # not due yet
+    assert await bob.expire_sent_messages(now=time.time() + 61) == 1
+    alice.store.purge_expired(now=time.time() + 61)
+    assert brief not in bodies(alice.history(f"ch:{general.id}"))
+    assert brief not in bodies(bob.history(f"ch:{general.id}"))
+    # The author removed the ciphertext from the server's retained history too.
+    assert posted.id not in [m.id for m in await alice.api.history(general.id)]
 
     for client in (alice, bob, bob2, carol):
         await client.aclose()
