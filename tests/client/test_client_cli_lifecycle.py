@@ -101,7 +101,7 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
     made = cli.json("channel", "create", "Crew", "plans", "--profile", "a")
     assert isinstance(made, dict) and made["name"] == "plans"
     listed = cli.json("channel", "list", "Crew", "--profile", "a")
-    assert isinstance(listed, list) and [c["name"] for c in listed] == ["general", "plans"]
+    assert isinstance(listed, list) and sorted(c["name"] for c in listed) == ["general", "plans"]
     cli("send", "Crew/plans", "a note to self", "--profile", "a")
     (note,) = cli.json("read", "Crew/plans", "--profile", "a2")  # type: ignore[misc]
     assert note["body"] == "a note to self" and note["sender_handle"] == "ann"
