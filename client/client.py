@@ -694,8 +694,15 @@ class Client:
         return stored
 
     def history(self, conversation: str, limit: int = 50) -> list[Message]:
-        """The stored messages of ``conversation`` (``dm:<user id>`` or ``ch:<channel id>``)."""
-        return [Message.from_record(r) for r in self.store.messages(conversation, limit)]
+        """The stored messages of ``conversation`` (``dm:<user id>`` or ``ch:<channel id>``).
+
+        Channel messages are in the server's order; DMs in the order their senders wrote
+        them (the relay hands out envelopes of one second in no particular order).
+        """
+        messages = [Message.from_record(r) for r in self.store.messages(conversation, limit)]
+        if conversation.startswith("dm:"):
+            messages.sort(key=lambda m: m.ts)
+        return messages
 
     async def dm_history(self, handle: str, limit: int = 50) -> list[Message]:
         """Stored DMs with ``handle``."""
