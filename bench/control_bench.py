@@ -39,6 +39,8 @@ from control import signatures as sig  # noqa: E402
 from hushroom.secrets_file import ensure_secret_file  # noqa: E402
 
 API = "/api/v1"
+#: How long one idle connection may take from TCP connect to READY before it counts as failed.
+READY_TIMEOUT_S = 120.0
 MSGPACK = "application/msgpack"
 
 
@@ -207,16 +209,22 @@ async def phase_idle(host: str, port: int, pid: int, count: int) -> dict[str, fl
     url = f"ws://{host}:{port}{API}/gateway"
     hold = trio.Event()
     started = time.perf_counter()
-    connected = 0
+    connected = failed = 0
     rss_before = psutil.Process(pid).memory_info().rss
     async with trio.open_nursery() as nursery:
         limiter = trio.CapacityLimiter(64)
 
         async def one(i: int) -> None:
-            nonlocal connected
+            nonlocal connected, failed
             async with limiter:
-                await nursery.start(identify, url, users[i % len(users)]["token"], None, hold, None)
-            connected += 1
+                # A connection that gets no READY within the limit counts as failed.
+                with trio.move_on_after(READY_TIMEOUT_S) as scope:
+                    token = users[i % len(users)]["token"]
+                    await nursery.start(identify, url, token, None, hold, None)
+            if scope.cancelled_caught:
+                failed += 1
+            else:
+                connected += 1
 
         async with trio.open_nursery() as opening:
             for i in range(count):
@@ -228,6 +236,7 @@ async def phase_idle(host: str, port: int, pid: int, count: int) -> dict[str, fl
         nursery.cancel_scope.cancel()
     return {
         "idle_connections": connected,
+        "idle_failed": failed,
         "idle_rss_mib": rss / 2**20,
         "idle_rss_mib_before": rss_before / 2**20,
         "idle_connect_s": elapsed,

@@ -4,7 +4,7 @@ response encoding and the route's OpenAPI entry, so the document matches what ru
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,8 +189,3 @@ def int_field(doc: str, lo: int, hi: int, required: bool = True) -> Field:
 def id_field(doc: str, required: bool = True, nullable: bool = False) -> Field:
     """Shorthand for an id field."""
     return Field("str", doc, required=required, nullable=nullable, min=1, max=32)
-
-
-def one(mapping: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    """The listed keys of a row mapping as a plain dict."""
-    return {k: mapping[k] for k in keys}
