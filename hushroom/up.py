@@ -38,8 +38,8 @@ STUN_MAGIC_COOKIE = 0x2112A442
 
 
 def _check_port(value: int) -> int:
-    if not 0 < value < 65536:
-        raise ValueError("must be 1-65535")
+    if not 0 <= value < 65536:
+        raise ValueError("must be 0-65535 (0: any free port)")
     return value
 
 
@@ -99,6 +99,14 @@ class Child:
     name: str
     process: trio.Process
     listening: list[str]
+
+    def port(self, kind: str) -> int:
+        """The port of the first ``<kind> HOST:PORT`` the child announced (real, even for 0)."""
+        for where in self.listening:
+            announced_kind, _, address = where.partition(" ")
+            if announced_kind == kind:
+                return int(address.rsplit(":", 1)[1])
+        raise ChildFailed(f"{self.name} did not announce a {kind} listener")
 
 
 def _die_with_parent() -> None:
@@ -232,8 +240,6 @@ async def run_up(config: UpConfig) -> None:
     node_secret, turn_secret = data_dir / "node-secret", data_dir / "turn-secret"
     ensure_secret_file(node_secret)
     ensure_secret_file(turn_secret)
-    base = f"http://{_url_host(config.local_host)}:{config.control_port}"
-    control_ws = f"ws://{_url_host(config.local_host)}:{config.control_port}/internal/v1/sfu"
     announce = ["--announce-ip", config.announce_ip] if config.announce_ip else []
     external = ["--external-ip", config.announce_ip] if config.announce_ip else []
     timeout = config.ready_timeout
@@ -255,6 +261,8 @@ async def run_up(config: UpConfig) -> None:
                 "control ready",
                 timeout,
             )
+            base = f"http://{_url_host(config.local_host)}:{control.port('http')}"
+            control_ws = base.replace("http://", "ws://", 1) + "/internal/v1/sfu"
             turn: Child = await nursery.start(
                 run_child,
                 "turn",
@@ -272,7 +280,7 @@ async def run_up(config: UpConfig) -> None:
                 timeout,
             )
             answered = await trio.to_thread.run_sync(
-                _stun_binding_answered, config.local_host, config.turn_port, 5.0
+                _stun_binding_answered, config.local_host, turn.port("udp"), 5.0
             )
             if not answered:
                 raise ChildFailed("TURN did not answer a STUN Binding request")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import children_of, free_port
+from conftest import children_of
 
 pytestmark = pytest.mark.slow
 
@@ -51,36 +51,41 @@ def _stun_tcp(port: int) -> bytes:
     return header + body
 
 
-def _up_args(tmp_path: Path) -> tuple[list[str], int, int]:
-    control_port, turn_port = free_port(), free_port(socket.SOCK_DGRAM)
-    args = [
+def _up_args(tmp_path: Path, control_port: int = 0) -> list[str]:
+    return [
         "up",
         "--control-port", str(control_port),
-        "--turn-port", str(turn_port),
+        "--turn-port", "0",
         "--data-dir", str(tmp_path / "data"),
         "--workers", "2",
     ]  # fmt: skip
-    return args, control_port, turn_port
+
+
+def _announced_port(lines: list[str], prefix: str) -> int:
+    line = next(line for line in lines if line.startswith(prefix))
+    return int(line.rsplit(":", 1)[1])
 
 
 def test_up_starts_everything_answers_health_and_stops_on_sigint(
     spawn: Any, tmp_path: Path
 ) -> None:
-    args, control_port, turn_port = _up_args(tmp_path)
-    up = spawn("hushroom", *args)
+    up = spawn("hushroom", *_up_args(tmp_path))
     up.wait_for_line("hushroom is up", timeout=90)
     up.wait_for_line("Press Ctrl-C to stop.")
+    control_port = _announced_port(up.lines, "  control  http ")
+    turn_port = _announced_port(up.lines, "  turn     udp ")
+    # With port 0 TURN tries the UDP port for TCP too, but takes another if it is in use.
+    turn_tcp_port = _announced_port(up.lines, "  turn     tcp ")
     shown = "\n".join(up.lines)
     assert f"control  http 127.0.0.1:{control_port}" in shown
     assert f"turn     udp 127.0.0.1:{turn_port}" in shown
-    assert f"turn     tcp 127.0.0.1:{turn_port}" in shown
     assert shown.count("sfu      udp 127.0.0.1:") == 2
 
     with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/healthz", timeout=5) as r:
         health = json.load(r)
     assert health["status"] == "ok" and health["sfu_nodes"] == 1
     assert struct.unpack("!H", _stun_udp(turn_port)[:2])[0] == 0x0101
-    assert struct.unpack("!H", _stun_tcp(turn_port)[:2])[0] == 0x0101
+    assert struct.unpack("!H", _stun_tcp(turn_tcp_port)[:2])[0] == 0x0101
     for name in ("node-secret", "turn-secret"):
         assert (tmp_path / "data" / name).stat().st_mode & 0o777 == 0o600
 
@@ -92,11 +97,10 @@ def test_up_starts_everything_answers_health_and_stops_on_sigint(
 
 
 def test_up_exits_1_and_leaves_nothing_when_a_part_cannot_start(spawn: Any, tmp_path: Path) -> None:
-    args, control_port, _ = _up_args(tmp_path)
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", control_port))
+        squatter.bind(("127.0.0.1", 0))
         squatter.listen()
-        up = spawn("hushroom", *args)
+        up = spawn("hushroom", *_up_args(tmp_path, squatter.getsockname()[1]))
         assert up.popen.wait(60) == 1
     assert up.popen.stderr is not None
     assert "control exited before it was ready" in up.popen.stderr.read().decode()
@@ -105,9 +109,8 @@ def test_up_exits_1_and_leaves_nothing_when_a_part_cannot_start(spawn: Any, tmp_
 
 def test_ctrl_c_under_make_exits_0_with_no_process_left(tmp_path: Path) -> None:
     """The README's ``make run`` path: Ctrl-C at a terminal reaches only ``up``."""
-    args, control_port, _ = _up_args(tmp_path)
     makefile = tmp_path / "Makefile"
-    makefile.write_text(f"run:\n\t{HUSHROOM} {' '.join(args)}\n")
+    makefile.write_text(f"run:\n\t{HUSHROOM} {' '.join(_up_args(tmp_path))}\n")
     pid, master = pty.fork()
     if pid == 0:  # the child: a session leader on a fresh terminal, as an interactive shell
         os.execvp("make", ["make", "-s", "-C", str(tmp_path), "run"])
@@ -120,6 +123,8 @@ def test_ctrl_c_under_make_exits_0_with_no_process_left(tmp_path: Path) -> None:
             if select.select([master], [], [], 1)[0]:
                 output += os.read(master, 65536)
         descendants = children_of(pid)
+        lines = output.decode(errors="replace").replace("\r", "").splitlines()
+        control_port = _announced_port(lines, "  control  http ")
         os.write(master, b"\x03")  # what the terminal sends for Ctrl-C
         deadline = time.monotonic() + 30
         while status is None:
