@@ -22,5 +22,5 @@ test: $(BIN)/python
 
 lint:
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check hushroom control sfu loadtest tests/hushroom
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
