@@ -671,7 +671,7 @@ class Client:
 
         await self._fan_out(recipients, conv, plain, kind)
         message = Message(
-            body.id,
+            f"{self.user_id}/{body.id}",
             f"dm:{user_id}",
             self.user_id,
             self.handle,
@@ -789,8 +789,10 @@ class Client:
             return None
         if kind is MessageType.TEXT and conv.startswith(b"dm:"):
             body = decode_body_untrusted(decrypted.plaintext)
+            # Ids are chosen by senders: namespaced by author, one sender cannot shadow
+            # another's message in the store.
             return Message(
-                body.id,
+                f"{sender}/{body.id}",
                 f"dm:{sender}",
                 sender,
                 await self._handle_of(sender, body.sender_handle),
@@ -804,7 +806,7 @@ class Client:
             if body.to is None:
                 raise UndecryptableMessage("a device-sync copy without its recipient")
             return Message(
-                body.id,
+                f"{self.user_id}/{body.id}",
                 f"dm:{body.to}",
                 self.user_id,
                 self.handle,
