@@ -305,7 +305,10 @@ async def _cmd_dm(args: argparse.Namespace, out: _Out) -> None:
 
 async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
     async with await _open(args) as client:
-        new = await client.sync()
+        if args.target is None:
+            new = await client.sync_all()
+        else:
+            await client.sync()
         # Reading is the regular moment a CLI user is around: keep the prekeys fresh and
         # the store small here (a running `tail` does the same on PREKEYS_LOW).
         await client.maintain_prekeys()
@@ -313,15 +316,7 @@ async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
         await client.expire_sent_messages()
         if args.target is None:
             messages = new
-            where = {m.id: m.conversation for m in new}
-            _show_notices(client, out)
-            if out.as_json:
-                out.emit([_message_json(m) for m in messages], "")
-            else:
-                for m in messages:
-                    print(_message_line(m, where[m.id]), flush=True)
-            return
-        if args.target.startswith("@"):
+        elif args.target.startswith("@"):
             messages = await client.dm_history(args.target[1:], args.limit)
         else:
             channel = await client.find_channel(args.target)
@@ -330,9 +325,10 @@ async def _cmd_read(args: argparse.Namespace, out: _Out) -> None:
         _show_notices(client, out)
         if out.as_json:
             out.emit([_message_json(m) for m in messages], "")
-        else:
-            for m in messages:
-                print(_message_line(m), flush=True)
+            return
+        for m in messages:
+            where = await client.conversation_label(m.conversation) if args.target is None else ""
+            print(_message_line(m, where), flush=True)
 
 
 async def _cmd_tail(args: argparse.Namespace, out: _Out) -> None:
@@ -341,7 +337,8 @@ async def _cmd_tail(args: argparse.Namespace, out: _Out) -> None:
         with trio.move_on_after(args.timeout if args.timeout is not None else float("inf")):
             async with client.live() as messages:
                 async for m in messages:
-                    out.emit(_message_json(m), _message_line(m, m.conversation))
+                    where = await client.conversation_label(m.conversation)
+                    out.emit(_message_json(m), _message_line(m, where))
                     _show_notices(client, out)
                     seen += 1
                     if args.count is not None and seen >= args.count:

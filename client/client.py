@@ -1095,6 +1095,30 @@ class Client:
             cm.seq,
         )
 
+    async def conversation_label(self, conversation: str) -> str:
+        """``@handle`` for a DM, ``#channel`` for a channel (names remembered once seen)."""
+        kind, _, ident = conversation.partition(":")
+        if kind == "dm":
+            return "@" + self._name(ident)
+        name = self.store.get("channel_name", ident)
+        if not isinstance(name, str):
+            try:
+                name = (await self.api.channel(ident)).name
+            except ApiError:
+                return "#" + ident
+            self.store.put("channel_name", ident, name)
+        return "#" + name
+
+    async def sync_all(self) -> list[Message]:
+        """Fetch everything new: envelopes, then every text channel of every guild."""
+        new = await self.sync()
+        for g in await self.api.my_guilds():
+            for channel in await self.api.channels(str(g.get("id"))):
+                if channel.type == "text":
+                    self.store.put("channel_name", channel.id, channel.name)
+                    new += await self.sync_channel(channel.id)
+        return new
+
     async def find_channel(self, name: str, guild: str | None = None) -> Channel:
         """A channel by id, ``guild/channel`` or plain name across the caller's guilds."""
         if "/" in name and guild is None:

@@ -105,6 +105,11 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
     listed = cli.json("channel", "list", "Crew", "--profile", "a")
     assert isinstance(listed, list) and sorted(c["name"] for c in listed) == ["general", "plans"]
     cli("send", "Crew/plans", "a note to self", "--profile", "a")
+    cli("dm", "ann", "and a DM", "--profile", "b-restored")
+    # `read` alone fetches everything new and labels where each message was said.
+    everything = cli("read", "--profile", "a2").stdout
+    assert "[#plans] ann: a note to self" in everything
+    assert "[@ben] ben: and a DM" in everything
     (note,) = cli.json("read", "Crew/plans", "--profile", "a2")  # type: ignore[misc]
     assert note["body"] == "a note to self" and note["sender_handle"] == "ann"
 
