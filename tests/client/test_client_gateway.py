@@ -133,3 +133,27 @@ async def test_heartbeats_keep_a_quiet_session_alive(tmp_path: Path) -> None:
         await alice.aclose()
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+async def test_a_session_the_server_forgot_is_replaced_and_nothing_is_lost(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
+    with trio.fail_after(20):
+        async with alice.live() as messages:
+            gateway = alice.gateway
+            assert gateway is not None
+            # As if the resume window had passed: RESUME is refused (INVALID_SESSION
+            # false), the client identifies afresh and catches up by REST.
+            gateway.core.session_id = "forgotten"
+            gateway.reconnect()
+            await bob.send_dm("alice", "across a lost session")
+            message = await messages.receive()
+    assert message.body == "across a lost session"
+    assert gateway.connections == 3
+    assert gateway.core.session_id not in (None, "forgotten")
+    assert [m.body for m in await alice.dm_history("bob")] == ["across a lost session"]
+    await alice.aclose()
+    await bob.aclose()
