@@ -165,7 +165,6 @@ class Client:
         self.user_id: str = account["user_id"]
         self.handle: str = account["handle"]
         self.device_id: str = account["device_id"]
-        self.server: str = account["server"]
         self.identity = IdentityKeyPair(store.get("identity", "seed"))
         # An expired session token is renewed by signing a challenge, transparently.
         api.relogin = self.login
@@ -173,7 +172,6 @@ class Client:
         self._audience_cache: dict[str, list[str]] = {}
         self._device_cache: dict[str, tuple[float, list[Device]]] = {}
         self._pending_acks: list[str] = []
-        self.notices_seen: list[Notice] = []
         # True while a gateway session runs: audience changes then arrive as dispatches, so
         # a channel's reader list may be cached until one of them says otherwise.
         self._live = False
@@ -385,7 +383,6 @@ class Client:
 
     def _notify(self, kind: str, text: str) -> None:
         notice = Notice(kind, text)
-        self.notices_seen.append(notice)
         raw = self.store.get("notices", "all", [])
         raw.append({"kind": notice.kind, "text": notice.text, "ts": notice.ts})
         self.store.put("notices", "all", raw[-200:])
@@ -1252,8 +1249,3 @@ class Client:
             candidate = path.with_name(path.name + suffix)
             if candidate.exists():
                 candidate.unlink()
-
-
-def is_client_error(exc: BaseException) -> bool:
-    """True for errors the CLI reports as one sentence."""
-    return isinstance(exc, ClientError | E2EEError)
