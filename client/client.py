@@ -36,7 +36,7 @@ from typing import Any
 
 import trio
 
-from client import _e2ee_compat as compat
+from client import _prekeys
 from client.api import ControlApi
 from client.envelope import (
     Body,
@@ -208,7 +208,7 @@ class Client:
                 "signature": identity.sign(
                     b"hushroom-v1 register\x00" + challenge + identity.public + handle.encode()
                 ),
-                **compat.directory_prekeys(identity, prekeys, otks),
+                **_prekeys.directory_prekeys(identity, prekeys, otks),
             }
             answer = await api.register(body)
             user, device, token = answer.get("user"), answer.get("device"), answer.get("token")
@@ -297,7 +297,7 @@ class Client:
                 "identity_key": identity.public,
                 "challenge": challenge,
                 "signature": identity.sign(message),
-                **compat.directory_prekeys(identity, prekeys, otks),
+                **_prekeys.directory_prekeys(identity, prekeys, otks),
             }
         )
         store = Store.open(profile, passphrase, create=True)
@@ -359,7 +359,7 @@ class Client:
             self.store.put("identity", "prekeys", self.prekeys.serialize())
             if rotate:
                 self.store.put("identity", "prekeys_rotated_at", _now())
-        body = compat.directory_prekeys(self.identity, self.prekeys, otks)
+        body = _prekeys.directory_prekeys(self.identity, self.prekeys, otks)
         if not rotate:
             del body["signed_prekey"], body["pq_prekey"]
         return await self.api.upload_keys(body)
@@ -562,7 +562,7 @@ class Client:
                     "the server handed out a prekey bundle under another identity key"
                 )
             try:
-                session = initiate_session(self.identity, compat.prekey_bundle_untrusted(bundle))
+                session = initiate_session(self.identity, _prekeys.prekey_bundle_untrusted(bundle))
             except E2EEError as exc:
                 raise ClientError(
                     f"a device of {self._name(user_id)} published prekeys that do not verify "

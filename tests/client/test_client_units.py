@@ -8,7 +8,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from client._e2ee_compat import directory_prekeys, prekey_bundle_untrusted
+from client._prekeys import directory_prekeys, prekey_bundle_untrusted
 from client.envelope import (
     Body,
     decode_body_untrusted,
