@@ -754,15 +754,14 @@ def register_routes(api: Api) -> None:
         def load(conn: Connection) -> list[dict[str, Any]]:
             member_context(conn, guild_id, call.me.user_id)
             snap = GuildSnapshot(conn, guild_id)
-            handles = dict(
-                conn.execute(
+            handles = {
+                user_id: handle
+                for user_id, handle in conn.execute(
                     sa.select(t.users.c.id, t.users.c.handle).where(
                         t.users.c.id.in_(list(snap.members))
                     )
                 )
-                .tuples()
-                .all()
-            )
+            }
             return [
                 {"user_id": u, "handle": handles.get(u), "roles": sorted(r)}
                 for u, r in sorted(snap.members.items())

@@ -91,6 +91,7 @@ def envelope_view(row: Any) -> dict[str, Any]:
         "sender_device_id": row.sender_device_id,
         "ciphertext": row.ciphertext,
         "created_at": row.created_at,
+        "seq": row.seq,
     }
 
 
@@ -140,6 +141,17 @@ def store_envelopes(
             devices=stale,
         )
     created_at = now()
+    env = t.envelopes
+    targets = [d["device_id"] for r in recipients for d in r["devices"]]
+    # Writes are serialised, so max+1 per recipient device is a gap-free arrival order.
+    last = {
+        device_id: seq
+        for device_id, seq in conn.execute(
+            sa.select(env.c.recipient_device_id, sa.func.max(env.c.seq))
+            .where(env.c.recipient_device_id.in_(targets))
+            .group_by(env.c.recipient_device_id)
+        )
+    }
     rows = [
         {
             "id": new_id(),
@@ -148,6 +160,7 @@ def store_envelopes(
             "sender_device_id": sender_device,
             "ciphertext": device["ciphertext"],
             "created_at": created_at,
+            "seq": (last.get(device["device_id"]) or 0) + 1,
         }
         for recipient in recipients
         for device in recipient["devices"]
@@ -194,7 +207,7 @@ def register_routes(api: Api) -> None:
         stmt = (
             sa.select(env)
             .where(env.c.recipient_device_id == device_id)
-            .order_by(env.c.created_at, env.c.id)
+            .order_by(env.c.seq)
             .limit(limit)
         )
         rows = await call.state.db.read(lambda conn: conn.execute(stmt).all())

@@ -82,7 +82,7 @@ def _ready(conn: Connection, session_id: str, caller: Caller, guild_limit: int) 
     queued = conn.execute(
         sa.select(env)
         .where(env.c.recipient_device_id == caller.device_id)
-        .order_by(env.c.created_at, env.c.id)
+        .order_by(env.c.seq)
         .limit(READY_ENVELOPES)
     ).all()
     return {

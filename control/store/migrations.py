@@ -1,8 +1,9 @@
 """Versioned schema migrations, applied in order inside one transaction each.
 
-Each migration is a function of a connection. Migration 1 creates the first tables; a later
-change appends a new numbered migration with its own explicit DDL (never edits an applied
-one), so SQLite and PostgreSQL databases of any age reach the same schema.
+Each migration is a function of a connection. Migration 1 creates the tables from the
+current metadata; every later migration appends its own explicit, portable DDL (never edits
+an applied one) and checks what exists first, so it applies both to databases created by an
+older version and to fresh ones, on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
@@ -22,9 +23,20 @@ def _v1_initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+def _v2_envelope_order(conn: Connection) -> None:
+    inspector = sa.inspect(conn)
+    if "seq" not in {c["name"] for c in inspector.get_columns("envelopes")}:
+        conn.exec_driver_sql("ALTER TABLE envelopes ADD COLUMN seq BIGINT NOT NULL DEFAULT 0")
+    if "ix_envelopes_recipient_seq" not in {i["name"] for i in inspector.get_indexes("envelopes")}:
+        conn.exec_driver_sql(
+            "CREATE INDEX ix_envelopes_recipient_seq ON envelopes (recipient_device_id, seq)"
+        )
+
+
 #: (version, description, step) in ascending order.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, devices, prekeys, communities, messages, envelopes", _v1_initial),
+    (2, "envelope arrival order per recipient device", _v2_envelope_order),
 ]
 
 

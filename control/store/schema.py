@@ -204,7 +204,10 @@ envelopes = sa.Table(
     sa.Column("sender_device_id", ID, nullable=False),
     sa.Column("ciphertext", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # Arrival order per recipient device (migration 2): ids are random, seconds too coarse.
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_envelopes_recipient", "recipient_device_id", "created_at"),
+    sa.Index("ix_envelopes_recipient_seq", "recipient_device_id", "seq"),
     sa.Index("ix_envelopes_created", "created_at"),
 )
 

@@ -84,7 +84,7 @@ async def test_envelopes_survive_kill_9_between_2xx_and_delivery(
     try:
         status, queued = await again.call("GET", f"{API}/envelopes", bob["token"])
         assert status == 200
-        assert sorted(q["id"] for q in queued) == sorted(ids)
+        assert [q["id"] for q in queued] == ids, "all of them, in the order they were sent"
     finally:
         assert again.stop() == 0
 

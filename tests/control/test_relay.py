@@ -109,6 +109,18 @@ async def test_own_other_devices_must_be_included(harness: Harness) -> None:
     assert status == 201
 
 
+async def test_envelopes_are_fetched_in_the_order_they_were_sent(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    for i in range(8):
+        status, _ = await harness.call(
+            "POST", f"{API}/envelopes", ann, json=fan_out({bob.id: [bob.device_id]}, b"%d-" % i)
+        )
+        assert status == 201
+    _, queued = await harness.call("GET", f"{API}/envelopes", bob)
+    assert [base64.b64decode(q["ciphertext"])[:2] for q in queued] == [b"%d-" % i for i in range(8)]
+    assert [q["seq"] for q in queued] == list(range(1, 9))
+
+
 async def test_envelopes_are_fetched_acked_and_deleted(harness: Harness) -> None:
     ann, bob = await harness.register("ann"), await harness.register("bob")
     for i in range(3):

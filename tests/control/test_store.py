@@ -77,3 +77,21 @@ async def test_concurrent_writes_are_serialised_and_all_commit(tmp_path: Path) -
     )
     assert count == 40
     db.close()
+
+
+async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    def downgrade(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("DROP INDEX ix_envelopes_recipient_seq")
+        conn.exec_driver_sql("ALTER TABLE envelopes DROP COLUMN seq")
+        conn.execute(sa.delete(t.schema_version).where(t.schema_version.c.version > 1))
+
+    await db.write(downgrade)
+    assert await db.migrate() == 2
+    columns = await db.read(
+        lambda conn: {c["name"] for c in sa.inspect(conn).get_columns("envelopes")}
+    )
+    assert "seq" in columns
+    db.close()
