@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hushroom.config import ConfigError, option, parse_host_port, parse_port_range
+from hushroom.secrets_file import read_secret_file
 
-__all__ = ["TurnConfig", "read_secrets"]
+__all__ = ["TurnConfig"]
 
 
 def _check_listen(values: list[str]) -> list[str]:
@@ -61,18 +62,6 @@ def _check_non_negative(value: float) -> float:
     if value < 0:
         raise ValueError("must not be negative")
     return value
-
-
-def read_secrets(path: Path) -> list[bytes]:
-    """Every non-empty line of a secret file; several lines allow rotation."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
-    lines = [line.strip().encode() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"{path} holds no secret")
-    return lines
 
 
 @dataclass(frozen=True)
@@ -165,7 +154,7 @@ class TurnConfig:
             )
         if self.secret_file:
             try:
-                read_secrets(Path(self.secret_file))
+                read_secret_file(Path(self.secret_file))
             except ValueError as exc:
                 raise ConfigError("--secret-file", str(exc)) from None
         if self.bandwidth < 0:
@@ -183,7 +172,7 @@ class TurnConfig:
 
     def secrets(self) -> list[bytes]:
         """The shared secrets: the file's lines, then those of ``--secret``."""
-        out = read_secrets(Path(self.secret_file)) if self.secret_file else []
+        out = read_secret_file(Path(self.secret_file)) if self.secret_file else []
         out += [s.strip().encode() for s in self.secret.split(",") if s.strip()]
         return out
 
