@@ -14,8 +14,9 @@ compete with the worker for cores: read the figures as a floor.
 
 ``--in-process`` measures the forwarding core alone: the worker's sans-I/O core in this
 process, fed pre-encrypted packets as fast as it takes them, sending real datagrams to a
-loopback sink socket. No generator competes for the core, so ``forwarded_pps`` is what one
-core sustains (CPU time, kernel ``sendto`` included); loss and latency do not apply.
+loopback sink socket through the worker's batched sender (:mod:`sfu.udp`). No generator
+competes for the core, so ``forwarded_pps`` is what one core sustains (CPU time, kernel
+``sendmmsg`` included); loss and latency do not apply.
 
 Usage: ``python bench/sfu_bench.py [--in-process] [--json]``; with ``--json`` the last line
 is one JSON object with those keys.
@@ -41,6 +42,7 @@ from sfu.dtls import Certificate
 from sfu.errors import SrtpError
 from sfu.rtp import AUDIO_LEVEL, HEADER
 from sfu.synthetic_peer import SyntheticPeer
+from sfu.udp import UdpSender
 from sfu.worker import Worker
 
 _STAMP = struct.Struct("!Q")
@@ -182,16 +184,30 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     handshake: list[tuple[bytes, tuple[str, int]]] = []
     forwarding = False
 
+    # The worker's own batched sender (sendmmsg); the sink is not read, so a full buffer
+    # drops, as on a real network.
+    sender = UdpSender(out)
+    send_batched = sender.send
+
     def send(data: bytes, address: tuple[str, int]) -> None:
         if forwarding:
-            try:  # noqa: SIM105 - per packet, cheaper than contextlib.suppress
-                out.sendto(data, target)
-            except OSError:
-                pass  # the sink is not read: a full buffer drops, as on a real network
+            send_batched(data, target)
         else:
             handshake.append((data, address))
 
-    worker = Worker("127.0.0.1", 40000, send, lambda event, data: None)
+    def send_rtp(
+        srtp: Any,
+        first: int,
+        second: int,
+        seq: int,
+        ts: int,
+        ssrc: int,
+        tail: bytes,
+        address: tuple[str, int],
+    ) -> None:
+        sender.send_rtp(srtp, first, second, seq, ts, ssrc, tail, target)
+
+    worker = Worker("127.0.0.1", 40000, send, lambda event, data: None, send_rtp=send_rtp)
     certificate = Certificate.generate()
     router_id = worker.handle_request("router.create", {}, 0.0)["router_id"]
 
@@ -249,8 +265,10 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     forwarding = True
     receive = worker.datagram_received
     started = time.process_time()
+    sender.start_batch()  # as one long drain of the worker's socket
     for data, address in batch:
         receive(data, address, 1.0)
+    sender.close_batch()
     cpu = time.process_time() - started
     forwarded = sum(r.packets_out for r in worker.routers.values())
     return {

@@ -33,12 +33,15 @@ from sfu.rtcp import (
     serialize_compound,
 )
 from sfu.rtp import AUDIO_LEVEL, HEADER, TRANSPORT_CC
+from sfu.srtp import SrtpContext
 from sfu.transport import Address, WebRtcTransport
 from sfu.vp8 import is_keyframe_untrusted
 
-__all__ = ["Router", "SendFunction"]
+__all__ = ["Router", "SendFunction", "SendRtpFunction"]
 
 SendFunction = Callable[[bytes, Address], None]
+# (SRTP context, first header byte, second, sequence, timestamp, SSRC, rest, destination)
+SendRtpFunction = Callable[[SrtpContext, int, int, int, int, int, bytes, Address], None]
 
 _EXT_HEAD = struct.Struct("!HH")
 # The one header extension the SFU writes on audio it sends: RFC 6464 audio level, id 1 as
@@ -70,9 +73,14 @@ def _element_untrusted(block: bytes, wanted: int) -> bytes | None:
 class Router:
     """One channel's producers and consumers, and the forwarding between them."""
 
-    def __init__(self, router_id: str, send: SendFunction) -> None:
+    def __init__(
+        self, router_id: str, send: SendFunction, send_rtp: SendRtpFunction | None = None
+    ) -> None:
         self.id = router_id
         self.send = send
+        # Forwarded RTP: protect and send in one step, so a batching sender can protect
+        # straight into its send slot (see sfu/udp.py).
+        self.send_rtp = send_rtp or self._protect_and_send
         self.transports: dict[str, WebRtcTransport] = {}
         self.producers: dict[str, Producer] = {}
         self.consumers: dict[str, tuple[Consumer, WebRtcTransport]] = {}
@@ -85,6 +93,19 @@ class Router:
         self.bytes_in = 0
         self.packets_out = 0
         self.bytes_out = 0
+
+    def _protect_and_send(
+        self,
+        srtp: SrtpContext,
+        first: int,
+        second: int,
+        seq: int,
+        timestamp: int,
+        ssrc: int,
+        tail: bytes,
+        address: Address,
+    ) -> None:
+        self.send(srtp.protect_rtp(first, second, seq, timestamp, ssrc, tail), address)
 
     # -- membership -------------------------------------------------------------------
 
@@ -215,8 +236,7 @@ class Router:
         tail = extension + payload  # shared by every consumer: one copy per packet
         out_size = 12 + len(tail)
         forwarded = 0
-        pack = HEADER.pack
-        send = self.send
+        send_rtp = self.send_rtp
         for consumer, sink in self._routes[producer.id]:
             if not consumer.admit(layer, keyframe):
                 continue
@@ -227,8 +247,16 @@ class Router:
             out = consumer.rewriter.rewrite(ssrc, seq, timestamp, now)
             if out is None:
                 continue
-            header = pack(first_out, marker | consumer.payload_type, out[0], out[1], consumer.ssrc)
-            send(srtp.protect(header + tail), address)
+            send_rtp(
+                srtp,
+                first_out,
+                marker | consumer.payload_type,
+                out[0],
+                out[1],
+                consumer.ssrc,
+                tail,
+                address,
+            )
             consumer.packets_sent += 1
             consumer.bytes_sent += out_size
             forwarded += 1

@@ -6,13 +6,16 @@ sends and an outbound session for every SSRC the SFU sends, as RFC 5764 §4.2 ke
 
 from __future__ import annotations
 
+from typing import Any
+
 import pylibsrtp
 from pylibsrtp._binding import ffi, lib
 
 from sfu.dtls import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_HMAC_SHA1_80, SrtpKeys
 from sfu.errors import SrtpError
+from sfu.rtp import HEADER
 
-__all__ = ["SrtpContext"]
+__all__ = ["BUFFER_SIZE", "SrtpContext"]
 
 _LIBSRTP_PROFILE = {
     SRTP_AEAD_AES_128_GCM.name: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
@@ -30,8 +33,13 @@ def _session(key: bytes, profile: int, ssrc_type: int) -> pylibsrtp.Session:
 
 
 # Room for the largest datagram plus libsrtp's worst-case trailer (tag + MKI).
-_BUFFER = 2048 + 16 + 128
+BUFFER_SIZE = _BUFFER = 2048 + 16 + 128
 _MAX_PACKET = 2048
+# Looked up once: each ``lib.<name>`` access is a getattr on the cffi library object.
+_PROTECT = lib.srtp_protect
+_UNPROTECT = lib.srtp_unprotect
+_MEMMOVE = ffi.memmove
+_HEADER_PACK_INTO = HEADER.pack_into
 
 
 class _Direct:
@@ -43,13 +51,16 @@ class _Direct:
     the policy, keys and lifetime) still belongs to pylibsrtp.
     """
 
-    __slots__ = ("_buffer", "_context", "_length", "_session")
+    __slots__ = ("_buffer", "_context", "_length", "_session", "_view")
 
     def __init__(self, session: pylibsrtp.Session) -> None:
         self._session = session  # keeps the libsrtp context alive
         self._context = session._srtp[0]
         self._buffer = ffi.new("char[]", _BUFFER)
         self._length = ffi.new("int *")
+        # The same C buffer as a writable Python buffer, so an RTP header is packed into it
+        # in place rather than built as bytes and concatenated.
+        self._view = ffi.buffer(self._buffer)
 
     def run(self, function: object, packet: bytes) -> bytes | None:
         size = len(packet)
@@ -60,6 +71,47 @@ class _Direct:
         if function(self._context, self._buffer, self._length):  # type: ignore[operator]
             return None
         return ffi.unpack(self._buffer, self._length[0])  # type: ignore[no-any-return]
+
+    def protect_rtp_into(
+        self,
+        out: Any,
+        view: Any,
+        first: int,
+        second: int,
+        seq: int,
+        timestamp: int,
+        ssrc: int,
+        tail: bytes,
+    ) -> int:
+        """Protect, in ``out`` (a C buffer of at least ``BUFFER_SIZE`` bytes, ``view`` being
+        the same memory as a writable Python buffer), the RTP packet whose 12-byte header has
+        these fields, followed by ``tail``; the protected length, or -1.
+
+        The header is packed and the tail copied straight into ``out``, where libsrtp
+        encrypts in place: building the clear packet as bytes first would add two copies
+        and returning bytes one more.
+        """
+        size = 12 + len(tail)
+        if size > _MAX_PACKET:
+            return -1
+        _HEADER_PACK_INTO(view, 0, first, second, seq, timestamp, ssrc)
+        _MEMMOVE(out + 12, tail, size - 12)
+        length = self._length
+        length[0] = size
+        if _PROTECT(self._context, out, length):
+            return -1
+        return length[0]  # type: ignore[no-any-return]
+
+    def protect_rtp(
+        self, first: int, second: int, seq: int, timestamp: int, ssrc: int, tail: bytes
+    ) -> bytes | None:
+        """As :meth:`protect_rtp_into`, in the own buffer, returned as bytes."""
+        size = self.protect_rtp_into(
+            self._buffer, self._view, first, second, seq, timestamp, ssrc, tail
+        )
+        if size < 0:
+            return None
+        return ffi.unpack(self._buffer, size)  # type: ignore[no-any-return]
 
 
 class SrtpContext:
@@ -76,7 +128,7 @@ class SrtpContext:
 
     def unprotect_untrusted(self, packet: bytes) -> bytes:
         """Authenticate and decrypt one SRTP packet."""
-        clear = self._rx_direct.run(lib.srtp_unprotect, packet)
+        clear = self._rx_direct.run(_UNPROTECT, packet)
         if clear is None:
             raise SrtpError("SRTP packet rejected (authentication, replay or size)")
         return clear
@@ -90,10 +142,38 @@ class SrtpContext:
 
     def protect(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTP packet the SFU sends."""
-        protected = self._tx_direct.run(lib.srtp_protect, packet)
+        protected = self._tx_direct.run(_PROTECT, packet)
         if protected is None:
             raise SrtpError("SRTP protection failed (packet too large)")
         return protected
+
+    def protect_rtp(
+        self, first: int, second: int, seq: int, timestamp: int, ssrc: int, tail: bytes
+    ) -> bytes:
+        """Encrypt and authenticate the RTP packet made of this header and ``tail``."""
+        protected = self._tx_direct.protect_rtp(first, second, seq, timestamp, ssrc, tail)
+        if protected is None:
+            raise SrtpError("SRTP protection failed (packet too large)")
+        return protected
+
+    def protect_rtp_into(
+        self,
+        out: Any,
+        view: Any,
+        first: int,
+        second: int,
+        seq: int,
+        timestamp: int,
+        ssrc: int,
+        tail: bytes,
+    ) -> int:
+        """:meth:`protect_rtp` into a caller's C buffer (a send slot); the protected length."""
+        size = self._tx_direct.protect_rtp_into(
+            out, view, first, second, seq, timestamp, ssrc, tail
+        )
+        if size < 0:
+            raise SrtpError("SRTP protection failed (packet too large)")
+        return size
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTCP packet the SFU sends."""

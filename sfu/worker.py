@@ -38,7 +38,7 @@ from sfu.dtls import Certificate
 from sfu.errors import BadParams, NotFound, RpcError, SfuError, SrtpError
 from sfu.ice import CONSENT_TIMEOUT, decode_binding_untrusted, local_ufrag_untrusted
 from sfu.producer import Producer
-from sfu.router import Router
+from sfu.router import Router, SendRtpFunction
 from sfu.rtcp import ReceiverEstimatedMaxBitrate, ReceiverReport, RtcpPacket, serialize_compound
 from sfu.sdp import (
     ConsumerOffer,
@@ -49,6 +49,7 @@ from sfu.sdp import (
     remote_fingerprints,
 )
 from sfu.transport import Address, WebRtcTransport
+from sfu.udp import UdpSender
 
 __all__ = ["Worker", "main", "run_worker"]
 
@@ -91,8 +92,10 @@ class Worker:
         emit: EmitFunction,
         local_ip: str | None = None,
         consent_timeout: float = CONSENT_TIMEOUT,
+        send_rtp: SendRtpFunction | None = None,
     ) -> None:
         self.consent_timeout = consent_timeout
+        self.send_rtp = send_rtp
         self.announce_ip = announce_ip
         # Where other workers of this node reach us for pipes (the bound address).
         self.local_ip = local_ip or announce_ip
@@ -325,7 +328,7 @@ class Worker:
         router_id = params.get("router_id") or secrets.token_hex(8)
         if not isinstance(router_id, str) or router_id in self.routers:
             raise BadParams("router_id must be a new string")
-        self.routers[router_id] = Router(router_id, self.send)
+        self.routers[router_id] = Router(router_id, self.send, self.send_rtp)
         return {"router_id": router_id}
 
     def router_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
@@ -737,22 +740,27 @@ def reply_for(worker: Worker, frame: dict[str, Any], now: float) -> dict[str, An
         return {"id": request_id, "error": {"code": BadParams.code, "message": str(exc)}}
 
 
-async def _serve_udp(worker: Worker, sock: socket.socket) -> None:
-    """The hot path: wait once, then drain every queued datagram without awaiting."""
+async def _serve_udp(worker: Worker, sock: socket.socket, sender: UdpSender) -> None:
+    """The hot path: wait once, then drain every queued datagram without awaiting; what the
+    drain sends leaves in batches (one sendmmsg per batch) before the next wait."""
     recvfrom = sock.recvfrom
     received = worker.datagram_received
     clock = time.monotonic
     while True:
         await trio.lowlevel.wait_readable(sock)
         now = clock()
-        while True:
-            try:
-                data, address = recvfrom(2048)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue  # ICMP port unreachable from a vanished peer, on some platforms
-            received(data, address[:2], now)
+        sender.start_batch()
+        try:
+            while True:
+                try:
+                    data, address = recvfrom(2048)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue  # ICMP port unreachable from a vanished peer, on some platforms
+                received(data, address[:2], now)
+        finally:
+            sender.close_batch()
 
 
 async def _tick(worker: Worker) -> None:
@@ -782,12 +790,7 @@ async def run_worker(
     stdout = trio.lowlevel.FdStream(os.dup(sys.stdout.fileno()))
     events_out, events_in = trio.open_memory_channel[bytes](1024)
 
-    def send(data: bytes, address: Address) -> None:
-        # try/except, not contextlib.suppress: this runs per packet per consumer.
-        try:  # noqa: SIM105
-            sock.sendto(data, address)
-        except (BlockingIOError, OSError):
-            pass  # a full send buffer drops, as a congested router would
+    sender = UdpSender(sock)
 
     def emit(event: str, data: dict[str, Any]) -> None:
         # The node is not reading when this is full; events are advisory and may be dropped.
@@ -795,7 +798,15 @@ async def run_worker(
             events_out.send_nowait(encode_frame({"event": event, "data": data}))
 
     local_ip = "127.0.0.1" if listen_ip in ("0.0.0.0", "::") else listen_ip
-    worker = Worker(announce_ip or listen_ip, bound_port, send, emit, local_ip, consent_timeout)
+    worker = Worker(
+        announce_ip or listen_ip,
+        bound_port,
+        sender.send,
+        emit,
+        local_ip,
+        consent_timeout,
+        sender.send_rtp,
+    )
     with sock, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery, stdin, stdout:
 
@@ -809,7 +820,7 @@ async def run_worker(
 
             nursery.start_soon(until_signal)
             nursery.start_soon(write_events)
-            nursery.start_soon(_serve_udp, worker, sock)
+            nursery.start_soon(_serve_udp, worker, sock, sender)
             nursery.start_soon(_tick, worker)
             decoder = FrameDecoder()
             while chunk := await stdin.receive_some(65536):
