@@ -51,13 +51,13 @@ class _Direct:
     the policy, keys and lifetime) still belongs to pylibsrtp.
     """
 
-    __slots__ = ("_buffer", "_context", "_length", "_session", "_view")
+    __slots__ = ("_buffer", "_session", "_view", "context", "length")
 
     def __init__(self, session: pylibsrtp.Session) -> None:
         self._session = session  # keeps the libsrtp context alive
-        self._context = session._srtp[0]
+        self.context = session._srtp[0]
         self._buffer = ffi.new("char[]", _BUFFER)
-        self._length = ffi.new("int *")
+        self.length = ffi.new("int *")
         # The same C buffer as a writable Python buffer, so an RTP header is packed into it
         # in place rather than built as bytes and concatenated.
         self._view = ffi.buffer(self._buffer)
@@ -67,10 +67,10 @@ class _Direct:
         if size > _MAX_PACKET:
             return None
         ffi.memmove(self._buffer, packet, size)
-        self._length[0] = size
-        if function(self._context, self._buffer, self._length):  # type: ignore[operator]
+        self.length[0] = size
+        if function(self.context, self._buffer, self.length):  # type: ignore[operator]
             return None
-        return ffi.unpack(self._buffer, self._length[0])  # type: ignore[no-any-return]
+        return ffi.unpack(self._buffer, self.length[0])  # type: ignore[no-any-return]
 
     def protect_rtp_into(
         self,
@@ -96,9 +96,9 @@ class _Direct:
             return -1
         _HEADER_PACK_INTO(view, 0, first, second, seq, timestamp, ssrc)
         _MEMMOVE(out + 12, tail, size - 12)
-        length = self._length
+        length = self.length
         length[0] = size
-        if _PROTECT(self._context, out, length):
+        if _PROTECT(self.context, out, length):
             return -1
         return length[0]  # type: ignore[no-any-return]
 
@@ -117,7 +117,7 @@ class _Direct:
 class SrtpContext:
     """Protect what the SFU sends and unprotect what it receives on one transport."""
 
-    __slots__ = ("_rx", "_rx_direct", "_tx", "_tx_direct")
+    __slots__ = ("_rx", "_rx_direct", "_tx", "_tx_context", "_tx_direct", "_tx_length")
 
     def __init__(self, keys: SrtpKeys) -> None:
         profile = _LIBSRTP_PROFILE[keys.profile.name]
@@ -125,6 +125,8 @@ class SrtpContext:
         self._tx = _session(keys.local, profile, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._rx_direct = _Direct(self._rx)
         self._tx_direct = _Direct(self._tx)
+        self._tx_context = self._tx_direct.context
+        self._tx_length = self._tx_direct.length
 
     def unprotect_untrusted(self, packet: bytes) -> bytes:
         """Authenticate and decrypt one SRTP packet."""
@@ -168,12 +170,17 @@ class SrtpContext:
         tail: bytes,
     ) -> int:
         """:meth:`protect_rtp` into a caller's C buffer (a send slot); the protected length."""
-        size = self._tx_direct.protect_rtp_into(
-            out, view, first, second, seq, timestamp, ssrc, tail
-        )
-        if size < 0:
+        # The body of _Direct.protect_rtp_into, inlined: this runs per packet per consumer.
+        size = 12 + len(tail)
+        if size > _MAX_PACKET:
             raise SrtpError("SRTP protection failed (packet too large)")
-        return size
+        _HEADER_PACK_INTO(view, 0, first, second, seq, timestamp, ssrc)
+        _MEMMOVE(out + 12, tail, size - 12)
+        length = self._tx_length
+        length[0] = size
+        if _PROTECT(self._tx_context, out, length):
+            raise SrtpError("SRTP protection failed")
+        return length[0]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTCP packet the SFU sends."""
