@@ -1,20 +1,27 @@
 """Benchmark one control-plane process: idle gateway connections, channel fan-out, envelopes.
 
-Starts ``python -m control`` on a loopback port the OS picks with a fresh data directory,
+Starts ``python -m control`` on a loopback port the OS picks with a fresh data directory
+(a fresh one per run with ``--runs N``, which prints the median and every run's value),
 then measures, each in its own phase:
 
-* **idle**: gateway connections identified and held, and the server's RSS with them open;
+* **healthz**: bare ``GET /healthz`` requests per second by the same C keep-alive clients:
+  the per-request ceiling of Quart + Hypercorn (and of this client) on this machine, the
+  reference the API figures of the same run compare to;
+* **envelopes**: durable envelopes (committed before the 201) posted by C senders and
+  acknowledged by C recipient devices that follow the gateway and acknowledge in batches;
+  ``--batch B`` posts B envelopes per request with ``POST /envelopes/batch``;
 * **fanout**: latency from posting one channel message to its MESSAGE_CREATE arriving on
-  each of M connected members (p50/p99 over several messages);
-* **envelopes**: durable envelopes posted (committed before the 201) and acked per second
-  by C concurrent clients over keep-alive HTTP/1.1.
+  each of M connected members (p50/p99 over several messages), and the CPU time the server
+  and the receivers (this process, on the same cores) spent per message;
+* **idle**: gateway connections identified and held, and the server's RSS with them open.
 
-Run: ``python bench/control_bench.py [--idle 10000] [--members 1000] [--seconds 10]``.
+Run: ``python bench/control_bench.py [--phases healthz,envelopes] [--runs 3] [--batch 16]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -72,20 +79,26 @@ class Http:
         out += self.conn.send(h11.Data(data=data)) if data else b""
         out += self.conn.send(h11.EndOfMessage())
         await self.stream.send_all(out)
-        status, chunks = 0, []
+        status, chunks, is_json = 0, [], False
         while True:
             event = self.conn.next_event()
             if event is h11.NEED_DATA:
                 self.conn.receive_data(await self.stream.receive_some(65536))
             elif isinstance(event, h11.Response):
                 status = event.status_code
+                is_json = any(
+                    name == b"content-type" and value.startswith(b"application/json")
+                    for name, value in event.headers
+                )
             elif isinstance(event, h11.Data):
                 chunks.append(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 break
         self.conn.start_next_cycle()
         raw = b"".join(chunks)
-        return status, msgpack.unpackb(raw) if raw else None
+        if not raw:
+            return status, None
+        return status, json.loads(raw) if is_json else msgpack.unpackb(raw)
 
     async def close(self) -> None:
         if self.stream is not None:
@@ -243,7 +256,9 @@ async def phase_idle(host: str, port: int, pid: int, count: int) -> dict[str, fl
     }
 
 
-async def phase_fanout(host: str, port: int, members: int, messages: int) -> dict[str, float]:
+async def phase_fanout(
+    host: str, port: int, pid: int, members: int, messages: int
+) -> dict[str, float]:
     users = await register_many(host, port, "fan", members)
     http = Http(host, port)
     owner = users[0]
@@ -278,6 +293,10 @@ async def phase_fanout(host: str, port: int, members: int, messages: int) -> dic
             for user in users:
                 opening.start_soon(one, user)
         await trio.sleep(1)
+        # CPU time of the server and of this process (the receivers) while messages fan out:
+        # both share the machine's cores, so both are reported.
+        server, cpu_before = psutil.Process(pid), psutil.Process(pid).cpu_times()
+        client_before = time.process_time()
         for i in range(messages):
             sent = time.perf_counter()
             status, _ = await http.request(
@@ -295,9 +314,11 @@ async def phase_fanout(host: str, port: int, members: int, messages: int) -> dic
                     got += 1
             await trio.sleep(0.2)
             del i
+        cpu_after, client_after = server.cpu_times(), time.process_time()
         hold.set()
         nursery.cancel_scope.cancel()
     await http.close()
+    server_cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     latencies.sort()
     return {
         "fanout_members": members,
@@ -305,19 +326,50 @@ async def phase_fanout(host: str, port: int, members: int, messages: int) -> dic
         "fanout_delivered": len(latencies),
         "fanout_p50_ms": 1000 * statistics.median(latencies),
         "fanout_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "fanout_max_ms": 1000 * latencies[-1],
+        "fanout_server_cpu_ms_per_message": 1000 * server_cpu / messages,
+        "fanout_client_cpu_ms_per_message": 1000 * (client_after - client_before) / messages,
     }
 
 
-async def phase_envelopes(
-    host: str, port: int, seconds: float, concurrency: int
-) -> dict[str, float]:
-    users = await register_many(host, port, "env", 2 * concurrency)
+async def phase_healthz(host: str, port: int, seconds: float, concurrency: int) -> dict[str, float]:
+    """The same server's bare request rate: the per-request ceiling of Quart + Hypercorn
+    (and of this client) on this machine, for comparison with the API phases."""
     done = 0
     deadline = time.perf_counter() + seconds
 
-    async def pair(sender: dict[str, Any], recipient: dict[str, Any]) -> None:
+    async def client() -> None:
         nonlocal done
-        a, b = Http(host, port), Http(host, port)
+        http = Http(host, port)
+        while time.perf_counter() < deadline:
+            status, _ = await http.request("GET", "/healthz")
+            assert status == 200
+            done += 1
+        await http.close()
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(client)
+    return {"healthz_per_s": done / (time.perf_counter() - started)}
+
+
+async def phase_envelopes(
+    host: str, port: int, seconds: float, concurrency: int, batch: int
+) -> dict[str, float]:
+    """C senders post for ``seconds``, ``batch`` envelopes per request (1: ``POST
+    /envelopes``, one envelope each; more: ``POST /envelopes/batch``); each recipient device
+    is on the gateway and acknowledges the ENVELOPE_CREATE dispatches that arrived since its
+    last acknowledgement in one ``POST /envelopes/ack``, as a client does. The figure is
+    envelopes both committed and acknowledged per second, timed until the last is acked."""
+    users = await register_many(host, port, "env", 2 * concurrency)
+    posted = acked = requests = 0
+    deadline = time.perf_counter() + seconds
+    senders_done = trio.Event()
+
+    async def sender(me: dict[str, Any], recipient: dict[str, Any], count: list[int]) -> None:
+        nonlocal posted, requests
+        http = Http(host, port)
         body = {
             "recipients": [
                 {
@@ -326,35 +378,94 @@ async def phase_envelopes(
                 }
             ]
         }
+        path, payload = f"{API}/envelopes", body
+        if batch > 1:
+            path, payload = f"{API}/envelopes/batch", {"sends": [body] * batch}
         while time.perf_counter() < deadline:
-            status, sent = await a.request("POST", f"{API}/envelopes", body, sender["token"])
+            status, sent = await http.request("POST", path, payload, me["token"])
             assert status == 201, sent
-            ids = [e["id"] for e in sent["envelopes"]]
-            status, acked = await b.request(
-                "POST", f"{API}/envelopes/ack", {"ids": ids}, recipient["token"]
-            )
-            assert status == 200 and acked["deleted"] == 1
-            done += 1
-        await a.close()
-        await b.close()
+            posted += batch
+            count[0] += batch
+            requests += 1
+        await http.close()
 
-    started = time.perf_counter()
+    async def recipient(me: dict[str, Any], expected: list[int], task_status: Any) -> None:
+        """Follow the gateway like a client does, acknowledging in one request whatever
+        ENVELOPE_CREATE dispatches arrived since the previous acknowledgement."""
+        nonlocal acked, requests
+        http = Http(host, port)
+        pending: list[str] = []
+        arrived = trio.Event()
+        mine = 0
+        async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
+            msgpack.unpackb(await ws.get_message())
+            await ws.send_message(msgpack.packb({"op": 2, "d": {"token": me["token"]}}))
+            while msgpack.unpackb(await ws.get_message()).get("t") != "READY":
+                pass
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+
+                async def reader() -> None:
+                    while True:
+                        frame = msgpack.unpackb(await ws.get_message())
+                        if frame.get("t") == "ENVELOPE_CREATE":
+                            pending.append(frame["d"]["id"])
+                            arrived.set()
+
+                nursery.start_soon(reader)
+                while not (senders_done.is_set() and mine == expected[0]):
+                    with trio.move_on_after(0.1):
+                        await arrived.wait()
+                    if not pending:
+                        continue
+                    ids = pending[:500]
+                    del pending[:500]
+                    if not pending:
+                        arrived = trio.Event()
+                    status, result = await http.request(
+                        "POST", f"{API}/envelopes/ack", {"ids": ids}, me["token"]
+                    )
+                    assert status == 200 and result["deleted"] == len(ids), result
+                    mine += len(ids)
+                    acked += len(ids)
+                    requests += 1
+                nursery.cancel_scope.cancel()
+        await http.close()
+
+    url = f"ws://{host}:{port}{API}/gateway"
+    expected = [[0] for _ in range(concurrency)]
     async with trio.open_nursery() as nursery:
         for i in range(concurrency):
-            nursery.start_soon(pair, users[2 * i], users[2 * i + 1])
+            await nursery.start(recipient, users[2 * i + 1], expected[i])
+        started = time.perf_counter()
+        async with trio.open_nursery() as senders:
+            for i in range(concurrency):
+                senders.start_soon(sender, users[2 * i], users[2 * i + 1], expected[i])
+        senders_done.set()
     elapsed = time.perf_counter() - started
-    return {"envelopes_per_s": done / elapsed, "envelopes_concurrency": concurrency}
+    assert acked == posted, (acked, posted)
+    return {
+        "envelopes_per_s": acked / elapsed,
+        "envelope_requests_per_s": requests / elapsed,
+        "envelopes_concurrency": concurrency,
+        "envelopes_per_request": batch,
+    }
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run_once(args: argparse.Namespace) -> dict[str, float]:
+    """One run of the selected phases against a fresh control process."""
     data_dir = Path(tempfile.mkdtemp(prefix="control-bench-"))
     proc, host, port = start_control(data_dir)
     results: dict[str, float] = {}
     try:
+        if "healthz" in args.phases:
+            results.update(await phase_healthz(host, port, 3.0, args.concurrency))
         if "envelopes" in args.phases:
-            results.update(await phase_envelopes(host, port, args.seconds, args.concurrency))
+            results.update(
+                await phase_envelopes(host, port, args.seconds, args.concurrency, args.batch)
+            )
         if "fanout" in args.phases:
-            results.update(await phase_fanout(host, port, args.members, args.messages))
+            results.update(await phase_fanout(host, port, proc.pid, args.members, args.messages))
         if "idle" in args.phases:
             results.update(await phase_idle(host, port, proc.pid, args.idle))
     finally:
@@ -370,16 +481,25 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--phases", default="envelopes,fanout,idle")
+    parser.add_argument("--phases", default="healthz,envelopes,fanout,idle")
+    parser.add_argument("--runs", type=int, default=1, help="fresh server per run; medians")
     parser.add_argument("--idle", type=int, default=10_000, help="idle gateway connections")
     parser.add_argument("--members", type=int, default=1000, help="fan-out channel members")
     parser.add_argument("--messages", type=int, default=10, help="fan-out messages posted")
     parser.add_argument("--seconds", type=float, default=10.0, help="envelope phase length")
     parser.add_argument("--concurrency", type=int, default=32, help="envelope client pairs")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="envelopes per send request (>1: /envelopes/batch)"
+    )
     args = parser.parse_args()
-    results = trio.run(run, args)
-    for name, value in results.items():
-        print(f"{name}: {value:.1f}" if isinstance(value, float) else f"{name}: {value}")
+    runs = [trio.run(run_once, args) for _ in range(args.runs)]
+    for name in runs[0]:
+        values = [r[name] for r in runs]
+        shown = ", ".join(f"{v:.1f}" for v in values)
+        print(
+            f"{name}: {statistics.median(values):.1f}"
+            + (f"  (runs: {shown})" if len(runs) > 1 else "")
+        )
 
 
 if __name__ == "__main__":

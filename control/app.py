@@ -22,6 +22,7 @@ from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .purger import run_purger
 from .ratelimit import RateLimiter
+from .sessions import SessionCache
 from .state import EXTENSION, ControlState
 from .store import Database
 
@@ -43,12 +44,17 @@ def create_app(config: ControlConfig) -> QuartTrio:
     registry = NodeRegistry()
     app.extensions["hushroom.nodes"] = registry
     bus = LocalBus()
+    db = Database(config.resolved_database_url)
+    sessions = SessionCache(db, config.session_cache)
+    # Subscribed before anything can publish: revocations must never pass the cache by.
+    bus.subscribe(sessions.on_event)
     state = ControlState(
         config=config,
-        db=Database(config.resolved_database_url),
+        db=db,
         bus=bus,
         limiter=RateLimiter(config.rate_per_s, config.rate_burst),
         hub=GatewayHub(bus, config.resume_window_s),
+        sessions=sessions,
     )
     app.extensions[EXTENSION] = state
     register_error_handlers(app)

@@ -35,6 +35,9 @@ class EventBus(Protocol):
     async def publish(self, event: Event) -> None:
         """Deliver ``event`` to every subscriber (ordered per publisher)."""
 
+    async def publish_many(self, events: Iterable[Event]) -> None:
+        """Publish several events in order (ordered like consecutive ``publish`` calls)."""
+
     def subscribe(self, handler: Handler) -> Callable[[], None]:
         """Call ``handler`` for each event; return a function that unsubscribes."""
 
@@ -51,9 +54,12 @@ class LocalBus:
             handler(event)
 
     async def publish_many(self, events: Iterable[Event]) -> None:
-        """Publish several events in order."""
+        """Publish several events in order, with one await for all of them (a batch of
+        envelopes must not cost a scheduling round per envelope)."""
+        handlers = list(self._handlers)
         for event in events:
-            await self.publish(event)
+            for handler in handlers:
+                handler(event)
 
     def subscribe(self, handler: Handler) -> Callable[[], None]:
         """Register ``handler``; the returned function removes it."""

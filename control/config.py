@@ -23,6 +23,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
 def _check_log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -67,6 +73,12 @@ class ControlConfig:
         250,
         help="presence is pushed only through guilds with at most this many members",
         check=_positive,
+    )
+    session_cache: int = option(
+        100_000,
+        help="session tokens cached in memory (0: read the store on every request; "
+        "see control/sessions.py for running several processes)",
+        check=_not_negative,
     )
     purge_interval_s: float = option(
         60.0, help="seconds between runs of the retention purger", check=_positive

@@ -10,6 +10,7 @@ from quart import current_app
 from .bus import LocalBus
 from .config import ControlConfig
 from .ratelimit import RateLimiter
+from .sessions import SessionCache
 from .store import Database
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class ControlState:
     bus: LocalBus
     limiter: RateLimiter
     hub: GatewayHub
+    sessions: SessionCache
 
 
 def get_state() -> ControlState:

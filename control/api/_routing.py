@@ -8,13 +8,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from quart import Blueprint, Response, request
 
 from ..errors import InvalidBody, NotFound, RateLimited, Unauthorized
-from ..ids import hash_token, now
+from ..ids import hash_token
 from ..state import ControlState, get_state
-from ..store import schema
 from ..wire import Field, Schema, decode_body_untrusted, decode_value_untrusted, encode_response
 
 __all__ = ["Api", "Call", "Caller", "Reply"]
@@ -83,14 +81,10 @@ async def authenticate(state: ControlState) -> Caller:
     if scheme.lower() != "bearer" or not token or len(token) > 128:
         raise Unauthorized("a valid session token is required (Authorization: Bearer ...)")
     digest = hash_token(token.strip())
-    sessions = schema.sessions
-    stmt = sa.select(sessions.c.user_id, sessions.c.device_id).where(
-        sessions.c.token_hash == digest, sessions.c.expires_at > now()
-    )
-    row = await state.db.read(lambda conn: conn.execute(stmt).first())
-    if row is None:
+    session = await state.sessions.lookup(digest)
+    if session is None:
         raise Unauthorized("the session token is unknown, expired or revoked")
-    return Caller(row.user_id, row.device_id, digest)
+    return Caller(session.user_id, session.device_id, digest)
 
 
 def decode_query_untrusted(spec: Schema | None) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from .. import signatures as sig
 from ..bus import Event
 from ..errors import Conflict, Gone, InvalidBody, NotFound, Unauthorized
 from ..ids import day_now, hash_token, new_id, new_token, now
+from ..sessions import revoked
 from ..store import schema as t
 from ..wire import Field, Schema
 from ._routing import Api, Call, Reply, int_field
@@ -314,6 +315,7 @@ def register_routes(api: Api) -> None:
                 sa.delete(t.sessions).where(t.sessions.c.token_hash == digest)
             )
         )
+        await call.state.bus.publish(revoked(token_hash=digest))
 
     @api.route("GET", "/users/@me", summary="The caller's account", tag="accounts")
     async def me(call: Call) -> dict[str, Any]:
@@ -423,6 +425,7 @@ def register_routes(api: Api) -> None:
             conn.execute(sa.delete(t.devices).where(t.devices.c.id == device_id))
 
         await call.state.db.write(remove)
+        await call.state.bus.publish(revoked(device_id=device_id))
         await call.state.bus.publish(
             Event(
                 "DEVICE_REMOVE",

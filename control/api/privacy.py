@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 
 from ..bus import Event
 from ..errors import Conflict
+from ..sessions import revoked
 from ..store import schema as t
 from ._routing import Api, Call
 
@@ -142,6 +143,7 @@ def register_routes(api: Api) -> None:
     async def erase(call: Call) -> None:
         user_id = call.me.user_id
         remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
+        await call.state.bus.publish(revoked(user_id=user_id))
         call.state.hub.drop_user(user_id)
         for guild_id, members in remaining:
             data = {"guild_id": guild_id, "user_id": user_id}

@@ -25,7 +25,7 @@ from ..permissions import Permission
 from ..store import schema as t
 from ..wire import Field, Schema
 from ._routing import Api, Call, id_field, int_field
-from .accounts import current_devices
+from .accounts import device_view
 
 __all__ = ["MAX_CIPHERTEXT", "register_routes"]
 
@@ -63,6 +63,18 @@ SEND_ENVELOPES = Schema(
                     },
                 ),
             ),
+        )
+    },
+)
+SEND_ENVELOPES_BATCH = Schema(
+    "SendEnvelopesBatch",
+    {
+        "sends": Field(
+            "list",
+            "several POST /envelopes bodies, queued in this order in one transaction",
+            min=1,
+            max=64,
+            items=Field("object", schema=SEND_ENVELOPES),
         )
     },
 )
@@ -109,6 +121,21 @@ def message_view(row: Any) -> dict[str, Any]:
     }
 
 
+def devices_of(conn: Connection, user_ids: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """The current devices of each of ``user_ids`` (in :func:`current_devices` order), read
+    with one statement: the relay's hot path pays per statement, not per recipient."""
+    d = t.devices
+    found: dict[str, list[dict[str, Any]]] = {user_id: [] for user_id in user_ids}
+    rows = conn.execute(
+        sa.select(d.c.user_id, d.c.id, d.c.identity_key)
+        .where(d.c.user_id.in_(sorted(user_ids)))
+        .order_by(d.c.id)
+    )
+    for row in rows:
+        found[row.user_id].append(device_view(row))
+    return found
+
+
 def store_envelopes(
     conn: Connection, sender_user: str, sender_device: str, recipients: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -116,25 +143,43 @@ def store_envelopes(
 
     Raises :class:`StaleDevices` naming each user whose list differs, with the current list.
     """
-    users = [r["user_id"] for r in recipients]
-    if len(set(users)) != len(users):
-        raise InvalidBody("a recipient user appears twice")
-    if sender_user not in users:
-        own = [d["id"] for d in current_devices(conn, sender_user) if d["id"] != sender_device]
-        if own:
-            recipients = [*recipients, {"user_id": sender_user, "devices": []}]
+    return store_envelope_sends(conn, sender_user, sender_device, [recipients])[0]
+
+
+def store_envelope_sends(
+    conn: Connection, sender_user: str, sender_device: str, sends: list[list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """Queue several sends (each a ``recipients`` list) in order, all or nothing.
+
+    A stale device list in any send refuses them all with one :class:`StaleDevices` naming
+    every stale user with the current list, so a client re-encrypts once. Three statements
+    whatever the number of sends and recipients: the devices of every user named, the last
+    ``seq`` of every target device, and one multi-row insert.
+    """
+    for recipients in sends:
+        users = [r["user_id"] for r in recipients]
+        if len(set(users)) != len(users):
+            raise InvalidBody("a recipient user appears twice")
+        for recipient in recipients:
+            given = [d["device_id"] for d in recipient["devices"]]
+            if len(set(given)) != len(given):
+                raise InvalidBody("a device appears twice for one recipient")
+    named = {r["user_id"] for recipients in sends for r in recipients} | {sender_user}
+    current = devices_of(conn, named)
+    own_others = {d["id"] for d in current[sender_user]} - {sender_device}
     stale: dict[str, list[dict[str, Any]]] = {}
-    for recipient in recipients:
-        user_id = recipient["user_id"]
-        current = current_devices(conn, user_id)
-        expected = {d["id"] for d in current}
-        if user_id == sender_user:
-            expected.discard(sender_device)
-        given = [d["device_id"] for d in recipient["devices"]]
-        if len(set(given)) != len(given):
-            raise InvalidBody("a device appears twice for one recipient")
-        if set(given) != expected:
-            stale[user_id] = current
+    for recipients in sends:
+        listed = {r["user_id"] for r in recipients}
+        if own_others and sender_user not in listed:
+            # The sender's other devices must get every envelope too.
+            stale[sender_user] = current[sender_user]
+        for recipient in recipients:
+            user_id = recipient["user_id"]
+            expected = {d["id"] for d in current[user_id]}
+            if user_id == sender_user:
+                expected.discard(sender_device)
+            if {d["device_id"] for d in recipient["devices"]} != expected:
+                stale[user_id] = current[user_id]
     if stale:
         raise StaleDevices(
             "the device list of some recipients is stale; re-encrypt for the current devices",
@@ -142,32 +187,55 @@ def store_envelopes(
         )
     created_at = now()
     env = t.envelopes
-    targets = [d["device_id"] for r in recipients for d in r["devices"]]
+    targets = {d["device_id"] for recipients in sends for r in recipients for d in r["devices"]}
     # Writes are serialised, so max+1 per recipient device is a gap-free arrival order.
-    last = {
-        device_id: seq
+    last: dict[str, int] = dict.fromkeys(targets, 0)
+    if targets:
         for device_id, seq in conn.execute(
             sa.select(env.c.recipient_device_id, sa.func.max(env.c.seq))
-            .where(env.c.recipient_device_id.in_(targets))
+            .where(env.c.recipient_device_id.in_(sorted(targets)))
             .group_by(env.c.recipient_device_id)
+        ):
+            last[device_id] = seq or 0
+    stored: list[list[dict[str, Any]]] = []
+    for recipients in sends:
+        rows = []
+        for recipient in recipients:
+            for device in recipient["devices"]:
+                device_id = device["device_id"]
+                last[device_id] += 1
+                rows.append(
+                    {
+                        "id": new_id(),
+                        "recipient_device_id": device_id,
+                        "sender_user_id": sender_user,
+                        "sender_device_id": sender_device,
+                        "ciphertext": device["ciphertext"],
+                        "created_at": created_at,
+                        "seq": last[device_id],
+                    }
+                )
+        stored.append(rows)
+    inserts = [row for rows in stored for row in rows]
+    if inserts:
+        conn.execute(sa.insert(env), inserts)
+    return stored
+
+
+def envelope_events(rows: list[dict[str, Any]]) -> list[Event]:
+    """One ENVELOPE_CREATE per stored envelope, addressed to its recipient device only."""
+    return [
+        Event(
+            "ENVELOPE_CREATE",
+            {k: v for k, v in row.items() if k != "recipient_device_id"},
+            device_ids=frozenset({row["recipient_device_id"]}),
         )
-    }
-    rows = [
-        {
-            "id": new_id(),
-            "recipient_device_id": device["device_id"],
-            "sender_user_id": sender_user,
-            "sender_device_id": sender_device,
-            "ciphertext": device["ciphertext"],
-            "created_at": created_at,
-            "seq": (last.get(device["device_id"]) or 0) + 1,
-        }
-        for recipient in recipients
-        for device in recipient["devices"]
+        for row in rows
     ]
-    if rows:
-        conn.execute(sa.insert(t.envelopes), rows)
-    return rows
+
+
+def _receipts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"envelopes": [{"id": r["id"], "device_id": r["recipient_device_id"]} for r in rows]}
 
 
 def register_routes(api: Api) -> None:
@@ -187,12 +255,29 @@ def register_routes(api: Api) -> None:
         rows = await call.state.db.write(
             lambda conn: store_envelopes(conn, me.user_id, me.device_id, call.body["recipients"])
         )
-        for row in rows:
-            data = {k: v for k, v in row.items() if k != "recipient_device_id"}
-            await call.state.bus.publish(
-                Event("ENVELOPE_CREATE", data, device_ids=frozenset({row["recipient_device_id"]}))
-            )
-        return {"envelopes": [{"id": r["id"], "device_id": r["recipient_device_id"]} for r in rows]}
+        await call.state.bus.publish_many(envelope_events(rows))
+        return _receipts(rows)
+
+    @api.route(
+        "POST",
+        "/envelopes/batch",
+        summary="Several envelope sends in one request and one commit (all or nothing; "
+        "409 with every stale user's current list)",
+        tag="relay",
+        body=SEND_ENVELOPES_BATCH,
+        status=201,
+        errors=(409,),
+    )
+    async def send_envelope_batch(call: Call) -> dict[str, Any]:
+        me, sends = call.me, call.body["sends"]
+        recipient_lists = [send["recipients"] for send in sends]
+        stored = await call.state.db.write(
+            lambda conn: store_envelope_sends(conn, me.user_id, me.device_id, recipient_lists)
+        )
+        await call.state.bus.publish_many(
+            event for rows in stored for event in envelope_events(rows)
+        )
+        return {"sends": [_receipts(rows) for rows in stored]}
 
     @api.route(
         "GET",

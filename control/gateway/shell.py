@@ -21,7 +21,7 @@ from ..api.accounts import current_devices
 from ..api.guilds import full_guild
 from ..api.relay import envelope_view
 from ..bus import Event
-from ..ids import day_now, hash_token, new_id, now
+from ..ids import day_now, hash_token, new_id
 from ..state import ControlState
 from ..store import schema as t
 from .hub import OUTBOX_FRAMES, LiveSession
@@ -48,12 +48,8 @@ def _pack(data: Any) -> bytes:
 
 async def _session_for_token(state: ControlState, token: str) -> Caller | None:
     digest = hash_token(token)
-    s = t.sessions
-    stmt = sa.select(s.c.user_id, s.c.device_id).where(
-        s.c.token_hash == digest, s.c.expires_at > now()
-    )
-    row = await state.db.read(lambda conn: conn.execute(stmt).first())
-    return None if row is None else Caller(row.user_id, row.device_id, digest)
+    session = await state.sessions.lookup(digest)
+    return None if session is None else Caller(session.user_id, session.device_id, digest)
 
 
 def co_members(conn: Connection, user_id: str, guild_limit: int) -> frozenset[str]:

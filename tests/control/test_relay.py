@@ -216,3 +216,34 @@ async def test_sending_needs_send_messages(harness: Harness) -> None:
         "POST", f"{API}/channels/{general}/messages", bob, json={"ciphertext": b64(b"x")}
     )
     assert status == 403 and "SEND_MESSAGES" in body["error"]["message"]
+
+
+async def test_an_envelope_batch_is_queued_in_the_order_of_its_sends(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    sends = [fan_out({bob.id: [bob.device_id]}, b"%d-" % i) for i in range(3)]
+    status, body = await harness.call("POST", f"{API}/envelopes/batch", ann, json={"sends": sends})
+    assert status == 201
+    ids = [send["envelopes"][0]["id"] for send in body["sends"]]
+    assert [send["envelopes"][0]["device_id"] for send in body["sends"]] == [bob.device_id] * 3
+    _, queued = await harness.call("GET", f"{API}/envelopes", bob)
+    assert [e["id"] for e in queued] == ids
+    assert [e["seq"] for e in queued] == [1, 2, 3]
+    assert [base64.b64decode(e["ciphertext"])[:2] for e in queued] == [b"0-", b"1-", b"2-"]
+
+
+async def test_one_stale_send_refuses_the_whole_batch(harness: Harness) -> None:
+    ann, bob, cat = [await harness.register(h) for h in ("ann", "bob", "cat")]
+    bob_phone = await harness.add_device(bob)
+    sends = [
+        fan_out({cat.id: [cat.device_id]}, b"ok"),
+        fan_out({bob.id: [bob.device_id]}, b"stale"),
+    ]
+    status, body = await harness.call("POST", f"{API}/envelopes/batch", ann, json={"sends": sends})
+    assert status == 409 and body["error"]["code"] == "stale_devices"
+    assert set(body["error"]["devices"]) == {bob.id}
+    assert {d["id"] for d in body["error"]["devices"][bob.id]} == {
+        bob.device_id,
+        bob_phone.device_id,
+    }
+    _, none = await harness.call("GET", f"{API}/envelopes", cat)
+    assert none == [], "the valid send of a refused batch is not queued either"
