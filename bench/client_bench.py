@@ -26,11 +26,8 @@ import argparse
 import json
 import os
 import platform
-import select
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,47 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from client import Client  # noqa: E402
+from control.process import ControlProcess  # noqa: E402
 
 PASS = "benchmark passphrase"
-
-
-def start_control(data_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``python -m control`` on 127.0.0.1:0; returns the process and its base URL."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "control",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--rate-per-s",
-            "100000",
-            "--rate-burst",
-            "100000",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log.open("ab"),
-    )
-    assert proc.stdout is not None
-    seen = b""
-    deadline = time.monotonic() + 30
-    while b"control ready" not in seen:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            raise SystemExit(f"control did not start: {seen!r}")
-        chunk = os.read(proc.stdout.fileno(), 4096)
-        if not chunk:
-            raise SystemExit(f"control exited: {seen!r}")
-        seen += chunk
-    for line in seen.decode().splitlines():
-        if line.startswith("control listening http "):
-            return proc, "http://" + line.rsplit(" ", 1)[1]
-    raise SystemExit("control did not say where it listens")
 
 
 async def dm_run(alice: Client, bob: Client, count: int) -> float:
@@ -179,13 +138,19 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="client-bench-"))
-    proc, url = start_control(base / "control", base / "control.log")
-    try:
-        results = trio.run(bench, url, base, args)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(15)
-        shutil.rmtree(base, ignore_errors=True)
+    with (base / "control.log").open("ab") as log:
+        control = ControlProcess(
+            base / "control",
+            "--log-level", "warning",
+            "--rate-per-s", "100000",
+            "--rate-burst", "100000",
+            log=log,
+        )  # fmt: skip
+        try:
+            results = trio.run(bench, control.url, base, args)
+        finally:
+            control.stop()
+            shutil.rmtree(base, ignore_errors=True)
     results["python"] = platform.python_version()
     results["cpus"] = os.cpu_count()
     if args.json:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from control import signatures as sig  # noqa: E402
+from control.process import ControlProcess  # noqa: E402
 from hushroom.secrets_file import ensure_secret_file  # noqa: E402
 
 API = "/api/v1"
@@ -103,42 +103,6 @@ class Http:
     async def close(self) -> None:
         if self.stream is not None:
             await self.stream.aclose()
-
-
-def start_control(data_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
-    ensure_secret_file(data_dir / "node-secret")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "control",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--rate-per-s",
-            "1000000000",
-            "--rate-burst",
-            "1000000000",
-            "--heartbeat-interval-ms",
-            "600000",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    host, port = "", 0
-    for raw in proc.stdout:
-        line = raw.decode().strip()
-        if line.startswith("control listening http "):
-            host, _, port_text = line.rsplit(" ", 1)[1].rpartition(":")
-            port = int(port_text)
-        if line == "control ready":
-            break
-    assert port, "control did not start"
-    return proc, host, port
 
 
 async def register(http: Http, handle: str) -> dict[str, Any]:
@@ -455,7 +419,15 @@ async def phase_envelopes(
 async def run_once(args: argparse.Namespace) -> dict[str, float]:
     """One run of the selected phases against a fresh control process."""
     data_dir = Path(tempfile.mkdtemp(prefix="control-bench-"))
-    proc, host, port = start_control(data_dir)
+    ensure_secret_file(data_dir / "node-secret")
+    control = ControlProcess(
+        data_dir,
+        "--log-level", "warning",
+        "--rate-per-s", "1000000000",
+        "--rate-burst", "1000000000",
+        "--heartbeat-interval-ms", "600000",
+    )  # fmt: skip
+    (host, port), pid = control.host_port, control.proc.pid
     results: dict[str, float] = {}
     try:
         if "healthz" in args.phases:
@@ -465,16 +437,12 @@ async def run_once(args: argparse.Namespace) -> dict[str, float]:
                 await phase_envelopes(host, port, args.seconds, args.concurrency, args.batch)
             )
         if "fanout" in args.phases:
-            results.update(await phase_fanout(host, port, proc.pid, args.members, args.messages))
+            results.update(await phase_fanout(host, port, pid, args.members, args.messages))
         if "idle" in args.phases:
-            results.update(await phase_idle(host, port, proc.pid, args.idle))
+            results.update(await phase_idle(host, port, pid, args.idle))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        # SIGINT lets the server close thousands of connections gracefully; give it time.
+        control.stop(within_s=120)
         shutil.rmtree(data_dir, ignore_errors=True)
     return results
 

@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from client_live import ROOT, ControlProcess
+from client_live import ControlProcess
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,52 +10,21 @@ from typing import Any
 
 import trio
 
-ROOT = Path(__file__).resolve().parents[2]
+from control.process import ControlProcess
 
 
-class LiveControl:
-    """``python -m control`` with stdout parsed and stderr (the log) kept in a file."""
+class LiveControl(ControlProcess):
+    """``python -m control`` at debug level, its log (stderr) kept in ``log_path``."""
 
     def __init__(self, data_dir: Path, log_path: Path, *extra: str) -> None:
         self.log_path = log_path
         self.log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "control",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(data_dir),
-                "--log-level",
-                "debug",
-                *extra,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-        )
-        self.base = ""
-        deadline = time.monotonic() + 30
-        assert self.proc.stdout is not None
-        lines = b""
-        while b"control ready" not in lines:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"control did not start: {lines!r}"
-            ready, _, _ = select.select([self.proc.stdout], [], [], remaining)
-            if ready:
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                assert chunk, f"control exited: {lines!r}"
-                lines += chunk
-        for line in lines.decode().splitlines():
-            if line.startswith("control listening http "):
-                self.base = "http://" + line.rsplit(" ", 1)[1]
-        assert self.base
+        super().__init__(data_dir, "--log-level", "debug", *extra, log=self.log)
 
     @property
-    def ws_url(self) -> str:
-        return self.base.replace("http://", "ws://") + "/api/v1/gateway"
+    def base(self) -> str:
+        """``http://HOST:PORT`` of the API."""
+        return self.url
 
     def request(
         self, method: str, path: str, token: str | None = None, body: Any = None
@@ -89,16 +52,11 @@ class LiveControl:
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""
-        self.proc.kill()
-        self.proc.wait(10)
+        super().kill()
         self.log.close()
 
-    def stop(self) -> int:
+    def stop(self, within_s: float = 15.0) -> int:
         """SIGINT and wait; return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(15)
+        code = super().stop(within_s)
         self.log.close()
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return self.proc.returncode
+        return code

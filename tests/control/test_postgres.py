@@ -16,7 +16,8 @@ from control.app import create_app
 
 URL = os.environ.get("HUSHROOM_TEST_DATABASE_URL")
 pytestmark = pytest.mark.skipif(
-    not URL, reason="set HUSHROOM_TEST_DATABASE_URL (postgresql+psycopg://...) to run"
+    not URL,
+    reason="set HUSHROOM_TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)",
 )
 
 
