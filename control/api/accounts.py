@@ -131,6 +131,21 @@ def _check_bundle(identity_key: bytes, body: dict[str, Any]) -> None:
         raise InvalidBody("one_time_prekeys repeat a key_id")
 
 
+def _insert_device(
+    conn: Connection, device_id: str, user_id: str, identity_key: bytes, day: int
+) -> None:
+    """Add a device row (first seen and last seen today, at day grain)."""
+    conn.execute(
+        sa.insert(t.devices).values(
+            id=device_id,
+            user_id=user_id,
+            identity_key=identity_key,
+            created_day=day,
+            last_seen_day=day,
+        )
+    )
+
+
 def _store_bundle(conn: Connection, device_id: str, body: dict[str, Any]) -> None:
     for table, name in ((t.signed_prekeys, "signed_prekey"), (t.pq_prekeys, "pq_prekey")):
         key = body.get(name)
@@ -240,15 +255,7 @@ def register_routes(api: Api) -> None:
                     conn.execute(
                         sa.insert(t.users).values(id=user_id, handle=handle, created_day=day)
                     )
-                    conn.execute(
-                        sa.insert(t.devices).values(
-                            id=device_id,
-                            user_id=user_id,
-                            identity_key=identity_key,
-                            created_day=day,
-                            last_seen_day=day,
-                        )
-                    )
+                    _insert_device(conn, device_id, user_id, identity_key, day)
             except IntegrityError:
                 raise Conflict("the handle or identity key is already registered") from None
             _store_bundle(conn, device_id, body)
@@ -385,15 +392,7 @@ def register_routes(api: Api) -> None:
             device_id, day = new_id(), day_now()
             try:
                 with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(t.devices).values(
-                            id=device_id,
-                            user_id=user_id,
-                            identity_key=identity_key,
-                            created_day=day,
-                            last_seen_day=day,
-                        )
-                    )
+                    _insert_device(conn, device_id, user_id, identity_key, day)
             except IntegrityError:
                 raise Conflict("this identity key is already registered") from None
             _store_bundle(conn, device_id, body)
