@@ -1,10 +1,13 @@
 """The people's commands: ``hushroom register|login|guild|channel|send|dm|read|tail|...``.
 
 ``main(argv)`` receives the command name first (``hushroom`` routes here). Every command
-takes ``--profile DIR`` (default ``$XDG_DATA_HOME/hushroom/profiles/default``), ``--json``
-for scripts, and reads the store passphrase from ``HUSHROOM_PASSPHRASE``,
-``--passphrase-file`` or, on a terminal, a prompt. Output is readable text by default;
-errors are one plain sentence on stderr with exit status 1 (2 for bad usage).
+takes ``--profile DIR`` (default ``$XDG_DATA_HOME/hushroom/profiles/default``) and
+``--json`` for scripts. A new profile keeps its store key in the OS keyring when one works
+(``--no-keyring`` or ``HUSHROOM_NO_KEYRING=1`` say not to); otherwise, and for profiles
+made that way, the store passphrase comes from ``HUSHROOM_PASSPHRASE``,
+``--passphrase-file`` or, on a terminal, a prompt — asked for only when the store needs
+it. Output is readable text by default; errors are one plain sentence on stderr with exit
+status 1 (2 for bad usage).
 """
 
 from __future__ import annotations
@@ -102,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--server", help=f"server URL (default {DEFAULT_SERVER})")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     common.add_argument("--passphrase-file", type=Path, help="read the store passphrase from FILE")
+    common.add_argument(
+        "--no-keyring",
+        action="store_true",
+        help="a new profile's store key comes from a passphrase, not the OS keyring "
+        "(also HUSHROOM_NO_KEYRING=1)",
+    )
     parser = argparse.ArgumentParser(
         prog="hushroom",
         description="hushroom's end-to-end encrypted chat, from a terminal.",
@@ -184,23 +193,39 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "server": None,
     "json": False,
     "passphrase_file": None,
+    "no_keyring": False,
 }
 
 
-def _passphrase(args: argparse.Namespace, env: str = "HUSHROOM_PASSPHRASE") -> str:
-    if args.passphrase_file is not None:
-        try:
-            text: str = Path(args.passphrase_file).read_text().rstrip("\n")
-        except OSError as exc:
-            raise UsageError(f"cannot read the passphrase file ({exc.strerror})") from None
-        if text:
-            return text
-    value = os.environ.get(env)
-    if value:
-        return value
-    if sys.stdin.isatty():
-        return getpass.getpass("profile passphrase: ")
-    raise UsageError(f"no passphrase: set {env} or pass --passphrase-file")
+def _passphrase(args: argparse.Namespace, env: str = "HUSHROOM_PASSPHRASE") -> Callable[[], str]:
+    """The store passphrase, as a function: a keyring profile never asks for it."""
+
+    def ask() -> str:
+        if args.passphrase_file is not None:
+            try:
+                text: str = Path(args.passphrase_file).read_text().rstrip("\n")
+            except OSError as exc:
+                raise UsageError(f"cannot read the passphrase file ({exc.strerror})") from None
+            if text:
+                return text
+        value = os.environ.get(env)
+        if value:
+            return value
+        if sys.stdin.isatty():
+            return getpass.getpass("profile passphrase: ")
+        raise UsageError(f"no passphrase: set {env} or pass --passphrase-file")
+
+    return ask
+
+
+def _use_keyring(args: argparse.Namespace) -> bool:
+    """Whether a new profile should try the OS keyring for its store key."""
+    forced_off = os.environ.get("HUSHROOM_NO_KEYRING", "").strip().lower()
+    return not args.no_keyring and forced_off in ("", "0", "false", "no")
+
+
+def _key_text(store: Store) -> str:
+    return "store key in the OS keyring" if store.key_source == "keyring" else "passphrase"
 
 
 def _backup_passphrase(args: argparse.Namespace) -> str:
@@ -237,11 +262,19 @@ async def _find_guild(client: Client, name: str) -> dict[str, Any]:
 
 async def _cmd_register(args: argparse.Namespace, out: _Out) -> None:
     server = args.server or DEFAULT_SERVER
-    client = await Client.register(_profile(args), _passphrase(args), server, args.handle)
+    client = await Client.register(
+        _profile(args), _passphrase(args), server, args.handle, use_keyring=_use_keyring(args)
+    )
     async with client:
         out.emit(
-            {"user_id": client.user_id, "handle": client.handle, "device_id": client.device_id},
-            f"registered {client.handle} on {server} (device {client.device_id})",
+            {
+                "user_id": client.user_id,
+                "handle": client.handle,
+                "device_id": client.device_id,
+                "key_source": client.store.key_source,
+            },
+            f"registered {client.handle} on {server} (device {client.device_id}, "
+            f"{_key_text(client.store)})",
         )
 
 
@@ -367,7 +400,9 @@ async def _cmd_devices(args: argparse.Namespace, out: _Out) -> None:
 
 async def _cmd_link_device(args: argparse.Namespace, out: _Out) -> None:
     async with await _open(args) as client:
-        linked = await client.link_device(args.new_profile, _passphrase(args))
+        linked = await client.link_device(
+            args.new_profile, _passphrase(args), use_keyring=_use_keyring(args)
+        )
         async with linked:
             out.emit(
                 {"device_id": linked.device_id, "profile": str(args.new_profile)},
@@ -435,7 +470,7 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
         me = await api.me()
     finally:
         await api.aclose()
-    store = Store.open(profile, _passphrase(args), create=True)
+    store = Store.open(profile, _passphrase(args), create=True, use_keyring=_use_keyring(args))
     with store.transaction():
         store.put("identity", "seed", identity.seed)
         prekeys = contents.prekeys

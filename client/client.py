@@ -59,7 +59,7 @@ from client.errors import (
 from client.gateway import Dispatch, GatewayClient
 from client.models import Channel, ChannelMessage, Device, Envelope
 from client.permissions import readers
-from client.store import Store, fingerprint
+from client.store import Passphrase, Store, fingerprint
 from e2ee import (
     DecryptedMessage,
     DuplicateMessage,
@@ -181,8 +181,8 @@ class Client:
     # --- opening, registration, login --------------------------------------------------
 
     @classmethod
-    def open(cls, profile: Path, passphrase: str, server: str | None = None) -> Client:
-        """Unlock an existing profile."""
+    def open(cls, profile: Path, passphrase: Passphrase, server: str | None = None) -> Client:
+        """Unlock an existing profile (``passphrase`` is only asked for by passphrase stores)."""
         store = Store.open(profile, passphrase)
         account = store.get("account", "self")
         if account is None:
@@ -191,10 +191,23 @@ class Client:
         return cls(store, ControlApi(server or account["server"], account["token"]))
 
     @classmethod
-    async def register(cls, profile: Path, passphrase: str, server: str, handle: str) -> Client:
-        """Create the account: a fresh device identity, prekeys, and a signed challenge."""
+    async def register(
+        cls,
+        profile: Path,
+        passphrase: Passphrase,
+        server: str,
+        handle: str,
+        *,
+        use_keyring: bool = False,
+    ) -> Client:
+        """Create the account: a fresh device identity, prekeys, and a signed challenge.
+
+        The local store is made first, so an account is never created on the server for a
+        profile that then cannot be written (no passphrase, no keyring).
+        """
         if Store.exists(profile):
             raise UsageError(f"a profile already exists at {profile}; use another --profile")
+        store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
         identity = IdentityKeyPair.generate()
         prekeys = PreKeyStore.generate(identity)
         otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
@@ -218,8 +231,8 @@ class Client:
                 raise ProtocolError("the server sent no session token")
         except BaseException:
             await api.aclose()
+            store.destroy()
             raise
-        store = Store.open(profile, passphrase, create=True)
         with store.transaction():
             store.put("identity", "seed", identity.seed)
             store.put("identity", "prekeys", prekeys.serialize())
@@ -277,7 +290,9 @@ class Client:
         """This account's devices."""
         return await self.api.devices(self.user_id)
 
-    async def link_device(self, profile: Path, passphrase: str) -> Client:
+    async def link_device(
+        self, profile: Path, passphrase: Passphrase, *, use_keyring: bool = False
+    ) -> Client:
         """Create a new device of this account in ``profile`` (vouched for by this session).
 
         The new device has its own identity key (hushroom devices do not share keys); it
@@ -300,7 +315,7 @@ class Client:
                 **_prekeys.directory_prekeys(identity, prekeys, otks),
             }
         )
-        store = Store.open(profile, passphrase, create=True)
+        store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
         with store.transaction():
             store.put("identity", "seed", identity.seed)
             store.put("identity", "prekeys", prekeys.serialize())
@@ -1243,9 +1258,5 @@ class Client:
     async def delete_account(self) -> None:
         """Erase the account on the server, then this profile's local store."""
         await self.api.delete_account()
-        path = self.store.path
-        await self.aclose()
-        for suffix in ("", "-wal", "-shm"):
-            candidate = path.with_name(path.name + suffix)
-            if candidate.exists():
-                candidate.unlink()
+        await self.api.aclose()
+        self.store.destroy()

@@ -2,8 +2,10 @@
 
 Layout (one file, ``store.sqlite3`` in the profile directory, mode 0600):
 
-* ``meta`` — the only clear values: the store format, the Argon2id salt and limits, a sealed
-  check value (to tell a wrong passphrase from damage) and nothing else;
+* ``meta`` — the only clear values: the store format, where the key comes from
+  (``key_source``: ``keyring`` with the keyring entry's random name, or ``passphrase`` with
+  the Argon2id salt and limits), a sealed check value (to tell a wrong key from damage) and
+  nothing else;
 * ``records(kind, key, value)`` — identity, prekeys, sessions, sender keys, contacts,
   cursors. ``key`` is a blind index, HMAC-SHA256(store key, kind ‖ name), so names (user
   ids, channel ids) are not readable from the file; ``value`` is
@@ -13,10 +15,17 @@ Layout (one file, ``store.sqlite3`` in the profile directory, mode 0600):
   with ``conv`` a blind index and ``expires_at`` in clear so disappearing messages are
   purged without the key.
 
-The 32-byte store key comes from the passphrase by Argon2id (libsodium ``crypto_pwhash``,
-the INTERACTIVE limits: 2 passes, 64 MiB, about 0.15 s here), because every CLI command
-opens the store. An OS keyring is not used: no keyring service exists on the machines this
-was built and tested on, so that path is absent rather than untested.
+The 32-byte store key is chosen when the store is created and recorded in ``meta``:
+
+* **OS keyring** (asked for with ``use_keyring``, taken when a keyring backend is there and
+  gives a stored key back): a random key kept by :mod:`client.os_keyring`. Opening needs no
+  passphrase; a deleted keyring entry makes the profile unopenable, with a sentence saying
+  so rather than "wrong passphrase".
+* **passphrase** (otherwise): Argon2id (libsodium ``crypto_pwhash``, the INTERACTIVE
+  limits: 2 passes, 64 MiB, about 0.15 s here), paid by every CLI command. Stores made
+  before ``key_source`` existed have no such row and are passphrase stores.
+
+The passphrase is asked for lazily (a callable), so a keyring store never prompts.
 
 SQLite calls are synchronous: each is a local write of a few hundred bytes in WAL mode,
 well under a millisecond, so they run inline rather than in a worker thread.
@@ -30,7 +39,7 @@ import os
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,15 +50,21 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 from nacl.utils import random
 
+from client import os_keyring
 from client.errors import StoreError
 
-__all__ = ["STORE_FILE", "Store"]
+__all__ = ["STORE_FILE", "Passphrase", "Store"]
+
+#: A passphrase, or a function asked for it only when the store really needs one.
+Passphrase = str | Callable[[], str]
 
 STORE_FILE = "store.sqlite3"
 _FORMAT = 1
 _CHECK = b"hushroom client store v1"
 _OPS = pwhash.argon2id.OPSLIMIT_INTERACTIVE
 _MEM = pwhash.argon2id.MEMLIMIT_INTERACTIVE
+KEYRING = "keyring"
+PASSPHRASE = "passphrase"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -62,7 +77,9 @@ CREATE INDEX IF NOT EXISTS messages_conv ON messages (conv, ord);
 """
 
 
-def _derive(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
+def _derive(passphrase: Passphrase, salt: bytes, ops: int, mem: int) -> bytes:
+    if callable(passphrase):
+        passphrase = passphrase()
     if not passphrase:
         raise StoreError("the passphrase must not be empty")
     secret = unicodedata.normalize("NFKC", passphrase).encode()
@@ -72,12 +89,17 @@ def _derive(passphrase: str, salt: bytes, ops: int, mem: int) -> bytes:
 class Store:
     """An open, unlocked store. Create with :meth:`open`."""
 
-    def __init__(self, db: sqlite3.Connection, key: bytes, path: Path) -> None:
+    def __init__(
+        self, db: sqlite3.Connection, key: bytes, path: Path, meta: dict[str, object]
+    ) -> None:
         self._db = db
         self._box = SecretBox(key)
         self._index_key = hmac.digest(key, b"hushroom store index v1", "sha256")
         self.path = path
         self._depth = 0
+        #: Where the key came from: ``"keyring"`` or ``"passphrase"``.
+        self.key_source = str(meta.get("key_source", PASSPHRASE))
+        self._keyring_entry = meta.get("keyring_entry")
 
     @classmethod
     def exists(cls, profile: Path) -> bool:
@@ -85,8 +107,20 @@ class Store:
         return (profile / STORE_FILE).exists()
 
     @classmethod
-    def open(cls, profile: Path, passphrase: str, *, create: bool = False) -> Store:
-        """Open (or with ``create``, create) the store, deriving the key from ``passphrase``."""
+    def open(
+        cls,
+        profile: Path,
+        passphrase: Passphrase,
+        *,
+        create: bool = False,
+        use_keyring: bool = False,
+    ) -> Store:
+        """Open (or with ``create``, create) the store of ``profile``.
+
+        A new store keeps its key in the OS keyring when ``use_keyring`` is set and a
+        keyring works, else derives it from ``passphrase``; an existing store opens the way
+        its ``meta`` says, whatever ``use_keyring`` is.
+        """
         path = profile / STORE_FILE
         if not path.exists() and not create:
             raise StoreError(f"no profile at {profile}; run 'hushroom register' first")
@@ -103,38 +137,40 @@ class Store:
         db.execute("PRAGMA secure_delete=ON")
         db.executescript(_SCHEMA)
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
-        if not meta:
-            salt = random(pwhash.argon2id.SALTBYTES)
-            key = _derive(passphrase, salt, _OPS, _MEM)
-            check = SecretBox(key).encrypt(_CHECK)
-            db.execute("BEGIN IMMEDIATE")
-            db.executemany(
-                "INSERT INTO meta (name, value) VALUES (?, ?)",
-                [
-                    ("format", _FORMAT),
-                    ("salt", salt),
-                    ("opslimit", _OPS),
-                    ("memlimit", _MEM),
-                    ("check", bytes(check)),
-                ],
-            )
-            db.execute("COMMIT")
-            return cls(db, key, path)
-        if meta.get("format") != _FORMAT:
-            db.close()
-            raise StoreError("the profile's store has an unknown format")
         try:
-            key = _derive(passphrase, meta["salt"], int(meta["opslimit"]), int(meta["memlimit"]))
-            if SecretBox(key).decrypt(meta["check"]) != _CHECK:
-                raise CryptoError
-        except (CryptoError, KeyError, ValueError, TypeError):
+            if not meta and not create:
+                raise StoreError(f"the profile at {profile} was never finished; remove it")
+            if not meta:
+                key, meta = _new_key(passphrase, use_keyring)
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
+                db.execute("COMMIT")
+                return cls(db, key, path, meta)
+            if meta.get("format") != _FORMAT:
+                raise StoreError("the profile's store has an unknown format")
+            key = _existing_key(meta, passphrase)
+        except BaseException:
             db.close()
-            raise StoreError("wrong passphrase for this profile, or the store is damaged") from None
-        return cls(db, key, path)
+            if fresh:
+                # A store whose key could not be made (no passphrase given) is no profile.
+                _unlink_store(path)
+            raise
+        return cls(db, key, path, meta)
 
     def close(self) -> None:
         """Close the database."""
         self._db.close()
+
+    def destroy(self) -> None:
+        """Close, delete the store's files and, for a keyring store, its keyring entry.
+
+        The files go first: a keyring entry without a store is harmless, a store without
+        its key is a puzzle.
+        """
+        self._db.close()
+        _unlink_store(self.path)
+        if self.key_source == KEYRING and isinstance(self._keyring_entry, str):
+            os_keyring.delete_store_key(self._keyring_entry)
 
     # --- sealed records ------------------------------------------------------------
 
@@ -284,6 +320,64 @@ class Store:
             "DELETE FROM messages WHERE expires_at IS NOT NULL AND expires_at <= ?", (moment,)
         )
         return cur.rowcount
+
+
+def _unlink_store(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def _new_key(passphrase: Passphrase, use_keyring: bool) -> tuple[bytes, dict[str, object]]:
+    """A key for a new store and the ``meta`` rows that find it again."""
+    if use_keyring:
+        try:
+            entry, key = os_keyring.new_store_key()
+        except os_keyring.KeyringUnavailable:
+            pass  # no usable keyring: the passphrase it is
+        else:
+            check = bytes(SecretBox(key).encrypt(_CHECK))
+            return key, {
+                "format": _FORMAT,
+                "key_source": KEYRING,
+                "keyring_entry": entry,
+                "check": check,
+            }
+    salt = random(pwhash.argon2id.SALTBYTES)
+    key = _derive(passphrase, salt, _OPS, _MEM)
+    return key, {
+        "format": _FORMAT,
+        "key_source": PASSPHRASE,
+        "salt": salt,
+        "opslimit": _OPS,
+        "memlimit": _MEM,
+        "check": bytes(SecretBox(key).encrypt(_CHECK)),
+    }
+
+
+def _existing_key(meta: dict[str, object], passphrase: Passphrase) -> bytes:
+    """The key of an existing store, from the source its ``meta`` names, checked."""
+    source = meta.get("key_source", PASSPHRASE)
+    if source == KEYRING:
+        entry = meta.get("keyring_entry")
+        if not isinstance(entry, str):
+            raise StoreError("the profile's store names no keyring entry; it is damaged")
+        key = os_keyring.load_store_key(entry)
+        wrong = "the OS keyring holds a different key for this profile, or the store is damaged"
+    elif source == PASSPHRASE:
+        salt, ops, mem = meta.get("salt"), meta.get("opslimit"), meta.get("memlimit")
+        if not isinstance(salt, bytes) or not isinstance(ops, int) or not isinstance(mem, int):
+            raise StoreError("the profile's store has damaged key parameters")
+        key = _derive(passphrase, salt, ops, mem)
+        wrong = "wrong passphrase for this profile, or the store is damaged"
+    else:
+        raise StoreError("the profile's store names an unknown key source")
+    check = meta.get("check")
+    try:
+        if not isinstance(check, bytes) or SecretBox(key).decrypt(check) != _CHECK:
+            raise CryptoError
+    except (CryptoError, ValueError, TypeError):
+        raise StoreError(wrong) from None
+    return key
 
 
 def fingerprint(keys: list[bytes]) -> str:

@@ -22,6 +22,8 @@ class Cli:
         self.env = dict(os.environ) | {
             "HUSHROOM_PASSPHRASE": "lifecycle test passphrase",
             "HUSHROOM_BACKUP_PASSPHRASE": "backup passphrase for the test",
+            # Never the keyring of whoever runs the tests (test_client_keyring.py has its own).
+            "HUSHROOM_NO_KEYRING": "1",
         }
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:

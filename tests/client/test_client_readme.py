@@ -30,6 +30,8 @@ def env_for(control: ControlProcess) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["HUSHROOM_SERVER"] = control.url
     env.pop("HUSHROOM_PASSPHRASE", None)
+    # Never the keyring of whoever runs the tests (test_client_keyring.py has its own).
+    env["HUSHROOM_NO_KEYRING"] = "1"
     return env
 
 
