@@ -9,6 +9,7 @@ from .accounts import register_routes as _accounts
 from .guilds import register_routes as _guilds
 from .openapi import openapi_document
 from .privacy import register_routes as _privacy
+from .provisioning import register_routes as _provisioning
 from .relay import register_routes as _relay
 
 __all__ = ["Api", "Call", "Caller", "Reply", "build_api"]
@@ -21,6 +22,7 @@ def build_api() -> Api:
     _guilds(api)
     _relay(api)
     _privacy(api)
+    _provisioning(api)
     document = openapi_document(api)
 
     @api.blueprint.get("/openapi.json")
