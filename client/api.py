@@ -175,6 +175,37 @@ class ControlApi:
         """Revoke this session token."""
         await self.call("POST", "/auth/logout", {})
 
+    # --- provisioning mailboxes (device linking) -------------------------------------
+
+    async def open_mailbox(self, mailbox_id: bytes, expires_in: int) -> int:
+        """Open the provisioning mailbox ``mailbox_id``; returns its lifetime in seconds."""
+        data = await self.call(
+            "POST", "/provisioning", {"mailbox_id": mailbox_id.hex(), "expires_in": expires_in}
+        )
+        granted = data.get("expires_in") if isinstance(data, dict) else None
+        if not isinstance(granted, int):
+            raise ProtocolError("the server sent a malformed mailbox answer")
+        return granted
+
+    async def deposit_provisioning(self, mailbox_id: bytes, message: bytes) -> None:
+        """Leave the sealed provisioning message in the new device's mailbox."""
+        await self.call("PUT", f"/provisioning/{mailbox_id.hex()}", {"message": message})
+
+    async def fetch_provisioning(self, mailbox_id: bytes, wait: int) -> bytes | None:
+        """The mailbox's message (the server deletes it as it answers), or None after
+        waiting up to ``wait`` seconds."""
+        data = await self.call("GET", f"/provisioning/{mailbox_id.hex()}?wait={wait}")
+        if not isinstance(data, dict) or "message" not in data:
+            raise ProtocolError("the server sent a malformed mailbox answer")
+        message = data["message"]
+        if message is not None and not isinstance(message, bytes):
+            raise ProtocolError("the server sent a malformed provisioning message")
+        return message
+
+    async def close_mailbox(self, mailbox_id: bytes) -> None:
+        """Close a mailbox nobody will use."""
+        await self.call("DELETE", f"/provisioning/{mailbox_id.hex()}")
+
     # --- guilds, channels, members, invites ------------------------------------------
 
     async def create_guild(self, name: str) -> Guild:

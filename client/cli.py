@@ -31,6 +31,7 @@ from client.store import Store
 from e2ee import (
     BackupContents,
     E2EEError,
+    LinkingSecret,
     SenderKeyReceiver,
     SenderKeySender,
     Session,
@@ -52,6 +53,7 @@ COMMANDS = (
     "tail",
     "devices",
     "link-device",
+    "join-device",
     "verify",
     "backup",
     "export-my-data",
@@ -95,6 +97,17 @@ def _message_line(m: Message, where: str = "") -> str:
 
 def _message_json(m: Message) -> dict[str, Any]:
     return m.to_record()
+
+
+def _link_lifetime(text: str) -> int:
+    """A link code's lifetime: 1 to 600 seconds (the server keeps a mailbox no longer)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= value <= 600:
+        raise argparse.ArgumentTypeError("a link code lives 1 to 600 seconds")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,8 +175,20 @@ def _parser() -> argparse.ArgumentParser:
     dsub.add_parser("list", parents=[common], help="this account's devices")
     dsub.add_parser("remove", parents=[common], help="remove a device").add_argument("device_id")
 
-    p = sub.add_parser("link-device", parents=[common], help="add a new device of this account")
-    p.add_argument("new_profile", type=Path, help="profile directory for the new device")
+    p = sub.add_parser(
+        "link-device", parents=[common], help="add the device showing CODE to this account"
+    )
+    p.add_argument("code", help="the link code join-device shows on the new device")
+    p = sub.add_parser(
+        "join-device", parents=[common], help="make this a new device of an existing account"
+    )
+    p.add_argument(
+        "--timeout",
+        type=_link_lifetime,
+        default=600,
+        metavar="SECONDS",
+        help="how long the link code stays valid (1-600, default 600)",
+    )
 
     p = sub.add_parser("verify", parents=[common], help="safety number with a contact")
     p.add_argument("handle")
@@ -225,7 +250,9 @@ def _use_keyring(args: argparse.Namespace) -> bool:
 
 
 def _key_text(store: Store) -> str:
-    return "store key in the OS keyring" if store.key_source == "keyring" else "passphrase"
+    if store.key_source == "keyring":
+        return "store key in the OS keyring"
+    return "store key from the passphrase"
 
 
 def _backup_passphrase(args: argparse.Namespace) -> str:
@@ -400,14 +427,43 @@ async def _cmd_devices(args: argparse.Namespace, out: _Out) -> None:
 
 async def _cmd_link_device(args: argparse.Namespace, out: _Out) -> None:
     async with await _open(args) as client:
-        linked = await client.link_device(
-            args.new_profile, _passphrase(args), use_keyring=_use_keyring(args)
+        device = await client.link_device(args.code)
+        out.emit(
+            {"device_id": device.id},
+            f"linked device {device.id} to {client.handle}; it finishes setting up on its own",
         )
-        async with linked:
-            out.emit(
-                {"device_id": linked.device_id, "profile": str(args.new_profile)},
-                f"linked device {linked.device_id} in {args.new_profile}",
-            )
+
+
+async def _cmd_join_device(args: argparse.Namespace, out: _Out) -> None:
+    server = args.server or DEFAULT_SERVER
+
+    def show(secret: LinkingSecret, expires_in: int) -> None:
+        out.emit(
+            {"code": secret.code, "qr": secret.qr_string, "expires_in": expires_in},
+            f"link code: {secret.code}\n"
+            f"On a device already signed in, run:  hushroom link-device {secret.code}\n"
+            f"(valid for {expires_in} s; waiting…)",
+        )
+
+    client = await Client.join_device(
+        _profile(args),
+        _passphrase(args),
+        server,
+        show,
+        use_keyring=_use_keyring(args),
+        expires_in=args.timeout,
+    )
+    async with client:
+        out.emit(
+            {
+                "user_id": client.user_id,
+                "handle": client.handle,
+                "device_id": client.device_id,
+                "key_source": client.store.key_source,
+            },
+            f"this is now device {client.device_id} of {client.handle} on {server} "
+            f"({_key_text(client.store)})",
+        )
 
 
 async def _cmd_verify(args: argparse.Namespace, out: _Out) -> None:
@@ -532,6 +588,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace, _Out], Awaitable[None]]] = {
     "tail": _cmd_tail,
     "devices": _cmd_devices,
     "link-device": _cmd_link_device,
+    "join-device": _cmd_join_device,
     "verify": _cmd_verify,
     "backup": _cmd_backup,
     "export-my-data": _cmd_export,

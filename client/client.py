@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from math import ceil
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +52,14 @@ from client.errors import (
     ApiError,
     ClientError,
     IdentityChanged,
+    LinkError,
     NotRegistered,
     ProtocolError,
     UndecryptableMessage,
     UsageError,
 )
 from client.gateway import Dispatch, GatewayClient
+from client.linking import LinkExtra
 from client.models import Channel, ChannelMessage, Device, Envelope
 from client.permissions import readers
 from client.store import Passphrase, Store, fingerprint
@@ -65,17 +68,21 @@ from e2ee import (
     DuplicateMessage,
     E2EEError,
     IdentityKeyPair,
+    LinkingSecret,
     MessageType,
     PreKeyStore,
+    ProvisioningPayload,
     SenderKeyReceiver,
     SenderKeySender,
     Session,
     UnknownKey,
     accept_session,
+    build_provisioning_message,
     format_safety_number,
     initiate_session,
     safety_number,
 )
+from e2ee.linking import parse_link_code
 
 __all__ = ["Client", "Message", "Notice"]
 
@@ -93,10 +100,30 @@ HOUSEKEEPING_S = 30.0
 #: How long a fetched device list is trusted before it is fetched again.
 DEVICE_LIST_TTL_S = 30.0
 _STALE_RETRIES = 3
+#: A link code's mailbox lives this long by default (the server's maximum).
+LINK_CODE_TTL_S = 600
+#: One long poll of the mailbox waits this long (the server allows 25 s, the HTTP client
+#: gives up after 30 s).
+MAILBOX_POLL_S = 25
 
 
 def _now() -> float:
     return time.time()
+
+
+async def _wait_for_provisioning(api: ControlApi, mailbox_id: bytes, within_s: int) -> bytes:
+    """Long-poll the mailbox until its message arrives or its lifetime runs out."""
+    deadline = trio.current_time() + within_s
+    while (left := deadline - trio.current_time()) > 0:
+        try:
+            message = await api.fetch_provisioning(mailbox_id, min(MAILBOX_POLL_S, ceil(left)))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            break  # expired on the server (its clock ran first), or the server restarted
+        if message is not None:
+            return message
+    raise LinkError("the link code expired before another device used it; run join-device again")
 
 
 @dataclass(frozen=True)
@@ -290,16 +317,22 @@ class Client:
         """This account's devices."""
         return await self.api.devices(self.user_id)
 
-    async def link_device(
-        self, profile: Path, passphrase: Passphrase, *, use_keyring: bool = False
-    ) -> Client:
-        """Create a new device of this account in ``profile`` (vouched for by this session).
+    async def link_device(self, code: str) -> Device:
+        """Make a new device of this account for the device showing ``code``.
 
-        The new device has its own identity key (hushroom devices do not share keys); it
-        proves possession by signing the server's challenge bound to this user id.
+        The other side runs :meth:`join_device`. This device draws the new device's
+        identity key and prekeys, adds the device to the account (this session vouches,
+        the new key signs the challenge), seals identity seed, prekeys and the account's
+        device list under the code's secret and leaves them in the new device's mailbox.
+        It keeps no copy of the new device's private keys. If the mailbox refuses (wrong,
+        expired or used code) the device is removed again, since nobody could ever use it.
         """
-        if Store.exists(profile):
-            raise UsageError(f"a profile already exists at {profile}; choose a new directory")
+        try:
+            parse_link_code(code)
+        except E2EEError:
+            raise LinkError(
+                "that is not a link code: it is 32 letters and digits, as join-device shows it"
+            ) from None
         identity = IdentityKeyPair.generate()
         prekeys = PreKeyStore.generate(identity)
         otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
@@ -315,7 +348,100 @@ class Client:
                 **_prekeys.directory_prekeys(identity, prekeys, otks),
             }
         )
+        self._device_cache.pop(self.user_id, None)
+        try:
+            own = await self.devices()
+            if Device(device.id, identity.public) not in own:
+                raise ProtocolError("the server's device list lacks the device just added")
+            extra = LinkExtra(self.handle, prekeys.serialize(), own)
+            payload = ProvisioningPayload(self.user_id.encode(), identity.seed, extra.encode())
+            mailbox_id, sealed = build_provisioning_message(code, payload)
+            await self.api.deposit_provisioning(mailbox_id, sealed)
+        except BaseException as exc:
+            with trio.CancelScope(shield=True), contextlib.suppress(ClientError):
+                with trio.move_on_after(5):
+                    await self.api.remove_device(device.id)
+            if isinstance(exc, ApiError) and exc.status in (404, 409):
+                raise LinkError(
+                    "no device is waiting for this link code: it is mistyped, expired or "
+                    "already used — run join-device again for a new one"
+                ) from None
+            raise
+        self._pin(self.user_id, self.handle, own, own_change_ok=True)
+        return device
+
+    @classmethod
+    async def join_device(
+        cls,
+        profile: Path,
+        passphrase: Passphrase,
+        server: str,
+        show_code: Callable[[LinkingSecret, int], None],
+        *,
+        use_keyring: bool = False,
+        expires_in: int = LINK_CODE_TTL_S,
+    ) -> Client:
+        """Become a new device of an existing account: the other side of :meth:`link_device`.
+
+        Opens a provisioning mailbox under an id derived from a fresh one-time secret,
+        hands the secret to ``show_code`` (with the mailbox's lifetime) to be shown, waits
+        for the sealed message, opens it and signs in with the identity it carries. Only
+        ciphertext passes through the server. The profile's store is created first, so a
+        missing passphrase fails before anything is asked of the server; on any failure
+        the mailbox is closed and the half-made profile removed.
+        """
+        if Store.exists(profile):
+            raise UsageError(f"a profile already exists at {profile}; use another --profile")
         store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
+        secret = LinkingSecret()
+        api = ControlApi(server)
+        opened = False
+        try:
+            granted = await api.open_mailbox(secret.mailbox_id, expires_in)
+            opened = True
+            show_code(secret, granted)
+            sealed = await _wait_for_provisioning(api, secret.mailbox_id, granted)
+            opened = False  # the server deleted the mailbox as it handed the message out
+            try:
+                payload = secret.open(sealed)
+            except E2EEError:
+                raise LinkError(
+                    "the provisioning message does not open with this link code"
+                ) from None
+            extra = LinkExtra.decode_untrusted(payload.extra)
+            identity = IdentityKeyPair(payload.identity_seed)
+            prekeys = PreKeyStore.restore_untrusted(extra.prekeys)
+            if prekeys.identity.public != identity.public:
+                raise ProtocolError("the provisioning message's prekeys belong to another key")
+            challenge = await api.challenge()
+            answer = await api.login(
+                {
+                    "identity_key": identity.public,
+                    "challenge": challenge,
+                    "signature": identity.sign(
+                        b"hushroom-v1 login\x00" + challenge + identity.public
+                    ),
+                }
+            )
+            user_id, device_id, token = (
+                answer.get("user_id"),
+                answer.get("device_id"),
+                answer.get("token"),
+            )
+            if not isinstance(device_id, str) or not isinstance(token, str):
+                raise ProtocolError("the server sent a malformed login answer")
+            if user_id != payload.user_id.decode("ascii", "replace"):
+                raise ProtocolError("the server signed this device in to another account")
+            if Device(device_id, identity.public) not in extra.devices:
+                raise ProtocolError("the linking device did not list this device")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if opened:
+                    with trio.move_on_after(5), contextlib.suppress(ClientError):
+                        await api.close_mailbox(secret.mailbox_id)
+                await api.aclose()
+            store.destroy()
+            raise
         with store.transaction():
             store.put("identity", "seed", identity.seed)
             store.put("identity", "prekeys", prekeys.serialize())
@@ -324,24 +450,17 @@ class Client:
                 "account",
                 "self",
                 {
-                    "server": self.api.server_url,
-                    "user_id": self.user_id,
-                    "handle": self.handle,
-                    "device_id": device.id,
-                    "token": "",
+                    "server": server,
+                    "user_id": user_id,
+                    "handle": extra.handle,
+                    "device_id": device_id,
+                    "token": token,
                 },
             )
-        linked = Client(store, ControlApi(self.api.server_url))
-        try:
-            await linked.login()
-        except BaseException:
-            await linked.aclose()
-            raise
-        own = await self.devices()
-        self._pin(self.user_id, self.handle, own, own_change_ok=True)
-        linked._pin(self.user_id, self.handle, own, own_change_ok=True)
-        self._device_cache.pop(self.user_id, None)
-        return linked
+        api.token = token
+        client = cls(store, api)
+        client._pin(client.user_id, extra.handle, extra.devices, own_change_ok=True)
+        return client
 
     async def remove_device(self, device_id: str) -> None:
         """Remove one of this account's devices (not this one)."""

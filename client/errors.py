@@ -64,3 +64,7 @@ class UndecryptableMessage(ClientError):
 
 class UsageError(ClientError):
     """A command was given arguments that cannot work (unknown handle, channel, ...)."""
+
+
+class LinkError(ClientError):
+    """Device linking failed: the link code is malformed, wrong, expired or already used."""

@@ -33,6 +33,7 @@ well under a millisecond, so they run inline rather than in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -124,6 +125,7 @@ class Store:
         path = profile / STORE_FILE
         if not path.exists() and not create:
             raise StoreError(f"no profile at {profile}; run 'hushroom register' first")
+        made_dir = not profile.exists()
         profile.mkdir(parents=True, exist_ok=True, mode=0o700)
         fresh = not path.exists()
         if fresh:
@@ -154,6 +156,9 @@ class Store:
             if fresh:
                 # A store whose key could not be made (no passphrase given) is no profile.
                 _unlink_store(path)
+                if made_dir:
+                    with contextlib.suppress(OSError):
+                        profile.rmdir()
             raise
         return cls(db, key, path, meta)
 
@@ -162,13 +167,16 @@ class Store:
         self._db.close()
 
     def destroy(self) -> None:
-        """Close, delete the store's files and, for a keyring store, its keyring entry.
+        """Close, delete the store's files (and the profile directory if that leaves it
+        empty) and, for a keyring store, its keyring entry.
 
         The files go first: a keyring entry without a store is harmless, a store without
         its key is a puzzle.
         """
         self._db.close()
         _unlink_store(self.path)
+        with contextlib.suppress(OSError):  # only if nothing else lives there
+            self.path.parent.rmdir()
         if self.key_source == KEYRING and isinstance(self._keyring_entry, str):
             os_keyring.delete_store_key(self._keyring_entry)
 

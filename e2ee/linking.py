@@ -4,9 +4,11 @@ The new device draws a one-time 160-bit secret and shows it as a short code (32 
 base32 characters in groups of four) or as a QR string ``hushroom-link:1:<code>``. The
 existing device reads it, seals a provisioning message under a key derived from the secret
 (HKDF-SHA256, then XSalsa20-Poly1305 ``secretbox`` with a random nonce) and posts it to a
-rendezvous mailbox whose id is also derived from the secret. The server relays ciphertext
-under an id it cannot link to the key. The new device opens the message once: its secret
-is wiped after the first success, so a replayed message is refused.
+rendezvous mailbox whose id is also derived from the secret (the control plane's
+provisioning mailbox, ``control/api/provisioning.py``, opened by the new device). The
+server relays ciphertext under an id it cannot link to the key. The new device opens the
+message once: its secret is wiped after the first success, so a replayed message is
+refused.
 """
 
 from __future__ import annotations

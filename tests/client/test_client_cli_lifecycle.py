@@ -43,8 +43,11 @@ class Cli:
         return json.loads(self(*args, "--json").stdout.strip().splitlines()[-1])
 
     def tail(self, *args: str) -> subprocess.Popen[str]:
+        return self.popen("tail", *args)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "client", "tail", *args],
+            [sys.executable, "-m", "client", *args],
             cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -58,8 +61,14 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
     cli("register", "ann", "--profile", "a", "--server", control.url)
     cli("register", "ben", "--profile", "b", "--server", control.url)
 
-    # A second device for ann, in its own profile; ben's DM reaches both.
-    cli("link-device", "a2", "--profile", "a")
+    # A second device for ann, in its own profile, linked through the server; ben's DM
+    # reaches both.
+    joining = cli.popen("join-device", "--profile", "a2", "--server", control.url, "--json")
+    assert joining.stdout is not None
+    code = json.loads(joining.stdout.readline())["code"]
+    cli("link-device", code, "--profile", "a")
+    _, err = joining.communicate(timeout=60)
+    assert joining.returncode == 0, err
     devices = cli.json("devices", "--profile", "a2")
     assert isinstance(devices, list) and len(devices) == 2
     cli("dm", "ann", "hello to both of your devices", "--profile", "b")

@@ -39,6 +39,24 @@ class Plaintexts:
         return text
 
 
+async def link_through_the_server(existing: Client, profile: Path, url: str) -> Client:
+    """A new device joins (showing a code) while ``existing`` links it with that code."""
+    send_code, receive_code = trio.open_memory_channel[str](1)
+    joined: list[Client] = []
+
+    async def join() -> None:
+        joined.append(
+            await Client.join_device(
+                profile, PASS, url, lambda secret, _ttl: send_code.send_nowait(secret.code)
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(join)
+        await existing.link_device(await receive_code.receive())
+    return joined[0]
+
+
 def bodies(messages: list[Message]) -> list[str]:
     return [m.body for m in messages]
 
@@ -121,7 +139,7 @@ async def test_three_users_dms_channels_devices_removal_offline_tamper(
         assert bodies(reader.history(f"ch:{general.id}")) == lines
 
     # --- a device added later reads new messages, not old ones -----------------------
-    bob2 = await bob.link_device(tmp_path / "bob-laptop", PASS)
+    bob2 = await link_through_the_server(bob, tmp_path / "bob-laptop", url)
     assert len(await bob.devices()) == 2
     assert await bob2.sync() == []  # old DMs were never queued for it
     assert await bob2.sync_channel(general.id) == []  # old channel messages: no key
