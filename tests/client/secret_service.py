@@ -94,8 +94,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running_secret_service(workdir: Path) -> Iterator[SecretService]:
-    """Start the bus and an unlocked gnome-keyring-daemon on it; stop both afterwards."""
+def running_secret_service(workdir: Path, *, unlocked: bool = True) -> Iterator[SecretService]:
+    """Start the bus and gnome-keyring-daemon on it; stop both afterwards.
+
+    ``unlocked``: the daemon creates and unlocks a login keyring; without it there is no
+    usable collection (creating one would need a password prompt nobody can answer).
+    """
     ensure_tools()
     home = workdir / "home"
     runtime = workdir / "run"
@@ -141,16 +145,18 @@ def running_secret_service(workdir: Path) -> Iterator[SecretService]:
             rule.add_arg_condition(0, SECRETS_NAME)
             watcher.send_and_get_reply(message_bus.AddMatch(rule))
             with watcher.filter(rule) as owner_changes:
+                unlock = ["--unlock"] if unlocked else []
                 daemon = subprocess.Popen(
-                    ["gnome-keyring-daemon", "--foreground", "--unlock", "--components=secrets"],
+                    ["gnome-keyring-daemon", "--foreground", *unlock, "--components=secrets"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     env=daemon_env,
                 )
                 assert daemon.stdin is not None
-                # The login keyring is created, unlocked, with this password.
-                daemon.stdin.write(b"keyring password of the test")
+                if unlocked:
+                    # The login keyring is created, unlocked, with this password.
+                    daemon.stdin.write(b"keyring password of the test")
                 daemon.stdin.close()
                 owned = watcher.send_and_get_reply(DBus().NameHasOwner(SECRETS_NAME)).body[0]
                 if not owned:

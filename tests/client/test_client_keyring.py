@@ -144,6 +144,30 @@ def test_cli_keeps_the_store_key_in_the_keyring_and_needs_no_passphrase(
     raw = (tmp_path / "k" / STORE_FILE).read_bytes()
     assert b"kim" not in raw and json.loads(made.stdout)["user_id"].encode() not in raw
 
+    # A device joining the account through the server also keeps its key in the keyring.
+    joining = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "client", "join-device"),
+            *("--profile", "k2", "--server", control.url, "--json"),
+        ],
+        cwd=tmp_path,
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert joining.stdout is not None
+    code = json.loads(joining.stdout.readline())["code"]
+    linked = cli("link-device", code, "--profile", "k")
+    assert linked.returncode == 0, linked.stderr
+    out, err = joining.communicate(timeout=60)
+    assert joining.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["key_source"] == "keyring"
+    assert meta(tmp_path / "k2")["keyring_entry"] != meta(tmp_path / "k")["keyring_entry"]
+    both = cli("devices", "--profile", "k2", "--json")
+    assert both.returncode == 0, both.stderr
+    assert len(json.loads(both.stdout)) == 2
+
     # Forced off, by flag or by environment: a passphrase, and none given is a usage error
     # that leaves no half-made profile behind.
     refused = cli("register", "lee", "--profile", "l", "--server", control.url, "--no-keyring")
@@ -170,6 +194,19 @@ def test_cli_keeps_the_store_key_in_the_keyring_and_needs_no_passphrase(
     assert gone.returncode == 1
     assert gone.stderr.startswith("hushroom: The OS keyring no longer holds this profile's")
     assert gone.stderr.count("\n") == 1
+
+
+def test_a_keyring_without_an_unlocked_collection_falls_back_to_the_passphrase(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    with running_secret_service(tmp_path / "locked", unlocked=False) as locked:
+        env = locked.env(dict(os.environ)) | {"HUSHROOM_PASSPHRASE": "fallback passphrase"}
+        made = Cli(tmp_path, env)(
+            "register", "ned", "--profile", "n", "--server", control.url, "--json"
+        )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["key_source"] == "passphrase"
+    assert "keyring_entry" not in meta(tmp_path / "n")
 
 
 def test_cli_falls_back_to_the_passphrase_without_a_keyring(
