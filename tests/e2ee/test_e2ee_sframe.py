@@ -174,3 +174,77 @@ def test_receiver_follows_sender_ratchet_steps() -> None:
 def test_ratchet_base_key_has_hash_length() -> None:
     assert len(sframe.ratchet_base_key(4, b"k" * 16)) == 32
     assert len(sframe.ratchet_base_key(5, b"k" * 16)) == 64
+
+
+@pytest.mark.parametrize("kid", [0, 7, 8, 300, 2**40 + 5])
+def test_sender_headers_match_encode_header_across_ctr_length_changes(kid: int) -> None:
+    receiver = sframe.SFrameReceiver(4)
+    receiver.add_key(kid, b"k" * 16)
+    for start in (0, 250, 65530, 2**24 - 3, 2**56 - 2):
+        sender = sframe.SFrameSender(4, b"k" * 16, kid, initial_ctr=start)
+        for ctr in range(start, start + 10):
+            frame = sender.encrypt(b"x", b"meta")
+            hlen = len(sframe.encode_header(kid, ctr))
+            assert frame[:hlen] == sframe.encode_header(kid, ctr)
+            assert receiver.decrypt(frame, b"meta") == (kid, ctr, b"x")
+
+
+def test_counter_jump_past_the_window_is_accepted_without_huge_shifts() -> None:
+    receiver = sframe.SFrameReceiver(4, replay_window=16)
+    receiver.add_key(3, b"k" * 16)
+    ratcheting = sframe.SFrameReceiver(4, ratchet_bits=4, replay_window=16)
+    ratcheting.add_key(3, b"k" * 16)
+    for r in (receiver, ratcheting):
+        first = sframe.SFrameSender(4, b"k" * 16, 3, initial_ctr=1).encrypt(b"a")
+        far = sframe.SFrameSender(4, b"k" * 16, 3, initial_ctr=2**62).encrypt(b"b")
+        assert r.decrypt(first)[2] == b"a"
+        assert r.decrypt(far)[1:] == (2**62, b"b")
+        with pytest.raises(DuplicateMessage):
+            r.decrypt(far)
+        with pytest.raises(DuplicateMessage):
+            r.decrypt(first)  # now far older than the window
+
+
+def test_removed_small_kid_is_unknown_and_can_be_reinstalled() -> None:
+    sender = sframe.SFrameSender(4, b"k" * 16, 5)
+    receiver = sframe.SFrameReceiver(4)
+    receiver.add_key(5, b"k" * 16)
+    assert receiver.decrypt(sender.encrypt(b"a"))[2] == b"a"
+    receiver.remove_key(5)
+    with pytest.raises(UnknownKey):
+        receiver.decrypt(sender.encrypt(b"b"))
+    receiver.add_key(5, b"other key")
+    with pytest.raises(DecryptionFailed):
+        receiver.decrypt(sender.encrypt(b"c"))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"",
+        bytes([0x39, 0x01]),  # KID 3, 2-byte CTR, truncated
+        bytes([0x38, 0x05]) + bytes(20),  # CTR 5 in extended form
+        bytes([0x39, 0x00, 0x09]) + bytes(20),  # CTR with a leading zero byte
+        bytes([0x80, 0x03]) + bytes(20),  # KID 3 in extended form
+        bytes([0x90, 0x00, 0x09]) + bytes(20),  # KID with a leading zero byte
+        bytes([0xF8]) + bytes(5),  # 8-byte KID, truncated
+    ],
+)
+def test_receiver_refuses_malformed_headers_with_decode_error(frame: bytes) -> None:
+    receiver = sframe.SFrameReceiver(4)
+    receiver.add_key(3, b"k" * 16)
+    with pytest.raises(DecodeError):
+        receiver.decrypt(frame)
+    with pytest.raises(DecodeError):
+        sframe.decode_header_untrusted(frame)
+
+
+def test_receiver_and_decoder_take_any_byte_buffer() -> None:
+    frame = sframe.SFrameSender(4, b"k" * 16, 300, initial_ctr=70000).encrypt(b"x")
+    receiver = sframe.SFrameReceiver(4)
+    receiver.add_key(300, b"k" * 16)
+    assert sframe.decode_header_untrusted(memoryview(frame)) == (300, 70000, 6)
+    assert sframe.decode_header_untrusted(bytearray(frame)) == (300, 70000, 6)
+    assert receiver.decrypt(bytearray(frame)) == (300, 70000, b"x")
+    with pytest.raises(DecodeError):
+        sframe.decode_header_untrusted("not bytes")  # type: ignore[arg-type]
