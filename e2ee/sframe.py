@@ -14,6 +14,7 @@ up by KID, rejects replays inside a sliding window and follows §5.1 ratchet ste
 from __future__ import annotations
 
 import hmac
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -403,32 +404,32 @@ class SFrameSender:
 
 
 class _ReplayWindow:
-    """Sliding window of accepted counters (the SRTP replay-list scheme, RFC 3711 §3.3.2)."""
+    """Sliding window of accepted counters (the SFrame/SRTP replay list, RFC 3711 §3.3.2).
 
-    __slots__ = ("full", "mask", "size", "top")
+    A counter is refused if it is ``size`` or more below the highest accepted (``top``) or
+    was accepted before. Slot ``ctr % size`` holds the last counter accepted into it; two
+    counters inside one window never share a slot, so a counter inside the window was
+    accepted iff its slot holds it. Accepting is one store, where a bit mask would need a
+    shift, an or and an and on a ``size``-bit integer per frame.
+    """
+
+    __slots__ = ("seen", "size", "top")
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.full = (1 << size) - 1
         self.top = -1
-        self.mask = 0
+        # MAX_CTR marks an empty slot: it can only be asked about once it is the top, that
+        # is once it has been accepted.
+        self.seen = array("Q", [MAX_CTR]) * size
 
     def check(self, ctr: int) -> None:
-        if ctr > self.top:
-            return
-        age = self.top - ctr
-        if age >= self.size or (self.mask >> age) & 1:
+        if ctr <= self.top and (self.top - ctr >= self.size or self.seen[ctr % self.size] == ctr):
             raise DuplicateMessage(f"SFrame counter {ctr} replayed or too old")
 
     def accept(self, ctr: int) -> None:
+        self.seen[ctr % self.size] = ctr
         if ctr > self.top:
-            shift = ctr - self.top
-            # A jump past the whole window forgets it; shifting by the jump itself (up to
-            # 2^64 bits) would try to allocate the bits.
-            self.mask = ((self.mask << shift) | 1) & self.full if shift < self.size else 1
             self.top = ctr
-        else:
-            self.mask |= 1 << (self.top - ctr)
 
 
 class _KidState(_ReplayWindow):
@@ -571,13 +572,10 @@ class SFrameReceiver:
             plaintext = state.open_nonce((state.salt ^ ctr).to_bytes(12, "big"), frame[hlen:], aad)
         except InvalidTag:
             raise DecryptionFailed("SFrame authentication failed") from None
+        # _ReplayWindow.accept, inlined.
+        state.seen[ctr % state.size] = ctr
         if ctr > top:
-            # _ReplayWindow.accept for the usual case, a counter above all seen, inlined.
-            shift = ctr - top
-            state.mask = ((state.mask << shift) | 1) & state.full if shift < state.size else 1
             state.top = ctr
-        else:
-            state.accept(ctr)
         return kid, ctr, plaintext
 
     def _decrypt_ratcheting(self, kid: int, ctr: int, aad: bytes, body: bytes) -> bytes:

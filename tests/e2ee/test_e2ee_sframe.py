@@ -248,3 +248,23 @@ def test_receiver_and_decoder_take_any_byte_buffer() -> None:
     assert receiver.decrypt(bytearray(frame)) == (300, 70000, b"x")
     with pytest.raises(DecodeError):
         sframe.decode_header_untrusted("not bytes")  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 40), st.lists(st.integers(0, 200), max_size=120), st.booleans())
+def test_replay_window_accepts_exactly_what_a_set_of_seen_counters_allows(
+    size: int, offsets: list[int], near_max: bool
+) -> None:
+    window = sframe._ReplayWindow(size)
+    seen: set[int] = set()
+    for offset in offsets:
+        ctr = sframe.MAX_CTR - offset if near_max else offset
+        top = max(seen, default=-1)
+        fresh = ctr > top or (top - ctr < size and ctr not in seen)
+        if fresh:
+            window.check(ctr)
+            window.accept(ctr)
+            seen.add(ctr)
+        else:
+            with pytest.raises(DuplicateMessage):
+                window.check(ctr)
