@@ -12,6 +12,22 @@ which bounds what the SFU adds; sampled on one packet in ``--sample``), and
 generator runs in two other processes (sender, receiver), so on a small machine they
 compete with the worker for cores: read the figures as a floor.
 
+The load generator must not be what is measured, so:
+
+- latency ends at the kernel's receive timestamp of the datagram (``SO_TIMESTAMPNS``), not
+  when the receiver process gets round to reading it: the receiver shares a core with the
+  sender, and its own scheduling delay is not the SFU's. It starts at a ``CLOCK_REALTIME``
+  stamp (the clock of those timestamps) taken as the packet is built;
+- loss is split by where it happened, from the kernel's per-socket drop counters
+  (``/proc/net/udp``): ``worker_socket_drops`` (the worker did not read its input fast
+  enough) and ``subscriber_socket_drops`` (the bench's receiver did not: that run says
+  nothing about the SFU);
+- ``sender_cpu_percent`` and ``receiver_cpu_percent`` show how close the generator came
+  to its core.
+
+``--worker-tree DIR`` runs the worker from another checkout with this load generator, so
+two versions of the worker can be compared in one session.
+
 ``--in-process`` measures the forwarding core alone: the worker's sans-I/O core in this
 process, fed pre-encrypted packets as fast as it takes them, sending real datagrams to a
 loopback sink socket through the worker's batched sender (:mod:`sfu.udp`). No generator
@@ -46,17 +62,24 @@ from sfu.udp import UdpSender
 from sfu.worker import Worker
 
 _STAMP = struct.Struct("!Q")
+# Linux's SO_TIMESTAMPNS (asm-generic/socket.h; not exported by the socket module): each
+# datagram carries the CLOCK_REALTIME time the kernel queued it, as struct timespec.
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("=qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class WorkerProcess:
-    """``python -m sfu.worker`` and the request channel on its stdin/stdout."""
+    """``python -m sfu.worker`` (from ``tree``) and the request channel on its stdin/stdout."""
 
-    def __init__(self) -> None:
+    def __init__(self, tree: Path) -> None:
+        environment = dict(os.environ, PYTHONPATH=str(tree))
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "sfu.worker", "--listen-ip", "127.0.0.1"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=tree,
+            env=environment,
         )
         assert self.popen.stdout is not None
         self.port = int(json.loads(self.popen.stdout.readline())["port"])
@@ -129,7 +152,7 @@ def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size
                 packet = (
                     header
                     + b"\xbe\xde\x00\x01\x10\xa0\x00\x00"
-                    + _STAMP.pack(time.monotonic_ns())
+                    + _STAMP.pack(time.time_ns())
                     + payload_pad
                 )
                 sock.sendto(peer.protect(packet), peer.remote_address)
@@ -142,35 +165,57 @@ def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size
 def receive_load(
     subscribers: list[tuple[Any, ...]], seconds: float, sample: int
 ) -> tuple[int, list[float]]:
-    """Receiver body: count datagrams on every subscriber socket, decrypt a sample for latency."""
+    """Receiver body: count datagrams on every subscriber socket; decrypt one in ``sample``
+    for its send stamp, and take its latency up to the kernel's arrival timestamp."""
     import selectors
 
     selector = selectors.DefaultSelector()
     for sub in subscribers:
         sub[2].setblocking(False)
+        sub[2].setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         selector.register(sub[2], selectors.EVENT_READ, sub[1])
     received = 0
     latencies: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for key, _ in selector.select(0.1):
-            sock, peer = key.fileobj, key.data
+            recvmsg = key.fileobj.recvmsg  # type: ignore[union-attr]
+            peer = key.data
             while True:
                 try:
-                    data = sock.recv(2048)  # type: ignore[union-attr]
+                    data, ancillary, _, _ = recvmsg(2048, _CMSG_SPACE)
                 except BlockingIOError:
                     break
                 if data[1] >= 192:
                     continue  # RTCP (sender reports), not forwarded media
                 received += 1
-                if received % sample == 0:
-                    try:
-                        clear = peer.srtp.unprotect_untrusted(data)
-                    except SrtpError:
-                        continue
-                    stamp = _STAMP.unpack_from(clear, 20)[0]
-                    latencies.append((time.monotonic_ns() - stamp) / 1e6)
+                if received % sample or not ancillary:
+                    continue
+                try:
+                    clear = peer.srtp.unprotect_untrusted(data)
+                except SrtpError:
+                    continue
+                seconds_part, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
+                arrival = seconds_part * 1_000_000_000 + nanoseconds
+                latencies.append((arrival - _STAMP.unpack_from(clear, 20)[0]) / 1e6)
     return received, latencies
+
+
+def socket_drops(ports: set[int]) -> dict[int, int]:
+    """The kernel's count of datagrams dropped at each of these local UDP ports (receive
+    buffer full), from the last column of ``/proc/net/udp``; empty where it is missing."""
+    drops: dict[int, int] = {}
+    try:
+        with open("/proc/net/udp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if port in ports:
+                    drops[port] = drops.get(port, 0) + int(fields[-1])
+    except OSError:
+        pass
+    return drops
 
 
 def in_process(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,6 +341,12 @@ def main() -> int:
     parser.add_argument(
         "--pin", action="store_true", help="pin the worker to one core, the load to the others"
     )
+    parser.add_argument(
+        "--worker-tree",
+        type=Path,
+        default=Path(__file__).resolve().parents[1],
+        help="checkout whose sfu package the worker runs (default: this one)",
+    )
     args = parser.parse_args()
     if args.in_process:
         figures = in_process(args)
@@ -306,7 +357,7 @@ def main() -> int:
             print(json.dumps(figures))
         return 0
 
-    worker = WorkerProcess()
+    worker = WorkerProcess(args.worker_tree.resolve())
     certificate = Certificate.generate()
     router_id = worker.call("router.create")["router_id"]
     publishers = []
@@ -335,23 +386,33 @@ def main() -> int:
         # The worker gets a core to itself; sender and receiver share the rest.
         os.sched_setaffinity(worker.popen.pid, {cores[0]})
         os.sched_setaffinity(0, set(cores[1:]))
+    subscriber_ports = {sub[2].getsockname()[1] for sub in subscribers}
+    ports = subscriber_ports | {worker.port}
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(read_end)
         time.sleep(0.5)  # let the receiver start listening first
+        sender_cpu = time.process_time()
+        sender_started = time.monotonic()
         sent = send_load(publishers, args.rate, args.seconds, args.size)
-        os.write(write_end, str(sent).encode())
+        sender_share = (time.process_time() - sender_cpu) / (time.monotonic() - sender_started)
+        os.write(write_end, json.dumps([sent, sender_share]).encode())
         os._exit(0)
     os.close(write_end)
+    drops_before = socket_drops(ports)
     cpu_before = process.cpu_times()
+    receiver_cpu = time.process_time()
     started = time.monotonic()
     received, latencies = receive_load(subscribers, args.seconds + 1.5, args.sample)
     elapsed = time.monotonic() - started
+    receiver_cpu = time.process_time() - receiver_cpu
     cpu_after = process.cpu_times()
+    drops_after = socket_drops(ports)
     os.waitpid(child, 0)
-    sent = int(os.read(read_end, 64))
+    sent, sender_share = json.loads(os.read(read_end, 64))
     worker.close()
+    drops = {port: drops_after.get(port, 0) - drops_before.get(port, 0) for port in ports}
 
     expected = sent * args.subscribers
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
@@ -367,6 +428,10 @@ def main() -> int:
         "latency_p99_ms": round(p99, 3),
         "cpu_s_per_1k_packets": round(1000 * cpu / max(received, 1), 4),
         "worker_cpu_percent": round(100 * cpu / elapsed, 1),
+        "worker_socket_drops": drops[worker.port],
+        "subscriber_socket_drops": sum(drops[port] for port in subscriber_ports),
+        "sender_cpu_percent": round(100 * sender_share, 1),
+        "receiver_cpu_percent": round(100 * receiver_cpu / elapsed, 1),
     }
     width = max(len(k) for k in figures)
     for key, value in figures.items():

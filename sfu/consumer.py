@@ -102,7 +102,7 @@ class RtpRewriter:
         return self._source
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Consumer:
     """One producer's track as delivered to one subscriber transport.
 

@@ -203,8 +203,12 @@ class Producer:
     rids: dict[str, int] = field(default_factory=dict)
     # RTX SSRC -> the media SSRC it repairs (RFC 4588 §8.2 FID, or learnt by repaired-rid).
     rtx_streams: dict[int, int] = field(default_factory=dict)
-    paused: bool = False
-    muted: bool = False
+    _paused: bool = field(default=False, repr=False)
+    _muted: bool = field(default=False, repr=False)
+    # Whether packets of this producer reach consumers (not paused, not muted): kept up to
+    # date by the two setters below rather than computed, since every consumer reads it
+    # for every packet.
+    forwarding: bool = field(default=True, init=False)
     caches: dict[int, PacketCache] = field(default_factory=dict)
     statistics: dict[int, ReceiveStatistics] = field(default_factory=dict)
     layer_bitrates: dict[int, float] = field(default_factory=dict)
@@ -217,9 +221,24 @@ class Producer:
         self.statistics[ssrc] = ReceiveStatistics(ssrc, self.clock_rate)
 
     @property
-    def forwarding(self) -> bool:
-        """Whether packets of this producer reach consumers (not paused, not muted)."""
-        return not (self.paused or self.muted)
+    def paused(self) -> bool:
+        """Paused by the publisher (``producer.pause``)."""
+        return self._paused
+
+    @paused.setter
+    def paused(self, paused: bool) -> None:
+        self._paused = paused
+        self.forwarding = not (paused or self._muted)
+
+    @property
+    def muted(self) -> bool:
+        """Muted by a moderator (``producer.mute``)."""
+        return self._muted
+
+    @muted.setter
+    def muted(self, muted: bool) -> None:
+        self._muted = muted
+        self.forwarding = not (self._paused or muted)
 
     def keyframe_request_due(self, now: float) -> bool:
         """True at most once per :data:`KEYFRAME_REQUEST_INTERVAL`; records the request."""

@@ -15,7 +15,7 @@ from sfu.dtls import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_HMAC_SHA1_80, SrtpKey
 from sfu.errors import SrtpError
 from sfu.rtp import HEADER
 
-__all__ = ["BUFFER_SIZE", "SrtpContext"]
+__all__ = ["BUFFER_SIZE", "MAX_PACKET", "PROTECT_IN_PLACE", "SrtpContext", "new_length_cell"]
 
 _LIBSRTP_PROFILE = {
     SRTP_AEAD_AES_128_GCM.name: pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
@@ -34,9 +34,15 @@ def _session(key: bytes, profile: int, ssrc_type: int) -> pylibsrtp.Session:
 
 # Room for the largest datagram plus libsrtp's worst-case trailer (tag + MKI).
 BUFFER_SIZE = _BUFFER = 2048 + 16 + 128
-_MAX_PACKET = 2048
+# The largest clear RTP packet protected.
+MAX_PACKET = _MAX_PACKET = 2048
 # Looked up once: each ``lib.<name>`` access is a getattr on the cffi library object.
 _PROTECT = lib.srtp_protect
+# ``srtp_protect(session, buffer, length)``: encrypts the clear RTP packet of ``length[0]``
+# bytes in ``buffer`` (of at least BUFFER_SIZE bytes) in place and sets ``length[0]`` to the
+# protected length; non-zero on failure. For senders that protect straight into their own
+# send buffers (sfu/udp.py), with an :attr:`SrtpContext.tx_session`.
+PROTECT_IN_PLACE = _PROTECT
 _UNPROTECT = lib.srtp_unprotect
 _MEMMOVE = ffi.memmove
 _HEADER_PACK_INTO = HEADER.pack_into
@@ -114,10 +120,15 @@ class _Direct:
         return ffi.unpack(self._buffer, size)  # type: ignore[no-any-return]
 
 
+def new_length_cell() -> Any:
+    """A C ``int`` for :data:`PROTECT_IN_PLACE`'s length argument."""
+    return ffi.new("int *")
+
+
 class SrtpContext:
     """Protect what the SFU sends and unprotect what it receives on one transport."""
 
-    __slots__ = ("_rx", "_rx_direct", "_tx", "_tx_context", "_tx_direct", "_tx_length")
+    __slots__ = ("_rx", "_rx_direct", "_tx", "_tx_direct", "tx_session")
 
     def __init__(self, keys: SrtpKeys) -> None:
         profile = _LIBSRTP_PROFILE[keys.profile.name]
@@ -125,8 +136,8 @@ class SrtpContext:
         self._tx = _session(keys.local, profile, pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         self._rx_direct = _Direct(self._rx)
         self._tx_direct = _Direct(self._tx)
-        self._tx_context = self._tx_direct.context
-        self._tx_length = self._tx_direct.length
+        # libsrtp's outbound session, for :data:`PROTECT_IN_PLACE`; alive as long as this.
+        self.tx_session = self._tx_direct.context
 
     def unprotect_untrusted(self, packet: bytes) -> bytes:
         """Authenticate and decrypt one SRTP packet."""
@@ -157,30 +168,6 @@ class SrtpContext:
         if protected is None:
             raise SrtpError("SRTP protection failed (packet too large)")
         return protected
-
-    def protect_rtp_into(
-        self,
-        out: Any,
-        view: Any,
-        first: int,
-        second: int,
-        seq: int,
-        timestamp: int,
-        ssrc: int,
-        tail: bytes,
-    ) -> int:
-        """:meth:`protect_rtp` into a caller's C buffer (a send slot); the protected length."""
-        # The body of _Direct.protect_rtp_into, inlined: this runs per packet per consumer.
-        size = 12 + len(tail)
-        if size > _MAX_PACKET:
-            raise SrtpError("SRTP protection failed (packet too large)")
-        _HEADER_PACK_INTO(view, 0, first, second, seq, timestamp, ssrc)
-        _MEMMOVE(out + 12, tail, size - 12)
-        length = self._tx_length
-        length[0] = size
-        if _PROTECT(self._tx_context, out, length):
-            raise SrtpError("SRTP protection failed")
-        return length[0]  # type: ignore[no-any-return]
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """Encrypt and authenticate one RTCP packet the SFU sends."""

@@ -49,7 +49,7 @@ from sfu.sdp import (
     remote_fingerprints,
 )
 from sfu.transport import Address, WebRtcTransport
-from sfu.udp import UdpSender
+from sfu.udp import UdpReceiver, UdpSender
 
 __all__ = ["Worker", "main", "run_worker"]
 
@@ -740,25 +740,19 @@ def reply_for(worker: Worker, frame: dict[str, Any], now: float) -> dict[str, An
         return {"id": request_id, "error": {"code": BadParams.code, "message": str(exc)}}
 
 
-async def _serve_udp(worker: Worker, sock: socket.socket, sender: UdpSender) -> None:
-    """The hot path: wait once, then drain every queued datagram without awaiting; what the
-    drain sends leaves in batches (one sendmmsg per batch) before the next wait."""
-    recvfrom = sock.recvfrom
+async def _serve_udp(
+    worker: Worker, sock: socket.socket, receiver: UdpReceiver, sender: UdpSender
+) -> None:
+    """The hot path: wait once, then drain every queued datagram without awaiting (many per
+    recvmmsg); what the drain sends leaves in batches (one sendmmsg per batch) before the
+    next wait."""
     received = worker.datagram_received
     clock = time.monotonic
     while True:
         await trio.lowlevel.wait_readable(sock)
-        now = clock()
         sender.start_batch()
         try:
-            while True:
-                try:
-                    data, address = recvfrom(2048)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue  # ICMP port unreachable from a vanished peer, on some platforms
-                received(data, address[:2], now)
+            receiver.drain(received, clock())
         finally:
             sender.close_batch()
 
@@ -820,7 +814,7 @@ async def run_worker(
 
             nursery.start_soon(until_signal)
             nursery.start_soon(write_events)
-            nursery.start_soon(_serve_udp, worker, sock, sender)
+            nursery.start_soon(_serve_udp, worker, sock, UdpReceiver(sock), sender)
             nursery.start_soon(_tick, worker)
             decoder = FrameDecoder()
             while chunk := await stdin.receive_some(65536):

@@ -10,7 +10,7 @@ import pytest
 from sfu.dtls import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_HMAC_SHA1_80, SrtpKeys, SrtpProfile
 from sfu.rtp import HEADER
 from sfu.srtp import SrtpContext
-from sfu.udp import UdpSender
+from sfu.udp import UdpReceiver, UdpSender
 
 
 @pytest.fixture
@@ -108,12 +108,63 @@ def test_rtp_protected_in_its_send_slot_is_what_protect_rtp_makes(
     as_bytes = SrtpContext(SrtpKeys(profile, local, remote))
     receiver = SrtpContext(SrtpKeys(profile, remote, local))
     sender = UdpSender(out)
-    tail = b"\xbe\xde\x00\x01\x10\x55\x00\x00" + b"frame" * 20
+    # Packets of two sizes in turn, each sent to two consumers, as the router fans out.
+    tails = [b"\xbe\xde\x00\x01\x10\x55\x00\x00" + b"frame" * (20 + seq % 2) for seq in range(4)]
     sender.start_batch()
-    for seq in range(3):
-        sender.send_rtp(in_slot, 0x90, 111, seq, 960 * seq, 4242, tail, sinks[0].getsockname())
+    for seq, tail in enumerate(tails):
+        for ssrc in (4242, 4343):
+            sender.send_rtp(in_slot, 0x90, 111, seq, 960 * seq, ssrc, tail, sinks[0].getsockname())
     sender.close_batch()
-    for seq, datagram in enumerate(_received(sinks[0], 3)):
-        assert datagram == as_bytes.protect_rtp(0x90, 111, seq, 960 * seq, 4242, tail)
+    datagrams = _received(sinks[0], 8)
+    for position, datagram in enumerate(datagrams):
+        seq, ssrc, tail = position // 2, (4242, 4343)[position % 2], tails[position // 2]
+        assert datagram == as_bytes.protect_rtp(0x90, 111, seq, 960 * seq, ssrc, tail)
         clear = receiver.unprotect_untrusted(datagram)
-        assert clear == HEADER.pack(0x90, 111, seq, 960 * seq, 4242) + tail
+        assert clear == HEADER.pack(0x90, 111, seq, 960 * seq, ssrc) + tail
+
+
+def test_received_datagrams_keep_their_order_and_source_across_receive_batches() -> None:
+    inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    inbox.bind(("127.0.0.1", 0))
+    inbox.setblocking(False)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for sender in senders:
+            sender.bind(("127.0.0.1", 0))
+        # More than one recvmmsg call's worth, of varied sizes, from two sources.
+        sent = [(index.to_bytes(2, "big") * (1 + index % 40), index % 2) for index in range(150)]
+        for data, which in sent:
+            senders[which].sendto(data, inbox.getsockname())
+        received: list[tuple[bytes, tuple[str, int], float]] = []
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 7.0)
+        assert received == [(data, senders[which].getsockname(), 7.0) for data, which in sent]
+    finally:
+        inbox.close()
+        for sender in senders:
+            sender.close()
+
+
+def test_draining_an_empty_socket_returns_at_once() -> None:
+    inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    inbox.bind(("127.0.0.1", 0))
+    inbox.setblocking(False)
+    with inbox:
+        received: list[object] = []
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 0.0)
+        assert received == []
+
+
+def test_an_ipv6_socket_is_read_one_datagram_at_a_time() -> None:
+    try:
+        inbox = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        inbox.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    inbox.setblocking(False)
+    with inbox, socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sender:
+        sender.bind(("::1", 0))
+        sender.sendto(b"six", inbox.getsockname())
+        received: list[tuple[bytes, tuple[str, int], float]] = []
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 1.0)
+        assert received == [(b"six", sender.getsockname()[:2], 1.0)]
