@@ -21,6 +21,7 @@ Keys travel in :class:`MediaKey` messages, only inside pairwise sessions
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -226,7 +227,12 @@ class _SenderKeys:
 
 
 class MediaKeyReceiver:
-    """Keys of every other participant, looked up by KID; one key tried per frame."""
+    """Keys of every other participant, looked up by KID; one key tried per frame.
+
+    A generation past its grace period is removed from the SFrame receiver before any frame
+    is opened at or after that time, so the per-frame cost of enforcing grace periods is one
+    comparison with the earliest pending expiry.
+    """
 
     def __init__(self, suite: int = AES_128_GCM_SHA256_128, *, grace_seconds: float = 10.0) -> None:
         if not 0 <= grace_seconds <= 600:
@@ -236,6 +242,8 @@ class MediaKeyReceiver:
         # Room for every generation held of up to 1024 participants.
         self._sframe = SFrameReceiver(suite, max_keys=MAX_GENERATIONS_HELD * 1024)
         self._senders: dict[int, _SenderKeys] = {}
+        # The earliest expiry of any held generation (inf: none is in its grace period).
+        self._next_expiry = math.inf
 
     def install(self, key: MediaKey, *, now: float) -> None:
         """Install a distributed key; an older generation gets its grace period."""
@@ -250,18 +258,22 @@ class MediaKeyReceiver:
             return  # already known (distributed or followed by ratchet)
         if key.generation < state.latest:
             # Late delivery of an older generation: usable only through its grace period.
-            state.expiry[key.generation] = now + self.grace_seconds
+            self._set_expiry(state, key.generation, now + self.grace_seconds)
             self._sframe.add_key(key.kid, key.base_key)
         else:
             self._supersede(key.sender_index, state, key.generation, key.base_key, now)
         self._prune(key.sender_index, state, now)
+
+    def _set_expiry(self, state: _SenderKeys, generation: int, expiry: float) -> None:
+        state.expiry[generation] = expiry
+        self._next_expiry = min(self._next_expiry, expiry)
 
     def _supersede(
         self, index: int, state: _SenderKeys, generation: int, base_key: bytes, now: float
     ) -> None:
         for gen, exp in state.expiry.items():
             if exp is None:
-                state.expiry[gen] = now + self.grace_seconds
+                self._set_expiry(state, gen, now + self.grace_seconds)
         state.expiry[generation] = None
         state.latest = generation
         state.base_key = base_key
@@ -277,6 +289,15 @@ class MediaKeyReceiver:
             del state.expiry[oldest]
             self._sframe.remove_key(make_kid(index, oldest))
 
+    def _prune_expired(self, now: float) -> None:
+        next_expiry = math.inf
+        for index, state in self._senders.items():
+            self._prune(index, state, now)
+            for exp in state.expiry.values():
+                if exp is not None:
+                    next_expiry = min(next_expiry, exp)
+        self._next_expiry = next_expiry
+
     def remove_sender(self, sender_index: int) -> None:
         """Forget every key of a participant who left."""
         state = self._senders.pop(sender_index, None)
@@ -286,20 +307,24 @@ class MediaKeyReceiver:
 
     def decrypt(self, frame: bytes, metadata: bytes = b"", *, now: float) -> tuple[int, int, bytes]:
         """Decrypt an SFrame frame from any known sender: ``(kid, ctr, plaintext)``."""
+        if self._next_expiry < now:
+            self._prune_expired(now)
+        try:
+            return self._sframe.decrypt(frame, metadata)
+        except UnknownKey:
+            pass
+        # No key for this KID: an expired generation, an unknown sender, or a generation
+        # the sender reached by join ratchets that this receiver can follow by itself.
         kid, _, _ = decode_header_untrusted(frame)
         index, generation = split_kid(kid)
         state = self._senders.get(index)
         if state is None:
             raise UnknownKey(f"no media key for sender {index}")
-        if generation in state.expiry:
-            expiry = state.expiry[generation]
-            if expiry is not None and expiry < now:
-                self._prune(index, state, now)
-                raise UnknownKey(f"generation {generation} of sender {index} has expired")
-            return self._sframe.decrypt(frame, metadata)
         ahead = generation - state.latest
-        if not 0 < ahead <= MAX_RATCHET_AHEAD:
-            raise UnknownKey(f"no key for generation {generation} of sender {index}")
+        if ahead <= 0:
+            raise UnknownKey(f"generation {generation} of sender {index} is not held (expired?)")
+        if ahead > MAX_RATCHET_AHEAD:
+            raise UnknownKey(f"generation {generation} of sender {index} is too far ahead")
         # Follow the sender's join ratchets; keep the result only if the frame opens.
         base_key = state.base_key
         for _ in range(ahead):

@@ -138,3 +138,31 @@ def test_media_key_receiver_needs_the_time() -> None:
     _install(receiver, sender.current_key())
     with pytest.raises(StateError):
         unprotect_frame(receiver, Codec.OPUS, protect_frame(sender.sframe, Codec.OPUS, OPUS))
+
+
+def test_grace_period_ends_exactly_at_its_expiry_and_the_key_is_dropped() -> None:
+    alice = MediaKeySender(3)
+    bob = MediaKeyReceiver(grace_seconds=5)
+    _install(bob, alice.current_key())
+    old_kid = alice.kid
+    in_flight = [protect_frame(alice.sframe, Codec.OPUS, OPUS) for _ in range(2)]
+    _install(bob, alice.on_member_left(), now=10)
+    current = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    assert unprotect_frame(bob, Codec.OPUS, in_flight[0], now=15) == OPUS  # expiry is 15
+    # A frame of the current generation after the expiry already drops the old key.
+    assert unprotect_frame(bob, Codec.OPUS, current, now=15.5) == OPUS
+    assert not bob._sframe.has_key(old_kid)
+    with pytest.raises(UnknownKey):
+        unprotect_frame(bob, Codec.OPUS, in_flight[1], now=15.5)
+
+
+def test_late_older_generation_is_held_for_its_grace_period_only() -> None:
+    alice = MediaKeySender(4)
+    first = alice.current_key()
+    old = [protect_frame(alice.sframe, Codec.OPUS, OPUS) for _ in range(2)]
+    bob = MediaKeyReceiver(grace_seconds=5)
+    _install(bob, alice.on_member_left(), now=0)
+    _install(bob, first, now=1)  # delivered late: held until 6
+    assert unprotect_frame(bob, Codec.OPUS, old[0], now=6) == OPUS
+    with pytest.raises(UnknownKey):
+        unprotect_frame(bob, Codec.OPUS, old[1], now=7)
