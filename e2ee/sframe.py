@@ -373,6 +373,7 @@ class SFrameSender:
         return self._ctr
 
     def _header_slow(self, ctr: int) -> bytes:
+        # The header of a CTR outside the cached layout; caches the layout of its length.
         if ctr < 8:
             return self._small_headers[ctr]
         if ctr > MAX_CTR:
