@@ -23,7 +23,10 @@ The load generator must not be what is measured, so:
   enough) and ``subscriber_socket_drops`` (the bench's receiver did not: that run says
   nothing about the SFU);
 - ``sender_cpu_percent`` and ``receiver_cpu_percent`` show how close the generator came
-  to its core.
+  to its core, and with ``--pin`` ``worker_core_busy_percent`` and ``worker_core_steal_percent``
+  how busy the worker's core was in all (the worker, the kernel's network processing, other
+  jobs) and how much of it the hypervisor took: on a shared machine a run whose core was
+  busy well beyond ``worker_cpu_percent`` measured the neighbours too.
 
 ``--worker-tree DIR`` runs the worker from another checkout with this load generator, so
 two versions of the worker can be compared in one session.
@@ -218,6 +221,18 @@ def socket_drops(ports: set[int]) -> dict[int, int]:
     return drops
 
 
+def core_times(core: int) -> tuple[int, int, int]:
+    """``(total, idle, steal)`` clock ticks of one CPU so far, from ``/proc/stat``."""
+    with open("/proc/stat") as table:
+        for line in table:
+            name, *fields = line.split()
+            if name == f"cpu{core}":
+                ticks = [int(field) for field in fields]
+                # user nice system idle iowait irq softirq steal (guest time is in user)
+                return sum(ticks[:8]), ticks[3] + ticks[4], ticks[7]
+    raise LookupError(f"no cpu{core} in /proc/stat")
+
+
 def in_process(args: argparse.Namespace) -> dict[str, Any]:
     """Drive a :class:`sfu.worker.Worker` core directly; see the module docstring."""
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -382,7 +397,8 @@ def main() -> int:
 
     process = psutil.Process(worker.popen.pid)
     cores = sorted(os.sched_getaffinity(0))
-    if args.pin and len(cores) >= 2:
+    pinned = args.pin and len(cores) >= 2
+    if pinned:
         # The worker gets a core to itself; sender and receiver share the rest.
         os.sched_setaffinity(worker.popen.pid, {cores[0]})
         os.sched_setaffinity(0, set(cores[1:]))
@@ -401,6 +417,7 @@ def main() -> int:
         os._exit(0)
     os.close(write_end)
     drops_before = socket_drops(ports)
+    core_before = core_times(cores[0])
     cpu_before = process.cpu_times()
     receiver_cpu = time.process_time()
     started = time.monotonic()
@@ -408,6 +425,7 @@ def main() -> int:
     elapsed = time.monotonic() - started
     receiver_cpu = time.process_time() - receiver_cpu
     cpu_after = process.cpu_times()
+    core_after = core_times(cores[0])
     drops_after = socket_drops(ports)
     os.waitpid(child, 0)
     sent, sender_share = json.loads(os.read(read_end, 64))
@@ -433,6 +451,12 @@ def main() -> int:
         "sender_cpu_percent": round(100 * sender_share, 1),
         "receiver_cpu_percent": round(100 * receiver_cpu / elapsed, 1),
     }
+    if pinned:
+        total, idle, steal = (
+            after - before for after, before in zip(core_after, core_before, strict=True)
+        )
+        figures["worker_core_busy_percent"] = round(100 * (total - idle) / max(total, 1), 1)
+        figures["worker_core_steal_percent"] = round(100 * steal / max(total, 1), 1)
     width = max(len(k) for k in figures)
     for key, value in figures.items():
         print(f"{key:<{width}}  {value}")
