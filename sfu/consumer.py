@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from sfu.producer import Producer
+from sfu.vp8 import PictureIdRewriter
 
 __all__ = ["Consumer", "RtpRewriter"]
 
@@ -33,6 +34,7 @@ class RtpRewriter:
         "_last_out_seq",
         "_last_out_ts",
         "_last_time",
+        "_segment",
         "_seq_offset",
         "_source",
         "_started",
@@ -49,6 +51,7 @@ class RtpRewriter:
         self._last_out_ts = first_ts & 0xFFFFFFFF
         self._last_time = 0.0
         self._started = False
+        self._segment = 0
 
     def switch(self) -> None:
         """Start a new segment at the next packet (layer switch, resume, new producer)."""
@@ -70,6 +73,7 @@ class RtpRewriter:
             self._source = source
             self._base_seq = seq
             self._started = True
+            self._segment += 1
         elif (seq - self._base_seq) & 0xFFFF >= 0x8000:
             return None
         out_seq = (seq + self._seq_offset) & 0xFFFF
@@ -101,6 +105,12 @@ class RtpRewriter:
         """The SSRC of the current segment's source."""
         return self._source
 
+    @property
+    def segment(self) -> int:
+        """The number of the current segment (counting from 1), for codec-level rewriting
+        that must start over with it (:class:`sfu.vp8.PictureIdRewriter`)."""
+        return self._segment
+
 
 @dataclass(eq=False, slots=True)
 class Consumer:
@@ -128,6 +138,8 @@ class Consumer:
     rtx_ssrc: int | None = None
     rtx_payload_type: int | None = None
     rtx_sequence: int = 0
+    # VP8 picture ids continued across segments (unused on audio).
+    pictures: PictureIdRewriter = field(default_factory=PictureIdRewriter, repr=False)
     fraction_lost: int = 0
     _producer_gate: bool = field(default=True, repr=False)
 

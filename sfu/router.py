@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from sfu.active_speaker import ActiveSpeakerDetector
 from sfu.consumer import Consumer
-from sfu.errors import MalformedRtcp, SrtpError
+from sfu.errors import MalformedRtcp, MalformedRtp, SrtpError
 from sfu.producer import Producer
 from sfu.rtcp import (
     FullIntraRequest,
@@ -35,7 +35,7 @@ from sfu.rtcp import (
 from sfu.rtp import AUDIO_LEVEL, HEADER, TRANSPORT_CC
 from sfu.srtp import SrtpContext
 from sfu.transport import Address, WebRtcTransport
-from sfu.vp8 import is_keyframe_untrusted
+from sfu.vp8 import Vp8Descriptor, is_keyframe_untrusted, parse_descriptor_untrusted
 
 __all__ = ["Router", "SendFunction", "SendRtpFunction"]
 
@@ -68,6 +68,18 @@ def _element_untrusted(block: bytes, wanted: int) -> bytes | None:
             return block[pos + 1 : pos + 1 + length] if pos + 1 + length <= end else None
         pos += 1 + length
     return None
+
+
+def _numbered_pictures_untrusted(payload: bytes) -> Vp8Descriptor | None:
+    """The VP8 descriptor of a video payload when it numbers pictures (picture id or
+    TL0PICIDX), which consumers then rewrite; ``None`` when there is nothing to rewrite."""
+    try:
+        descriptor = parse_descriptor_untrusted(payload)
+    except MalformedRtp:
+        return None
+    if descriptor.picture_id is None and descriptor.tl0_pic_idx is None:
+        return None
+    return descriptor
 
 
 class Router:
@@ -216,6 +228,7 @@ class Router:
             for pipe in piped:
                 if pipe.pipe_address is not None:
                     self.send(clear, pipe.pipe_address)
+        pictures: Vp8Descriptor | None = None
         if producer.kind == "audio":
             level = _SILENT
             level_id = transport.extension_ids.get(AUDIO_LEVEL)
@@ -230,6 +243,7 @@ class Router:
             first_out = 0x90
         else:
             keyframe = is_keyframe_untrusted(payload)
+            pictures = _numbered_pictures_untrusted(payload)
             extension = b""
             first_out = 0x80
         marker = second & 0x80
@@ -244,7 +258,8 @@ class Router:
             address = sink.ice.selected
             if srtp is None or address is None:
                 continue
-            out = consumer.rewriter.rewrite(ssrc, seq, timestamp, now)
+            rewriter = consumer.rewriter
+            out = rewriter.rewrite(ssrc, seq, timestamp, now)
             if out is None:
                 continue
             send_rtp(
@@ -254,7 +269,11 @@ class Router:
                 out[0],
                 out[1],
                 consumer.ssrc,
-                tail,
+                # Video tail = payload: the same bytes unless a layer switch moved this
+                # consumer's picture ids (then a copy of its own).
+                tail
+                if pictures is None
+                else consumer.pictures.rewrite(rewriter.segment, tail, pictures),
                 address,
             )
             consumer.packets_sent += 1
@@ -395,6 +414,14 @@ class Router:
                     element = _element_untrusted(block, level_id) if level_id else None
                     extension = _AUDIO_EXT_PREFIX + (element or _SILENT)[:1] + _AUDIO_EXT_PAD
             end = len(clear) - clear[-1] if first & 0x20 else len(clear)
+            payload = clear[pos:end]
+            if consumer.producer.kind == "video":
+                # The picture ids it had when first sent: same segment, same offset.
+                pictures = _numbered_pictures_untrusted(payload)
+                if pictures is not None:
+                    payload = consumer.pictures.rewrite(
+                        consumer.rewriter.segment, payload, pictures
+                    )
             if consumer.rtx_ssrc is not None and consumer.rtx_payload_type is not None:
                 # RFC 4588 §4: own SSRC and sequence space, original sequence number first.
                 consumer.rtx_sequence = (consumer.rtx_sequence + 1) & 0xFFFF
@@ -405,7 +432,7 @@ class Router:
                     out[1],
                     consumer.rtx_ssrc,
                 )
-                body = out[0].to_bytes(2, "big") + clear[pos:end]
+                body = out[0].to_bytes(2, "big") + payload
             else:
                 header = HEADER.pack(
                     0x90 if extension else 0x80,
@@ -414,7 +441,7 @@ class Router:
                     out[1],
                     consumer.ssrc,
                 )
-                body = clear[pos:end]
+                body = payload
             self.send(transport.srtp.protect(header + extension + body), transport.ice.selected)
             consumer.retransmitted += 1
 

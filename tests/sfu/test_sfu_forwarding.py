@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from sfu.consumer import Consumer, RtpRewriter
 from sfu.producer import PacketCache, Producer, ReceiveStatistics
-from sfu.vp8 import is_keyframe_untrusted, parse_descriptor_untrusted
+from sfu.vp8 import PictureIdRewriter, is_keyframe_untrusted, parse_descriptor_untrusted
 
 # S=1 PID=0, X with I (15-bit picture id), L and T; then a key frame payload header (P=0).
 KEY = bytes([0x90, 0xE0, 0x80 | 0x12, 0x34, 0x05, 0x40, 0x9C, 0x01, 0x2A])
@@ -219,3 +219,75 @@ def test_receive_statistics_count_gaps_as_loss_but_not_dtx() -> None:
     stats.update(5, 960 * 61, 100, 2.02)
     assert stats.lost == 1
     assert stats.report_block(2.1).fraction_lost == 0
+
+
+def _vp8(picture_id: int, tl0: int, *, wide: bool = True, keyframe: bool = False) -> bytes:
+    """A descriptor with I and L (and T) set, then one payload header byte."""
+    pid = bytes([0x80 | picture_id >> 8, picture_id & 0xFF]) if wide else bytes([picture_id])
+    return bytes([0x90, 0xE0]) + pid + bytes([tl0, 0x40, 0x00 if keyframe else 0x01, 0x2A])
+
+
+def _fields(payload: bytes) -> tuple[int | None, int | None]:
+    descriptor = parse_descriptor_untrusted(payload)
+    return descriptor.picture_id, descriptor.tl0_pic_idx
+
+
+def _send(pictures: PictureIdRewriter, segment: int, payload: bytes) -> bytes:
+    return pictures.rewrite(segment, payload, parse_descriptor_untrusted(payload))
+
+
+def test_picture_ids_pass_through_until_the_first_switch() -> None:
+    pictures = PictureIdRewriter()
+    payload = _vp8(1000, 7, keyframe=True)
+    assert _send(pictures, 1, payload) is payload
+
+
+def test_picture_id_and_tl0picidx_continue_across_a_layer_switch() -> None:
+    pictures = PictureIdRewriter()
+    # Layer 0: pictures 100-102 (two packets for 101), TL0PICIDX 5, 5, 6.
+    for pid, tl0 in ((100, 5), (101, 5), (101, 5), (102, 6)):
+        _send(pictures, 1, _vp8(pid, tl0))
+    # Layer 2's numbering is unrelated; its key frame starts the next segment.
+    sent = [_send(pictures, 2, _vp8(7000, 200, keyframe=True))]
+    sent += [_send(pictures, 2, _vp8(7001, 200)), _send(pictures, 2, _vp8(7002, 201))]
+    assert [_fields(p) for p in sent] == [(103, 7), (104, 7), (105, 8)]
+    # Only the numbers change: same size, same payload header.
+    assert [len(p) for p in sent] == [8, 8, 8]
+    assert is_keyframe_untrusted(sent[0])
+    # Back to layer 0, whose numbers moved on meanwhile.
+    assert _fields(_send(pictures, 3, _vp8(160, 30, keyframe=True))) == (106, 9)
+
+
+def test_picture_ids_keep_their_width_and_wrap() -> None:
+    pictures = PictureIdRewriter()
+    _send(pictures, 1, _vp8(0x7FFE, 255))
+    wide = _send(pictures, 2, _vp8(10, 0, keyframe=True))
+    assert _fields(wide) == (0x7FFF, 0)
+    assert _fields(_send(pictures, 2, _vp8(11, 1))) == (0, 1)
+    # A sender using 7-bit picture ids gets them continued modulo 128, in one byte.
+    narrow = _send(pictures, 3, _vp8(50, 9, wide=False, keyframe=True))
+    assert _fields(narrow) == (1, 2)
+    assert len(narrow) == 7
+
+
+def test_a_late_packet_does_not_move_the_picture_sequence_back() -> None:
+    pictures = PictureIdRewriter()
+    _send(pictures, 1, _vp8(10, 1))
+    _send(pictures, 2, _vp8(500, 40, keyframe=True))  # -> 11, tl0 2
+    _send(pictures, 2, _vp8(503, 41))  # -> 14, tl0 3
+    assert _fields(_send(pictures, 2, _vp8(501, 40))) == (12, 2)  # a retransmission
+    assert _fields(_send(pictures, 3, _vp8(9000, 90, keyframe=True))) == (15, 4)
+
+
+@given(st.lists(st.tuples(st.integers(0, 0x7FFF), st.integers(1, 4))))
+def test_frames_are_numbered_one_after_another_whatever_the_switches(
+    runs: list[tuple[int, int]],
+) -> None:
+    pictures = PictureIdRewriter()
+    out: list[int] = []
+    for segment, (first, frames) in enumerate(runs, start=1):
+        for index in range(frames):
+            pid, _ = _fields(_send(pictures, segment, _vp8((first + index) & 0x7FFF, 0)))
+            assert pid is not None
+            out.append(pid)
+    assert all((b - a) & 0x7FFF == 1 for a, b in itertools.pairwise(out))

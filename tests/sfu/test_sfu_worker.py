@@ -322,6 +322,11 @@ KEY = bytes([0x90, 0x80, 0x01, 0x10, 0x00])  # S=1 PID=0, picture id, P=0: key f
 DELTA = bytes([0x90, 0x80, 0x02, 0x11, 0x00])
 
 
+def _picture(payload: bytes, picture_id: int) -> bytes:
+    """``payload`` (a descriptor with a 7-bit picture id) with another picture id."""
+    return payload[:2] + bytes([picture_id]) + payload[3:]
+
+
 def test_simulcast_layers_learnt_by_rid_and_switched_at_key_frames() -> None:
     h = Harness()
     router_id = h.call("router.create")["router_id"]
@@ -358,7 +363,13 @@ def test_simulcast_layers_learnt_by_rid_and_switched_at_key_frames() -> None:
     h.deliver()
     received = [RtpPacket.parse_untrusted(p) for p in sub.rtp]
     high = b"H" * 200
-    assert [p.payload for p in received] == [KEY, DELTA, KEY + high, DELTA + high]
+    # Each layer numbers its pictures from 1; the subscriber's picture ids go on from 2.
+    assert [p.payload for p in received] == [
+        KEY,
+        DELTA,
+        _picture(KEY, 3) + high,
+        _picture(DELTA, 4) + high,
+    ]
     seqs = [p.sequence_number for p in received]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(4)]
     assert {p.ssrc for p in received} == {consumer["ssrc"]}
@@ -371,7 +382,10 @@ def test_simulcast_layers_learnt_by_rid_and_switched_at_key_frames() -> None:
     frame(b"h", 222, 4, DELTA)
     frame(b"l", 111, 5, KEY)
     h.deliver()
-    assert [RtpPacket.parse_untrusted(p).payload for p in sub.rtp[4:]] == [DELTA + high, KEY]
+    assert [RtpPacket.parse_untrusted(p).payload for p in sub.rtp[4:]] == [
+        _picture(DELTA, 4) + high,
+        _picture(KEY, 5),
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -496,6 +510,44 @@ def test_video_nack_is_answered_with_rtx() -> None:
     assert int.from_bytes(rtx.payload[:2], "big") == lost
     assert rtx.payload[2:] == bytes([0x90, 0x80, 3, 0x11, 0x00]) + b"frame"
     assert rtx.timestamp == (first.timestamp + 6000) & 0xFFFFFFFF
+
+
+def test_video_picture_ids_continue_after_a_resume_and_in_retransmissions() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    producer_id = h.call(
+        "producer.create", transport_id=pub_id, kind="video", payload_type=96, ssrcs={"2222": 0}
+    )["producer_id"]
+    sub_id, sub = h.join(router_id, 5002)
+    consumer = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+
+    def frame(seq: int) -> None:
+        # The publisher's picture id follows its sequence number; key frames at 1 and 5.
+        payload = bytes([0x90, 0x80, seq, 0x10 if seq in (1, 5) else 0x11, 0x00]) + b"frame"
+        h.send(5001, pub.protect(RtpPacket(96, seq, 3000 * seq, 2222, payload=payload).serialize()))
+
+    frame(1)
+    frame(2)
+    h.call("consumer.pause", consumer_id=consumer["consumer_id"])
+    frame(3)
+    frame(4)
+    h.call("consumer.resume", consumer_id=consumer["consumer_id"])
+    for seq in (5, 6, 7):
+        frame(seq)
+    to_sub = [i for i, (_, a) in enumerate(h.outbox) if a[1] == 5002]
+    del h.outbox[to_sub[3]]  # picture 6, the subscriber's fourth packet
+    h.deliver()
+    received = [RtpPacket.parse_untrusted(p) for p in sub.rtp]
+    # Pictures 3 and 4 were never sent: the subscriber's picture ids run 1, 2, 3, (4), 5.
+    assert [p.payload[2] for p in received] == [1, 2, 3, 5]
+    lost = (received[2].sequence_number + 1) & 0xFFFF
+    h.send(5002, sub.protect_rtcp([GenericNack(1, received[0].ssrc, (lost,))]))
+    h.deliver()
+    rtx = RtpPacket.parse_untrusted(sub.rtp[-1])
+    assert rtx.ssrc == consumer["rtx_ssrc"]
+    assert int.from_bytes(rtx.payload[:2], "big") == lost
+    assert rtx.payload[2:] == bytes([0x90, 0x80, 4, 0x11, 0x00]) + b"frame"
 
 
 def test_upstream_loss_is_nacked_and_repaired_from_publisher_rtx() -> None:
