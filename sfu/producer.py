@@ -11,11 +11,69 @@ from dataclasses import dataclass, field
 
 from sfu.rtcp import ReportBlock
 
-__all__ = ["KEYFRAME_REQUEST_INTERVAL", "PacketCache", "Producer", "ReceiveStatistics"]
+__all__ = [
+    "KEYFRAME_REQUEST_INTERVAL",
+    "NACK_RETRIES",
+    "NACK_RETRY_INTERVAL",
+    "MissingPackets",
+    "PacketCache",
+    "Producer",
+    "ReceiveStatistics",
+]
 
 # RFC 4585 leaves the rate to the implementation; one key-frame request per second per
 # producer is what the issue asks and what mediasoup and Jitsi settle on.
 KEYFRAME_REQUEST_INTERVAL = 1.0
+# A NACK or its retransmission can be lost too (RFC 4585 §3.1 leaves retries to the
+# receiver): a sequence number still missing is asked for again this often (about a
+# round trip on a bad path; libwebrtc waits one RTT), this many more times.
+NACK_RETRY_INTERVAL = 0.1
+NACK_RETRIES = 3
+# Sequence numbers of one stream waiting for a retransmission; past this the oldest go.
+_MAX_MISSING = 256
+
+
+class MissingPackets:
+    """Sequence numbers of one stream that were NACKed and have not arrived since, and when
+    to NACK each again (sans-I/O: the caller sends what :meth:`due` returns)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        # seq -> [NACKs left, when the next is due]; insertion order is age order.
+        self._pending: dict[int, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def nacked(self, seqs: list[int], now: float) -> None:
+        """``seqs`` were just NACKed for the first time."""
+        pending = self._pending
+        for seq in seqs:
+            pending.pop(seq, None)
+            pending[seq] = [NACK_RETRIES, now + NACK_RETRY_INTERVAL]
+        while len(pending) > _MAX_MISSING:
+            del pending[next(iter(pending))]
+
+    def arrived(self, seq: int) -> None:
+        """``seq`` arrived (late, or retransmitted): stop asking for it."""
+        if self._pending:
+            self._pending.pop(seq, None)
+
+    def due(self, now: float) -> list[int]:
+        """The sequence numbers to NACK again now; each is asked for at most
+        :data:`NACK_RETRIES` more times, then given up."""
+        due = []
+        for seq, entry in list(self._pending.items()):
+            if now < entry[1]:
+                continue
+            due.append(seq)
+            entry[0] -= 1
+            if entry[0] <= 0:
+                del self._pending[seq]
+            else:
+                entry[1] = now + NACK_RETRY_INTERVAL
+        return due
 
 
 class PacketCache:
@@ -211,6 +269,7 @@ class Producer:
     forwarding: bool = field(default=True, init=False)
     caches: dict[int, PacketCache] = field(default_factory=dict)
     statistics: dict[int, ReceiveStatistics] = field(default_factory=dict)
+    missing: dict[int, MissingPackets] = field(default_factory=dict)
     layer_bitrates: dict[int, float] = field(default_factory=dict)
     last_keyframe_request: float = float("-inf")
 
@@ -219,6 +278,7 @@ class Producer:
         self.streams[ssrc] = layer
         self.caches[ssrc] = PacketCache()
         self.statistics[ssrc] = ReceiveStatistics(ssrc, self.clock_rate)
+        self.missing[ssrc] = MissingPackets()
 
     @property
     def paused(self) -> bool:

@@ -215,6 +215,9 @@ class Router:
             missing = stats.missing_before(seq)
             if missing:
                 self._nack_publisher(transport, ssrc, missing)
+                producer.missing[ssrc].nacked(missing, now)
+            else:
+                producer.missing[ssrc].arrived(seq)
         self.packets_in += 1
         self.bytes_in += size
         stats.update(seq, timestamp, size, now)
@@ -310,8 +313,22 @@ class Router:
         )
         self.receive_rtp(transport, rebuilt, now)
 
+    def retry_nacks(self, now: float) -> None:
+        """NACK again what publishers were asked to resend and still has not arrived."""
+        for producer in self.producers.values():
+            if producer.kind != "video":
+                continue
+            transport = self.transports.get(producer.transport_id)
+            if transport is None:
+                continue
+            for ssrc, missing in producer.missing.items():
+                if missing:
+                    due = missing.due(now)
+                    if due:
+                        self._nack_publisher(transport, ssrc, due)
+
     def _nack_publisher(self, transport: WebRtcTransport, ssrc: int, missing: list[int]) -> None:
-        """Ask the publisher to resend what never arrived (RFC 4585 §6.2.1), once per gap."""
+        """Ask the publisher to resend what never arrived (RFC 4585 §6.2.1)."""
         if transport.ice.selected is None or transport.srtp is None:
             return
         nack = GenericNack(sender_ssrc=transport.rtcp_ssrc, media_ssrc=ssrc, lost=tuple(missing))

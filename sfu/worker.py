@@ -183,7 +183,8 @@ class Worker:
     # -- timers -----------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run timers: DTLS retransmission, consent, RTCP reports, speaker, key frames."""
+        """Run timers: DTLS retransmission, consent, RTCP reports, NACK retries, speaker,
+        key frames."""
         for transport in list(self.transports.values()):
             dtls = transport.dtls
             if dtls is not None and dtls.deadline is not None and now >= dtls.deadline:
@@ -210,6 +211,8 @@ class Worker:
                     consumer.set_bandwidth(consumer.bandwidth)
             for transport in self.transports.values():
                 self._report_to_publisher(transport, now)
+        for router in self.routers.values():
+            router.retry_nacks(now)
         if now >= self._next_twcc:
             self._next_twcc = now + TWCC_INTERVAL
             for transport in self.transports.values():

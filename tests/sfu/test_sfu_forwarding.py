@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sfu.consumer import Consumer, RtpRewriter
-from sfu.producer import PacketCache, Producer, ReceiveStatistics
+from sfu.producer import (
+    NACK_RETRIES,
+    NACK_RETRY_INTERVAL,
+    MissingPackets,
+    PacketCache,
+    Producer,
+    ReceiveStatistics,
+)
 from sfu.vp8 import PictureIdRewriter, is_keyframe_untrusted, parse_descriptor_untrusted
 
 # S=1 PID=0, X with I (15-bit picture id), L and T; then a key frame payload header (P=0).
@@ -188,6 +195,25 @@ def test_nack_is_answered_from_the_packet_cache() -> None:
     assert [producer.retransmission(101, s) for s in (13, 15)] == [b"packet 13", b"packet 15"]
     assert producer.retransmission(101, 65499) is None  # never stored
     assert producer.retransmission(999, 13) is None
+
+
+def test_missing_packets_are_asked_for_again_until_they_arrive_or_retries_run_out() -> None:
+    missing = MissingPackets()
+    missing.nacked([3, 4], 0.0)
+    assert missing.due(NACK_RETRY_INTERVAL / 2) == []
+    assert missing.due(NACK_RETRY_INTERVAL) == [3, 4]
+    missing.arrived(3)
+    asked = [missing.due(NACK_RETRY_INTERVAL * i) for i in range(2, 2 + NACK_RETRIES)]
+    assert asked == [[4]] * (NACK_RETRIES - 1) + [[]]
+    assert len(missing) == 0
+
+
+def test_missing_packets_are_bounded() -> None:
+    missing = MissingPackets()
+    for start in range(0, 1000, 50):
+        missing.nacked(list(range(start, start + 50)), 0.0)
+    assert len(missing) == 256
+    assert missing.due(1.0)[0] == 1000 - 256  # the oldest went first
 
 
 def test_packet_cache_forgets_overwritten_slots() -> None:

@@ -589,6 +589,47 @@ def test_upstream_loss_is_nacked_and_repaired_from_publisher_rtx() -> None:
     assert received[3].payload_type == received[0].payload_type
 
 
+def test_a_packet_still_missing_is_nacked_again_a_few_times() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="video",
+        payload_type=96,
+        ssrcs={"2222": 0},
+        rtx_ssrcs={"3333": 2222},
+    )
+    payload = bytes([0x90, 0x80, 1, 0x10, 0x00])
+    for seq in (1, 2, 5):  # 3 and 4 are lost on the way to the SFU
+        h.send(5001, pub.protect(RtpPacket(96, seq, 3000 * seq, 2222, payload=payload).serialize()))
+    h.deliver()
+
+    def nacked() -> list[tuple[int, ...]]:
+        h.deliver()
+        lost = [
+            p.lost
+            for raw in pub.rtcp
+            for p in parse_compound_untrusted(raw)
+            if isinstance(p, GenericNack)
+        ]
+        pub.rtcp.clear()
+        return lost
+
+    assert nacked() == [(3, 4)]
+    h.worker.tick(0.05)
+    assert nacked() == []  # not yet: a retransmission may be on its way
+    h.worker.tick(0.1)
+    assert nacked() == [(3, 4)]
+    # 3 is repaired by RTX; only 4 is asked for again, until NACK_RETRIES are used up.
+    rtx = RtpPacket(97, 900, 9000, 3333, payload=(3).to_bytes(2, "big") + payload)
+    h.send(5001, pub.protect(rtx.serialize()))
+    for now in (0.2, 0.3, 0.4, 0.5):
+        h.worker.tick(now)
+    assert nacked() == [(4,), (4,)]
+
+
 def test_unconnected_transports_time_out_but_pipes_do_not() -> None:
     h = Harness()
     router_id = h.call("router.create")["router_id"]
