@@ -17,7 +17,8 @@ The load generator must not be what is measured, so:
 - latency ends at the kernel's receive timestamp of the datagram (``SO_TIMESTAMPNS``), not
   when the receiver process gets round to reading it: the receiver shares a core with the
   sender, and its own scheduling delay is not the SFU's. It starts at a ``CLOCK_REALTIME``
-  stamp (the clock of those timestamps) taken as the packet is built;
+  stamp (the clock of those timestamps) taken as the packet is built. ``receiver_lag_p99_ms``
+  says how much reading time instead would have added;
 - loss is split by where it happened, from the kernel's per-socket drop counters
   (``/proc/net/udp``): ``worker_socket_drops`` (the worker did not read its input fast
   enough) and ``subscriber_socket_drops`` (the bench's receiver did not: that run says
@@ -167,9 +168,10 @@ def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size
 
 def receive_load(
     subscribers: list[tuple[Any, ...]], seconds: float, sample: int
-) -> tuple[int, list[float]]:
+) -> tuple[int, list[float], list[float]]:
     """Receiver body: count datagrams on every subscriber socket; decrypt one in ``sample``
-    for its send stamp, and take its latency up to the kernel's arrival timestamp."""
+    for its send stamp, and take its latency up to the kernel's arrival timestamp. Also
+    returns, for the same datagrams, how long they waited for this process to read them."""
     import selectors
 
     selector = selectors.DefaultSelector()
@@ -179,6 +181,7 @@ def receive_load(
         selector.register(sub[2], selectors.EVENT_READ, sub[1])
     received = 0
     latencies: list[float] = []
+    lags: list[float] = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for key, _ in selector.select(0.1):
@@ -201,7 +204,14 @@ def receive_load(
                 seconds_part, nanoseconds = _TIMESPEC.unpack_from(ancillary[0][2])
                 arrival = seconds_part * 1_000_000_000 + nanoseconds
                 latencies.append((arrival - _STAMP.unpack_from(clear, 20)[0]) / 1e6)
-    return received, latencies
+                lags.append((time.time_ns() - arrival) / 1e6)
+    return received, latencies, lags
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    return ordered[int(fraction * (len(ordered) - 1))]
 
 
 def socket_drops(ports: set[int]) -> dict[int, int]:
@@ -421,7 +431,7 @@ def main() -> int:
     cpu_before = process.cpu_times()
     receiver_cpu = time.process_time()
     started = time.monotonic()
-    received, latencies = receive_load(subscribers, args.seconds + 1.5, args.sample)
+    received, latencies, lags = receive_load(subscribers, args.seconds + 1.5, args.sample)
     elapsed = time.monotonic() - started
     receiver_cpu = time.process_time() - receiver_cpu
     cpu_after = process.cpu_times()
@@ -435,7 +445,7 @@ def main() -> int:
     expected = sent * args.subscribers
     cpu = (cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)
     latencies.sort()
-    p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("nan")
+    p99 = percentile(latencies, 0.99) if latencies else float("nan")
     figures = {
         "publishers": args.publishers,
         "subscribers": args.subscribers,
@@ -444,6 +454,8 @@ def main() -> int:
         "loss_pct": round(100.0 * max(0, expected - received) / max(expected, 1), 3),
         "latency_p50_ms": round(latencies[len(latencies) // 2], 3) if latencies else None,
         "latency_p99_ms": round(p99, 3),
+        # What reading time instead of arrival time would have added (the old measure).
+        "receiver_lag_p99_ms": round(percentile(lags, 0.99), 3) if lags else None,
         "cpu_s_per_1k_packets": round(1000 * cpu / max(received, 1), 4),
         "worker_cpu_percent": round(100 * cpu / elapsed, 1),
         "worker_socket_drops": drops[worker.port],
