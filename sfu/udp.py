@@ -200,8 +200,8 @@ class UdpSender:
                 self._start_packet(tail)  # the first consumer of this packet
             name = self._names.get(address) or self._name(address)
             if name is not None and self._pack_into is not None:
-                # SrtpContext.protect_rtp_into, inlined with the slot bookkeeping: this runs
-                # once per packet per consumer.
+                # Pack, protect in place and book the slot in this one frame, with no
+                # further Python call: this runs once per packet per consumer.
                 index = self._count
                 view, base, name_word, length_word = self._slot_words[index]
                 self._pack_into(view, 0, first, second, seq, timestamp, ssrc, tail)
@@ -332,8 +332,9 @@ class UdpReceiver:
             handle(data, address[:2], now)
 
     def _source(self, key: int) -> Address:
-        packed = key.to_bytes(8, sys.byteorder)
-        address = (socket.inet_ntop(socket.AF_INET, packed[4:8]), int.from_bytes(packed[2:4]))
+        packed = key.to_bytes(8, sys.byteorder)  # sin_family, sin_port, sin_addr
+        host = socket.inet_ntop(socket.AF_INET, packed[4:8])
+        address = (host, int.from_bytes(packed[2:4], "big"))
         if len(self._sources) >= _MAX_NAMES:
             self._sources.clear()
         self._sources[key] = address
