@@ -287,6 +287,16 @@ async def _find_guild(client: Client, name: str) -> dict[str, Any]:
     raise UsageError(f"you are not in a guild called {name!r}")
 
 
+def _this_device(client: Client) -> dict[str, Any]:
+    """What ``register`` and ``join-device`` report about the profile they made."""
+    return {
+        "user_id": client.user_id,
+        "handle": client.handle,
+        "device_id": client.device_id,
+        "key_source": client.store.key_source,
+    }
+
+
 async def _cmd_register(args: argparse.Namespace, out: _Out) -> None:
     server = args.server or DEFAULT_SERVER
     client = await Client.register(
@@ -294,12 +304,7 @@ async def _cmd_register(args: argparse.Namespace, out: _Out) -> None:
     )
     async with client:
         out.emit(
-            {
-                "user_id": client.user_id,
-                "handle": client.handle,
-                "device_id": client.device_id,
-                "key_source": client.store.key_source,
-            },
+            _this_device(client),
             f"registered {client.handle} on {server} (device {client.device_id}, "
             f"{_key_text(client.store)})",
         )
@@ -455,12 +460,7 @@ async def _cmd_join_device(args: argparse.Namespace, out: _Out) -> None:
     )
     async with client:
         out.emit(
-            {
-                "user_id": client.user_id,
-                "handle": client.handle,
-                "device_id": client.device_id,
-                "key_source": client.store.key_source,
-            },
+            _this_device(client),
             f"this is now device {client.device_id} of {client.handle} on {server} "
             f"({_key_text(client.store)})",
         )

@@ -3,61 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from client_cli import Cli, passphrase_env
 from client_live import ControlProcess
 
 pytestmark = pytest.mark.slow
 
 
-class Cli:
-    """``python -m client`` in one working directory with one passphrase."""
-
-    def __init__(self, cwd: Path) -> None:
-        self.cwd = cwd
-        self.env = dict(os.environ) | {
-            "HUSHROOM_PASSPHRASE": "lifecycle test passphrase",
-            "HUSHROOM_BACKUP_PASSPHRASE": "backup passphrase for the test",
-            # Never the keyring of whoever runs the tests (test_client_keyring.py has its own).
-            "HUSHROOM_NO_KEYRING": "1",
-        }
-
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "client", *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if ok:
-            assert result.returncode == 0, (args, result.stderr)
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout.strip().splitlines()[-1])
-
-    def tail(self, *args: str) -> subprocess.Popen[str]:
-        return self.popen("tail", *args)
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "client", *args],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-
 def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_path: Path) -> None:
-    cli = Cli(tmp_path)
+    cli = Cli(
+        tmp_path,
+        passphrase_env(
+            "lifecycle test passphrase",
+            HUSHROOM_BACKUP_PASSPHRASE="backup passphrase for the test",
+        ),
+    )
     cli("register", "ann", "--profile", "a", "--server", control.url)
     cli("register", "ben", "--profile", "b", "--server", control.url)
 
@@ -97,7 +59,7 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
 
     # tail catches up (the copy of ann's DM from her other device), follows live and
     # stops after --count messages.
-    follower = cli.tail("--profile", "a2", "--count", "2", "--timeout", "30", "--json")
+    follower = cli.popen("tail", "--profile", "a2", "--count", "2", "--timeout", "30", "--json")
     cli("dm", "ann", "live one", "--profile", "b-restored")
     out, err = follower.communicate(timeout=40)
     assert follower.returncode == 0, err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keyring
 import pytest
+from client_cli import Cli
 from client_live import ControlProcess
 from keyring.backends.SecretService import Keyring as SecretServiceKeyring
 from secret_service import SecretService, running_secret_service
@@ -109,31 +110,11 @@ def test_destroying_a_keyring_store_removes_its_keyring_entry(
     assert keyring.get_password(os_keyring.SERVICE, entry) is None
 
 
-class Cli:
-    """``python -m client`` with an environment of the test's choosing."""
-
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd = cwd
-        self.env = env
-
-    def __call__(
-        self, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "client", *args],
-            cwd=self.cwd,
-            env=env or self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-
 def test_cli_keeps_the_store_key_in_the_keyring_and_needs_no_passphrase(
     secret_service: SecretService, control: ControlProcess, tmp_path: Path
 ) -> None:
     base = {k: v for k, v in os.environ.items() if k != "HUSHROOM_PASSPHRASE"}
-    cli = Cli(tmp_path, secret_service.env(base))
+    cli = Cli(tmp_path, secret_service.env(base), check=False)
 
     made = cli("register", "kim", "--profile", "k", "--server", control.url, "--json")
     assert made.returncode == 0, made.stderr
@@ -201,7 +182,7 @@ def test_a_keyring_without_an_unlocked_collection_falls_back_to_the_passphrase(
 ) -> None:
     with running_secret_service(tmp_path / "locked", unlocked=False) as locked:
         env = locked.env(dict(os.environ)) | {"HUSHROOM_PASSPHRASE": "fallback passphrase"}
-        made = Cli(tmp_path, env)(
+        made = Cli(tmp_path, env, check=False)(
             "register", "ned", "--profile", "n", "--server", control.url, "--json"
         )
     assert made.returncode == 0, made.stderr
@@ -216,7 +197,7 @@ def test_cli_falls_back_to_the_passphrase_without_a_keyring(
     env = {k: v for k, v in os.environ.items() if k != "DBUS_SESSION_BUS_ADDRESS"}
     env |= {"HUSHROOM_PASSPHRASE": "fallback passphrase", "HOME": str(tmp_path)}
     env.pop("HUSHROOM_NO_KEYRING", None)
-    cli = Cli(tmp_path, env)
+    cli = Cli(tmp_path, env, check=False)
     made = cli("register", "max", "--profile", "m", "--server", control.url, "--json")
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["key_source"] == "passphrase"

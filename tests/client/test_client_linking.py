@@ -4,12 +4,11 @@ for the new and the existing device, against a real control process."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from client_cli import Cli, passphrase_env
 from client_live import ControlProcess
 
 from client.store import STORE_FILE
@@ -19,52 +18,15 @@ from e2ee.linking import parse_link_code
 pytestmark = pytest.mark.slow
 
 
-class Cli:
-    """``python -m client`` in one working directory, passphrase profiles only."""
-
-    def __init__(self, cwd: Path, server: str) -> None:
-        self.cwd = cwd
-        self.server = server
-        self.env = dict(os.environ) | {
-            "HUSHROOM_PASSPHRASE": "linking test passphrase",
-            "HUSHROOM_NO_KEYRING": "1",
-        }
-
-    def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "client", *args],
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if ok:
-            assert result.returncode == 0, (args, result.stderr)
-        return result
-
-    def json(self, *args: str) -> object:
-        return json.loads(self(*args, "--json").stdout.strip().splitlines()[-1])
-
-    def join(self, profile: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
-        """Start ``join-device`` and return it with the link code it shows."""
-        proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "client", "join-device", "--profile", profile),
-                *("--server", self.server, "--json", *extra),
-            ],
-            cwd=self.cwd,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, proc.communicate(timeout=30)
-        shown = json.loads(line)
-        assert shown["qr"] == "hushroom-link:1:" + shown["code"].replace("-", "")
-        return proc, str(shown["code"])
+def join(cli: Cli, server: str, profile: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+    """Start ``join-device`` and return it with the link code it shows."""
+    proc = cli.popen("join-device", "--profile", profile, "--server", server, "--json", *extra)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.communicate(timeout=30)
+    shown = json.loads(line)
+    assert shown["qr"] == "hushroom-link:1:" + shown["code"].replace("-", "")
+    return proc, str(shown["code"])
 
 
 def one_sentence(result: subprocess.CompletedProcess[str], start: str) -> None:
@@ -77,12 +39,12 @@ def one_sentence(result: subprocess.CompletedProcess[str], start: str) -> None:
 def test_a_device_linked_through_the_server_receives_dms_sent_after_linking(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    cli = Cli(tmp_path, control.url)
+    cli = Cli(tmp_path, passphrase_env("linking test passphrase"))
     cli("register", "ann", "--profile", "a", "--server", control.url)
     cli("register", "ben", "--profile", "b", "--server", control.url)
     cli("dm", "ann", "sent before the new device existed", "--profile", "b")
 
-    joining, code = cli.join("a2")
+    joining, code = join(cli, control.url, "a2")
     linked = cli.json("link-device", code, "--profile", "a")
     out, err = joining.communicate(timeout=60)
     assert joining.returncode == 0, err
@@ -129,7 +91,7 @@ def test_a_device_linked_through_the_server_receives_dms_sent_after_linking(
 def test_bad_expired_and_used_link_codes_are_one_sentence_errors(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    cli = Cli(tmp_path, control.url)
+    cli = Cli(tmp_path, passphrase_env("linking test passphrase"))
     cli("register", "cat", "--profile", "c", "--server", control.url)
 
     one_sentence(cli("link-device", "not-a-code", "--profile", "c", ok=False), "That is not")
@@ -139,7 +101,7 @@ def test_bad_expired_and_used_link_codes_are_one_sentence_errors(
     assert len(cli.json("devices", "--profile", "c")) == 1  # type: ignore[arg-type]
 
     # A code nobody used expires; the waiting side says so and leaves no profile.
-    waiting, code = cli.join("c2", "--timeout", "1")
+    waiting, code = join(cli, control.url, "c2", "--timeout", "1")
     _, err = waiting.communicate(timeout=60)
     one_sentence(subprocess.CompletedProcess(waiting.args, waiting.returncode, "", err), "The link")
     assert "expired" in err
@@ -147,7 +109,7 @@ def test_bad_expired_and_used_link_codes_are_one_sentence_errors(
     one_sentence(cli("link-device", code, "--profile", "c", ok=False), "No device is waiting")
 
     # A code works once: the mailbox went when the new device read it.
-    joining, code = cli.join("c3")
+    joining, code = join(cli, control.url, "c3")
     cli("link-device", code, "--profile", "c")
     _, err = joining.communicate(timeout=60)
     assert joining.returncode == 0, err
