@@ -262,6 +262,7 @@ class MediaKeyReceiver:
             self._sframe.add_key(key.kid, key.base_key)
         else:
             self._supersede(key.sender_index, state, key.generation, key.base_key, now)
+            self._sframe.add_key(key.kid, key.base_key)
         self._prune(key.sender_index, state, now)
 
     def _set_expiry(self, state: _SenderKeys, generation: int, expiry: float) -> None:
@@ -277,7 +278,6 @@ class MediaKeyReceiver:
         state.expiry[generation] = None
         state.latest = generation
         state.base_key = base_key
-        self._sframe.add_key(make_kid(index, generation), base_key)
 
     def _prune(self, index: int, state: _SenderKeys, now: float) -> None:
         for gen, exp in list(state.expiry.items()):
@@ -335,6 +335,8 @@ class MediaKeyReceiver:
         except E2EEError:
             self._sframe.remove_key(kid)
             raise
+        # The key is already installed, with the frame just opened in its replay window:
+        # installing it again would empty the window and let that frame in a second time.
         self._supersede(index, state, generation, base_key, now)
         self._prune(index, state, now)
         return result

@@ -19,6 +19,7 @@ from e2ee import (
 from e2ee.errors import (
     DecodeError,
     DecryptionFailed,
+    DuplicateMessage,
     E2EEError,
     StateError,
     UnknownKey,
@@ -102,6 +103,19 @@ def test_join_ratchets_forward_and_joiner_cannot_read_the_past() -> None:
     late = protect_frame(MediaKeySender(1).sframe, Codec.OPUS, OPUS)  # unrelated gen-0 key
     with pytest.raises(E2EEError):
         unprotect_frame(bob, Codec.OPUS, late, now=100)
+
+
+def test_frame_that_carried_the_receiver_through_a_join_ratchet_is_not_accepted_twice() -> None:
+    alice = MediaKeySender(1)
+    bob = MediaKeyReceiver()
+    _install(bob, alice.current_key())
+    alice.on_member_joined()
+    after = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    assert unprotect_frame(bob, Codec.OPUS, after, now=1) == OPUS
+    with pytest.raises(DuplicateMessage):
+        unprotect_frame(bob, Codec.OPUS, after, now=1)
+    # The ratcheted key stays installed: the sender's next frame opens normally.
+    assert unprotect_frame(bob, Codec.OPUS, protect_frame(alice.sframe, Codec.OPUS, OPUS), now=1)
 
 
 def test_leave_draws_a_fresh_key_the_leaver_cannot_follow() -> None:
