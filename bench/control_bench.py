@@ -21,7 +21,6 @@ Run: ``python bench/control_bench.py [--phases healthz,envelopes] [--runs 3] [--
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from control import signatures as sig  # noqa: E402
+from control.gc_policy import tune_gc  # noqa: E402
 from control.process import ControlProcess  # noqa: E402
 from hushroom.secrets_file import ensure_secret_file  # noqa: E402
 
@@ -104,20 +104,6 @@ class Http:
     async def close(self) -> None:
         if self.stream is not None:
             await self.stream.aclose()
-
-
-def settle_gc() -> None:
-    """Keep this process's own garbage collector out of the figures.
-
-    The receivers of a run hold hundreds of thousands of objects (one WebSocket client per
-    member); a full collection over them stalls every receiver for a quarter of a second
-    and would be measured as server latency. The same policy as the server's
-    (``control.__main__.tune_gc``): freeze what exists once set-up is done, and collect the
-    young generation less often.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 async def register(http: Http, handle: str) -> dict[str, Any]:
@@ -272,7 +258,9 @@ async def phase_fanout(
             for user in users:
                 opening.start_soon(one, user)
         await trio.sleep(1)
-        settle_gc()
+        # The receivers hold hundreds of thousands of objects; a full collection over them
+        # would stall every receiver and be measured as server latency.
+        tune_gc()
         # CPU time of the server and of this process (the receivers) while messages fan out:
         # both share the machine's cores, so both are reported.
         server, cpu_before = psutil.Process(pid), psutil.Process(pid).cpu_times()
@@ -417,7 +405,7 @@ async def phase_envelopes(
     async with trio.open_nursery() as nursery:
         for i in range(concurrency):
             await nursery.start(recipient, users[2 * i + 1], expected[i])
-        settle_gc()
+        tune_gc()  # this process's own collector stays out of the figure, as in fan-out
         started = time.perf_counter()
         async with trio.open_nursery() as senders:
             for i in range(concurrency):

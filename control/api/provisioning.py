@@ -17,7 +17,10 @@ most 66 KiB; nothing about who opened it or who filled it (no user, device, toke
 address) is kept, and nothing here is logged. At most :data:`MAX_MAILBOXES` exist at once
 and they hold at most :data:`MAX_HELD_BYTES` of ciphertext together; beyond that the
 server answers 429. Ids are random-looking 128-bit values, so a mailbox cannot be found
-without its code.
+without its code. Because opening needs no account and limits are never keyed by address,
+one anonymous client can keep the table full (at the route's rate limit) and so delay
+linking for everyone; clients retry after the 429's ``retry_after``. Rate limiting by
+address would stop that, at the price of handling addresses: not done.
 
 With several control processes behind one address, a mailbox lives in the process that
 opened it: route ``/api/v1/provisioning/{id}`` by id (or to one process).
@@ -26,6 +29,7 @@ opened it: route ``/api/v1/provisioning/{id}`` by id (or to one process).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -197,7 +201,7 @@ def _mailboxes() -> Mailboxes:
 
 
 def _check_id(mailbox_id: str) -> str:
-    if len(mailbox_id) != 32 or any(c not in "0123456789abcdef" for c in mailbox_id):
+    if re.fullmatch(_MAILBOX_ID, mailbox_id) is None:
         raise BadRequest("a provisioning mailbox id is 32 lower-case hex digits")
     return mailbox_id
 
