@@ -37,6 +37,12 @@ def _check_consent(value: float) -> float:
     return value
 
 
+def _check_bitrate(value: int) -> int:
+    if not 30_000 <= value <= 100_000_000:
+        raise ValueError("must be 30000 to 100000000 bit/s")
+    return value
+
+
 def _check_node_id(value: str) -> str:
     if not 1 <= len(value) <= 64 or not value.replace("-", "").replace("_", "").isalnum():
         raise ValueError("must be 1-64 letters, digits, '-' or '_'")
@@ -70,6 +76,11 @@ class SfuConfig:
         30.0,
         help="seconds without an ICE consent check before a transport is closed (RFC 7675)",
         check=_check_consent,
+    )
+    max_incoming_bitrate: int = option(
+        3_000_000,
+        help="highest bandwidth (bit/s) a publisher is told in REMB, estimated or not",
+        check=_check_bitrate,
     )
 
     @property

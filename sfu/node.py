@@ -172,6 +172,8 @@ class Node:
             self.config.resolved_announce_ip,
             "--consent-timeout",
             str(self.config.consent_timeout),
+            "--max-incoming-bitrate",
+            str(self.config.max_incoming_bitrate),
         ]
         async with trio.open_nursery() as nursery:
             process: trio.Process = await nursery.start(

@@ -32,7 +32,7 @@ from sfu.rtcp import (
     parse_compound_untrusted,
     serialize_compound,
 )
-from sfu.rtp import AUDIO_LEVEL, HEADER, TRANSPORT_CC
+from sfu.rtp import ABS_SEND_TIME, AUDIO_LEVEL, HEADER, TRANSPORT_CC
 from sfu.srtp import SrtpContext
 from sfu.transport import Address, WebRtcTransport
 from sfu.vp8 import Vp8Descriptor, is_keyframe_untrusted, parse_descriptor_untrusted
@@ -200,6 +200,12 @@ class Router:
                 twcc = _element_untrusted(block, twcc_id)
                 if twcc is not None and len(twcc) == 2:
                     transport.twcc.record((twcc[0] << 8) | twcc[1], now)
+            # The same goes for the bandwidth estimate: everything that arrived used the path.
+            estimator = transport.estimator
+            if estimator is not None:
+                sent = _element_untrusted(block, transport.extension_ids[ABS_SEND_TIME])
+                if sent is not None and len(sent) == 3:
+                    estimator.on_packet(now, (sent[0] << 16) | (sent[1] << 8) | sent[2], size)
         entry = transport.ssrc_table.get(ssrc)
         if entry is None:
             repair = transport.rtx_table.get(ssrc) or transport.learn_rtx_untrusted(clear, ssrc)

@@ -4,7 +4,8 @@ and its plain variant, the pipe between two workers' routers (mediasoup's PipeTr
 A transport owns the security state of one peer (ICE credentials, DTLS session, SRTP
 contexts), the producers it publishes and the consumers it receives. It also records the
 arrival of every packet carrying a transport-wide sequence number, for congestion-control
-feedback to the publisher (draft-holmer-rmcat-transport-wide-cc-extensions §3).
+feedback to the publisher (draft-holmer-rmcat-transport-wide-cc-extensions §3), and, when
+the publisher sends abs-send-time, estimates its bandwidth for REMB (:mod:`sfu.bwe`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 
+from sfu.bwe import ReceiveSideEstimator
 from sfu.consumer import Consumer
 from sfu.dtls import DtlsSession, DtlsState
 from sfu.ice import IceLiteResponder, new_credentials
@@ -102,6 +104,8 @@ class WebRtcTransport:
     consumer_offers: list[ConsumerOffer] = field(default_factory=list)
     extension_ids: dict[str, int] = field(default_factory=dict)
     twcc: TransportCcRecorder = field(default_factory=TransportCcRecorder)
+    # The publisher's available bandwidth for REMB; only when it sends abs-send-time.
+    estimator: ReceiveSideEstimator | None = None
     rtcp_ssrc: int = field(default_factory=lambda: secrets.randbits(32))
     offer_version: int = 0
     closed: bool = False

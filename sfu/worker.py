@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 import trio
 
+from sfu.bwe import ReceiveSideEstimator
 from sfu.channel import FrameDecoder, FrameError, encode_frame
 from sfu.consumer import Consumer, RtpRewriter
 from sfu.demux import Kind, classify
@@ -40,6 +41,7 @@ from sfu.ice import CONSENT_TIMEOUT, decode_binding_untrusted, local_ufrag_untru
 from sfu.producer import Producer
 from sfu.router import Router, SendRtpFunction
 from sfu.rtcp import ReceiverEstimatedMaxBitrate, ReceiverReport, RtcpPacket, serialize_compound
+from sfu.rtp import ABS_SEND_TIME
 from sfu.sdp import (
     ConsumerOffer,
     IceDtlsParameters,
@@ -61,8 +63,13 @@ SPEAKER_INTERVAL = 0.3
 TICK_INTERVAL = 0.05
 # A transport nobody connects to within this time is closed (the client never showed up).
 ICE_CONNECT_TIMEOUT = 60.0
-# The REMB value the SFU sends publishers: a ceiling on what it accepts per transport.
+# The highest REMB the SFU sends a publisher: a ceiling on what it accepts per transport,
+# and the REMB itself when the publisher did not negotiate abs-send-time (no estimate).
 MAX_INCOMING_BITRATE = 3_000_000
+# A REMB goes out at once, not at the next report, when the estimate falls below this
+# share of the last one sent: a publisher told about a cut a second late has filled the
+# queue for that second (WebRTC's receiver uses the same 97 %).
+REMB_PROMPT_DECREASE = 0.97
 # Authenticated ICE addresses remembered per transport (candidate pairs being checked).
 MAX_ADDRESSES_PER_TRANSPORT = 8
 
@@ -93,8 +100,10 @@ class Worker:
         local_ip: str | None = None,
         consent_timeout: float = CONSENT_TIMEOUT,
         send_rtp: SendRtpFunction | None = None,
+        max_incoming_bitrate: int = MAX_INCOMING_BITRATE,
     ) -> None:
         self.consent_timeout = consent_timeout
+        self.max_incoming_bitrate = max_incoming_bitrate
         self.send_rtp = send_rtp
         self.announce_ip = announce_ip
         # Where other workers of this node reach us for pipes (the bound address).
@@ -113,6 +122,7 @@ class Worker:
         self._by_address: dict[Address, WebRtcTransport] = {}
         self._addresses: dict[str, list[Address]] = {}
         self._created: dict[str, float] = {}
+        self._remb_sent: dict[str, int] = {}
         self._next_rtcp = 0.0
         self._next_twcc = 0.0
         self._next_speaker = 0.0
@@ -211,6 +221,13 @@ class Worker:
                     consumer.set_bandwidth(consumer.bandwidth)
             for transport in self.transports.values():
                 self._report_to_publisher(transport, now)
+        else:
+            for transport in self.transports.values():
+                estimator = transport.estimator
+                if estimator is not None and estimator.estimate() < REMB_PROMPT_DECREASE * (
+                    self._remb_sent.get(transport.id, self.max_incoming_bitrate)
+                ):
+                    self._send_remb(transport)
         for router in self.routers.values():
             router.retry_nacks(now)
         if now >= self._next_twcc:
@@ -243,14 +260,29 @@ class Worker:
         packets: list[RtcpPacket] = [
             ReceiverReport(ssrc=transport.rtcp_ssrc, reports=tuple(blocks))
         ]
-        ssrcs = tuple(s for p in transport.producers.values() for s in p.streams)
-        if ssrcs:
-            packets.append(
-                ReceiverEstimatedMaxBitrate(
-                    sender_ssrc=transport.rtcp_ssrc, bitrate=MAX_INCOMING_BITRATE, ssrcs=ssrcs[:255]
-                )
-            )
+        remb = self._remb(transport)
+        if remb is not None:
+            packets.append(remb)
         self.send(transport.srtp.protect_rtcp(serialize_compound(packets)), transport.ice.selected)
+
+    def _remb(self, transport: WebRtcTransport) -> ReceiverEstimatedMaxBitrate | None:
+        """The REMB for a publisher: its estimated bandwidth, or the ceiling without one."""
+        ssrcs = tuple(s for p in transport.producers.values() for s in p.streams)
+        if not ssrcs:
+            return None
+        estimator = transport.estimator
+        bitrate = estimator.estimate() if estimator is not None else self.max_incoming_bitrate
+        self._remb_sent[transport.id] = bitrate
+        return ReceiverEstimatedMaxBitrate(
+            sender_ssrc=transport.rtcp_ssrc, bitrate=bitrate, ssrcs=ssrcs[:255]
+        )
+
+    def _send_remb(self, transport: WebRtcTransport) -> None:
+        if transport.srtp is None or transport.ice.selected is None:
+            return
+        remb = self._remb(transport)
+        if remb is not None:
+            self.send(transport.srtp.protect_rtcp(remb.serialize()), transport.ice.selected)
 
     def _send_twcc(self, transport: WebRtcTransport) -> None:
         if transport.srtp is None or transport.ice.selected is None:
@@ -281,6 +313,7 @@ class Worker:
             if self._by_address.get(address) is transport:
                 del self._by_address[address]
         self._created.pop(transport.id, None)
+        self._remb_sent.pop(transport.id, None)
         if reason:
             self.emit("transport.closed", {"transport_id": transport.id, "reason": reason})
 
@@ -536,6 +569,13 @@ class Worker:
             producer.add_stream(ssrc, layer)
         producer.rtx_streams.update(rtx_streams or {})
         transport.add_producer(producer, extensions)
+        if (
+            transport.estimator is None
+            and not transport.pipe
+            and ABS_SEND_TIME in extensions.values()
+        ):
+            # A pipe's packets crossed loopback only: nothing to estimate, nobody to tell.
+            transport.estimator = ReceiveSideEstimator(self.max_incoming_bitrate)
         self.routers[transport.router_id].add_producer(producer)
         self.producers[producer.id] = producer
         return producer
@@ -771,6 +811,7 @@ async def run_worker(
     port: int,
     announce_ip: str | None = None,
     consent_timeout: float = CONSENT_TIMEOUT,
+    max_incoming_bitrate: int = MAX_INCOMING_BITRATE,
 ) -> None:
     """Bind, announce the port, serve datagrams and the node's requests until told to stop."""
     family = socket.AF_INET6 if ":" in listen_ip else socket.AF_INET
@@ -803,6 +844,7 @@ async def run_worker(
         local_ip,
         consent_timeout,
         sender.send_rtp,
+        max_incoming_bitrate,
     )
     with sock, trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery, stdin, stdout:
@@ -838,8 +880,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--announce-ip", default=None)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--consent-timeout", type=float, default=CONSENT_TIMEOUT)
+    parser.add_argument("--max-incoming-bitrate", type=int, default=MAX_INCOMING_BITRATE)
     args = parser.parse_args(argv)
-    trio.run(run_worker, args.listen_ip, args.port, args.announce_ip, args.consent_timeout)
+    trio.run(
+        run_worker,
+        args.listen_ip,
+        args.port,
+        args.announce_ip,
+        args.consent_timeout,
+        args.max_incoming_bitrate,
+    )
     return 0
 
 

@@ -18,11 +18,11 @@ from sfu.rtcp import (
     TransportCc,
     parse_compound_untrusted,
 )
-from sfu.rtp import AUDIO_LEVEL, MID, TRANSPORT_CC, RtpPacket
+from sfu.rtp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC, RtpPacket
 from sfu.sdp import SessionDescription
 from sfu.synthetic_peer import SyntheticPeer
 from sfu.transport import TransportCcRecorder
-from sfu.worker import Worker, reply_for
+from sfu.worker import MAX_INCOMING_BITRATE, Worker, reply_for
 
 SFU = ("127.0.0.1", 40000)
 
@@ -225,6 +225,90 @@ def test_active_speaker_event_and_pli_throttle() -> None:
         if isinstance(p, ReceiverEstimatedMaxBitrate)
     ]
     assert rembs and set(rembs[-1].ssrcs) == {1111, 2222}
+
+
+def _rembs(peer: SyntheticPeer, *, alone: bool = False) -> list[int]:
+    """The bitrates of the REMBs a peer received, oldest first, optionally only those sent on
+    their own (not with the periodic receiver report); forgets all RTCP received."""
+    bitrates = []
+    for raw in peer.rtcp:
+        compound = parse_compound_untrusted(raw)
+        if alone and len(compound) > 1:
+            continue
+        bitrates += [p.bitrate for p in compound if isinstance(p, ReceiverEstimatedMaxBitrate)]
+    peer.rtcp.clear()
+    return bitrates
+
+
+def test_publisher_remb_follows_the_estimate_and_drops_at_once_when_the_queue_grows() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    estimated = h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="video",
+        payload_type=96,
+        ssrcs={2222: 0},
+        extensions={2: ABS_SEND_TIME},
+    )
+    plain_id, plain = h.join(router_id, 5003)
+    h.call("producer.create", transport_id=plain_id, kind="video", payload_type=96, ssrcs={3333: 0})
+    assert estimated["producer_id"]
+    estimator = h.worker.transports[pub_id].estimator
+    assert estimator is not None and h.worker.transports[plain_id].estimator is None
+    interval = 0.008  # 1000-byte payloads every 8 ms: about 1 Mbit/s
+    seq = 0
+    sent = arrived = 0.0
+    next_tick = 0.0
+
+    def send_for(seconds: float, link_rate: float) -> None:
+        """The publisher sends for ``seconds``; its packets cross a ``link_rate`` bottleneck."""
+        nonlocal seq, sent, arrived, next_tick
+        end = sent + seconds
+        while sent < end:
+            seq += 1
+            size = 12 + 8 + 1000
+            arrived = max(sent + 0.02, arrived + size * 8 / link_rate)
+            h.now = arrived
+            abs_send_time = int(sent * (1 << 18)) & 0xFFFFFF
+            packet = RtpPacket(
+                96,
+                seq,
+                3000 * seq,
+                2222,
+                extensions={2: abs_send_time.to_bytes(3, "big")},
+                payload=bytes(1000),
+            )
+            h.send(5001, pub.protect(packet.serialize()))
+            sent += interval
+            if h.now >= next_tick:
+                next_tick = h.now + 0.05
+                h.send(5001, pub.binding_request())  # consent, as a browser keeps it
+                h.send(5003, plain.binding_request())
+                h.worker.tick(h.now)
+                h.deliver()
+
+    send_for(3.0, 10_000_000)
+    # No estimate yet: the ceiling, as the publisher without abs-send-time always gets.
+    assert set(_rembs(pub)) == {MAX_INCOMING_BITRATE}
+    send_for(9.0, 10_000_000)
+    steady = _rembs(pub)[-1]
+    incoming = estimator.incoming_bitrate()
+    assert incoming is not None and 950_000 < incoming < 1_100_000
+    assert incoming < steady < MAX_INCOMING_BITRATE
+    # A 600 kbit/s bottleneck appears: the queue grows by 0.4 s a second. The cut goes out
+    # at once, on its own, not with the next receiver report.
+    congested_at = h.now
+    prompt: list[int] = []
+    while not prompt and h.now - congested_at < 2.0:
+        send_for(0.02, 600_000)
+        prompt = _rembs(pub, alone=True)
+    assert prompt and prompt[0] < 0.97 * steady
+    assert h.now - congested_at < 0.5
+    send_for(1.0, 600_000)
+    assert _rembs(pub)[-1] < 600_000 < incoming
+    assert set(_rembs(plain)) == {MAX_INCOMING_BITRATE}
 
 
 def test_consent_loss_closes_the_transport_and_frees_everything(room) -> None:
