@@ -27,7 +27,7 @@ import trio
 from client.api import ControlApi
 from client.client import Client, Message
 from client.errors import ApiError, ClientError, UsageError
-from client.store import Store
+from client.store import KEYRING, Store
 from e2ee import (
     BackupContents,
     E2EEError,
@@ -250,7 +250,7 @@ def _use_keyring(args: argparse.Namespace) -> bool:
 
 
 def _key_text(store: Store) -> str:
-    if store.key_source == "keyring":
+    if store.key_source == KEYRING:
         return "store key in the OS keyring"
     return "store key from the passphrase"
 

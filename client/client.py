@@ -28,12 +28,13 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from math import ceil
+from functools import partial
+from math import ceil, isfinite
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -105,25 +106,107 @@ LINK_CODE_TTL_S = 600
 #: One long poll of the mailbox waits this long (the server allows 25 s, the HTTP client
 #: gives up after 30 s).
 MAILBOX_POLL_S = 25
+#: A 429 that names no usable retry-after is retried after this long, and none sooner than
+#: the floor.
+RATE_LIMIT_DEFAULT_S = 1.0
+RATE_LIMIT_FLOOR_S = 0.05
+#: How long a failed join-device spends taking its device off the account again.
+WITHDRAW_S = 5
+
+_T = TypeVar("_T")
 
 
 def _now() -> float:
     return time.time()
 
 
+def _retry_after_untrusted(exc: ApiError) -> float | None:
+    """How long a 429 asks to wait (the control API's ``retry_after`` error member), or
+    None for any other error.
+
+    The number is the server's word: a missing or odd one counts as
+    :data:`RATE_LIMIT_DEFAULT_S`, and none is shorter than :data:`RATE_LIMIT_FLOOR_S`, so a
+    server answering "0" cannot make the client spin.
+    """
+    if exc.status != 429:
+        return None
+    value = exc.extra.get("retry_after")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
+        return RATE_LIMIT_DEFAULT_S
+    return max(RATE_LIMIT_FLOOR_S, float(value))
+
+
+async def _rate_limited(call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+    """``call()``, made again after each 429 once the server's retry-after has passed, for
+    as long as that ends before ``deadline`` (trio's clock); then the 429 is raised.
+
+    The provisioning routes need no account, so their rate limit is one bucket per route
+    shared by everybody: anyone can empty it, and a waiting device must outlast that.
+    """
+    while True:
+        try:
+            return await call()
+        except ApiError as exc:
+            wait = _retry_after_untrusted(exc)
+            if wait is None or trio.current_time() + wait >= deadline:
+                raise
+            await trio.sleep(wait)
+
+
+async def _open_mailbox(api: ControlApi, mailbox_id: bytes, expires_in: int) -> int:
+    """Open the provisioning mailbox; a rate-limited server is waited out for as long as
+    the code was to live."""
+    try:
+        return await _rate_limited(
+            partial(api.open_mailbox, mailbox_id, expires_in), trio.current_time() + expires_in
+        )
+    except ApiError as exc:
+        if exc.status != 429:
+            raise
+        raise LinkError(
+            f"the server kept refusing to open a link mailbox for {expires_in} s (too many "
+            "requests); run join-device again later"
+        ) from None
+
+
 async def _wait_for_provisioning(api: ControlApi, mailbox_id: bytes, within_s: int) -> bytes:
-    """Long-poll the mailbox until its message arrives or its lifetime runs out."""
+    """Long-poll the mailbox until its message arrives or its lifetime runs out; a 429 is
+    waited out within that lifetime."""
     deadline = trio.current_time() + within_s
     while (left := deadline - trio.current_time()) > 0:
+        poll = partial(api.fetch_provisioning, mailbox_id, min(MAILBOX_POLL_S, ceil(left)))
         try:
-            message = await api.fetch_provisioning(mailbox_id, min(MAILBOX_POLL_S, ceil(left)))
+            message = await _rate_limited(poll, deadline)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 429):
                 raise
-            break  # expired on the server (its clock ran first), or the server restarted
+            # 404: expired on the server (its clock ran first), or the server restarted;
+            # 429: still rate-limited when the code runs out.
+            break
         if message is not None:
             return message
     raise LinkError("the link code expired before another device used it; run join-device again")
+
+
+async def _withdraw_device(api: ControlApi, device_id: str | None) -> bool:
+    """Take a device that will never be used off its account, signed in as that device;
+    failing that, at least end its session. Best effort, within :data:`WITHDRAW_S`.
+
+    True when the device is gone from the account.
+    """
+    with trio.move_on_after(WITHDRAW_S):
+        if device_id is not None:
+            try:
+                await api.remove_device(device_id)
+                return True
+            except ApiError as exc:
+                if exc.status == 404:
+                    return True
+            except ClientError:
+                pass
+        with contextlib.suppress(ClientError):
+            await api.logout()
+    return False
 
 
 @dataclass(frozen=True)
@@ -324,8 +407,14 @@ class Client:
         identity key and prekeys, adds the device to the account (this session vouches,
         the new key signs the challenge), seals identity seed, prekeys and the account's
         device list under the code's secret and leaves them in the new device's mailbox.
-        It keeps no copy of the new device's private keys. If the mailbox refuses (wrong,
-        expired or used code) the device is removed again, since nobody could ever use it.
+        It keeps no copy of the new device's private keys.
+
+        The new device pins the sealed list as vouched for by this device, so the list
+        must be what this device knows — its pinned own devices plus the one just added
+        (fewer is fine) — or :class:`IdentityChanged` is raised and nothing is sealed: a
+        device only the server knows of would otherwise be trusted by both. On any
+        failure, a refusing mailbox (wrong, expired or used code) included, the device is
+        removed again, since nobody could ever use it.
         """
         try:
             parse_link_code(code)
@@ -351,8 +440,10 @@ class Client:
         self._device_cache.pop(self.user_id, None)
         try:
             own = await self.devices()
-            if Device(device.id, identity.public) not in own:
+            added = Device(device.id, identity.public)
+            if added not in own:
                 raise ProtocolError("the server's device list lacks the device just added")
+            self._check_own_devices(own, added)
             extra = LinkExtra(self.handle, prekeys.serialize(), own)
             payload = ProvisioningPayload(self.user_id.encode(), identity.seed, extra.encode())
             mailbox_id, sealed = build_provisioning_message(code, payload)
@@ -369,6 +460,29 @@ class Client:
             raise
         self._pin(self.user_id, self.handle, own, own_change_ok=True)
         return device
+
+    def _check_own_devices(self, listed: list[Device], added: Device) -> None:
+        """Refuse an own-device list from the server that holds a device (or a key) this
+        device has not pinned, apart from ``added``; devices missing from it are fine.
+
+        A profile without pinned own devices (restored from a backup) knows only itself.
+        """
+        contact = self._contact(self.user_id)
+        known: dict[str, bytes] = dict(contact["devices"]) if contact is not None else {}
+        known[self.device_id] = self.identity.public
+        known[added.id] = added.identity_key
+        unknown = sorted(d.id for d in listed if known.get(d.id) != d.identity_key)
+        if not unknown:
+            return
+        ids = ", ".join(unknown)
+        raise IdentityChanged(
+            self.user_id,
+            self.handle,
+            f"the server lists {ids} as a device of your account that this device has not "
+            f"seen, so nothing was sent to the new device — remove it with 'hushroom devices "
+            f"remove {unknown[0]}' if it is not yours, or accept it with 'hushroom verify "
+            f"{self.handle} --accept' if it is, then link again",
+        )
 
     @classmethod
     async def join_device(
@@ -387,8 +501,13 @@ class Client:
         hands the secret to ``show_code`` (with the mailbox's lifetime) to be shown, waits
         for the sealed message, opens it and signs in with the identity it carries. Only
         ciphertext passes through the server. The profile's store is created first, so a
-        missing passphrase fails before anything is asked of the server; on any failure
-        the mailbox is closed and the half-made profile removed.
+        missing passphrase fails before anything is asked of the server. On any failure
+        the mailbox is closed and the half-made profile removed; after signing in, the
+        device also takes itself off the account again (or at least ends its session):
+        nobody would hold its key, yet peers would keep encrypting to it.
+
+        A rate-limited server (429; the mailbox routes share one bucket per route) is
+        waited out for as long as the code lives.
         """
         if Store.exists(profile):
             raise UsageError(f"a profile already exists at {profile}; use another --profile")
@@ -396,8 +515,9 @@ class Client:
         secret = LinkingSecret()
         api = ControlApi(server)
         opened = False
+        device_id: object = None
         try:
-            granted = await api.open_mailbox(secret.mailbox_id, expires_in)
+            granted = await _open_mailbox(api, secret.mailbox_id, expires_in)
             opened = True
             show_code(secret, granted)
             sealed = await _wait_for_provisioning(api, secret.mailbox_id, granted)
@@ -428,38 +548,54 @@ class Client:
                 answer.get("device_id"),
                 answer.get("token"),
             )
+            if isinstance(token, str):
+                # From here on the device exists with a session: the cleanup needs it.
+                api.token = token
             if not isinstance(device_id, str) or not isinstance(token, str):
                 raise ProtocolError("the server sent a malformed login answer")
             if user_id != payload.user_id.decode("ascii", "replace"):
                 raise ProtocolError("the server signed this device in to another account")
             if Device(device_id, identity.public) not in extra.devices:
                 raise ProtocolError("the linking device did not list this device")
-        except BaseException:
+            with store.transaction():
+                store.put("identity", "seed", identity.seed)
+                store.put("identity", "prekeys", prekeys.serialize())
+                store.put("identity", "prekeys_rotated_at", _now())
+                store.put(
+                    "account",
+                    "self",
+                    {
+                        "server": server,
+                        "user_id": user_id,
+                        "handle": extra.handle,
+                        "device_id": device_id,
+                        "token": token,
+                    },
+                )
+            client = cls(store, api)
+            client._pin(client.user_id, extra.handle, extra.devices, own_change_ok=True)
+        except BaseException as exc:
+            withdrawn = True
             with trio.CancelScope(shield=True):
                 if opened:
                     with trio.move_on_after(5), contextlib.suppress(ClientError):
-                        await api.close_mailbox(secret.mailbox_id)
+                        await _rate_limited(
+                            partial(api.close_mailbox, secret.mailbox_id),
+                            trio.current_time() + 5,
+                        )
+                if api.token is not None:
+                    withdrawn = await _withdraw_device(
+                        api, device_id if isinstance(device_id, str) else None
+                    )
                 await api.aclose()
             store.destroy()
+            if not withdrawn and isinstance(exc, ClientError):
+                raise LinkError(
+                    f"{str(exc).rstrip('. ')}, and this device could not take itself off "
+                    f"the account again — check 'hushroom devices' on your other device and "
+                    f"remove {device_id or 'the newest device'} there"
+                ) from exc
             raise
-        with store.transaction():
-            store.put("identity", "seed", identity.seed)
-            store.put("identity", "prekeys", prekeys.serialize())
-            store.put("identity", "prekeys_rotated_at", _now())
-            store.put(
-                "account",
-                "self",
-                {
-                    "server": server,
-                    "user_id": user_id,
-                    "handle": extra.handle,
-                    "device_id": device_id,
-                    "token": token,
-                },
-            )
-        api.token = token
-        client = cls(store, api)
-        client._pin(client.user_id, extra.handle, extra.devices, own_change_ok=True)
         return client
 
     async def remove_device(self, device_id: str) -> None:

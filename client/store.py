@@ -54,7 +54,7 @@ from nacl.utils import random
 from client import os_keyring
 from client.errors import StoreError
 
-__all__ = ["STORE_FILE", "Passphrase", "Store"]
+__all__ = ["KEYRING", "PASSPHRASE", "STORE_FILE", "Passphrase", "Store"]
 
 #: A passphrase, or a function asked for it only when the store really needs one.
 Passphrase = str | Callable[[], str]
@@ -64,6 +64,7 @@ _FORMAT = 1
 _CHECK = b"hushroom client store v1"
 _OPS = pwhash.argon2id.OPSLIMIT_INTERACTIVE
 _MEM = pwhash.argon2id.MEMLIMIT_INTERACTIVE
+#: The two ``key_source`` values of ``meta`` (and of :attr:`Store.key_source`).
 KEYRING = "keyring"
 PASSPHRASE = "passphrase"
 
@@ -144,9 +145,14 @@ class Store:
                 raise StoreError(f"the profile at {profile} was never finished; remove it")
             if not meta:
                 key, meta = _new_key(passphrase, use_keyring)
-                db.execute("BEGIN IMMEDIATE")
-                db.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
-                db.execute("COMMIT")
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany("INSERT INTO meta (name, value) VALUES (?, ?)", meta.items())
+                    db.execute("COMMIT")
+                except BaseException:
+                    # Nothing will ever name the keyring entry made for this store.
+                    _forget_new_key(meta)
+                    raise
                 return cls(db, key, path, meta)
             if meta.get("format") != _FORMAT:
                 raise StoreError("the profile's store has an unknown format")
@@ -360,6 +366,15 @@ def _new_key(passphrase: Passphrase, use_keyring: bool) -> tuple[bytes, dict[str
         "memlimit": _MEM,
         "check": bytes(SecretBox(key).encrypt(_CHECK)),
     }
+
+
+def _forget_new_key(meta: dict[str, object]) -> None:
+    """Delete the keyring entry of a store whose ``meta`` could not be written; best
+    effort, since the write's own error is the one to report."""
+    entry = meta.get("keyring_entry")
+    if meta.get("key_source") == KEYRING and isinstance(entry, str):
+        with contextlib.suppress(StoreError):
+            os_keyring.delete_store_key(entry)
 
 
 def _existing_key(meta: dict[str, object], passphrase: Passphrase) -> bytes:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keyring
 import pytest
+import secretstorage
 from client_cli import Cli
 from client_live import ControlProcess
 from keyring.backends.SecretService import Keyring as SecretServiceKeyring
@@ -108,6 +109,27 @@ def test_destroying_a_keyring_store_removes_its_keyring_entry(
     store.destroy()
     assert not Store.exists(tmp_path / "p")
     assert keyring.get_password(os_keyring.SERVICE, entry) is None
+
+
+def test_a_store_whose_meta_cannot_be_written_leaves_no_keyring_entry(
+    keyring_here: SecretService, tmp_path: Path
+) -> None:
+    # A store file whose meta table refuses every row, as a full or failing disk would.
+    profile = tmp_path / "p"
+    profile.mkdir()
+    with sqlite3.connect(profile / STORE_FILE) as db:
+        db.executescript(
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL);"
+            "CREATE TRIGGER refuse BEFORE INSERT ON meta BEGIN SELECT RAISE(ABORT, 'no'); END;"
+        )
+    with pytest.raises(sqlite3.IntegrityError):
+        Store.open(profile, never_asked, create=True, use_keyring=True)
+    bus = secretstorage.dbus_init()
+    try:
+        left = list(secretstorage.search_items(bus, {"service": os_keyring.SERVICE}))
+    finally:
+        bus.close()
+    assert left == []
 
 
 def test_cli_keeps_the_store_key_in_the_keyring_and_needs_no_passphrase(

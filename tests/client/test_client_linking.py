@@ -5,17 +5,32 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+import trio
 from client_cli import Cli, passphrase_env
 from client_live import ControlProcess
 
+from client import Client, ProtocolError
+from client._prekeys import directory_prekeys
+from client.linking import LinkExtra
+from client.models import Device
 from client.store import STORE_FILE
-from e2ee import LinkingSecret
+from e2ee import (
+    IdentityKeyPair,
+    LinkingSecret,
+    PreKeyStore,
+    ProvisioningPayload,
+    build_provisioning_message,
+)
 from e2ee.linking import parse_link_code
 
 pytestmark = pytest.mark.slow
+
+PASS = "linking test passphrase"
 
 
 def join(cli: Cli, server: str, profile: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
@@ -34,6 +49,38 @@ def one_sentence(result: subprocess.CompletedProcess[str], start: str) -> None:
     assert result.stdout == ""
     assert result.stderr.startswith(f"hushroom: {start}"), result.stderr
     assert result.stderr.count("\n") == 1 and result.stderr.rstrip().endswith(".")
+
+
+async def add_device_unseen(client: Client) -> tuple[Device, IdentityKeyPair, PreKeyStore]:
+    """A device added to ``client``'s account through the API, not through the client, so
+    the client never pinned it: what a malicious server, or a device this one never
+    heard of, does."""
+    identity = IdentityKeyPair.generate()
+    prekeys = PreKeyStore.generate(identity)
+    challenge = await client.api.challenge()
+    signed = b"hushroom-v1 add-device\x00" + challenge + identity.public + client.user_id.encode()
+    device = await client.api.add_device(
+        {
+            "identity_key": identity.public,
+            "challenge": challenge,
+            "signature": identity.sign(signed),
+            **directory_prekeys(identity, prekeys, prekeys.generate_one_time_prekeys(1)),
+        }
+    )
+    return device, identity, prekeys
+
+
+def empty_bucket(url: str, method: str, path: str) -> None:
+    """Spend a public route's shared rate-limit bucket until the server answers 429, as
+    anyone on the internet can (the route needs no account)."""
+    while True:
+        request = urllib.request.Request(url + "/api/v1" + path, method=method)
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 429:
+                return
 
 
 def test_a_device_linked_through_the_server_receives_dms_sent_after_linking(
@@ -118,3 +165,100 @@ def test_bad_expired_and_used_link_codes_are_one_sentence_errors(
 
     usage = cli("join-device", "--profile", "c4", "--timeout", "601", ok=False)
     assert usage.returncode == 2 and "600" in usage.stderr
+
+
+async def test_link_device_refuses_an_account_device_it_never_saw(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    cli = Cli(tmp_path, passphrase_env(PASS))
+    cli("register", "ann", "--profile", "a", "--server", control.url)
+    ann = Client.open(tmp_path / "a", PASS)
+    rogue, _, _ = await add_device_unseen(ann)
+    await ann.aclose()
+
+    joining, code = join(cli, control.url, "a2")
+    refused = cli("link-device", code, "--profile", "a", ok=False)
+    one_sentence(refused, "The server lists")
+    assert rogue.id in refused.stderr and "nothing was sent" in refused.stderr
+    # The device made for the new one was taken off again; the rogue one stays, for now.
+    listed = cli.json("devices", "--profile", "a")
+    assert isinstance(listed, list) and len(listed) == 2
+    assert rogue.id in {d["id"] for d in listed}
+
+    # Nothing was deposited: after the user removes the stranger, the same code still
+    # works (a mailbox takes one message), and the new device pins only the real two.
+    cli("devices", "remove", rogue.id, "--profile", "a")
+    linked = cli.json("link-device", code, "--profile", "a")
+    out, err = joining.communicate(timeout=60)
+    assert joining.returncode == 0, err
+    assert (
+        isinstance(linked, dict)
+        and json.loads(out.splitlines()[-1])["device_id"] == (linked["device_id"])
+    )
+    joined = Client.open(tmp_path / "a2", PASS)
+    pinned = joined.store.get("contact", joined.user_id)["devices"]
+    assert rogue.id not in pinned and len(pinned) == 2
+    await joined.aclose()
+
+
+async def test_a_join_that_fails_after_signing_in_takes_its_device_off_the_account(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    ann = await Client.register(tmp_path / "a", PASS, control.url, "ann")
+    send_code, receive_code = trio.open_memory_channel[str](1)
+
+    async def join() -> None:
+        with pytest.raises(ProtocolError, match="did not list this device"):
+            await Client.join_device(
+                tmp_path / "a2", PASS, control.url, lambda s, _ttl: send_code.send_nowait(s.code)
+            )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(join)
+        code = await receive_code.receive()
+        # A linking device that adds the new device but leaves it out of the list it
+        # seals: the new device signs in, then finds the list wrong.
+        device, identity, prekeys = await add_device_unseen(ann)
+        listed = [Device(ann.device_id, ann.identity.public)]
+        extra = LinkExtra("ann", prekeys.serialize(), listed)
+        payload = ProvisioningPayload(ann.user_id.encode(), identity.seed, extra.encode())
+        await ann.api.deposit_provisioning(*build_provisioning_message(code, payload))
+
+    assert device.id not in {d.id for d in await ann.devices()}
+    assert len(await ann.devices()) == 1
+    assert not (tmp_path / "a2").exists()
+    await ann.aclose()
+
+
+async def test_join_device_waits_out_the_shared_rate_limit_of_the_mailbox_routes(
+    tmp_path: Path,
+) -> None:
+    # 2 requests a second: a bucket spent by somebody else refills within half a second.
+    server = ControlProcess(
+        tmp_path / "control-data",
+        tmp_path / "control.log",
+        *("--rate-per-s", "2", "--rate-burst", "5"),
+    )
+    try:
+        ann = await Client.register(tmp_path / "a", PASS, server.url, "ann")
+        send_code, receive_code = trio.open_memory_channel[str](1)
+
+        def show(secret: LinkingSecret, _ttl: int) -> None:
+            # The long poll that follows finds its bucket empty too.
+            empty_bucket(server.url, "GET", "/provisioning/" + "0" * 32)
+            send_code.send_nowait(secret.code)
+
+        joined: list[Client] = []
+
+        async def join() -> None:
+            joined.append(await Client.join_device(tmp_path / "a2", PASS, server.url, show))
+
+        empty_bucket(server.url, "POST", "/provisioning")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(join)
+            await ann.link_device(await receive_code.receive())
+        assert joined[0].user_id == ann.user_id and len(await joined[0].devices()) == 2
+        await joined[0].aclose()
+        await ann.aclose()
+    finally:
+        server.stop()
