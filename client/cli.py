@@ -607,6 +607,14 @@ def _sentence(exc: BaseException) -> str:
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) group: the one the user is told about."""
+    first: BaseException = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
+
+
 def main(argv: list[str]) -> int:
     """Run one command; ``argv[0]`` is the command name."""
     try:
@@ -621,11 +629,12 @@ def main(argv: list[str]) -> int:
     try:
         trio.run(_HANDLERS[args.command], args, out)
     except* (ClientError, E2EEError) as group:
-        first: BaseException = group.exceptions[0]
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
+        first = _first(group)
         print(f"hushroom: {_sentence(first)}", file=sys.stderr, flush=True)
         status = 2 if isinstance(first, UsageError) else 1
-    except* KeyboardInterrupt:
+    except* KeyboardInterrupt as group:
+        # Interrupted mid-way, a command may have left something the user must see to.
+        for note in getattr(_first(group), "__notes__", []):
+            print(f"hushroom: {_sentence(Exception(note))}", file=sys.stderr, flush=True)
         status = 130
     return status

@@ -589,12 +589,16 @@ class Client:
                     )
                 await api.aclose()
             store.destroy()
-            if not withdrawn and isinstance(exc, ClientError):
-                raise LinkError(
-                    f"{str(exc).rstrip('. ')}, and this device could not take itself off "
-                    f"the account again — check 'hushroom devices' on your other device and "
-                    f"remove {device_id or 'the newest device'} there"
-                ) from exc
+            if not withdrawn:
+                stranded = (
+                    f"this device could not take itself off the account again — check "
+                    f"'hushroom devices' on your other device and remove "
+                    f"{device_id or 'the newest device'} there"
+                )
+                if isinstance(exc, ClientError):
+                    raise LinkError(f"{str(exc).rstrip('. ')}, and {stranded}") from exc
+                # Ctrl-C stays Ctrl-C; the CLI prints the note.
+                exc.add_note(stranded)
             raise
         return client
 

@@ -16,6 +16,8 @@ from client_live import ControlProcess
 
 from client import Client, ProtocolError
 from client._prekeys import directory_prekeys
+from client.api import ControlApi
+from client.errors import LinkError
 from client.linking import LinkExtra
 from client.models import Device
 from client.store import STORE_FILE
@@ -226,6 +228,51 @@ async def test_a_join_that_fails_after_signing_in_takes_its_device_off_the_accou
 
     assert device.id not in {d.id for d in await ann.devices()}
     assert len(await ann.devices()) == 1
+    assert not (tmp_path / "a2").exists()
+    await ann.aclose()
+
+
+async def test_a_failed_join_whose_device_cannot_go_again_says_where_to_remove_it(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    ann = await Client.register(tmp_path / "a", PASS, control.url, "ann")
+    send_code, receive_code = trio.open_memory_channel[str](1)
+    failures: list[LinkError] = []
+
+    async def join() -> None:
+        with pytest.raises(LinkError) as refused:
+            await Client.join_device(
+                tmp_path / "a2", PASS, control.url, lambda s, _ttl: send_code.send_nowait(s.code)
+            )
+        failures.append(refused.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(join)
+        code = await receive_code.receive()
+        device, identity, prekeys = await add_device_unseen(ann)
+        # The new device becomes the account's only one, which the server refuses to
+        # remove, and is left out of the sealed list: the join fails after signing in.
+        other = ControlApi(control.url)
+        challenge = await other.challenge()
+        signed = b"hushroom-v1 login\x00" + challenge + identity.public
+        other.token = (
+            await other.login(
+                {
+                    "identity_key": identity.public,
+                    "challenge": challenge,
+                    "signature": identity.sign(signed),
+                }
+            )
+        )["token"]
+        await ann.api.remove_device(ann.device_id)
+        listed = [Device(ann.device_id, ann.identity.public)]
+        extra = LinkExtra("ann", prekeys.serialize(), listed)
+        payload = ProvisioningPayload(ann.user_id.encode(), identity.seed, extra.encode())
+        await other.deposit_provisioning(*build_provisioning_message(code, payload))
+        await other.aclose()
+    (failure,) = failures
+    assert str(failure).startswith("the linking device did not list this device, and")
+    assert f"check 'hushroom devices' on your other device and remove {device.id}" in str(failure)
     assert not (tmp_path / "a2").exists()
     await ann.aclose()
 
