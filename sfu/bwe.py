@@ -19,7 +19,19 @@ import math
 from collections import deque
 from enum import Enum
 
-__all__ = ["BandwidthUsage", "ReceiveSideEstimator"]
+__all__ = [
+    "MAX_INCOMING_BITRATE",
+    "MIN_BITRATE",
+    "BandwidthUsage",
+    "RateControlState",
+    "ReceiveSideEstimator",
+]
+
+#: The default ceiling of what a publisher is told (bit/s): per transport, and the REMB itself
+#: when the publisher did not negotiate abs-send-time (no estimate).
+MAX_INCOMING_BITRATE = 3_000_000
+#: No estimate goes below this (bit/s): enough for Opus and a thumbnail video layer.
+MIN_BITRATE = 30_000
 
 # abs-send-time is 6.18 fixed-point seconds in 24 bits: it wraps every 64 s.
 _AST_MASK = 0xFFFFFF
@@ -73,6 +85,14 @@ class BandwidthUsage(Enum):
     UNDERUSING = "underusing"
 
 
+class RateControlState(Enum):
+    """The AIMD rate controller's state (§5.5)."""
+
+    HOLD = "hold"
+    INCREASE = "increase"
+    DECREASE = "decrease"
+
+
 class ReceiveSideEstimator:
     """A publisher's available bandwidth, estimated from when its packets arrive.
 
@@ -119,7 +139,7 @@ class ReceiveSideEstimator:
         "usage",
     )
 
-    def __init__(self, max_bitrate: int, min_bitrate: int = 30_000) -> None:
+    def __init__(self, max_bitrate: int, min_bitrate: int = MIN_BITRATE) -> None:
         if not 0 < min_bitrate <= max_bitrate:
             raise ValueError("need 0 < min_bitrate <= max_bitrate")
         self.max_bitrate = max_bitrate
@@ -127,7 +147,7 @@ class ReceiveSideEstimator:
         self.usage = BandwidthUsage.NORMAL
         self.initialized = False
         self._rate = float(max_bitrate)
-        self._state = "hold"
+        self._state = RateControlState.HOLD
         self._last_change = -1.0
         self._last_decrease = -math.inf
         self._capacity = -1.0  # link capacity estimate (bit/s) from past over-use; <0: none
@@ -341,16 +361,16 @@ class ReceiveSideEstimator:
                 and incoming >= 0.5 * self._rate
             ):
                 return  # the last cut has not reached the publisher yet
-            self._state = "decrease"
+            self._state = RateControlState.DECREASE
         elif usage is BandwidthUsage.UNDERUSING:
-            self._state = "hold"
-        elif self._state == "hold":
-            self._state = "increase"
+            self._state = RateControlState.HOLD
+        elif self._state == RateControlState.HOLD:
+            self._state = RateControlState.INCREASE
             self._last_change = now
-        elif self._state == "decrease":
-            self._state = "hold"
+        elif self._state == RateControlState.DECREASE:
+            self._state = RateControlState.HOLD
         rate = self._rate
-        if self._state == "increase" and incoming is not None:
+        if self._state == RateControlState.INCREASE and incoming is not None:
             if self._capacity >= 0 and incoming > self._capacity + 3 * self._capacity_std():
                 self._capacity = -1.0  # past the old congestion point: search again
             elapsed = min(now - self._last_change, 1.0) if self._last_change >= 0 else 0.0
@@ -364,14 +384,14 @@ class ReceiveSideEstimator:
             if rate > limit:
                 rate = max(self._rate, limit)
             self._last_change = now
-        elif self._state == "decrease" and incoming is not None:
+        elif self._state == RateControlState.DECREASE and incoming is not None:
             decreased = _BETA * incoming
             if decreased > self._rate and self._capacity >= 0:
                 decreased = _BETA * self._capacity
             rate = min(decreased, self._rate)
             self._update_capacity(incoming)
             self.initialized = True
-            self._state = "hold"
+            self._state = RateControlState.HOLD
             self._last_change = now
             self._last_decrease = now
         self._rate = min(max(rate, float(self.min_bitrate)), float(self.max_bitrate))

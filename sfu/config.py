@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hushroom.config import ConfigError, option
+from sfu.bwe import MAX_INCOMING_BITRATE, MIN_BITRATE
 
 __all__ = ["SfuConfig"]
 
@@ -38,8 +39,8 @@ def _check_consent(value: float) -> float:
 
 
 def _check_bitrate(value: int) -> int:
-    if not 30_000 <= value <= 100_000_000:
-        raise ValueError("must be 30000 to 100000000 bit/s")
+    if not MIN_BITRATE <= value <= 100_000_000:
+        raise ValueError(f"must be {MIN_BITRATE} to 100000000 bit/s")
     return value
 
 
@@ -78,7 +79,7 @@ class SfuConfig:
         check=_check_consent,
     )
     max_incoming_bitrate: int = option(
-        3_000_000,
+        MAX_INCOMING_BITRATE,
         help="highest bandwidth (bit/s) a publisher is told in REMB, estimated or not",
         check=_check_bitrate,
     )

@@ -179,8 +179,14 @@ class Router:
 
     # -- the hot path -----------------------------------------------------------------
 
-    def receive_rtp(self, transport: WebRtcTransport, clear: bytes, now: float) -> None:
-        """Forward one decrypted RTP packet from a publisher to every admitted consumer."""
+    def receive_rtp(
+        self, transport: WebRtcTransport, clear: bytes, now: float, repaired: bool = False
+    ) -> None:
+        """Forward one decrypted RTP packet from a publisher to every admitted consumer.
+
+        ``repaired``: the packet was unwrapped from an RTX packet whose arrival has already
+        been counted for congestion feedback and the bandwidth estimate.
+        """
         if len(clear) < 12:
             return
         first, second, seq, timestamp, ssrc = HEADER.unpack_from(clear)
@@ -193,19 +199,8 @@ class Router:
             words = _EXT_HEAD.unpack_from(clear, pos)[1]
             block = clear[pos + 4 : pos + 4 + 4 * words]
             pos += 4 + 4 * words
-            # Congestion feedback must cover every packet that arrived — RTX, padding probes
-            # and not-yet-learnt layers too — or the sender reads them as lost and backs off.
-            twcc_id = transport.extension_ids.get(TRANSPORT_CC)
-            if twcc_id is not None:
-                twcc = _element_untrusted(block, twcc_id)
-                if twcc is not None and len(twcc) == 2:
-                    transport.twcc.record((twcc[0] << 8) | twcc[1], now)
-            # The same goes for the bandwidth estimate: everything that arrived used the path.
-            estimator = transport.estimator
-            if estimator is not None:
-                sent = _element_untrusted(block, transport.extension_ids[ABS_SEND_TIME])
-                if sent is not None and len(sent) == 3:
-                    estimator.on_packet(now, (sent[0] << 16) | (sent[1] << 8) | sent[2], size)
+            if not repaired:
+                self._account_arrival(transport, block, size, now)
         entry = transport.ssrc_table.get(ssrc)
         if entry is None:
             repair = transport.rtx_table.get(ssrc) or transport.learn_rtx_untrusted(clear, ssrc)
@@ -291,6 +286,24 @@ class Router:
         self.packets_out += forwarded
         self.bytes_out += forwarded * out_size
 
+    @staticmethod
+    def _account_arrival(transport: WebRtcTransport, block: bytes, size: int, now: float) -> None:
+        """Record one arrived datagram for transport-cc feedback and the bandwidth estimate.
+
+        Both must cover every packet that arrived — RTX, padding probes and not-yet-learnt
+        layers too — or the sender reads them as lost and backs off; and each exactly once.
+        """
+        twcc_id = transport.extension_ids.get(TRANSPORT_CC)
+        if twcc_id is not None:
+            twcc = _element_untrusted(block, twcc_id)
+            if twcc is not None and len(twcc) == 2:
+                transport.twcc.record((twcc[0] << 8) | twcc[1], now)
+        estimator = transport.estimator
+        if estimator is not None:
+            sent = _element_untrusted(block, transport.extension_ids[ABS_SEND_TIME])
+            if sent is not None and len(sent) == 3:
+                estimator.on_packet(now, (sent[0] << 16) | (sent[1] << 8) | sent[2], size)
+
     def _receive_rtx(
         self,
         transport: WebRtcTransport,
@@ -317,7 +330,7 @@ class Router:
             + packet[12:pos]
             + packet[pos + 2 : end]
         )
-        self.receive_rtp(transport, rebuilt, now)
+        self.receive_rtp(transport, rebuilt, now, repaired=True)
 
     def retry_nacks(self, now: float) -> None:
         """NACK again what publishers were asked to resend and still has not arrived."""

@@ -60,6 +60,9 @@ _RECEIVE_CAPACITY = 64
 _RECEIVE_SIZE = 2048
 # Distinct destinations (or sources) whose sockaddr is kept; past this the cache starts over.
 _MAX_NAMES = 4096
+#: Receive errors worth reading on after: a peer's ICMP port unreachable (reported once on
+#: the socket) and a signal. Anything else ends the drain rather than being retried.
+_RETRY_RECEIVE = frozenset({errno.ECONNREFUSED, errno.EINTR})
 _SOCKADDR_IN = struct.Struct("=HH4s8x")
 
 
@@ -259,6 +262,9 @@ class UdpSender:
         except (OSError, TypeError, IndexError, OverflowError, struct.error):
             return None  # not a numeric IPv4 address: sendto resolves or rejects it
         if len(self._names) >= _MAX_NAMES:
+            # Queued slots point at these buffers by raw address (cffi does not keep them
+            # alive): send them before the buffers are freed.
+            self.flush()
             self._names.clear()
         buffer = self._ffi.new("char[]", packed)
         name = (buffer, int(self._ffi.cast("uintptr_t", buffer)))
@@ -288,10 +294,15 @@ class UdpReceiver:
         # The first eight bytes of each sockaddr_in (family, port, address) as one word.
         self._name_words = memoryview(ffi.buffer(self._slots.names)).cast("Q")
 
-    def drain(self, handle: DatagramHandler, now: float) -> None:
-        """Call ``handle(data, (host, port), now)`` for each datagram until none is queued."""
+    def drain(self, handle: DatagramHandler, clock: Callable[[], float]) -> None:
+        """Call ``handle(data, (host, port), now)`` for each datagram until none is queued.
+
+        ``now`` is read from ``clock`` once per ``recvmmsg`` batch (per datagram without
+        it): a drain can last milliseconds under load, and the bandwidth estimator reads
+        arrival times from it.
+        """
         if not self._batchable:
-            self._drain_one_by_one(handle, now)
+            self._drain_one_by_one(handle, clock)
             return
         slots = self._slots
         vector = slots.vector
@@ -308,11 +319,12 @@ class UdpReceiver:
         while True:
             count = recvmmsg(fd, vector, _RECEIVE_CAPACITY, 0, self._null)
             if count < 0:
-                if self._ffi.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                    return
-                continue  # ICMP port unreachable from a vanished peer, reported once
+                if self._ffi.errno in _RETRY_RECEIVE:
+                    continue  # ICMP port unreachable from a vanished peer, reported once
+                return  # nothing queued, or an error retrying would only spin on
             if count == 0:
                 return
+            now = clock()
             for index in range(count):
                 offset = index * stride
                 key = name_words[2 * index]
@@ -320,16 +332,16 @@ class UdpReceiver:
                 lengths[offset + namelen] = _SOCKADDR_IN.size  # the kernel rewrote it
                 handle(unpack(bases[index], lengths[offset + msg_len]), address, now)
 
-    def _drain_one_by_one(self, handle: DatagramHandler, now: float) -> None:
+    def _drain_one_by_one(self, handle: DatagramHandler, clock: Callable[[], float]) -> None:
         recvfrom = self._recvfrom
         while True:
             try:
                 data, address = recvfrom(_RECEIVE_SIZE)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue  # ICMP port unreachable from a vanished peer, on some platforms
-            handle(data, address[:2], now)
+            except OSError as exc:
+                if exc.errno in _RETRY_RECEIVE:
+                    continue  # ICMP port unreachable from a vanished peer, on some platforms
+                return  # nothing queued, or an error retrying would only spin on
+            handle(data, address[:2], clock())
 
     def _source(self, key: int) -> Address:
         packed = key.to_bytes(8, sys.byteorder)  # sin_family, sin_port, sin_addr

@@ -1,9 +1,10 @@
 """VP8 RTP payload descriptor (RFC 7741 §4.2), key-frame detection (RFC 7741 §4.3) and
 picture-id rewriting across simulcast layer switches.
 
-Under end-to-end encryption the sender leaves the payload descriptor and the first bytes of
-the VP8 payload header in clear (and binds them into the SFrame AAD), which is exactly what
-a selective forwarder needs to switch simulcast layers at key frames. Each simulcast layer
+Under end-to-end encryption the payload descriptor stays in clear (the packetizer writes it
+after the frame is encrypted) and so do the first bytes of the VP8 payload header (left clear
+by the sender and bound into the SFrame AAD), which is exactly what a selective forwarder
+needs to switch simulcast layers at key frames. Each simulcast layer
 numbers its pictures on its own, so a subscriber moved from one layer to another would see
 its picture id and TL0PICIDX jump; :class:`PictureIdRewriter` continues them instead.
 """
@@ -113,8 +114,9 @@ class PictureIdRewriter:
     the picture id after the highest one sent so far and the TL0PICIDX after the last one,
     and the rest of the segment keeps that offset, so frames keep their picture id across
     packets and their order. The first segment passes through unchanged. A picture id is
-    written back in the width it arrived in (7 or 15 bits, §4.2 M bit): the descriptor, and
-    with it the SFrame AAD's layout, keeps its size.
+    written back in the width it arrived in (7 or 15 bits, §4.2 M bit), so the descriptor
+    keeps its size and the packet its layout; the descriptor is not part of the SFrame AAD,
+    which is why rewriting it leaves end-to-end encryption intact.
     """
 
     __slots__ = ("_last_picture_id", "_last_tl0", "_picture_offset", "_segment", "_tl0_offset")

@@ -31,7 +31,7 @@ from typing import Any
 import psutil
 import trio
 
-from sfu.bwe import ReceiveSideEstimator
+from sfu.bwe import MAX_INCOMING_BITRATE, MIN_BITRATE, ReceiveSideEstimator
 from sfu.channel import FrameDecoder, FrameError, encode_frame
 from sfu.consumer import Consumer, RtpRewriter
 from sfu.demux import Kind, classify
@@ -63,9 +63,6 @@ SPEAKER_INTERVAL = 0.3
 TICK_INTERVAL = 0.05
 # A transport nobody connects to within this time is closed (the client never showed up).
 ICE_CONNECT_TIMEOUT = 60.0
-# The highest REMB the SFU sends a publisher: a ceiling on what it accepts per transport,
-# and the REMB itself when the publisher did not negotiate abs-send-time (no estimate).
-MAX_INCOMING_BITRATE = 3_000_000
 # A REMB goes out at once, not at the next report, when the estimate falls below this
 # share of the last one sent: a publisher told about a cut a second late has filled the
 # queue for that second (WebRTC's receiver uses the same 97 %).
@@ -795,7 +792,7 @@ async def _serve_udp(
         await trio.lowlevel.wait_readable(sock)
         sender.start_batch()
         try:
-            receiver.drain(received, clock())
+            receiver.drain(received, clock)
         finally:
             sender.close_batch()
 
@@ -882,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consent-timeout", type=float, default=CONSENT_TIMEOUT)
     parser.add_argument("--max-incoming-bitrate", type=int, default=MAX_INCOMING_BITRATE)
     args = parser.parse_args(argv)
+    if args.max_incoming_bitrate < MIN_BITRATE:
+        parser.error(f"--max-incoming-bitrate must be at least {MIN_BITRATE} bit/s")
     trio.run(
         run_worker,
         args.listen_ip,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 from collections.abc import Iterator
 
 import pytest
 
+from sfu import udp
 from sfu.dtls import SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_HMAC_SHA1_80, SrtpKeys, SrtpProfile
 from sfu.rtp import HEADER
 from sfu.srtp import SrtpContext
@@ -50,6 +52,23 @@ def test_batched_datagrams_arrive_in_order_at_each_destination(
             index.to_bytes(2, "big") * (1 + index % 50) for index in range(position, 300, 3)
         ]
         assert _received(sink, 100) == expected
+
+
+def test_more_destinations_than_the_address_cache_holds_all_arrive_in_one_batch(
+    sockets: tuple[socket.socket, list[socket.socket]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Queued slots point at cached sockaddr buffers: emptying the cache mid-batch must not
+    # free a buffer a queued datagram still names.
+    monkeypatch.setattr(udp, "_MAX_NAMES", 2)
+    out, sinks = sockets
+    sender = UdpSender(out)
+    sender.start_batch()
+    for round_ in range(4):
+        for position, sink in enumerate(sinks):
+            sender.send(bytes([round_, position]) * 50, sink.getsockname())
+    sender.close_batch()
+    for position, sink in enumerate(sinks):
+        assert _received(sink, 4) == [bytes([round_, position]) * 50 for round_ in range(4)]
 
 
 def test_datagrams_outside_a_batch_leave_at_once(
@@ -137,8 +156,14 @@ def test_received_datagrams_keep_their_order_and_source_across_receive_batches()
         for data, which in sent:
             senders[which].sendto(data, inbox.getsockname())
         received: list[tuple[bytes, tuple[str, int], float]] = []
-        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 7.0)
-        assert received == [(data, senders[which].getsockname(), 7.0) for data, which in sent]
+        ticks = itertools.count()
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), lambda: next(ticks))
+        assert [datagram[:2] for datagram in received] == [
+            (data, senders[which].getsockname()) for data, which in sent
+        ]
+        # Arrival times are read once per receive batch, not once per drain.
+        times = [datagram[2] for datagram in received]
+        assert times == sorted(times) and len(set(times)) >= 3
     finally:
         inbox.close()
         for sender in senders:
@@ -151,7 +176,7 @@ def test_draining_an_empty_socket_returns_at_once() -> None:
     inbox.setblocking(False)
     with inbox:
         received: list[object] = []
-        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 0.0)
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), lambda: 0.0)
         assert received == []
 
 
@@ -166,5 +191,5 @@ def test_an_ipv6_socket_is_read_one_datagram_at_a_time() -> None:
         sender.bind(("::1", 0))
         sender.sendto(b"six", inbox.getsockname())
         received: list[tuple[bytes, tuple[str, int], float]] = []
-        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), 1.0)
+        UdpReceiver(inbox).drain(lambda *datagram: received.append(datagram), lambda: 1.0)
         assert received == [(b"six", sender.getsockname()[:2], 1.0)]

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sfu.bwe import MAX_INCOMING_BITRATE
 from sfu.errors import NotFound
 from sfu.rtcp import (
     GenericNack,
@@ -22,7 +23,7 @@ from sfu.rtp import ABS_SEND_TIME, AUDIO_LEVEL, MID, TRANSPORT_CC, RtpPacket
 from sfu.sdp import SessionDescription
 from sfu.synthetic_peer import SyntheticPeer
 from sfu.transport import TransportCcRecorder
-from sfu.worker import MAX_INCOMING_BITRATE, Worker, reply_for
+from sfu.worker import Worker, reply_for
 
 SFU = ("127.0.0.1", 40000)
 
@@ -238,6 +239,45 @@ def _rembs(peer: SyntheticPeer, *, alone: bool = False) -> list[int]:
         bitrates += [p.bitrate for p in compound if isinstance(p, ReceiverEstimatedMaxBitrate)]
     peer.rtcp.clear()
     return bitrates
+
+
+def test_a_retransmission_counts_once_in_the_incoming_bitrate() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    pub_id, pub = h.join(router_id, 5001)
+    h.call(
+        "producer.create",
+        transport_id=pub_id,
+        kind="video",
+        payload_type=96,
+        ssrcs={2222: 0},
+        rtx_ssrcs={3333: 2222},
+        extensions={2: ABS_SEND_TIME},
+    )
+    estimator = h.worker.transports[pub_id].estimator
+    assert estimator is not None
+    # Every 10 ms one 500-byte packet and the RTX of the previous one, sent together: the
+    # RTX packet is unwrapped and handled again as the packet it repairs, which must not
+    # add its bytes a second time.
+    for seq in range(1, 201):
+        h.now = seq * 0.01
+        stamp = {2: (int(h.now * (1 << 18)) & 0xFFFFFF).to_bytes(3, "big")}
+        media = RtpPacket(96, seq, 3000 * seq, 2222, extensions=stamp, payload=bytes(500))
+        repair = RtpPacket(
+            97,
+            seq,
+            3000 * seq,
+            3333,
+            extensions=stamp,
+            payload=(seq - 1).to_bytes(2, "big") + bytes(500),
+        )
+        for packet in (media, repair):
+            h.send(5001, pub.protect(packet.serialize()))
+        h.deliver()
+    per_group = len(media.serialize()) + len(repair.serialize())
+    incoming = estimator.incoming_bitrate()
+    assert incoming is not None
+    assert abs(incoming - per_group * 8 / 0.01) < 0.05 * per_group * 8 / 0.01
 
 
 def test_publisher_remb_follows_the_estimate_and_drops_at_once_when_the_queue_grows() -> None:
