@@ -60,12 +60,27 @@ import psutil
 from sfu.channel import FrameDecoder, encode_frame
 from sfu.dtls import Certificate
 from sfu.errors import SrtpError
-from sfu.rtp import AUDIO_LEVEL, HEADER
+from sfu.rtp import ABS_SEND_TIME, AUDIO_LEVEL, HEADER
 from sfu.synthetic_peer import SyntheticPeer
 from sfu.udp import UdpSender
 from sfu.worker import Worker
 
 _STAMP = struct.Struct("!Q")
+# Publishers send what browsers send with audio: the audio level (id 1) and abs-send-time
+# (id 2, read by the SFU's bandwidth estimator), in one one-byte-header block of 8 bytes.
+_EXTENSIONS = {"1": AUDIO_LEVEL, "2": ABS_SEND_TIME}
+# Without abs-send-time (``--no-abs-send-time``): the audio level alone, no estimator runs.
+_LEVEL_ONLY = {"1": AUDIO_LEVEL}
+
+
+def extension_block(abs_send_time: bool, now_s: float) -> bytes:
+    """The header-extension block of one published packet (RFC 8285 one-byte form)."""
+    if not abs_send_time:
+        return b"\xbe\xde\x00\x01\x10\xa0\x00\x00"
+    sent = int(now_s * (1 << 18)) & 0xFFFFFF  # 6.18 fixed-point seconds, 24 bits
+    return b"\xbe\xde\x00\x02\x10\xa0\x22" + sent.to_bytes(3, "big") + b"\x00\x00"
+
+
 # Linux's SO_TIMESTAMPNS (asm-generic/socket.h; not exported by the socket module): each
 # datagram carries the CLOCK_REALTIME time the kernel queued it, as struct timespec.
 _SO_TIMESTAMPNS = 35
@@ -139,7 +154,9 @@ def connect(worker: WorkerProcess, router_id: str, certificate: Certificate) -> 
     return created["transport_id"], peer, sock
 
 
-def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size: int) -> int:
+def send_load(
+    publishers: list[tuple[Any, ...]], rate: int, seconds: float, size: int, abs_send_time: bool
+) -> int:
     """Sender process body: every publisher sends ``rate`` packets/s; returns packets sent."""
     payload_pad = bytes(max(0, size - _STAMP.size))
     sent = 0
@@ -155,7 +172,7 @@ def send_load(publishers: list[tuple[Any, ...]], rate: int, seconds: float, size
                 header = HEADER.pack(0x90, 111, s, s * 960 & 0xFFFFFFFF, ssrc)
                 packet = (
                     header
-                    + b"\xbe\xde\x00\x01\x10\xa0\x00\x00"
+                    + extension_block(abs_send_time, time.monotonic())
                     + _STAMP.pack(time.time_ns())
                     + payload_pad
                 )
@@ -310,7 +327,7 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
                 "kind": "audio",
                 "payload_type": 111,
                 "ssrcs": {str(1000 + index): 0},
-                "extensions": {"1": AUDIO_LEVEL},
+                "extensions": _EXTENSIONS if args.abs_send_time else _LEVEL_ONLY,
             },
             0.0,
         )
@@ -330,7 +347,7 @@ def in_process(args: argparse.Namespace) -> dict[str, Any]:
     for seq in range(1, count + 1):
         for _, peer, address, ssrc in publishers:
             header = HEADER.pack(0x90, 111, seq & 0xFFFF, seq * 960 & 0xFFFFFFFF, ssrc)
-            packet = header + b"\xbe\xde\x00\x01\x10\xa0\x00\x00" + bytes(8) + pad
+            packet = header + extension_block(args.abs_send_time, seq * 0.02) + bytes(8) + pad
             batch.append((peer.protect(packet), address))
     forwarding = True
     receive = worker.datagram_received
@@ -362,6 +379,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=120, help="payload bytes")
     parser.add_argument("--sample", type=int, default=50, help="decrypt 1 in N for latency")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--no-abs-send-time",
+        dest="abs_send_time",
+        action="store_false",
+        help="publish without abs-send-time (no bandwidth estimator runs in the worker)",
+    )
     parser.add_argument("--in-process", action="store_true", help="forwarding core alone")
     parser.add_argument(
         "--pin", action="store_true", help="pin the worker to one core, the load to the others"
@@ -395,7 +418,7 @@ def main() -> int:
             kind="audio",
             payload_type=111,
             ssrcs={str(ssrc): 0},
-            extensions={"1": AUDIO_LEVEL},
+            extensions=_EXTENSIONS if args.abs_send_time else _LEVEL_ONLY,
         )
         publishers.append((producer["producer_id"], peer, sock, ssrc))
     subscribers = []
@@ -421,7 +444,7 @@ def main() -> int:
         time.sleep(0.5)  # let the receiver start listening first
         sender_cpu = time.process_time()
         sender_started = time.monotonic()
-        sent = send_load(publishers, args.rate, args.seconds, args.size)
+        sent = send_load(publishers, args.rate, args.seconds, args.size, args.abs_send_time)
         sender_share = (time.process_time() - sender_cpu) / (time.monotonic() - sender_started)
         os.write(write_end, json.dumps([sent, sender_share]).encode())
         os._exit(0)
