@@ -35,7 +35,7 @@ from sfu.rtcp import (
 from sfu.rtp import ABS_SEND_TIME, AUDIO_LEVEL, HEADER, TRANSPORT_CC
 from sfu.srtp import SrtpContext
 from sfu.transport import Address, WebRtcTransport
-from sfu.vp8 import Vp8Descriptor, is_keyframe_untrusted, parse_descriptor_untrusted
+from sfu.vp8 import Vp8Descriptor, parse_descriptor_untrusted, starts_keyframe
 
 __all__ = ["Router", "SendFunction", "SendRtpFunction"]
 
@@ -70,16 +70,17 @@ def _element_untrusted(block: bytes, wanted: int) -> bytes | None:
     return None
 
 
-def _numbered_pictures_untrusted(payload: bytes) -> Vp8Descriptor | None:
-    """The VP8 descriptor of a video payload when it numbers pictures (picture id or
-    TL0PICIDX), which consumers then rewrite; ``None`` when there is nothing to rewrite."""
+def _video_untrusted(payload: bytes) -> tuple[bool, Vp8Descriptor | None]:
+    """Whether a VP8 payload starts a key frame, and its descriptor when it numbers pictures
+    (picture id or TL0PICIDX, which consumers then rewrite), from one parse."""
     try:
         descriptor = parse_descriptor_untrusted(payload)
     except MalformedRtp:
-        return None
+        return False, None
+    keyframe = starts_keyframe(descriptor, payload)
     if descriptor.picture_id is None and descriptor.tl0_pic_idx is None:
-        return None
-    return descriptor
+        return keyframe, None
+    return keyframe, descriptor
 
 
 class Router:
@@ -246,8 +247,7 @@ class Router:
             extension = _AUDIO_EXT_PREFIX + level + _AUDIO_EXT_PAD
             first_out = 0x90
         else:
-            keyframe = is_keyframe_untrusted(payload)
-            pictures = _numbered_pictures_untrusted(payload)
+            keyframe, pictures = _video_untrusted(payload)
             extension = b""
             first_out = 0x80
         marker = second & 0x80
@@ -453,7 +453,7 @@ class Router:
             payload = clear[pos:end]
             if consumer.producer.kind == "video":
                 # The picture ids it had when first sent: same segment, same offset.
-                pictures = _numbered_pictures_untrusted(payload)
+                _, pictures = _video_untrusted(payload)
                 if pictures is not None:
                     payload = consumer.pictures.rewrite(
                         consumer.rewriter.segment, payload, pictures

@@ -21,6 +21,7 @@ __all__ = [
     "Vp8Descriptor",
     "is_keyframe_untrusted",
     "parse_descriptor_untrusted",
+    "starts_keyframe",
 ]
 
 # Where the picture id starts when present: after the first byte and the X byte (§4.2).
@@ -99,6 +100,11 @@ def is_keyframe_untrusted(payload: bytes) -> bool:
         descriptor = parse_descriptor_untrusted(payload)
     except MalformedRtp:
         return False
+    return starts_keyframe(descriptor, payload)
+
+
+def starts_keyframe(descriptor: Vp8Descriptor, payload: bytes) -> bool:
+    """:func:`is_keyframe_untrusted` for a payload whose descriptor is already parsed."""
     if not descriptor.start_of_partition or descriptor.partition_index != 0:
         return False
     if descriptor.size >= len(payload):
