@@ -8,9 +8,11 @@ server's code and message (a 409 ``stale_devices`` carries the current device li
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from math import isfinite
 from typing import Any
 
 import msgpack
+import trio
 
 from client.errors import ApiError, ProtocolError
 from client.http import HttpClient
@@ -25,7 +27,14 @@ from client.models import (
     User,
 )
 
-__all__ = ["ControlApi", "decode_body_untrusted"]
+__all__ = [
+    "RATE_LIMIT_BUDGET_S",
+    "RATE_LIMIT_DEFAULT_S",
+    "RATE_LIMIT_FLOOR_S",
+    "ControlApi",
+    "decode_body_untrusted",
+    "retry_after_untrusted",
+]
 
 _MSGPACK = "application/msgpack"
 API = "/api/v1"
@@ -39,6 +48,30 @@ def decode_body_untrusted(body: bytes) -> Any:
         return msgpack.unpackb(body, raw=False, strict_map_key=False, timestamp=0)
     except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
         raise ProtocolError("the server sent a body that is not msgpack") from None
+
+
+#: A 429 that names no usable retry-after is retried after this long, and none sooner than
+#: the floor.
+RATE_LIMIT_DEFAULT_S = 1.0
+RATE_LIMIT_FLOOR_S = 0.05
+#: How long one call waits out 429s in all before the 429 reaches the caller.
+RATE_LIMIT_BUDGET_S = 10.0
+
+
+def retry_after_untrusted(exc: ApiError) -> float | None:
+    """How long a 429 asks to wait (the control API's ``retry_after`` error member), or
+    None for any other error.
+
+    The number is the server's word: a missing or odd one counts as
+    :data:`RATE_LIMIT_DEFAULT_S`, and none is shorter than :data:`RATE_LIMIT_FLOOR_S`, so a
+    server answering "0" cannot make the client spin.
+    """
+    if exc.status != 429:
+        return None
+    value = exc.extra.get("retry_after")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
+        return RATE_LIMIT_DEFAULT_S
+    return max(RATE_LIMIT_FLOOR_S, float(value))
 
 
 class ControlApi:
@@ -57,7 +90,24 @@ class ControlApi:
         await self.http.aclose()
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """One request; returns the decoded answer or raises :class:`ApiError`."""
+        """One request; returns the decoded answer or raises :class:`ApiError`.
+
+        A 429 is waited out for the server's retry-after and the request made again, for at
+        most :data:`RATE_LIMIT_BUDGET_S` in all (the server refuses a rate-limited request
+        before acting on it, so making it again is safe); a 401 signs in again once.
+        """
+        waited = 0.0
+        while True:
+            try:
+                return await self._call_signed_in(method, path, body)
+            except ApiError as exc:
+                wait = retry_after_untrusted(exc)
+                if wait is None or waited + wait > RATE_LIMIT_BUDGET_S:
+                    raise
+            await trio.sleep(wait)
+            waited += wait
+
+    async def _call_signed_in(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         try:
             return await self._call_once(method, path, body)
         except ApiError as exc:

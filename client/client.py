@@ -32,14 +32,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from math import ceil, isfinite
+from math import ceil
 from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
 from client import _prekeys
-from client.api import ControlApi
+from client.api import ControlApi, retry_after_untrusted
 from client.envelope import (
     Body,
     decode_body_untrusted,
@@ -106,10 +106,6 @@ LINK_CODE_TTL_S = 600
 #: One long poll of the mailbox waits this long (the server allows 25 s, the HTTP client
 #: gives up after 30 s).
 MAILBOX_POLL_S = 25
-#: A 429 that names no usable retry-after is retried after this long, and none sooner than
-#: the floor.
-RATE_LIMIT_DEFAULT_S = 1.0
-RATE_LIMIT_FLOOR_S = 0.05
 #: How long a failed join-device spends taking its device off the account again.
 WITHDRAW_S = 5
 
@@ -118,22 +114,6 @@ _T = TypeVar("_T")
 
 def _now() -> float:
     return time.time()
-
-
-def _retry_after_untrusted(exc: ApiError) -> float | None:
-    """How long a 429 asks to wait (the control API's ``retry_after`` error member), or
-    None for any other error.
-
-    The number is the server's word: a missing or odd one counts as
-    :data:`RATE_LIMIT_DEFAULT_S`, and none is shorter than :data:`RATE_LIMIT_FLOOR_S`, so a
-    server answering "0" cannot make the client spin.
-    """
-    if exc.status != 429:
-        return None
-    value = exc.extra.get("retry_after")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not isfinite(value):
-        return RATE_LIMIT_DEFAULT_S
-    return max(RATE_LIMIT_FLOOR_S, float(value))
 
 
 async def _rate_limited(call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
@@ -147,7 +127,7 @@ async def _rate_limited(call: Callable[[], Awaitable[_T]], deadline: float) -> _
         try:
             return await call()
         except ApiError as exc:
-            wait = _retry_after_untrusted(exc)
+            wait = retry_after_untrusted(exc)
             if wait is None or trio.current_time() + wait >= deadline:
                 raise
             await trio.sleep(wait)

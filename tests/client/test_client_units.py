@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from client._prekeys import directory_prekeys, prekey_bundle_untrusted
-from client.client import RATE_LIMIT_DEFAULT_S, RATE_LIMIT_FLOOR_S, _retry_after_untrusted
+from client.api import RATE_LIMIT_DEFAULT_S, RATE_LIMIT_FLOOR_S, retry_after_untrusted
 from client.envelope import (
     Body,
     decode_body_untrusted,
@@ -184,10 +184,10 @@ def test_a_429_is_waited_out_for_the_servers_retry_after_within_bounds() -> None
     def limited(**extra: object) -> ApiError:
         return ApiError(429, "rate_limited", "slow down", dict(extra))
 
-    assert _retry_after_untrusted(limited(retry_after=1.5)) == 1.5
+    assert retry_after_untrusted(limited(retry_after=1.5)) == 1.5
     # A server saying "now" does not make the client spin; nonsense counts as the default.
-    assert _retry_after_untrusted(limited(retry_after=0)) == RATE_LIMIT_FLOOR_S
+    assert retry_after_untrusted(limited(retry_after=0)) == RATE_LIMIT_FLOOR_S
     for odd in (None, True, "2", float("nan"), float("inf")):
-        assert _retry_after_untrusted(limited(retry_after=odd)) == RATE_LIMIT_DEFAULT_S
-    assert _retry_after_untrusted(limited()) == RATE_LIMIT_DEFAULT_S
-    assert _retry_after_untrusted(ApiError(404, "not_found", "no", {})) is None
+        assert retry_after_untrusted(limited(retry_after=odd)) == RATE_LIMIT_DEFAULT_S
+    assert retry_after_untrusted(limited()) == RATE_LIMIT_DEFAULT_S
+    assert retry_after_untrusted(ApiError(404, "not_found", "no", {})) is None
