@@ -97,7 +97,7 @@ class Child:
     """One started part and what it announced on stdout."""
 
     name: str
-    process: trio.Process
+    process: _ChildProcess
     listening: list[str]
 
     def port(self, kind: str) -> int:
@@ -117,7 +117,53 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-async def _stop(process: trio.Process) -> None:
+class _ChildProcess:
+    """A child forked by the thread that runs trio, waited on through a pidfd.
+
+    Linux sends the parent-death signal (``_die_with_parent``) when the *thread* that forked
+    the child ends, not the process. ``trio.lowlevel.open_process`` forks from a worker
+    thread, which trio retires after 10 s idle: every child was then sent SIGTERM about
+    10 s after ``up`` had started it. Forking here, on the thread that runs trio and lives
+    exactly as long as ``up``, ties the signal to ``up``'s life. The fork blocks the event
+    loop for a few milliseconds, once per part, before anything else runs.
+    """
+
+    def __init__(self, argv: list[str]) -> None:
+        self._popen = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, process_group=0, preexec_fn=_die_with_parent
+        )
+        assert self._popen.stdout is not None
+        self.stdout = trio.lowlevel.FdStream(os.dup(self._popen.stdout.fileno()))
+        self._popen.stdout.close()
+        self._pidfd = os.pidfd_open(self._popen.pid)
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once :meth:`wait` has seen the child end."""
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """Wait for the child to end (a pidfd turns readable then) and reap it."""
+        if self._popen.returncode is None:
+            await trio.lowlevel.wait_readable(self._pidfd)
+            self._popen.wait()
+        return self._popen.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM, unless it has been reaped (``Popen`` checks)."""
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL, unless it has been reaped."""
+        self._popen.kill()
+
+    async def aclose(self) -> None:
+        """Release the pipe and the pidfd (after the child was reaped)."""
+        await self.stdout.aclose()
+        os.close(self._pidfd)
+
+
+async def _stop(process: _ChildProcess) -> None:
     """SIGTERM, then SIGKILL after a grace period; always reaps the child."""
     with trio.CancelScope(shield=True):
         if process.returncode is None:
@@ -142,14 +188,8 @@ async def run_child(
     The child gets its own process group so Ctrl-C at the terminal reaches only ``up``,
     which then stops the children in order instead of all of them racing.
     """
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", *argv],
-        stdout=subprocess.PIPE,
-        process_group=0,
-        preexec_fn=_die_with_parent,
-    )
+    process = _ChildProcess([sys.executable, "-m", *argv])
     try:
-        assert process.stdout is not None
         lines = _Lines(process.stdout)
         listening: list[str] = []
         with trio.move_on_after(ready_within_s) as scope:
@@ -168,6 +208,8 @@ async def run_child(
         raise ChildFailed(f"{name} exited unexpectedly with status {process.returncode}")
     finally:
         await _stop(process)
+        with trio.CancelScope(shield=True):
+            await process.aclose()
 
 
 class _Lines:

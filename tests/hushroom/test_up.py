@@ -91,6 +91,14 @@ def test_up_starts_everything_answers_health_and_stops_on_sigint(
 
     descendants = children_of(up.popen.pid)
     assert len(descendants) >= 5  # control, turn, sfu node and its two workers
+    # Still up once trio has retired its idle worker threads (after 10 s): the children's
+    # parent-death signal must follow up's life, not that of the thread that forked them.
+    # No event marks that moment, so this waits it out.
+    time.sleep(12)
+    assert up.popen.poll() is None, up.lines
+    with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/healthz", timeout=5) as r:
+        assert json.load(r)["sfu_nodes"] == 1
+    assert [p for p in descendants if not Path(f"/proc/{p}").exists()] == []
     assert up.interrupt(timeout=30) == 0
     time.sleep(0.2)
     assert [p for p in descendants if Path(f"/proc/{p}").exists()] == []
