@@ -41,7 +41,7 @@ from trio_websocket import open_websocket_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from control import signatures as sig  # noqa: E402
+from contract import signing as sig  # noqa: E402
 from control.gc_policy import tune_gc  # noqa: E402
 from control.process import ControlProcess  # noqa: E402
 from hushroom.secrets_file import ensure_secret_file  # noqa: E402

@@ -1,8 +1,8 @@
 """Prekeys between the local :class:`e2ee.PreKeyStore` and the server's prekey directory.
 
-The directory (``control.signatures``) and :mod:`e2ee.identity` sign and verify the same
-bytes (``"hushroom-v1 signed-prekey" NUL ‖ id ‖ key`` and the ``pq-prekey`` equivalent),
-so uploads carry e2ee's own signatures and a claimed bundle is checked by
+The directory and :mod:`e2ee.identity` sign and verify the bytes :mod:`contract.signing`
+builds (``"hushroom-v1 signed-prekey" NUL ‖ id ‖ key`` and the ``pq-prekey`` equivalent), so
+uploads carry e2ee's own signatures and a claimed bundle is checked by
 :meth:`e2ee.PreKeyBundle.verify` — the client never trusts the server's word that a
 signature is good.
 """

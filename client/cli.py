@@ -28,6 +28,7 @@ from client.api import ControlApi
 from client.client import Client, Message
 from client.errors import ApiError, ClientError, UsageError
 from client.store import KEYRING, Store
+from contract.signing import login_message
 from e2ee import (
     BackupContents,
     E2EEError,
@@ -519,7 +520,7 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
             {
                 "identity_key": identity.public,
                 "challenge": challenge,
-                "signature": identity.sign(b"hushroom-v1 login\x00" + challenge + identity.public),
+                "signature": identity.sign(login_message(challenge, identity.public)),
             }
         )
         api.token = str(answer["token"])

@@ -1,18 +1,17 @@
 """The gateway client: a sans-I/O session core and a thin trio-websocket shell.
 
-Frames are msgpack maps ``{op, d, s, t}`` (Discord's shape; ops in REFERENCES.md "Control
-plane"). :class:`GatewayCore` holds the protocol state — session id, last sequence number,
-heartbeat interval, whether the last heartbeat was acknowledged — and turns received frames
-into events and the frames to send; it never touches a socket or a clock of its own.
-:class:`GatewayClient` connects, identifies (or resumes after a drop), heartbeats at the
-announced interval (the first after interval × random(), as Discord asks), reconnects on
-RECONNECT, on a missed heartbeat ACK and on a broken connection, and hands every event to
-its caller through a memory channel.
+Frames are msgpack maps ``{op, d, s, t}`` (Discord's shape; ops, close codes and dispatch
+names in :mod:`contract.gateway`). :class:`GatewayCore` holds the protocol state — session
+id, last sequence number, heartbeat interval, whether the last heartbeat was acknowledged —
+and turns received frames into events and the frames to send; it never touches a socket or a
+clock of its own. :class:`GatewayClient` connects, identifies (or resumes after a drop),
+heartbeats at the announced interval (the first after interval × random(), as Discord asks),
+reconnects on RECONNECT, on a missed heartbeat ACK and on a broken connection, and hands
+every event to its caller through a memory channel.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,29 +24,11 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
 from client.errors import ProtocolError, TokenRefused
 from client.http import split_server_url
+from contract.gateway import MAX_SERVER_FRAME, Close, Op
 
-__all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Op", "Reconnect"]
+__all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
 
-#: Largest frame accepted from the server (READY of a large account included).
-MAX_FRAME = 16 * 1024 * 1024
 _BACKOFF_MAX_S = 5.0
-#: The close code of a refused IDENTIFY/RESUME token (Discord's 4004).
-_AUTHENTICATION_FAILED = 4004
-
-
-class Op(enum.IntEnum):
-    """Gateway opcodes."""
-
-    DISPATCH = 0
-    HEARTBEAT = 1
-    IDENTIFY = 2
-    PRESENCE = 3
-    VOICE_STATE = 4
-    RESUME = 6
-    RECONNECT = 7
-    INVALID_SESSION = 9
-    HELLO = 10
-    HEARTBEAT_ACK = 11
 
 
 @dataclass(frozen=True)
@@ -73,7 +54,7 @@ def encode_frame(op: Op, d: Any = None) -> bytes:
 
 def decode_frame_untrusted(raw: bytes | str) -> tuple[int, Any, int | None, str | None]:
     """Parse a server frame into (op, d, s, t); raise :class:`ProtocolError` if malformed."""
-    if isinstance(raw, str) or len(raw) > MAX_FRAME:
+    if isinstance(raw, str) or len(raw) > MAX_SERVER_FRAME:
         raise ProtocolError("the gateway sent a frame that is not bounded msgpack")
     try:
         value = msgpack.unpackb(raw, raw=False, strict_map_key=False, timestamp=0)
@@ -208,7 +189,7 @@ class GatewayClient:
     async def _connect_once(self, out: trio.MemorySendChannel[Dispatch]) -> None:
         core = self.core
         async with open_websocket(
-            self.host, self.port, self.path, use_ssl=False, max_message_size=MAX_FRAME
+            self.host, self.port, self.path, use_ssl=False, max_message_size=MAX_SERVER_FRAME
         ) as ws:
             self.connections += 1
             core.connection_opened()
@@ -230,7 +211,7 @@ class GatewayClient:
                         raw = await ws.get_message()
                     except ConnectionClosed as exc:
                         code = exc.reason.code if exc.reason is not None else None
-                        if code == _AUTHENTICATION_FAILED:
+                        if code == Close.AUTHENTICATION_FAILED:
                             # Retrying with the same token cannot help.
                             raise TokenRefused(
                                 "the server refused this device's session token; "

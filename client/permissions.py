@@ -1,15 +1,15 @@
-"""Who may read a channel, decided by the control plane's own permission function.
+"""Who may read a channel, decided by the wire contract's permission function.
 
 The client distributes its sender key only to members holding VIEW_CHANNEL, so it must
 know them itself; the server offers the facts (roles, members, overwrites) but no list of
-readers. The decision is :func:`control.permissions.compute_permissions` — a pure function
-shared with the server, so client and server can never disagree on Discord's order.
+readers. The decision is :func:`contract.permissions.compute_permissions` — the function
+the server runs too, so client and server can never disagree on Discord's order.
 """
 
 from __future__ import annotations
 
 from client.models import Channel, Guild, Member
-from control.permissions import GuildView, Overwrite, Permission, RoleInfo, compute_permissions
+from contract.permissions import GuildView, Overwrite, Permission, RoleInfo, compute_permissions
 
 __all__ = ["VIEW_CHANNEL", "can_view", "readers"]
 

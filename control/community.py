@@ -15,8 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from contract.permissions import GuildView, Overwrite, Permission, RoleInfo, compute_permissions
+
 from .errors import Forbidden, NotFound
-from .permissions import GuildView, Overwrite, Permission, RoleInfo, compute_permissions
 from .store import schema as t
 
 __all__ = [

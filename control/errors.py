@@ -14,6 +14,8 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from contract.errors import ErrorCode
+
 __all__ = [
     "ApiError",
     "BadRequest",
@@ -38,7 +40,7 @@ class ApiError(Exception):
     """Base of every error the API reports; subclasses fix ``status`` and ``code``."""
 
     status: ClassVar[int] = 400
-    code: ClassVar[str] = "bad_request"
+    code: ClassVar[ErrorCode] = ErrorCode.BAD_REQUEST
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -57,88 +59,88 @@ class BadRequest(ApiError):
 class InvalidBody(ApiError):
     """The body does not match the endpoint's schema (missing, unknown or mistyped field)."""
 
-    code = "invalid_body"
+    code = ErrorCode.INVALID_BODY
 
 
 class Unauthorized(ApiError):
     """No valid session token, or a signature that does not prove key possession."""
 
     status = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
 
 class Forbidden(ApiError):
     """Authenticated, but the permission function or hierarchy says no."""
 
     status = 403
-    code = "forbidden"
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):
     """No such resource, or one the caller may not know exists."""
 
     status = 404
-    code = "not_found"
+    code = ErrorCode.NOT_FOUND
 
 
 class NotAcceptable(ApiError):
     """The Accept header asks for a representation the server does not produce."""
 
     status = 406
-    code = "not_acceptable"
+    code = ErrorCode.NOT_ACCEPTABLE
 
 
 class Conflict(ApiError):
     """The request conflicts with the current state (taken handle, last device, ...)."""
 
     status = 409
-    code = "conflict"
+    code = ErrorCode.CONFLICT
 
 
 class StaleDevices(Conflict):
     """An envelope fan-out names a device list that is not the recipient's current one."""
 
-    code = "stale_devices"
+    code = ErrorCode.STALE_DEVICES
 
 
 class Gone(ApiError):
     """The resource existed but no longer applies (expired challenge or invite)."""
 
     status = 410
-    code = "gone"
+    code = ErrorCode.GONE
 
 
 class PayloadTooLarge(ApiError):
     """The body is larger than the endpoint accepts."""
 
     status = 413
-    code = "payload_too_large"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
 
 
 class UnsupportedMediaType(ApiError):
     """The body is neither JSON nor msgpack."""
 
     status = 415
-    code = "unsupported_media_type"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 class RateLimited(ApiError):
     """Too many requests for this token or device; ``retry_after`` says when to retry."""
 
     status = 429
-    code = "rate_limited"
+    code = ErrorCode.RATE_LIMITED
 
 
 #: Wire codes of the HTTP errors Quart and Werkzeug raise themselves.
 _HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
+    400: ErrorCode.BAD_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    408: ErrorCode.REQUEST_TIMEOUT,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
 }
 
 
@@ -156,7 +158,7 @@ def register_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
-        code = _HTTP_CODES.get(status, "http_error")
+        code = _HTTP_CODES.get(status, ErrorCode.HTTP_ERROR)
         message = exc.description or code
         return encode_response({"error": {"code": code, "message": message}}, status)
 
@@ -164,5 +166,5 @@ def register_error_handlers(app: QuartTrio) -> None:
     async def internal_error(exc: Exception) -> Response:
         # The traceback names code paths only; request data never reaches the log here.
         log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-        body = {"error": {"code": "internal", "message": "internal server error"}}
+        body = {"error": {"code": ErrorCode.INTERNAL, "message": "internal server error"}}
         return encode_response(body, 500)

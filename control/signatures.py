@@ -1,23 +1,29 @@
-"""The byte strings devices sign, and Ed25519 verification of them (PyNaCl).
+"""Ed25519 verification of the byte strings devices sign (PyNaCl).
 
 The server checks every signature itself; it never trusts a client library to have done
-so. Each signed message starts with a context label ending in NUL so a signature made for
-one purpose can never be replayed for another. Lengths of every variable part are fixed or
-come last, so no two distinct inputs share an encoding. Documented in docs/control.md.
+so. The signed byte strings are built by :mod:`contract.signing`, which clients use too.
 """
 
 from __future__ import annotations
 
-import struct
-
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from contract.signing import (
+    CHALLENGE_LEN,
+    IDENTITY_KEY_LEN,
+    PQ_PUBLIC_KEY_LEN,
+    SIGNATURE_LEN,
+    add_device_message,
+    login_message,
+    pq_prekey_message,
+    register_message,
+    signed_prekey_message,
+)
+
 __all__ = [
-    "IDENTITY_KEY_LEN",
+    "CHALLENGE_LEN",
     "PQ_PUBLIC_KEY_LEN",
-    "SIGNATURE_LEN",
-    "X25519_KEY_LEN",
     "add_device_message",
     "login_message",
     "pq_prekey_message",
@@ -25,38 +31,6 @@ __all__ = [
     "signed_prekey_message",
     "verify_signature",
 ]
-
-IDENTITY_KEY_LEN = 32
-X25519_KEY_LEN = 32
-#: An ML-KEM-1024 encapsulation key (FIPS 203).
-PQ_PUBLIC_KEY_LEN = 1568
-SIGNATURE_LEN = 64
-CHALLENGE_LEN = 32
-
-
-def register_message(challenge: bytes, identity_key: bytes, handle: str) -> bytes:
-    """``"hushroom-v1 register" NUL ‖ challenge(32) ‖ identity_key(32) ‖ handle (UTF-8)``."""
-    return b"hushroom-v1 register\x00" + challenge + identity_key + handle.encode()
-
-
-def login_message(challenge: bytes, identity_key: bytes) -> bytes:
-    """``"hushroom-v1 login" NUL ‖ challenge(32) ‖ identity_key(32)``."""
-    return b"hushroom-v1 login\x00" + challenge + identity_key
-
-
-def add_device_message(challenge: bytes, identity_key: bytes, user_id: str) -> bytes:
-    """``"hushroom-v1 add-device" NUL ‖ challenge(32) ‖ new identity_key(32) ‖ user id``."""
-    return b"hushroom-v1 add-device\x00" + challenge + identity_key + user_id.encode()
-
-
-def signed_prekey_message(key_id: int, public_key: bytes) -> bytes:
-    """``"hushroom-v1 signed-prekey" NUL ‖ key_id (u32 BE) ‖ X25519 public key(32)``."""
-    return b"hushroom-v1 signed-prekey\x00" + struct.pack(">I", key_id) + public_key
-
-
-def pq_prekey_message(key_id: int, public_key: bytes) -> bytes:
-    """``"hushroom-v1 pq-prekey" NUL ‖ key_id (u32 BE) ‖ ML-KEM-1024 public key(1568)``."""
-    return b"hushroom-v1 pq-prekey\x00" + struct.pack(">I", key_id) + public_key
 
 
 def verify_signature(identity_key: bytes, message: bytes, signature: bytes) -> bool:

@@ -9,9 +9,9 @@ unsigned X25519 keys with ids, published in batches.
 Each signature covers a context label naming the key type, the prekey id (u32 big-endian)
 and the raw public key — ``"hushroom-v1 signed-prekey" NUL ‖ id ‖ X25519 key`` and
 ``"hushroom-v1 pq-prekey" NUL ‖ id ‖ ML-KEM-1024 key``, the same bytes the prekey directory
-checks on upload. The label keeps these signatures apart from every other use of the
-device key — sign-in challenges are signed by the same key, so without it a server could
-get a chosen "prekey" signed as a challenge.
+checks on upload (both built by :mod:`contract.signing`). The label keeps these signatures
+apart from every other use of the device key — sign-in challenges are signed by the same
+key, so without it a server could get a chosen "prekey" signed as a challenge.
 
 Wire structures (msgpack, ``[tag, version, ...]``) are decoded only by ``*_untrusted``
 functions, which bound every field and verify every signature before returning.
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import (
     MLKEM1024PublicKey,
 )
 
+from contract.signing import pq_prekey_message, signed_prekey_message
 from e2ee import _wire
 from e2ee._primitives import (
     ED25519_LEN,
@@ -66,11 +67,6 @@ MAX_ONE_TIME_PREKEYS_HELD = 1000
 # still find their key.
 MAX_SIGNED_PREKEYS_HELD = 3
 
-# The exact strings the prekey directory checks on upload (control/signatures.py), so one
-# signature serves the server's check and the peer's.
-_SPK_LABEL = b"hushroom-v1 signed-prekey\x00"
-_PQSPK_LABEL = b"hushroom-v1 pq-prekey\x00"
-
 
 class IdentityKeyPair:
     """A device's long-term Ed25519 key pair, with its derived X25519 form."""
@@ -100,27 +96,18 @@ class IdentityKeyPair:
         return f"IdentityKeyPair(public={self.public.hex()})"
 
 
-def _spk_message(key_id: int, public: bytes) -> bytes:
-    # The label names the key type, which is what Encode(PK)'s type byte would add.
-    return _SPK_LABEL + key_id.to_bytes(4, "big") + public
-
-
-def _pq_message(key_id: int, public: bytes) -> bytes:
-    return _PQSPK_LABEL + key_id.to_bytes(4, "big") + public
-
-
 def verify_signed_prekey_signature(
     identity_key: bytes, key_id: int, public: bytes, signature: bytes
 ) -> None:
     """Raise :class:`~e2ee.errors.BadSignature` unless the signed prekey is signed."""
-    ed25519_verify(identity_key, _spk_message(key_id, public), signature)
+    ed25519_verify(identity_key, signed_prekey_message(key_id, public), signature)
 
 
 def verify_pq_prekey_signature(
     identity_key: bytes, key_id: int, public: bytes, signature: bytes
 ) -> None:
     """Raise :class:`~e2ee.errors.BadSignature` unless the PQ signed prekey is signed."""
-    ed25519_verify(identity_key, _pq_message(key_id, public), signature)
+    ed25519_verify(identity_key, pq_prekey_message(key_id, public), signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +122,7 @@ class SignedPreKey:
     def generate(cls, identity: IdentityKeyPair, key_id: int) -> SignedPreKey:
         """Create and sign a fresh signed prekey."""
         kp = X25519KeyPair.generate()
-        return cls(key_id, kp, identity.sign(_spk_message(key_id, kp.public)))
+        return cls(key_id, kp, identity.sign(signed_prekey_message(key_id, kp.public)))
 
 
 @dataclass(slots=True)
@@ -154,7 +141,7 @@ class PQSignedPreKey:
         seed = random_bytes(MLKEM1024_SEED_LEN)
         private = mlkem_private_from_seed(seed)
         public = private.public_key().public_bytes_raw()
-        return cls(key_id, seed, public, identity.sign(_pq_message(key_id, public)), private)
+        return cls(key_id, seed, public, identity.sign(pq_prekey_message(key_id, public)), private)
 
     def private_key(self) -> MLKEM1024PrivateKey:
         """The decapsulation key (rebuilt from the seed once, then cached)."""

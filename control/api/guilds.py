@@ -14,11 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from ..bus import Event
-from ..community import GuildSnapshot, MemberContext, load_channel, member_context
-from ..errors import BadRequest, Conflict, Forbidden, Gone, NotFound
-from ..ids import new_id, new_invite_code, now
-from ..permissions import (
+from contract.permissions import (
     ALL,
     DEFAULT_EVERYONE,
     Permission,
@@ -26,6 +22,11 @@ from ..permissions import (
     can_manage_member,
     can_manage_role,
 )
+
+from ..bus import Event
+from ..community import GuildSnapshot, MemberContext, load_channel, member_context
+from ..errors import BadRequest, Conflict, Forbidden, Gone, NotFound
+from ..ids import new_id, new_invite_code, now
 from ..store import schema as t
 from ..wire import Field, Schema
 from ._routing import Api, Call, id_field, int_field

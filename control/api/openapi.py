@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from contract.errors import ErrorCode
+from contract.gateway import Close, EventName, Op
+from contract.permissions import Permission
 from hushroom import __version__
 
 from ..wire import Field, json_schema
@@ -18,7 +21,10 @@ _ERROR = {
         "error": {
             "type": "object",
             "required": ["code", "message"],
-            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "properties": {
+                "code": {"type": "string", "enum": [c.value for c in ErrorCode]},
+                "message": {"type": "string"},
+            },
         }
     },
 }
@@ -89,4 +95,19 @@ def openapi_document(api: Api) -> dict[str, Any]:
             "schemas": {"Error": _ERROR},
             "securitySchemes": {"session": {"type": "http", "scheme": "bearer"}},
         },
+        "x-hushroom-contract": contract_facts(),
+    }
+
+
+def contract_facts() -> dict[str, Any]:
+    """The non-REST half of the wire contract, so a client built from this document alone
+    (the browser client) knows the gateway's opcodes, close codes and dispatch names and
+    the permission bits without reading Python."""
+    return {
+        "gateway": {
+            "ops": {op.name: op.value for op in Op},
+            "close_codes": {close.name: close.value for close in Close},
+            "dispatches": [dispatch.value for dispatch in EventName],
+        },
+        "permissions": {bit.name: bit.value for bit in Permission if bit.name is not None},
     }

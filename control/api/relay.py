@@ -17,11 +17,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from contract.permissions import Permission
+
 from ..bus import Event
 from ..community import GuildSnapshot, load_channel, member_context
 from ..errors import BadRequest, Forbidden, InvalidBody, NotFound, StaleDevices
 from ..ids import new_id, now
-from ..permissions import Permission
 from ..store import schema as t
 from ..wire import Field, Schema
 from ._routing import Api, Call, id_field, int_field

@@ -1,17 +1,17 @@
-"""Gateway frames: msgpack maps ``{op, d, s, t}`` in Discord's shape.
+"""Gateway frames on the server: msgpack maps ``{op, d, s, t}`` in Discord's shape.
 
-Ops: 0 DISPATCH, 1 HEARTBEAT, 2 IDENTIFY, 3 PRESENCE, 4 VOICE_STATE, 6 RESUME, 7 RECONNECT,
-9 INVALID_SESSION (d = resumable), 10 HELLO, 11 HEARTBEAT_ACK. Dispatches carry a sequence
-number ``s`` and an event name ``t``.
+The opcodes, close codes and dispatch names are the wire contract's (:mod:`contract.gateway`);
+this module encodes the server's frames and decodes the client's.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from contract.gateway import MAX_CLIENT_FRAME, Close, Op
 
 __all__ = [
     "Close",
@@ -22,38 +22,6 @@ __all__ = [
     "encode_dispatch",
     "encode_frame",
 ]
-
-#: Largest frame a client may send.
-MAX_FRAME = 16 * 1024
-
-
-class Op(enum.IntEnum):
-    """Gateway opcodes."""
-
-    DISPATCH = 0
-    HEARTBEAT = 1
-    IDENTIFY = 2
-    PRESENCE = 3
-    VOICE_STATE = 4
-    RESUME = 6
-    RECONNECT = 7
-    INVALID_SESSION = 9
-    HELLO = 10
-    HEARTBEAT_ACK = 11
-
-
-class Close(enum.IntEnum):
-    """WebSocket close codes the gateway uses (Discord's numbering)."""
-
-    UNKNOWN_ERROR = 4000
-    UNKNOWN_OPCODE = 4001
-    DECODE_ERROR = 4002
-    NOT_AUTHENTICATED = 4003
-    AUTHENTICATION_FAILED = 4004
-    ALREADY_AUTHENTICATED = 4005
-    INVALID_SEQ = 4007
-    RATE_LIMITED = 4008
-    SESSION_TIMED_OUT = 4009
 
 
 class GatewayProtocolError(Exception):
@@ -103,7 +71,7 @@ def decode_frame_untrusted(raw: bytes | str) -> Frame:
     """Parse a client frame; raise :class:`GatewayProtocolError` on anything malformed."""
     if isinstance(raw, str):
         raise GatewayProtocolError(Close.DECODE_ERROR, "frames are binary msgpack")
-    if len(raw) > MAX_FRAME:
+    if len(raw) > MAX_CLIENT_FRAME:
         raise GatewayProtocolError(Close.DECODE_ERROR, "frame too large")
     try:
         value = msgpack.unpackb(raw, raw=False, strict_map_key=True, timestamp=0)

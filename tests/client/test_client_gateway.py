@@ -11,7 +11,8 @@ from client_live import ControlProcess
 
 from client import Client
 from client.errors import ProtocolError
-from client.gateway import Dispatch, GatewayClient, GatewayCore, Op, Reconnect
+from client.gateway import Dispatch, GatewayClient, GatewayCore, Reconnect
+from contract.gateway import Op
 
 
 def frame(op: int, d: object = None, s: int | None = None, t: str | None = None) -> bytes:

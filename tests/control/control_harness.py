@@ -12,7 +12,7 @@ import msgpack
 from nacl.signing import SigningKey
 from quart_trio import QuartTrio
 
-from control import signatures as sig
+from contract import signing as sig
 from control.config import ControlConfig
 from hushroom.secrets_file import ensure_secret_file
 

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 import trio
 from control_harness import DeviceKeys, Harness, b64
 
-from control import signatures as sig
+from contract import signing as sig
 from control.store import schema as t
 
 

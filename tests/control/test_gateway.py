@@ -20,11 +20,11 @@ from control_harness import (
 )
 from quart.testing.connections import WebsocketDisconnectError
 
+from contract.permissions import Permission as P
 from control.app import create_app
 from control.bus import LocalBus
 from control.gateway.hub import GatewayHub
 from control.gateway.session import ConnectionCore, GatewaySession
-from control.permissions import Permission as P
 
 API = "/api/v1"
 

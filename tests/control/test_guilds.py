@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from control_harness import Harness, give, make_guild, new_role
 
-from control.permissions import Permission as P
+from contract.permissions import Permission as P
 from control.store import schema as t
 
 API = "/api/v1"

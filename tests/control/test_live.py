@@ -15,7 +15,7 @@ from control_live import LiveControl
 from nacl.secret import SecretBox
 from trio_websocket import open_websocket_url
 
-from control import signatures as sig
+from contract import signing as sig
 from hushroom.secrets_file import ensure_secret_file
 
 pytestmark = pytest.mark.slow

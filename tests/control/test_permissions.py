@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.permissions import (
+from contract.permissions import (
     ALL,
     GuildView,
     Overwrite,
@@ -14,7 +14,7 @@ from control.permissions import (
     can_manage_role,
     compute_permissions,
 )
-from control.permissions import Permission as P
+from contract.permissions import Permission as P
 
 G = "guild"
 VIEW, SEND, CONNECT, SPEAK = P.VIEW_CHANNEL, P.SEND_MESSAGES, P.CONNECT, P.SPEAK

@@ -15,7 +15,7 @@ import trio.testing
 from control_harness import DeviceKeys, Harness, b64
 from control_live import LiveControl
 
-from control import signatures as sig
+from contract import signing as sig
 from control.api.provisioning import MAX_MESSAGE, MAX_WAIT_S, Mailboxes
 from control.errors import Conflict, NotFound, RateLimited
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import trio
 from control_harness import Harness, User, b64, make_guild
 
-from control.permissions import Permission as P
+from contract.permissions import Permission as P
 from control.store import schema as t
 
 API = "/api/v1"

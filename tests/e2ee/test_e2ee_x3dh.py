@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from contract.signing import signed_prekey_message
 from e2ee import (
     IdentityKeyPair,
     InitialMessage,
@@ -28,7 +29,7 @@ from e2ee.errors import (
     UnknownKey,
     WrongMessageType,
 )
-from e2ee.identity import SignedPreKey, _spk_message
+from e2ee.identity import SignedPreKey
 from e2ee.x3dh import INFO_PQXDH, INFO_X3DH
 
 CONV = b"dm"
@@ -87,7 +88,7 @@ def test_forged_signed_prekey_is_refused_on_decode_and_on_agreement() -> None:
         store.bundle(),
         signed_prekey=mallory.public,
         signed_prekey_signature=other.sign(
-            _spk_message(store.current_signed_prekey.key_id, mallory.public)
+            signed_prekey_message(store.current_signed_prekey.key_id, mallory.public)
         ),
     )
     with pytest.raises(BadSignature):
@@ -132,7 +133,7 @@ def test_low_order_keys_are_refused(point: bytes) -> None:
     bad = dataclasses.replace(
         store.bundle(),
         signed_prekey=point,
-        signed_prekey_signature=store.identity.sign(_spk_message(spk_id, point)),
+        signed_prekey_signature=store.identity.sign(signed_prekey_message(spk_id, point)),
     )
     with pytest.raises(InvalidKey):
         agree_as_initiator(alice, bad)

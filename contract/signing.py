@@ -1,0 +1,55 @@
+"""The byte strings devices sign, built the same way by signer and verifier.
+
+Each signed message starts with a context label ending in NUL, so a signature made for one
+purpose can never be replayed for another. Lengths of every variable part are fixed or come
+last, so no two distinct inputs share an encoding. docs/control.md lists them.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "CHALLENGE_LEN",
+    "IDENTITY_KEY_LEN",
+    "PQ_PUBLIC_KEY_LEN",
+    "SIGNATURE_LEN",
+    "X25519_KEY_LEN",
+    "add_device_message",
+    "login_message",
+    "pq_prekey_message",
+    "register_message",
+    "signed_prekey_message",
+]
+
+IDENTITY_KEY_LEN = 32
+X25519_KEY_LEN = 32
+#: An ML-KEM-1024 encapsulation key (FIPS 203).
+PQ_PUBLIC_KEY_LEN = 1568
+SIGNATURE_LEN = 64
+CHALLENGE_LEN = 32
+
+
+def register_message(challenge: bytes, identity_key: bytes, handle: str) -> bytes:
+    """``"hushroom-v1 register" NUL ‖ challenge(32) ‖ identity_key(32) ‖ handle (UTF-8)``."""
+    return b"hushroom-v1 register\x00" + challenge + identity_key + handle.encode()
+
+
+def login_message(challenge: bytes, identity_key: bytes) -> bytes:
+    """``"hushroom-v1 login" NUL ‖ challenge(32) ‖ identity_key(32)``."""
+    return b"hushroom-v1 login\x00" + challenge + identity_key
+
+
+def add_device_message(challenge: bytes, identity_key: bytes, user_id: str) -> bytes:
+    """``"hushroom-v1 add-device" NUL ‖ challenge(32) ‖ new identity_key(32) ‖ user id``."""
+    return b"hushroom-v1 add-device\x00" + challenge + identity_key + user_id.encode()
+
+
+def signed_prekey_message(key_id: int, public_key: bytes) -> bytes:
+    """``"hushroom-v1 signed-prekey" NUL ‖ key_id (u32 BE) ‖ X25519 public key(32)``."""
+    return b"hushroom-v1 signed-prekey\x00" + struct.pack(">I", key_id) + public_key
+
+
+def pq_prekey_message(key_id: int, public_key: bytes) -> bytes:
+    """``"hushroom-v1 pq-prekey" NUL ‖ key_id (u32 BE) ‖ ML-KEM-1024 public key(1568)``."""
+    return b"hushroom-v1 pq-prekey\x00" + struct.pack(">I", key_id) + public_key
