@@ -2,7 +2,7 @@
 
 An :class:`Allocation` is what one client 5-tuple owns on the server: a relayed transport
 address, the permissions (per peer IP, port ignored, 300 s), the channel bindings (number
-0x4000-0x4FFF to a peer transport address, 600 s) and a lifetime (600 s default, 3600 s
+0x4000-0x7FFF to a peer transport address, 600 s) and a lifetime (600 s default, 3600 s
 maximum, never past the credential's expiry). It holds no sockets: the relay endpoint is an
 opaque handle owned by the I/O shell.
 """
@@ -30,8 +30,10 @@ PERMISSION_LIFETIME = 300.0
 CHANNEL_LIFETIME = 600.0
 #: After a binding expires, its number and peer stay reserved this long (RFC 8656 §12).
 CHANNEL_COOLDOWN = 300.0
+#: RFC 5766's range, as coturn accepts: RFC 8656 §12 narrowed it to 0x4000-0x4FFF, but RFC 5766
+#: clients (coturn's turnutils, the libre/baresip family) pick numbers up to 0x7FFF.
 CHANNEL_MIN = 0x4000
-CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX = 0x7FFF
 
 R = TypeVar("R")
 Addr = tuple[str, int]

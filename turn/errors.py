@@ -31,7 +31,7 @@ class TurnError(Exception):
 
 
 class BadRequest(TurnError):
-    """400: malformed request, missing attribute, or channel number outside 0x4000-0x4FFF."""
+    """400: malformed request, missing attribute, or channel number outside 0x4000-0x7FFF."""
 
     code = 400
     reason = "Bad Request"

@@ -3,8 +3,9 @@
 Over TCP and TLS, STUN messages and ChannelData frames follow each other without gaps. A
 STUN message is 20 bytes of header plus its length field; a ChannelData frame is 4 bytes of
 header plus its length, padded to a multiple of 4 on streams. The first byte tells them apart
-(RFC 7983): 0-3 STUN, 0x40-0x4F ChannelData. Anything else means the stream is garbage and
-must be closed. Lengths are 16-bit, so the buffer is bounded by one frame.
+(RFC 7983): 0-3 STUN, 0x40-0x7F ChannelData (channel numbers 0x4000-0x7FFF, RFC 5766's
+range, which the server accepts). Anything else means the stream is garbage and must be
+closed. Lengths are 16-bit, so the buffer is bounded by one frame.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class StreamFramer:
             length = (buf[pos + 2] << 8) | buf[pos + 3]
             if first < 0x40:
                 size = 20 + length
-            elif first < 0x50:
+            elif first < 0x80:
                 size = 4 + length + (-length & 3)
             else:
                 raise FramingError("neither STUN nor ChannelData on the stream")

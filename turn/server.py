@@ -243,9 +243,10 @@ class TurnServer(Generic[R]):
         if len(data) < 4:
             return None
         first = data[0]
-        if 0x40 <= first <= 0x4F:
+        # First two bits 01: a channel number 0x4000-0x7FFF, the whole range ChannelBind accepts.
+        if 0x40 <= first <= 0x7F:
             return self._channel_data_from_client(link, client, data, now)
-        if first >= 0x40:
+        if first >= 0x80:
             self.counters.malformed += 1
             return None
         try:
@@ -714,7 +715,7 @@ class TurnServer(Generic[R]):
             raise BadRequest("CHANNEL-NUMBER and XOR-PEER-ADDRESS are required")
         number = int.from_bytes(number_value[:2], "big")
         if not CHANNEL_MIN <= number <= CHANNEL_MAX:
-            raise BadRequest("channel number outside 0x4000-0x4FFF")
+            raise BadRequest("channel number outside 0x4000-0x7FFF")
         peer = self._peer_untrusted(peer_value, msg, alloc)
         by_number = alloc.channels.get(number)
         by_peer = alloc.channel_by_peer.get(peer)

@@ -11,6 +11,7 @@ import trio
 
 from sfu.rtp import AUDIO_LEVEL, RtpPacket
 from sfu.synthetic_peer import SyntheticPeer
+from turn.stun import Message, MessageClass
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +85,7 @@ async def test_node_forwards_audio_and_reports_through_rpc(
         packet = RtpPacket(111, seq, 960 * seq, 4242, extensions={1: b"\x94"}, payload=b"x" * 80)
         await publisher.send(packet.serialize())
         await trio.sleep(0.005)
-    received = await subscriber.receive_rtp(50, within=2.0)
+    received = await subscriber.receive_rtp(50, within=10.0)
     assert len(received) >= 45  # loopback; allow for a scheduler hiccup, not for a bug
     assert {p.ssrc for p in received} == {consumer["ssrc"]}
     speaker = await control.wait_event("speaker")
@@ -153,7 +154,7 @@ async def test_producer_piped_to_a_router_on_another_worker(
         packet = RtpPacket(111, seq, 960 * seq, 5151, extensions={1: b"\x94"}, payload=b"y" * 60)
         await publisher.send(packet.serialize())
         await trio.sleep(0.005)
-    received = await subscriber.receive_rtp(40, within=2.0)
+    received = await subscriber.receive_rtp(40, within=10.0)
     assert len(received) >= 35
     assert {p.ssrc for p in received} == {consumer["ssrc"]}
     assert received[0].payload == b"y" * 60
@@ -212,23 +213,40 @@ async def test_garbage_at_the_udp_port_leaves_the_worker_serving(
     rng = random.Random(6)
     attacker = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     await attacker.bind(("127.0.0.1", 0))
-    for i in range(3000):
-        data = bytearray(rng.choice(seeds))
-        for _ in range(rng.randint(0, 6)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        if i % 7 == 0:
-            data = bytearray(rng.randbytes(rng.randint(0, 1400)))
-        sender = peer.sock if i % 2 else attacker
-        await sender.sendto(bytes(data), port)
-        if i % 200 == 0:
-            await trio.lowlevel.checkpoint()
-    with trio.fail_after(10):
+    # Rounds of 200 until the worker has counted 1000 refusals: on a busy host the kernel
+    # drops what overflows the worker's receive buffer, so a fixed count sent proves nothing.
+    sent = 0
+    with trio.fail_after(60):
         while True:
+            for _ in range(200):
+                data = bytearray(rng.choice(seeds))
+                for _ in range(rng.randint(0, 6)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+                if sent % 7 == 0:
+                    data = bytearray(rng.randbytes(rng.randint(0, 1400)))
+                sender = peer.sock if sent % 2 else attacker
+                await sender.sendto(bytes(data), port)
+                sent += 1
             worker = (await control.call("stats"))["workers"][0]
             if worker["dropped"] + worker["srtp_failures"] > 1000:
                 break
-            await trio.sleep(0.05)
+            assert sent < 50_000, worker
     assert worker["transports"] == 1
+    # Still serving the peer: a connectivity check is answered. Resent every second, as the
+    # kernel may drop it while the flood drains; a late answer to an earlier one counts.
+    checks: set[bytes] = set()
+    answers: list[Message] = []
+    with trio.fail_after(30):
+        while not answers:
+            request = peer.peer.binding_request()
+            checks.add(request[8:20])
+            await peer.sock.sendto(request, port)
+            with trio.move_on_after(1):
+                while not answers:
+                    data, _ = await peer.sock.recvfrom(2048)
+                    peer.peer.receive(data, trio.current_time())
+                    answers = [m for m in peer.peer.stun if m.transaction_id in checks]
+    assert answers[0].message_class == MessageClass.SUCCESS
 
 
 async def test_silent_peer_loses_consent_and_its_transport_is_closed(

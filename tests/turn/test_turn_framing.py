@@ -30,7 +30,15 @@ def test_channel_data_padding_is_consumed_on_streams() -> None:
     ]
 
 
-@pytest.mark.parametrize("first", [0x50, 0x80, 0xFF, 0x16])
+@pytest.mark.parametrize("number", [0x4000, 0x5000, 0x7FFF], ids=hex)
+def test_every_rfc5766_channel_number_frames_as_channel_data(number: int) -> None:
+    # First two bits 01 is ChannelData, the whole 0x4000-0x7FFF range the server binds.
+    frame = pad_channel_data(number.to_bytes(2, "big") + b"\x00\x05hello")
+    stun = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id()).serialize()
+    assert StreamFramer().feed_untrusted(frame + stun) == [frame, stun]
+
+
+@pytest.mark.parametrize("first", [0x80, 0xBF, 0xC0, 0xFF, 0x16], ids=hex)
 def test_garbage_on_the_stream_is_a_framing_error(first: int) -> None:
     framer = StreamFramer()
     if first < 0x40:

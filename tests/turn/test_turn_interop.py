@@ -180,8 +180,11 @@ def turnutils_peer() -> Any:
 
 @needs_coturn
 @pytest.mark.slow
+@pytest.mark.parametrize("channels", [False, True], ids=["send-indications", "channels"])
 @pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
-def test_turnutils_uclient_reports_zero_loss(turnutils_peer: int, tcp: bool) -> None:
+def test_turnutils_uclient_reports_zero_loss(
+    turnutils_peer: int, tcp: bool, channels: bool
+) -> None:
     turn = start_turn(
         "--listen",
         "127.0.0.1:0",
@@ -193,17 +196,20 @@ def test_turnutils_uclient_reports_zero_loss(turnutils_peer: int, tcp: bool) -> 
     )
     try:
         assert UCLIENT is not None
-        # -s: Send indications. uclient picks channel numbers in RFC 5766's 0x4000-0x7FFF,
-        # which RFC 8656 narrowed to 0x4000-0x4FFF; we refuse the rest with 400, as asked.
-        # Without -c each client also allocates an RTCP relay through EVEN-PORT with a
-        # reservation and RESERVATION-TOKEN.
-        args = [UCLIENT, "-s", "-W", SECRET, "-u", "uclient", "-m", "4", "-n", "50"]
+        # Without -s uclient binds channels, numbered in RFC 5766's 0x4000-0x7FFF (so most of
+        # them above RFC 8656's 0x4FFF) and sends ChannelData; with -s it sends Send
+        # indications. Without -c each client also allocates an RTCP relay through EVEN-PORT
+        # with a reservation and RESERVATION-TOKEN.
+        args = [UCLIENT, "-W", SECRET, "-u", "uclient", "-m", "4", "-n", "50"]
         args += ["-l", "170", "-z", "5", "-e", "127.0.0.1", "-r", str(turnutils_peer)]
         args += ["-p", str(turn.tcp_port if tcp else turn.udp_port)]
+        if not channels:
+            args.append("-s")
         if tcp:
             args.append("-t")
         result = subprocess.run([*args, "127.0.0.1"], capture_output=True, text=True, timeout=60)
         output = result.stdout + result.stderr
+        assert "error 400" not in output.lower(), output[-2000:]
         sent = re.search(r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
         lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
         assert sent and lost, output[-2000:]
@@ -211,3 +217,9 @@ def test_turnutils_uclient_reports_zero_loss(turnutils_peer: int, tcp: bool) -> 
         assert int(lost.group(1)) == 0 and float(lost.group(2)) == 0.0
     finally:
         assert turn.stop() == 0
+    assert turn.process.stderr is not None
+    counters = re.search(r"turn counters (.*)", turn.process.stderr.read())
+    assert counters, "no counters line at exit"
+    totals = dict(item.split("=") for item in counters.group(1).split())
+    assert totals["malformed"] == "0"
+    assert (int(totals["channels_bound"]) > 0) == channels

@@ -401,10 +401,34 @@ def test_reservation_token_with_even_port_or_bad_length_is_400() -> None:
 
 def test_channel_number_outside_range_is_400() -> None:
     client = allocated()
-    for number in (0x3FFF, 0x5000, 0x7FFF):
+    for number in (0x0000, 0x3FFF, 0x8000, 0xBFFF, 0xFFFF):
         assert error_code(client.channel_bind(number, PEER)) == 400
-    assert error_code(client.channel_bind(0x4000, PEER)) is None
-    assert error_code(client.channel_bind(0x4FFF, PEER2)) is None
+    assert client.server.counters.channels_bound == 0
+
+
+@pytest.mark.parametrize("number", [0x4000, 0x4FFF, 0x5000, 0x7FFF], ids=hex)
+@pytest.mark.parametrize("stream", [False, True], ids=["udp", "stream"])
+def test_rfc5766_channel_numbers_bind_and_carry_channel_data(number: int, stream: bool) -> None:
+    # RFC 8656 says 0x4000-0x4FFF, RFC 5766 said 0x4000-0x7FFF and its clients use all of it.
+    server, _ = make_server()
+    client = allocated(server, stream=stream)
+    assert error_code(client.channel_bind(number, PEER)) is None
+    relay = server.allocations()[0].relay
+    header = number.to_bytes(2, "big")
+    expected = header + b"\x00\x05abcde" + (b"\x00\x00\x00" if stream else b"")
+    assert server.receive_from_peer_untrusted(relay, PEER, b"abcde", NOW) == expected
+    assert client.channel_data(number, b"back") == (relay, PEER, b"back")
+    assert server.counters.malformed == 0
+
+
+def test_datagrams_past_the_channel_range_are_malformed_not_channel_data() -> None:
+    server, _ = make_server()
+    client = allocated(server)
+    for first in (0x80, 0xBF, 0xC0, 0xFF):
+        assert client.send_raw(bytes([first, 0, 0, 1, 0])) is None
+    assert server.counters.malformed == 4
+    assert client.channel_data(0x7FFF, b"x") is None  # ChannelData, merely unbound
+    assert (server.counters.malformed, server.counters.packets_dropped) == (4, 1)
 
 
 def test_channel_rebinding_conflicts_are_400() -> None:

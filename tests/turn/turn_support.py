@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,32 @@ def start_turn(*args: str, env: dict[str, str] | None = None) -> TurnProcess:
             getattr(turn, parts[2])[host.strip("[]")] = int(port)
     process.wait(5)
     raise RuntimeError(f"turn exited early: {process.stderr.read() if process.stderr else ''}")
+
+
+def binding_probe(target: tuple[str, int], *, within: float = 30.0, every: float = 1.0) -> Message:
+    """Send Binding requests over UDP until one is answered; return the response.
+
+    A server draining a flood may find its receive buffer full and the kernel drop the probe,
+    so one unanswered request proves nothing: a new one goes every ``every`` seconds, a late
+    answer to an earlier one counts too, and only ``within`` seconds of silence fail.
+    """
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    deadline = time.monotonic() + within
+    sent: set[bytes] = set()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        while (remaining := deadline - time.monotonic()) > 0:
+            request = Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id())
+            sent.add(request.transaction_id)
+            sock.sendto(request.serialize(fingerprint=True), target)
+            sock.settimeout(min(every, remaining))
+            try:
+                while True:
+                    response = parse_message_untrusted(sock.recv(2048))
+                    if response.transaction_id in sent:
+                        return response
+            except TimeoutError:
+                continue
+    raise AssertionError(f"{len(sent)} Binding requests in {within} s, none answered")
 
 
 # --- a scripted client for the sans-I/O core -------------------------------------------------
