@@ -9,18 +9,28 @@ deployment.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Event", "EventBus", "LocalBus"]
+from contract.gateway import EventName
+
+__all__ = ["Event", "EventBus", "InternalEvent", "LocalBus"]
+
+
+class InternalEvent(enum.StrEnum):
+    """Events between control processes that no client ever receives."""
+
+    #: Sessions were revoked: caches and gateways drop them (control/sessions.py).
+    SESSIONS_REVOKED = "SESSIONS_REVOKED"
 
 
 @dataclass(frozen=True)
 class Event:
     """A dispatch ``t`` with payload ``d`` for the listed users and/or devices."""
 
-    type: str
+    type: EventName | InternalEvent
     data: dict[str, Any]
     user_ids: frozenset[str] = field(default_factory=frozenset)
     device_ids: frozenset[str] = field(default_factory=frozenset)

@@ -3,7 +3,7 @@
 Every endpoint that touches a guild, channel, role or message goes through
 :func:`member_context` and :meth:`MemberContext.require` (or a :class:`GuildSnapshot` when it
 must know every member's view, e.g. to address a dispatch), so permissions are decided by
-``control.permissions.compute_permissions`` and nowhere else.
+``contract.permissions.compute_permissions`` and nowhere else.
 """
 
 from __future__ import annotations

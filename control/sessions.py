@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from .bus import Event
+from .bus import Event, InternalEvent
 from .ids import now
 from .store import Database
 from .store import schema as t
@@ -37,7 +37,7 @@ from .store import schema as t
 __all__ = ["SESSIONS_REVOKED", "CachedSession", "SessionCache", "revoked"]
 
 #: Bus event type of a revocation; it has no gateway audience, only caches listen to it.
-SESSIONS_REVOKED = "SESSIONS_REVOKED"
+SESSIONS_REVOKED = InternalEvent.SESSIONS_REVOKED
 
 
 @dataclass(frozen=True)

@@ -9,28 +9,9 @@ from __future__ import annotations
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from contract.signing import (
-    CHALLENGE_LEN,
-    IDENTITY_KEY_LEN,
-    PQ_PUBLIC_KEY_LEN,
-    SIGNATURE_LEN,
-    add_device_message,
-    login_message,
-    pq_prekey_message,
-    register_message,
-    signed_prekey_message,
-)
+from contract.signing import IDENTITY_KEY_LEN, SIGNATURE_LEN
 
-__all__ = [
-    "CHALLENGE_LEN",
-    "PQ_PUBLIC_KEY_LEN",
-    "add_device_message",
-    "login_message",
-    "pq_prekey_message",
-    "register_message",
-    "signed_prekey_message",
-    "verify_signature",
-]
+__all__ = ["verify_signature"]
 
 
 def verify_signature(identity_key: bytes, message: bytes, signature: bytes) -> bool:

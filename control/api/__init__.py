@@ -1,28 +1,46 @@
-"""The REST API under ``/api/v1``: one route registry per area, one OpenAPI document."""
+"""The REST API under ``/api/v1``: one router per resource, one OpenAPI document."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._routing import Api, Call, Caller, Reply
-from .accounts import register_routes as _accounts
-from .guilds import register_routes as _guilds
+from . import (
+    accounts,
+    channels,
+    guilds,
+    invites,
+    members,
+    messages,
+    privacy,
+    provisioning,
+    relay,
+    roles,
+)
+from ._routing import Api, Call, Caller, Reply, Router
 from .openapi import openapi_document
-from .privacy import register_routes as _privacy
-from .provisioning import register_routes as _provisioning
-from .relay import register_routes as _relay
 
-__all__ = ["Api", "Call", "Caller", "Reply", "build_api"]
+__all__ = ["ROUTERS", "Api", "Call", "Caller", "Reply", "Router", "build_api"]
+
+#: Every router, in the order the OpenAPI document lists their routes.
+ROUTERS: tuple[Router, ...] = (
+    accounts.router,
+    guilds.router,
+    channels.router,
+    roles.router,
+    members.router,
+    invites.router,
+    relay.router,
+    messages.router,
+    privacy.router,
+    provisioning.router,
+)
 
 
 def build_api() -> Api:
     """A fresh registry holding every route of the API, and the document describing it."""
     api = Api()
-    _accounts(api)
-    _guilds(api)
-    _relay(api)
-    _privacy(api)
-    _provisioning(api)
+    for router in ROUTERS:
+        api.include(router)
     document = openapi_document(api)
 
     @api.blueprint.get("/openapi.json")

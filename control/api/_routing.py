@@ -1,21 +1,24 @@
-"""Declarative API routes: one decorator gives auth, rate limits, body and query decoding,
-response encoding and the route's OpenAPI entry, so the document matches what runs."""
+"""Declarative API routes: one decorator on a module-level :class:`Router` gives auth, rate
+limits, body and query decoding, response encoding and the route's OpenAPI entry, so the
+document matches what runs. :class:`Api` serves the routers it includes."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Blueprint, Response, request
+from sqlalchemy.engine import Connection
 
+from ..bus import Event
 from ..errors import InvalidBody, NotFound, RateLimited, Unauthorized
 from ..ids import hash_token
 from ..state import ControlState, get_state
 from ..wire import Field, Schema, decode_body_untrusted, decode_value_untrusted, encode_response
 
-__all__ = ["Api", "Call", "Caller", "Reply"]
+__all__ = ["Api", "Call", "Caller", "Reply", "Router", "commit"]
 
 PREFIX = "/api/v1"
 _PARAM = re.compile(r"\{(\w+)\}")
@@ -57,6 +60,8 @@ class Reply:
 
 
 Handler = Callable[..., Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,12 +115,27 @@ def decode_query_untrusted(spec: Schema | None) -> dict[str, Any]:
     return out
 
 
-class Api:
-    """A registry of routes under ``/api/v1`` on one blueprint."""
+@dataclass(frozen=True)
+class Endpoint:
+    """A route with the handler that serves it and its request limits."""
 
-    def __init__(self) -> None:
-        self.blueprint = Blueprint("api", __name__, url_prefix=PREFIX)
-        self.routes: list[Route] = []
+    route: Route
+    handler: Handler
+    limit: int | None
+    rate_cost: float
+
+
+class Router:
+    """The routes of one resource, declared at module level with :meth:`route`.
+
+    A router only records declarations; :meth:`Api.include` turns them into views, so the
+    same router serves every app built from it and a handler stays a plain function that
+    can be imported and called on its own.
+    """
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.endpoints: list[Endpoint] = []
 
     def route(
         self,
@@ -123,7 +143,7 @@ class Api:
         path: str,
         *,
         summary: str,
-        tag: str,
+        tag: str | None = None,
         body: Schema | None = None,
         query: Schema | None = None,
         auth: bool = True,
@@ -131,48 +151,82 @@ class Api:
         errors: tuple[int, ...] = (),
         limit: int | None = None,
         rate_cost: float = 1.0,
-    ) -> Callable[[Handler], Handler]:
-        """Register ``handler(call, **path_params)`` for ``method path``."""
+    ) -> Callable[[H], H]:
+        """Declare ``handler(call, **path_params)`` for ``method path`` (under the
+        router's tag unless ``tag`` is given); the handler is returned unchanged."""
         params = tuple(_PARAM.findall(path))
-        quart_path = _PARAM.sub(r"<\1>", path)
-        route = Route(method, path, summary, tag, body, query, auth, status, errors, params)
-        self.routes.append(route)
+        route = Route(
+            method, path, summary, tag or self.tag, body, query, auth, status, errors, params
+        )
 
-        def decorator(handler: Handler) -> Handler:
-            async def view(**path_params: str) -> Response:
-                state = get_state()
-                for value in path_params.values():
-                    if len(value) > _MAX_PARAM:
-                        raise NotFound("no such resource")
-                caller = await authenticate(state) if auth else None
-                # Limits key on the session token hash (or the endpoint for public routes):
-                # never on an address, which hushroom does not record.
-                if caller is not None:
-                    wait = max(
-                        state.limiter.acquire(caller.token_hash, rate_cost),
-                        state.limiter.acquire(("device", caller.device_id), rate_cost),
-                    )
-                else:
-                    wait = state.limiter.acquire(("public", method, path), rate_cost)
-                if wait:
-                    raise RateLimited("slow down", retry_after=round(wait, 3))
-                payload: dict[str, Any] = {}
-                if body is not None:
-                    max_bytes = limit or state.config.max_body_bytes
-                    payload = await decode_body_untrusted(body, max_bytes)
-                query_args = decode_query_untrusted(query)
-                result = await handler(Call(state, caller, payload, query_args), **path_params)
-                if isinstance(result, Reply):
-                    return encode_response(result.data, result.status)
-                return encode_response(result, status)
-
-            view.__name__ = handler.__name__
-            self.blueprint.add_url_rule(
-                quart_path, endpoint=handler.__name__, view_func=view, methods=[method]
-            )
+        def decorator(handler: H) -> H:
+            self.endpoints.append(Endpoint(route, handler, limit, rate_cost))
             return handler
 
         return decorator
+
+
+class Api:
+    """The routers' routes served under ``/api/v1`` on one blueprint."""
+
+    def __init__(self) -> None:
+        self.blueprint = Blueprint("api", __name__, url_prefix=PREFIX)
+        self.routes: list[Route] = []
+
+    def include(self, router: Router) -> None:
+        """Serve every route of ``router``, in the order it declared them."""
+        for endpoint in router.endpoints:
+            self.routes.append(endpoint.route)
+            handler = endpoint.handler
+            self.blueprint.add_url_rule(
+                _PARAM.sub(r"<\1>", endpoint.route.path),
+                endpoint=handler.__name__,
+                view_func=_view(endpoint),
+                methods=[endpoint.route.method],
+            )
+
+
+def _view(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
+    """The Quart view for ``endpoint``: bounds, auth, rate limit, decoding, encoding."""
+    route, handler = endpoint.route, endpoint.handler
+
+    async def view(**path_params: str) -> Response:
+        state = get_state()
+        for value in path_params.values():
+            if len(value) > _MAX_PARAM:
+                raise NotFound("no such resource")
+        caller = await authenticate(state) if route.auth else None
+        # Limits key on the session token hash (or the endpoint for public routes):
+        # never on an address, which hushroom does not record.
+        if caller is not None:
+            wait = max(
+                state.limiter.acquire(caller.token_hash, endpoint.rate_cost),
+                state.limiter.acquire(("device", caller.device_id), endpoint.rate_cost),
+            )
+        else:
+            wait = state.limiter.acquire(("public", route.method, route.path), endpoint.rate_cost)
+        if wait:
+            raise RateLimited("slow down", retry_after=round(wait, 3))
+        payload: dict[str, Any] = {}
+        if route.body is not None:
+            max_bytes = endpoint.limit or state.config.max_body_bytes
+            payload = await decode_body_untrusted(route.body, max_bytes)
+        query_args = decode_query_untrusted(route.query)
+        result = await handler(Call(state, caller, payload, query_args), **path_params)
+        if isinstance(result, Reply):
+            return encode_response(result.data, result.status)
+        return encode_response(result, route.status)
+
+    view.__name__ = handler.__name__
+    return view
+
+
+async def commit(call: Call, tx: Callable[[Connection], tuple[T, list[Event]]]) -> T:
+    """Run the write ``tx`` and, once it has committed, publish the events it returned."""
+    result, events = await call.state.db.write(tx)
+    for event in events:
+        await call.state.bus.publish(event)
+    return result
 
 
 def int_field(doc: str, lo: int, hi: int, required: bool = True) -> Field:

@@ -14,16 +14,19 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from .. import signatures as sig
+from contract import signing as sig
+from contract.gateway import EventName
+
 from ..bus import Event
 from ..errors import Conflict, Gone, InvalidBody, NotFound, Unauthorized
 from ..ids import day_now, hash_token, new_id, new_token, now
 from ..sessions import revoked
+from ..signatures import verify_signature
 from ..store import schema as t
 from ..wire import Field, Schema
-from ._routing import Api, Call, Reply, int_field
+from ._routing import Call, Reply, Router, int_field
 
-__all__ = ["CHALLENGE_TTL_S", "LOW_OTK", "register_routes"]
+__all__ = ["CHALLENGE_TTL_S", "LOW_OTK", "current_devices", "device_view", "router"]
 
 #: A challenge must be answered within this many seconds.
 CHALLENGE_TTL_S = 300
@@ -117,12 +120,12 @@ def _consume_challenge(conn: Connection, challenge: bytes) -> None:
 def _check_bundle(identity_key: bytes, body: dict[str, Any]) -> None:
     """Verify the prekey signatures of an uploaded bundle against the identity key."""
     spk = body.get("signed_prekey")
-    if spk is not None and not sig.verify_signature(
+    if spk is not None and not verify_signature(
         identity_key, sig.signed_prekey_message(spk["key_id"], spk["public_key"]), spk["signature"]
     ):
         raise InvalidBody("signed_prekey.signature does not verify under the identity key")
     pq = body.get("pq_prekey")
-    if pq is not None and not sig.verify_signature(
+    if pq is not None and not verify_signature(
         identity_key, sig.pq_prekey_message(pq["key_id"], pq["public_key"]), pq["signature"]
     ):
         raise InvalidBody("pq_prekey.signature does not verify under the identity key")
@@ -211,287 +214,307 @@ def current_devices(conn: Connection, user_id: str) -> list[dict[str, Any]]:
     return [device_view(r) for r in rows]
 
 
-def register_routes(api: Api) -> None:
-    """Add the account, device and prekey routes to ``api``."""
+router = Router(tag="accounts")
 
-    @api.route(
-        "POST",
-        "/auth/challenge",
-        summary="Issue a single-use 32-byte challenge to sign (valid 5 minutes)",
-        tag="auth",
-        body=EMPTY,
-        auth=False,
+
+@router.route(
+    "POST",
+    "/auth/challenge",
+    summary="Issue a single-use 32-byte challenge to sign (valid 5 minutes)",
+    tag="auth",
+    body=EMPTY,
+    auth=False,
+)
+async def issue_challenge(call: Call) -> dict[str, Any]:
+    challenge = secrets.token_bytes(sig.CHALLENGE_LEN)
+    expires = now() + CHALLENGE_TTL_S
+    await call.state.db.write(lambda conn: _issue_challenge(conn, challenge, expires))
+    return {"challenge": challenge, "expires_in": CHALLENGE_TTL_S}
+
+
+@router.route(
+    "POST",
+    "/users",
+    summary="Register: handle + first device identity key + prekey bundle + signed challenge",
+    body=REGISTER,
+    auth=False,
+    status=201,
+    errors=(401, 409, 410),
+)
+async def register(call: Call) -> dict[str, Any]:
+    body = call.body
+    handle, identity_key = body["handle"], body["identity_key"]
+    message = sig.register_message(body["challenge"], identity_key, handle)
+    if not verify_signature(identity_key, message, body["signature"]):
+        raise Unauthorized("signature does not prove possession of the identity key")
+    _check_bundle(identity_key, body)
+    ttl = call.state.config.session_ttl_s
+    return await call.state.db.write(lambda conn: register_tx(conn, body, ttl))
+
+
+def register_tx(conn: Connection, body: dict[str, Any], session_ttl: int) -> dict[str, Any]:
+    """Spend the challenge, create the user with their first device and its prekeys, and
+    sign that device in. The Register body's signatures must already have been checked."""
+    handle, identity_key = body["handle"], body["identity_key"]
+    _consume_challenge(conn, body["challenge"])
+    user_id, device_id, day = new_id(), new_id(), day_now()
+    try:
+        with conn.begin_nested():
+            conn.execute(sa.insert(t.users).values(id=user_id, handle=handle, created_day=day))
+            _insert_device(conn, device_id, user_id, identity_key, day)
+    except IntegrityError:
+        raise Conflict("the handle or identity key is already registered") from None
+    _store_bundle(conn, device_id, body)
+    token, expires_at = _new_session(conn, user_id, device_id, session_ttl)
+    return {
+        "user": {"id": user_id, "handle": handle},
+        "device": {"id": device_id, "identity_key": identity_key},
+        "token": token,
+        "expires_at": expires_at,
+    }
+
+
+@router.route(
+    "POST",
+    "/auth/login",
+    summary="Sign in a device by signing a challenge with its identity key",
+    tag="auth",
+    body=LOGIN,
+    auth=False,
+    errors=(401, 410),
+)
+async def login(call: Call) -> dict[str, Any]:
+    body = call.body
+    message = sig.login_message(body["challenge"], body["identity_key"])
+    if not verify_signature(body["identity_key"], message, body["signature"]):
+        raise Unauthorized("signature does not prove possession of the identity key")
+    ttl = call.state.config.session_ttl_s
+    return await call.state.db.write(
+        lambda conn: login_tx(conn, body["challenge"], body["identity_key"], ttl)
     )
-    async def issue_challenge(call: Call) -> dict[str, Any]:
-        challenge = secrets.token_bytes(sig.CHALLENGE_LEN)
-        expires = now() + CHALLENGE_TTL_S
-        await call.state.db.write(lambda conn: _issue_challenge(conn, challenge, expires))
-        return {"challenge": challenge, "expires_in": CHALLENGE_TTL_S}
 
-    @api.route(
-        "POST",
-        "/users",
-        summary="Register: handle + first device identity key + prekey bundle + signed challenge",
-        tag="accounts",
-        body=REGISTER,
-        auth=False,
-        status=201,
-        errors=(401, 409, 410),
-    )
-    async def register(call: Call) -> dict[str, Any]:
-        body = call.body
-        handle, identity_key = body["handle"], body["identity_key"]
-        message = sig.register_message(body["challenge"], identity_key, handle)
-        if not sig.verify_signature(identity_key, message, body["signature"]):
-            raise Unauthorized("signature does not prove possession of the identity key")
-        _check_bundle(identity_key, body)
-        ttl = call.state.config.session_ttl_s
 
-        def create(conn: Connection) -> dict[str, Any]:
-            _consume_challenge(conn, body["challenge"])
-            user_id, device_id, day = new_id(), new_id(), day_now()
-            try:
-                with conn.begin_nested():
-                    conn.execute(
-                        sa.insert(t.users).values(id=user_id, handle=handle, created_day=day)
-                    )
-                    _insert_device(conn, device_id, user_id, identity_key, day)
-            except IntegrityError:
-                raise Conflict("the handle or identity key is already registered") from None
-            _store_bundle(conn, device_id, body)
-            token, expires_at = _new_session(conn, user_id, device_id, ttl)
-            return {
-                "user": {"id": user_id, "handle": handle},
-                "device": {"id": device_id, "identity_key": identity_key},
-                "token": token,
-                "expires_at": expires_at,
-            }
-
-        return await call.state.db.write(create)
-
-    @api.route(
-        "POST",
-        "/auth/login",
-        summary="Sign in a device by signing a challenge with its identity key",
-        tag="auth",
-        body=LOGIN,
-        auth=False,
-        errors=(401, 410),
-    )
-    async def login(call: Call) -> dict[str, Any]:
-        body = call.body
-        message = sig.login_message(body["challenge"], body["identity_key"])
-        if not sig.verify_signature(body["identity_key"], message, body["signature"]):
-            raise Unauthorized("signature does not prove possession of the identity key")
-        ttl = call.state.config.session_ttl_s
-
-        def sign_in(conn: Connection) -> dict[str, Any]:
-            _consume_challenge(conn, body["challenge"])
-            row = conn.execute(
-                sa.select(t.devices.c.id, t.devices.c.user_id).where(
-                    t.devices.c.identity_key == body["identity_key"]
-                )
-            ).first()
-            if row is None:
-                raise Unauthorized("no device has this identity key")
-            conn.execute(
-                sa.update(t.devices).where(t.devices.c.id == row.id).values(last_seen_day=day_now())
-            )
-            token, expires_at = _new_session(conn, row.user_id, row.id, ttl)
-            return {
-                "user_id": row.user_id,
-                "device_id": row.id,
-                "token": token,
-                "expires_at": expires_at,
-            }
-
-        return await call.state.db.write(sign_in)
-
-    @api.route(
-        "POST",
-        "/auth/logout",
-        summary="Revoke the session token used for this request",
-        tag="auth",
-        body=EMPTY,
-        status=204,
-    )
-    async def logout(call: Call) -> None:
-        digest = call.me.token_hash
-        await call.state.db.write(
-            lambda conn: conn.execute(
-                sa.delete(t.sessions).where(t.sessions.c.token_hash == digest)
-            )
+def login_tx(
+    conn: Connection, challenge: bytes, identity_key: bytes, session_ttl: int
+) -> dict[str, Any]:
+    """Spend the challenge and open a session for the device with ``identity_key``. The
+    signature over the challenge must already have been checked."""
+    _consume_challenge(conn, challenge)
+    row = conn.execute(
+        sa.select(t.devices.c.id, t.devices.c.user_id).where(
+            t.devices.c.identity_key == identity_key
         )
-        await call.state.bus.publish(revoked(token_hash=digest))
+    ).first()
+    if row is None:
+        raise Unauthorized("no device has this identity key")
+    conn.execute(
+        sa.update(t.devices).where(t.devices.c.id == row.id).values(last_seen_day=day_now())
+    )
+    token, expires_at = _new_session(conn, row.user_id, row.id, session_ttl)
+    return {
+        "user_id": row.user_id,
+        "device_id": row.id,
+        "token": token,
+        "expires_at": expires_at,
+    }
 
-    @api.route("GET", "/users/@me", summary="The caller's account", tag="accounts")
-    async def me(call: Call) -> dict[str, Any]:
+
+@router.route(
+    "POST",
+    "/auth/logout",
+    summary="Revoke the session token used for this request",
+    tag="auth",
+    body=EMPTY,
+    status=204,
+)
+async def logout(call: Call) -> None:
+    digest = call.me.token_hash
+    await call.state.db.write(
+        lambda conn: conn.execute(sa.delete(t.sessions).where(t.sessions.c.token_hash == digest))
+    )
+    await call.state.bus.publish(revoked(token_hash=digest))
+
+
+@router.route("GET", "/users/@me", summary="The caller's account")
+async def me(call: Call) -> dict[str, Any]:
+    user_id = call.me.user_id
+    row = await call.state.db.read(
+        lambda conn: conn.execute(sa.select(t.users).where(t.users.c.id == user_id)).first()
+    )
+    if row is None:
+        raise NotFound("no such user")
+    return {"id": row.id, "handle": row.handle, "created_day": row.created_day}
+
+
+@router.route(
+    "GET",
+    "/users/by-handle/{handle}",
+    summary="Look a user up by handle",
+    errors=(404,),
+)
+async def by_handle(call: Call, handle: str) -> dict[str, Any]:
+    row = await call.state.db.read(
+        lambda conn: conn.execute(
+            sa.select(t.users.c.id, t.users.c.handle).where(t.users.c.handle == handle.lower())
+        ).first()
+    )
+    if row is None:
+        raise NotFound("no user has this handle")
+    return {"id": row.id, "handle": row.handle}
+
+
+@router.route(
+    "GET",
+    "/users/{user_id}/devices",
+    summary="A user's current devices (ids and identity keys), for envelope fan-out",
+    errors=(404,),
+)
+async def user_devices(call: Call, user_id: str) -> list[dict[str, Any]]:
+    if user_id == "@me":
         user_id = call.me.user_id
-        row = await call.state.db.read(
-            lambda conn: conn.execute(sa.select(t.users).where(t.users.c.id == user_id)).first()
+    return await call.state.db.read(lambda conn: user_devices_tx(conn, user_id))
+
+
+def user_devices_tx(conn: Connection, user_id: str) -> list[dict[str, Any]]:
+    """The user's current devices; 404 when there is no such user."""
+    found = conn.execute(sa.select(t.users.c.id).where(t.users.c.id == user_id)).first()
+    if found is None:
+        raise NotFound("no such user")
+    return current_devices(conn, user_id)
+
+
+@router.route(
+    "POST",
+    "/users/@me/devices",
+    summary="Add a device: its identity key signs a challenge; the caller's session vouches",
+    body=ADD_DEVICE,
+    status=201,
+    errors=(401, 409, 410),
+)
+async def add_device(call: Call) -> dict[str, Any]:
+    body, user_id = call.body, call.me.user_id
+    identity_key = body["identity_key"]
+    message = sig.add_device_message(body["challenge"], identity_key, user_id)
+    if not verify_signature(identity_key, message, body["signature"]):
+        raise Unauthorized("signature does not prove possession of the new identity key")
+    _check_bundle(identity_key, body)
+    device = await call.state.db.write(lambda conn: add_device_tx(conn, user_id, body))
+    await call.state.bus.publish(
+        Event(EventName.DEVICE_ADD, {"user_id": user_id, "device": device}, frozenset({user_id}))
+    )
+    return device
+
+
+def add_device_tx(conn: Connection, user_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Spend the challenge and add a device with its prekeys to ``user_id``. The AddDevice
+    body's signatures must already have been checked."""
+    identity_key = body["identity_key"]
+    _consume_challenge(conn, body["challenge"])
+    device_id, day = new_id(), day_now()
+    try:
+        with conn.begin_nested():
+            _insert_device(conn, device_id, user_id, identity_key, day)
+    except IntegrityError:
+        raise Conflict("this identity key is already registered") from None
+    _store_bundle(conn, device_id, body)
+    return {"id": device_id, "identity_key": identity_key}
+
+
+@router.route(
+    "DELETE",
+    "/users/@me/devices/{device_id}",
+    summary="Remove a device: its sessions, prekeys and queued envelopes go with it",
+    status=204,
+    errors=(404, 409),
+)
+async def remove_device(call: Call, device_id: str) -> None:
+    user_id = call.me.user_id
+    await call.state.db.write(lambda conn: remove_device_tx(conn, user_id, device_id))
+    await call.state.bus.publish(revoked(device_id=device_id))
+    await call.state.bus.publish(
+        Event(
+            EventName.DEVICE_REMOVE,
+            {"user_id": user_id, "device_id": device_id},
+            frozenset({user_id}),
         )
-        if row is None:
-            raise NotFound("no such user")
-        return {"id": row.id, "handle": row.handle, "created_day": row.created_day}
-
-    @api.route(
-        "GET",
-        "/users/by-handle/{handle}",
-        summary="Look a user up by handle",
-        tag="accounts",
-        errors=(404,),
     )
-    async def by_handle(call: Call, handle: str) -> dict[str, Any]:
-        row = await call.state.db.read(
-            lambda conn: conn.execute(
-                sa.select(t.users.c.id, t.users.c.handle).where(t.users.c.handle == handle.lower())
-            ).first()
+    call.state.hub.drop_device(device_id)
+
+
+def remove_device_tx(conn: Connection, user_id: str, device_id: str) -> None:
+    """Delete one of the user's devices (never the last); the rest goes by cascade."""
+    devices = [d["id"] for d in current_devices(conn, user_id)]
+    if device_id not in devices:
+        raise NotFound("no such device")
+    if len(devices) == 1:
+        raise Conflict("cannot remove the last device; delete the account instead")
+    conn.execute(sa.delete(t.devices).where(t.devices.c.id == device_id))
+
+
+@router.route(
+    "GET",
+    "/users/@me/devices/@current/keys",
+    summary="How many one-time prekeys this device still has on the server",
+    tag="prekeys",
+)
+async def key_count(call: Call) -> dict[str, Any]:
+    device_id = call.me.device_id
+    return {"one_time_prekeys": await call.state.db.read(lambda conn: _otk_count(conn, device_id))}
+
+
+def _otk_count(conn: Connection, device_id: str) -> int:
+    otk = t.one_time_prekeys
+    stmt = sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
+    return int(conn.execute(stmt).scalar_one())
+
+
+@router.route(
+    "PUT",
+    "/users/@me/devices/@current/keys",
+    summary="Upload signed, PQ and/or one-time prekeys (signatures checked)",
+    tag="prekeys",
+    body=UPLOAD_KEYS,
+    errors=(409,),
+)
+async def upload_keys(call: Call) -> dict[str, Any]:
+    device_id, body = call.me.device_id, call.body
+    return {
+        "one_time_prekeys": await call.state.db.write(
+            lambda conn: upload_keys_tx(conn, device_id, body)
         )
-        if row is None:
-            raise NotFound("no user has this handle")
-        return {"id": row.id, "handle": row.handle}
+    }
 
-    @api.route(
-        "GET",
-        "/users/{user_id}/devices",
-        summary="A user's current devices (ids and identity keys), for envelope fan-out",
-        tag="accounts",
-        errors=(404,),
-    )
-    async def user_devices(call: Call, user_id: str) -> list[dict[str, Any]]:
-        if user_id == "@me":
-            user_id = call.me.user_id
 
-        def load(conn: Connection) -> list[dict[str, Any]]:
-            found = conn.execute(sa.select(t.users.c.id).where(t.users.c.id == user_id)).first()
-            if found is None:
-                raise NotFound("no such user")
-            return current_devices(conn, user_id)
+def upload_keys_tx(conn: Connection, device_id: str, body: dict[str, Any]) -> int:
+    """Check an UploadKeys body against the device's identity key and store it; return
+    how many one-time prekeys the device now has."""
+    identity_key = conn.execute(
+        sa.select(t.devices.c.identity_key).where(t.devices.c.id == device_id)
+    ).scalar_one()
+    _check_bundle(identity_key, body)
+    _store_bundle(conn, device_id, body)
+    return _otk_count(conn, device_id)
 
-        return await call.state.db.read(load)
 
-    @api.route(
-        "POST",
-        "/users/@me/devices",
-        summary="Add a device: its identity key signs a challenge; the caller's session vouches",
-        tag="accounts",
-        body=ADD_DEVICE,
-        status=201,
-        errors=(401, 409, 410),
-    )
-    async def add_device(call: Call) -> dict[str, Any]:
-        body, user_id = call.body, call.me.user_id
-        identity_key = body["identity_key"]
-        message = sig.add_device_message(body["challenge"], identity_key, user_id)
-        if not sig.verify_signature(identity_key, message, body["signature"]):
-            raise Unauthorized("signature does not prove possession of the new identity key")
-        _check_bundle(identity_key, body)
-
-        def create(conn: Connection) -> dict[str, Any]:
-            _consume_challenge(conn, body["challenge"])
-            device_id, day = new_id(), day_now()
-            try:
-                with conn.begin_nested():
-                    _insert_device(conn, device_id, user_id, identity_key, day)
-            except IntegrityError:
-                raise Conflict("this identity key is already registered") from None
-            _store_bundle(conn, device_id, body)
-            return {"id": device_id, "identity_key": identity_key}
-
-        device = await call.state.db.write(create)
-        await call.state.bus.publish(
-            Event("DEVICE_ADD", {"user_id": user_id, "device": device}, frozenset({user_id}))
-        )
-        return device
-
-    @api.route(
-        "DELETE",
-        "/users/@me/devices/{device_id}",
-        summary="Remove a device: its sessions, prekeys and queued envelopes go with it",
-        tag="accounts",
-        status=204,
-        errors=(404, 409),
-    )
-    async def remove_device(call: Call, device_id: str) -> None:
-        user_id = call.me.user_id
-
-        def remove(conn: Connection) -> None:
-            devices = [d["id"] for d in current_devices(conn, user_id)]
-            if device_id not in devices:
-                raise NotFound("no such device")
-            if len(devices) == 1:
-                raise Conflict("cannot remove the last device; delete the account instead")
-            conn.execute(sa.delete(t.devices).where(t.devices.c.id == device_id))
-
-        await call.state.db.write(remove)
-        await call.state.bus.publish(revoked(device_id=device_id))
+@router.route(
+    "POST",
+    "/users/{user_id}/keys/claim",
+    summary="Fetch prekey bundles for all of a user's devices, consuming one OTK each",
+    tag="prekeys",
+    body=EMPTY,
+    errors=(404,),
+)
+async def claim_keys(call: Call, user_id: str) -> Reply:
+    bundles, low = await call.state.db.write(lambda conn: claim_bundles(conn, user_id))
+    for device_id, remaining in low:
         await call.state.bus.publish(
             Event(
-                "DEVICE_REMOVE",
-                {"user_id": user_id, "device_id": device_id},
-                frozenset({user_id}),
+                EventName.PREKEYS_LOW,
+                {"device_id": device_id, "one_time_prekeys": remaining},
+                device_ids=frozenset({device_id}),
             )
         )
-        call.state.hub.drop_device(device_id)
-
-    @api.route(
-        "GET",
-        "/users/@me/devices/@current/keys",
-        summary="How many one-time prekeys this device still has on the server",
-        tag="prekeys",
-    )
-    async def key_count(call: Call) -> dict[str, Any]:
-        device_id = call.me.device_id
-        otk = t.one_time_prekeys
-
-        def count(conn: Connection) -> int:
-            stmt = sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
-            return int(conn.execute(stmt).scalar_one())
-
-        return {"one_time_prekeys": await call.state.db.read(count)}
-
-    @api.route(
-        "PUT",
-        "/users/@me/devices/@current/keys",
-        summary="Upload signed, PQ and/or one-time prekeys (signatures checked)",
-        tag="prekeys",
-        body=UPLOAD_KEYS,
-        errors=(409,),
-    )
-    async def upload_keys(call: Call) -> dict[str, Any]:
-        device_id = call.me.device_id
-
-        def upload(conn: Connection) -> int:
-            identity_key = conn.execute(
-                sa.select(t.devices.c.identity_key).where(t.devices.c.id == device_id)
-            ).scalar_one()
-            _check_bundle(identity_key, call.body)
-            _store_bundle(conn, device_id, call.body)
-            otk = t.one_time_prekeys
-            stmt = sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
-            return int(conn.execute(stmt).scalar_one())
-
-        return {"one_time_prekeys": await call.state.db.write(upload)}
-
-    @api.route(
-        "POST",
-        "/users/{user_id}/keys/claim",
-        summary="Fetch prekey bundles for all of a user's devices, consuming one OTK each",
-        tag="prekeys",
-        body=EMPTY,
-        errors=(404,),
-    )
-    async def claim_keys(call: Call, user_id: str) -> Reply:
-        bundles, low = await call.state.db.write(lambda conn: claim_bundles(conn, user_id))
-        for device_id, remaining in low:
-            await call.state.bus.publish(
-                Event(
-                    "PREKEYS_LOW",
-                    {"device_id": device_id, "one_time_prekeys": remaining},
-                    device_ids=frozenset({device_id}),
-                )
-            )
-        return Reply({"user_id": user_id, "devices": bundles}, 200)
+    return Reply({"user_id": user_id, "devices": bundles}, 200)
 
 
 def claim_bundles(

@@ -7,13 +7,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from contract.gateway import EventName
+
 from ..bus import Event
 from ..errors import Conflict
 from ..sessions import revoked
 from ..store import schema as t
-from ._routing import Api, Call
+from ._routing import Call, Router
 
-__all__ = ["export_user", "register_routes"]
+__all__ = ["export_user", "router"]
 
 
 def _rows(conn: Connection, stmt: Any) -> list[dict[str, Any]]:
@@ -119,32 +121,31 @@ def erase_user(conn: Connection, user_id: str) -> list[tuple[str, frozenset[str]
     return remaining
 
 
-def register_routes(api: Api) -> None:
-    """Add the privacy routes to ``api``."""
+router = Router(tag="privacy")
 
-    @api.route(
-        "GET",
-        "/users/@me/export",
-        summary="Everything the server holds about the caller (GDPR access)",
-        tag="privacy",
-    )
-    async def export(call: Call) -> dict[str, Any]:
-        user_id = call.me.user_id
-        return await call.state.db.read(lambda conn: export_user(conn, user_id))
 
-    @api.route(
-        "DELETE",
-        "/users/@me",
-        summary="Erase the account and everything it owns (GDPR erasure)",
-        tag="privacy",
-        status=204,
-        errors=(409,),
-    )
-    async def erase(call: Call) -> None:
-        user_id = call.me.user_id
-        remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
-        await call.state.bus.publish(revoked(user_id=user_id))
-        call.state.hub.drop_user(user_id)
-        for guild_id, members in remaining:
-            data = {"guild_id": guild_id, "user_id": user_id}
-            await call.state.bus.publish(Event("GUILD_MEMBER_REMOVE", data, members))
+@router.route(
+    "GET",
+    "/users/@me/export",
+    summary="Everything the server holds about the caller (GDPR access)",
+)
+async def export(call: Call) -> dict[str, Any]:
+    user_id = call.me.user_id
+    return await call.state.db.read(lambda conn: export_user(conn, user_id))
+
+
+@router.route(
+    "DELETE",
+    "/users/@me",
+    summary="Erase the account and everything it owns (GDPR erasure)",
+    status=204,
+    errors=(409,),
+)
+async def erase(call: Call) -> None:
+    user_id = call.me.user_id
+    remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
+    await call.state.bus.publish(revoked(user_id=user_id))
+    call.state.hub.drop_user(user_id)
+    for guild_id, members in remaining:
+        data = {"guild_id": guild_id, "user_id": user_id}
+        await call.state.bus.publish(Event(EventName.GUILD_MEMBER_REMOVE, data, members))

@@ -39,7 +39,7 @@ from quart_trio import QuartTrio
 
 from ..errors import BadRequest, Conflict, NotFound, RateLimited
 from ..wire import Field, Schema
-from ._routing import Api, Call, int_field
+from ._routing import Call, Router, int_field
 
 __all__ = [
     "MAILBOX_TTL_S",
@@ -49,7 +49,7 @@ __all__ = [
     "MAX_WAIT_S",
     "Mailbox",
     "Mailboxes",
-    "register_routes",
+    "router",
 ]
 
 EXTENSION = "hushroom.provisioning"
@@ -213,74 +213,73 @@ async def _delete_at_deadline(boxes: Mailboxes, mailbox_id: str, box: Mailbox) -
         boxes.discard(mailbox_id, box)
 
 
-def register_routes(api: Api) -> None:
-    """Add the provisioning mailbox routes to ``api``."""
+router = Router(tag="provisioning")
 
-    @api.route(
-        "POST",
-        "/provisioning",
-        summary="Open a provisioning mailbox for a device being linked (memory only, "
-        "at most 10 minutes, read once)",
-        tag="provisioning",
-        body=OPEN,
-        auth=False,
-        status=201,
-        errors=(409,),
-    )
-    async def open_mailbox(call: Call) -> dict[str, Any]:
-        boxes = _mailboxes()
-        mailbox_id = call.body["mailbox_id"]
-        ttl = call.body.get("expires_in", MAILBOX_TTL_S)
-        box = boxes.open(mailbox_id, ttl, trio.current_time())
-        # The app's nursery owns the deadline task, so shutdown cancels it with the rest.
-        app = cast(QuartTrio, current_app)
-        app.nursery.start_soon(_delete_at_deadline, boxes, mailbox_id, box)
-        return {"mailbox_id": mailbox_id, "expires_in": ttl}
 
-    @api.route(
-        "PUT",
-        "/provisioning/{mailbox_id}",
-        summary="Deposit the sealed provisioning message (once) for the new device",
-        tag="provisioning",
-        body=DEPOSIT,
-        status=204,
-        errors=(404, 409),
-        limit=_DEPOSIT_BODY_LIMIT,
-    )
-    async def deposit(call: Call, mailbox_id: str) -> None:
-        _mailboxes().deposit(_check_id(mailbox_id), call.body["message"], trio.current_time())
+@router.route(
+    "POST",
+    "/provisioning",
+    summary="Open a provisioning mailbox for a device being linked (memory only, "
+    "at most 10 minutes, read once)",
+    body=OPEN,
+    auth=False,
+    status=201,
+    errors=(409,),
+)
+async def open_mailbox(call: Call) -> dict[str, Any]:
+    boxes = _mailboxes()
+    mailbox_id = call.body["mailbox_id"]
+    ttl = call.body.get("expires_in", MAILBOX_TTL_S)
+    box = boxes.open(mailbox_id, ttl, trio.current_time())
+    # The app's nursery owns the deadline task, so shutdown cancels it with the rest.
+    app = cast(QuartTrio, current_app)
+    app.nursery.start_soon(_delete_at_deadline, boxes, mailbox_id, box)
+    return {"mailbox_id": mailbox_id, "expires_in": ttl}
 
-    @api.route(
-        "GET",
-        "/provisioning/{mailbox_id}",
-        summary="Wait up to `wait` seconds for the message; it is deleted as it is returned",
-        tag="provisioning",
-        query=FETCH,
-        auth=False,
-        errors=(404,),
-    )
-    async def fetch(call: Call, mailbox_id: str) -> dict[str, Any]:
-        boxes = _mailboxes()
-        _check_id(mailbox_id)
-        box = boxes.get(mailbox_id, trio.current_time())
-        wait = call.query.get("wait", 0)
-        if box.message is None and wait:
-            with trio.move_on_at(min(box.deadline, trio.current_time() + wait)):
-                await box.filled.wait()
-        now = trio.current_time()
-        message = boxes.take(mailbox_id, now)
-        left = max(0, math.ceil(box.deadline - now))
-        return {"message": message, "expires_in": left}
 
-    @api.route(
-        "DELETE",
-        "/provisioning/{mailbox_id}",
-        summary="Close a provisioning mailbox (the new device gave up)",
-        tag="provisioning",
-        auth=False,
-        status=204,
-        errors=(404,),
-    )
-    async def close_mailbox(call: Call, mailbox_id: str) -> None:
-        if not _mailboxes().discard(_check_id(mailbox_id)):
-            raise NotFound("no such provisioning mailbox: the link code is wrong, expired or used")
+@router.route(
+    "PUT",
+    "/provisioning/{mailbox_id}",
+    summary="Deposit the sealed provisioning message (once) for the new device",
+    body=DEPOSIT,
+    status=204,
+    errors=(404, 409),
+    limit=_DEPOSIT_BODY_LIMIT,
+)
+async def deposit(call: Call, mailbox_id: str) -> None:
+    _mailboxes().deposit(_check_id(mailbox_id), call.body["message"], trio.current_time())
+
+
+@router.route(
+    "GET",
+    "/provisioning/{mailbox_id}",
+    summary="Wait up to `wait` seconds for the message; it is deleted as it is returned",
+    query=FETCH,
+    auth=False,
+    errors=(404,),
+)
+async def fetch(call: Call, mailbox_id: str) -> dict[str, Any]:
+    boxes = _mailboxes()
+    _check_id(mailbox_id)
+    box = boxes.get(mailbox_id, trio.current_time())
+    wait = call.query.get("wait", 0)
+    if box.message is None and wait:
+        with trio.move_on_at(min(box.deadline, trio.current_time() + wait)):
+            await box.filled.wait()
+    now = trio.current_time()
+    message = boxes.take(mailbox_id, now)
+    left = max(0, math.ceil(box.deadline - now))
+    return {"message": message, "expires_in": left}
+
+
+@router.route(
+    "DELETE",
+    "/provisioning/{mailbox_id}",
+    summary="Close a provisioning mailbox (the new device gave up)",
+    auth=False,
+    status=204,
+    errors=(404,),
+)
+async def close_mailbox(call: Call, mailbox_id: str) -> None:
+    if not _mailboxes().discard(_check_id(mailbox_id)):
+        raise NotFound("no such provisioning mailbox: the link code is wrong, expired or used")

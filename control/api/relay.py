@@ -1,13 +1,11 @@
-"""The ciphertext relay: per-device envelopes and channel messages, opaque to the server.
+"""The ciphertext relay's envelopes: per-device ciphertexts, opaque to the server.
 
-Envelopes: the sender posts one ciphertext per recipient device (and per own other device).
+The sender posts one ciphertext per recipient device (and per own other device).
 If the list of devices for any recipient is not exactly that user's current list the whole
 post is refused with 409 and the current lists, so no device is ever silently skipped.
 Envelopes are committed before the 2xx, dispatched to the device's live sessions, fetched
-by REST, deleted on ack and purged after the envelope TTL.
-
-Channel messages are Sender-Key ciphertexts kept for the channel's retention (0 days: relayed
-to live sessions and never stored).
+by REST, deleted on ack and purged after the envelope TTL. Channel messages, the relay's
+other half, are in :mod:`control.api.messages`.
 """
 
 from __future__ import annotations
@@ -17,20 +15,18 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from contract.permissions import Permission
+from contract.gateway import EventName
 
 from ..bus import Event
-from ..community import GuildSnapshot, load_channel, member_context
-from ..errors import BadRequest, Forbidden, InvalidBody, NotFound, StaleDevices
+from ..errors import InvalidBody, NotFound, StaleDevices
 from ..ids import new_id, now
 from ..store import schema as t
 from ..wire import Field, Schema
-from ._routing import Api, Call, id_field, int_field
+from ._routing import Call, Router, id_field, int_field
 from .accounts import device_view
 
-__all__ = ["MAX_CIPHERTEXT", "register_routes"]
+__all__ = ["CIPHERTEXT", "MAX_CIPHERTEXT", "envelope_view", "router"]
 
-P = Permission
 #: Largest single ciphertext (envelope or channel message).
 MAX_CIPHERTEXT = 64 * 1024
 CIPHERTEXT = Field("bytes", "opaque ciphertext", min=1, max=MAX_CIPHERTEXT)
@@ -84,16 +80,6 @@ ACK = Schema(
     {"ids": Field("list", "envelope ids", min=1, max=500, items=id_field("envelope"))},
 )
 FETCH = Schema("FetchEnvelopes", {"limit": int_field("at most this many", 1, 500, False)})
-POST_MESSAGE = Schema("PostMessage", {"ciphertext": CIPHERTEXT})
-HISTORY = Schema(
-    "History",
-    {
-        "limit": int_field("at most this many (default 50)", 1, 100, False),
-        "before": int_field("only messages with seq below this", 0, 2**53 - 1, False),
-        "after": int_field("only messages with seq above this", 0, 2**53 - 1, False),
-    },
-)
-EMPTY = Schema("Empty", {})
 
 
 def envelope_view(row: Any) -> dict[str, Any]:
@@ -105,20 +91,6 @@ def envelope_view(row: Any) -> dict[str, Any]:
         "ciphertext": row.ciphertext,
         "created_at": row.created_at,
         "seq": row.seq,
-    }
-
-
-def message_view(row: Any) -> dict[str, Any]:
-    """The wire form of a channel message."""
-    return {
-        "id": row["id"],
-        "channel_id": row["channel_id"],
-        "author_id": row["author_id"],
-        "author_device_id": row["author_device_id"],
-        "seq": row["seq"],
-        "ciphertext": row["ciphertext"],
-        "created_at": row["created_at"],
-        "edited_at": row["edited_at"],
     }
 
 
@@ -227,7 +199,7 @@ def envelope_events(rows: list[dict[str, Any]]) -> list[Event]:
     """One ENVELOPE_CREATE per stored envelope, addressed to its recipient device only."""
     return [
         Event(
-            "ENVELOPE_CREATE",
+            EventName.ENVELOPE_CREATE,
             {k: v for k, v in row.items() if k != "recipient_device_id"},
             device_ids=frozenset({row["recipient_device_id"]}),
         )
@@ -239,251 +211,89 @@ def _receipts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"envelopes": [{"id": r["id"], "device_id": r["recipient_device_id"]} for r in rows]}
 
 
-def register_routes(api: Api) -> None:
-    """Add the relay routes to ``api``."""
+router = Router(tag="relay")
 
-    @api.route(
-        "POST",
-        "/envelopes",
-        summary="Queue one ciphertext per recipient device (409 with current lists if stale)",
-        tag="relay",
-        body=SEND_ENVELOPES,
-        status=201,
-        errors=(409,),
+
+@router.route(
+    "POST",
+    "/envelopes",
+    summary="Queue one ciphertext per recipient device (409 with current lists if stale)",
+    body=SEND_ENVELOPES,
+    status=201,
+    errors=(409,),
+)
+async def send_envelopes(call: Call) -> dict[str, Any]:
+    me = call.me
+    rows = await call.state.db.write(
+        lambda conn: store_envelopes(conn, me.user_id, me.device_id, call.body["recipients"])
     )
-    async def send_envelopes(call: Call) -> dict[str, Any]:
-        me = call.me
-        rows = await call.state.db.write(
-            lambda conn: store_envelopes(conn, me.user_id, me.device_id, call.body["recipients"])
-        )
-        await call.state.bus.publish_many(envelope_events(rows))
-        return _receipts(rows)
+    await call.state.bus.publish_many(envelope_events(rows))
+    return _receipts(rows)
 
-    @api.route(
-        "POST",
-        "/envelopes/batch",
-        summary="Several envelope sends in one request and one commit (all or nothing; "
-        "409 with every stale user's current list)",
-        tag="relay",
-        body=SEND_ENVELOPES_BATCH,
-        status=201,
-        errors=(409,),
+
+@router.route(
+    "POST",
+    "/envelopes/batch",
+    summary="Several envelope sends in one request and one commit (all or nothing; "
+    "409 with every stale user's current list)",
+    body=SEND_ENVELOPES_BATCH,
+    status=201,
+    errors=(409,),
+)
+async def send_envelope_batch(call: Call) -> dict[str, Any]:
+    me, sends = call.me, call.body["sends"]
+    recipient_lists = [send["recipients"] for send in sends]
+    stored = await call.state.db.write(
+        lambda conn: store_envelope_sends(conn, me.user_id, me.device_id, recipient_lists)
     )
-    async def send_envelope_batch(call: Call) -> dict[str, Any]:
-        me, sends = call.me, call.body["sends"]
-        recipient_lists = [send["recipients"] for send in sends]
-        stored = await call.state.db.write(
-            lambda conn: store_envelope_sends(conn, me.user_id, me.device_id, recipient_lists)
-        )
-        await call.state.bus.publish_many(
-            event for rows in stored for event in envelope_events(rows)
-        )
-        return {"sends": [_receipts(rows) for rows in stored]}
+    await call.state.bus.publish_many(event for rows in stored for event in envelope_events(rows))
+    return {"sends": [_receipts(rows) for rows in stored]}
 
-    @api.route(
-        "GET",
-        "/envelopes",
-        summary="Envelopes queued for the calling device, oldest first",
-        tag="relay",
-        query=FETCH,
+
+@router.route(
+    "GET",
+    "/envelopes",
+    summary="Envelopes queued for the calling device, oldest first",
+    query=FETCH,
+)
+async def fetch_envelopes(call: Call) -> list[dict[str, Any]]:
+    device_id, limit = call.me.device_id, call.query.get("limit", 100)
+    env = t.envelopes
+    stmt = (
+        sa.select(env)
+        .where(env.c.recipient_device_id == device_id)
+        .order_by(env.c.seq)
+        .limit(limit)
     )
-    async def fetch_envelopes(call: Call) -> list[dict[str, Any]]:
-        device_id, limit = call.me.device_id, call.query.get("limit", 100)
-        env = t.envelopes
-        stmt = (
-            sa.select(env)
-            .where(env.c.recipient_device_id == device_id)
-            .order_by(env.c.seq)
-            .limit(limit)
-        )
-        rows = await call.state.db.read(lambda conn: conn.execute(stmt).all())
-        return [envelope_view(r) for r in rows]
+    rows = await call.state.db.read(lambda conn: conn.execute(stmt).all())
+    return [envelope_view(r) for r in rows]
 
-    @api.route(
-        "POST",
-        "/envelopes/ack",
-        summary="Acknowledge (and so delete) envelopes delivered to the calling device",
-        tag="relay",
-        body=ACK,
+
+@router.route(
+    "POST",
+    "/envelopes/ack",
+    summary="Acknowledge (and so delete) envelopes delivered to the calling device",
+    body=ACK,
+)
+async def ack_envelopes(call: Call) -> dict[str, Any]:
+    device_id, ids = call.me.device_id, call.body["ids"]
+    env = t.envelopes
+    stmt = sa.delete(env).where(env.c.recipient_device_id == device_id, env.c.id.in_(ids))
+    deleted = await call.state.db.write(lambda conn: conn.execute(stmt).rowcount)
+    return {"deleted": deleted}
+
+
+@router.route(
+    "DELETE",
+    "/envelopes/{envelope_id}",
+    summary="Acknowledge (delete) one envelope of the calling device",
+    status=204,
+    errors=(404,),
+)
+async def delete_envelope(call: Call, envelope_id: str) -> None:
+    env = t.envelopes
+    stmt = sa.delete(env).where(
+        env.c.recipient_device_id == call.me.device_id, env.c.id == envelope_id
     )
-    async def ack_envelopes(call: Call) -> dict[str, Any]:
-        device_id, ids = call.me.device_id, call.body["ids"]
-        env = t.envelopes
-        stmt = sa.delete(env).where(env.c.recipient_device_id == device_id, env.c.id.in_(ids))
-        deleted = await call.state.db.write(lambda conn: conn.execute(stmt).rowcount)
-        return {"deleted": deleted}
-
-    @api.route(
-        "DELETE",
-        "/envelopes/{envelope_id}",
-        summary="Acknowledge (delete) one envelope of the calling device",
-        tag="relay",
-        status=204,
-        errors=(404,),
-    )
-    async def delete_envelope(call: Call, envelope_id: str) -> None:
-        env = t.envelopes
-        stmt = sa.delete(env).where(
-            env.c.recipient_device_id == call.me.device_id, env.c.id == envelope_id
-        )
-        if not await call.state.db.write(lambda conn: conn.execute(stmt).rowcount):
-            raise NotFound("no such envelope")
-
-    # --- channel messages ----------------------------------------------------------------
-
-    @api.route(
-        "POST",
-        "/channels/{channel_id}/messages",
-        summary="Post a Sender-Key ciphertext (SEND_MESSAGES); kept for the channel retention",
-        tag="messages",
-        body=POST_MESSAGE,
-        status=201,
-        errors=(403, 404),
-    )
-    async def post_message(call: Call, channel_id: str) -> dict[str, Any]:
-        me = call.me
-
-        def tx(conn: Connection) -> tuple[dict[str, Any], frozenset[str]]:
-            channel = load_channel(conn, channel_id)
-            ctx = member_context(conn, channel.guild_id, me.user_id)
-            held = ctx.channel_permissions(conn, channel)
-            if channel.type != "text":
-                raise BadRequest("messages go to text channels")
-            if not held & P.SEND_MESSAGES:
-                raise Forbidden("missing permission SEND_MESSAGES")
-            m = t.messages
-            seq = (
-                conn.execute(
-                    sa.select(sa.func.max(m.c.seq)).where(m.c.channel_id == channel_id)
-                ).scalar()
-                or 0
-            ) + 1
-            message = {
-                "id": new_id(),
-                "channel_id": channel_id,
-                "author_id": me.user_id,
-                "author_device_id": me.device_id,
-                "seq": seq,
-                "ciphertext": call.body["ciphertext"],
-                "created_at": now(),
-                "edited_at": None,
-            }
-            if channel.retention_days > 0:
-                conn.execute(sa.insert(m).values(**message))
-            audience = GuildSnapshot(conn, channel.guild_id).holders(channel_id)
-            return message_view(message), audience
-
-        message, audience = await call.state.db.write(tx)
-        await call.state.bus.publish(Event("MESSAGE_CREATE", message, audience))
-        return message
-
-    @api.route(
-        "GET",
-        "/channels/{channel_id}/messages",
-        summary="Stored messages, newest first (READ_MESSAGE_HISTORY); page with before/after",
-        tag="messages",
-        query=HISTORY,
-        errors=(403, 404),
-    )
-    async def history(call: Call, channel_id: str) -> list[dict[str, Any]]:
-        query = call.query
-
-        def load(conn: Connection) -> list[dict[str, Any]]:
-            channel = load_channel(conn, channel_id)
-            ctx = member_context(conn, channel.guild_id, call.me.user_id)
-            if not ctx.channel_permissions(conn, channel) & P.READ_MESSAGE_HISTORY:
-                raise Forbidden("missing permission READ_MESSAGE_HISTORY")
-            m = t.messages
-            stmt = sa.select(m).where(m.c.channel_id == channel_id)
-            if "before" in query:
-                stmt = stmt.where(m.c.seq < query["before"])
-            if "after" in query:
-                stmt = stmt.where(m.c.seq > query["after"])
-            stmt = stmt.order_by(m.c.seq.desc()).limit(query.get("limit", 50))
-            return [message_view(r) for r in conn.execute(stmt).mappings()]
-
-        return await call.state.db.read(load)
-
-    def _own_message(conn: Connection, channel_id: str, message_id: str, user_id: str) -> Any:
-        channel = load_channel(conn, channel_id)
-        ctx = member_context(conn, channel.guild_id, user_id)
-        held = ctx.channel_permissions(conn, channel)
-        m = t.messages
-        row = (
-            conn.execute(sa.select(m).where(m.c.id == message_id, m.c.channel_id == channel_id))
-            .mappings()
-            .first()
-        )
-        if row is None:
-            raise NotFound("no such message")
-        return channel, held, row
-
-    @api.route(
-        "PATCH",
-        "/channels/{channel_id}/messages/{message_id}",
-        summary="Replace a message's ciphertext (author only)",
-        tag="messages",
-        body=POST_MESSAGE,
-        errors=(403, 404),
-    )
-    async def edit_message(call: Call, channel_id: str, message_id: str) -> dict[str, Any]:
-        def tx(conn: Connection) -> tuple[dict[str, Any], frozenset[str]]:
-            channel, _held, row = _own_message(conn, channel_id, message_id, call.me.user_id)
-            if row["author_id"] != call.me.user_id:
-                raise Forbidden("only the author may edit a message")
-            m = t.messages
-            edited = now()
-            conn.execute(
-                sa.update(m)
-                .where(m.c.id == message_id)
-                .values(ciphertext=call.body["ciphertext"], edited_at=edited)
-            )
-            message = message_view(
-                {**row, "ciphertext": call.body["ciphertext"], "edited_at": edited}
-            )
-            return message, GuildSnapshot(conn, channel.guild_id).holders(channel_id)
-
-        message, audience = await call.state.db.write(tx)
-        await call.state.bus.publish(Event("MESSAGE_UPDATE", message, audience))
-        return message
-
-    @api.route(
-        "DELETE",
-        "/channels/{channel_id}/messages/{message_id}",
-        summary="Delete a message (author, or MANAGE_MESSAGES)",
-        tag="messages",
-        status=204,
-        errors=(403, 404),
-    )
-    async def delete_message(call: Call, channel_id: str, message_id: str) -> None:
-        def tx(conn: Connection) -> frozenset[str]:
-            channel, held, row = _own_message(conn, channel_id, message_id, call.me.user_id)
-            if row["author_id"] != call.me.user_id and not held & P.MANAGE_MESSAGES:
-                raise Forbidden("missing permission MANAGE_MESSAGES")
-            conn.execute(sa.delete(t.messages).where(t.messages.c.id == message_id))
-            return GuildSnapshot(conn, channel.guild_id).holders(channel_id)
-
-        audience = await call.state.db.write(tx)
-        data = {"id": message_id, "channel_id": channel_id}
-        await call.state.bus.publish(Event("MESSAGE_DELETE", data, audience))
-
-    @api.route(
-        "POST",
-        "/channels/{channel_id}/typing",
-        summary="Tell the channel you are typing (SEND_MESSAGES; never stored)",
-        tag="messages",
-        body=EMPTY,
-        status=204,
-        errors=(403, 404),
-    )
-    async def typing(call: Call, channel_id: str) -> None:
-        def load(conn: Connection) -> frozenset[str]:
-            channel = load_channel(conn, channel_id)
-            ctx = member_context(conn, channel.guild_id, call.me.user_id)
-            if not ctx.channel_permissions(conn, channel) & P.SEND_MESSAGES:
-                raise Forbidden("missing permission SEND_MESSAGES")
-            return GuildSnapshot(conn, channel.guild_id).holders(channel_id)
-
-        audience = await call.state.db.read(load)
-        data = {"channel_id": channel_id, "user_id": call.me.user_id}
-        await call.state.bus.publish(Event("TYPING_START", data, audience - {call.me.user_id}))
+    if not await call.state.db.write(lambda conn: conn.execute(stmt).rowcount):
+        raise NotFound("no such envelope")

@@ -16,9 +16,11 @@ import trio
 from quart import websocket
 from sqlalchemy.engine import Connection
 
+from contract.gateway import EventName
+
 from ..api._routing import Caller
 from ..api.accounts import current_devices
-from ..api.guilds import full_guild
+from ..api.guild_view import full_guild
 from ..api.relay import envelope_view
 from ..bus import Event
 from ..ids import day_now, hash_token, new_id
@@ -114,7 +116,9 @@ async def _publish_presence(state: ControlState, user_id: str, status: str) -> N
     limit = state.config.presence_guild_limit
     audience = await state.db.read(lambda conn: co_members(conn, user_id, limit))
     await state.bus.publish(
-        Event("PRESENCE_UPDATE", {"user_id": user_id, "status": status}, audience | {user_id})
+        Event(
+            EventName.PRESENCE_UPDATE, {"user_id": user_id, "status": status}, audience | {user_id}
+        )
     )
 
 
@@ -169,7 +173,7 @@ async def serve_gateway(state: ControlState) -> None:
                 if u in hub.presence
             ]
             core.established()
-            live.release("READY", _pack(ready))
+            live.release(EventName.READY, _pack(ready))
             hub.presence[caller.user_id] = action.status
             await _publish_presence(state, caller.user_id, action.status)
 
@@ -194,7 +198,7 @@ async def serve_gateway(state: ControlState) -> None:
             for frame in frames:
                 await outbox_send.send(frame)
             core.established()
-            live.release("RESUMED", _pack(live.core.snapshot()))
+            live.release(EventName.RESUMED, _pack(live.core.snapshot()))
             if caller.user_id not in hub.presence:
                 hub.presence[caller.user_id] = "online"
                 await _publish_presence(state, caller.user_id, "online")
