@@ -1,7 +1,9 @@
 """hushroom's Python client SDK and CLI: end-to-end encrypted text over the control plane.
 
 * :class:`client.Client` — a profile signed in to a server: DMs, channels, devices,
-  safety numbers, live events (:mod:`client.client`);
+  safety numbers, live events (:mod:`client.client`, a façade over one part per concern:
+  :mod:`client.trust`, :mod:`client.sessions`, :mod:`client.dm`, :mod:`client.channels`,
+  :mod:`client.devices`, :mod:`client.sync`, … — see docs/client.md);
 * :mod:`client.api` — the typed REST API; :mod:`client.gateway` — the gateway session
   (sans-I/O core plus trio shell); :mod:`client.store` — the sealed local store;
 * :mod:`client.cli` — the people's commands behind ``hushroom register|send|dm|...``.

@@ -1,0 +1,146 @@
+"""The envelopes queued for this device: fetched, decrypted, persisted, then acked.
+
+For each envelope (REST ``GET /envelopes``, READY, or ``ENVELOPE_CREATE``): check the
+conversation it names against its sender, decrypt it pairwise, and in **one store
+transaction** keep what it carried (a DM, a device-sync copy, a sender key), the advanced
+session state and a "done" mark for its id; only then ack. An envelope id already done is
+acked again without being shown, so a crash between commit and ack, or an envelope seen
+both in READY and by REST, is delivered exactly once. An envelope that fails to
+authenticate is dropped, acked (so it is not fetched forever) and reported as a notice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from client.account import Account
+from client.api import ControlApi
+from client.dm import DirectMessages
+from client.envelope import decode_envelope_untrusted, dm_conversation, self_conversation
+from client.errors import IdentityChanged, UndecryptableMessage
+from client.history import History, Message
+from client.models import Envelope
+from client.notices import Notices
+from client.sender_keys import SenderKeys
+from client.sessions import Sessions
+from client.store import Store
+from client.trust import Trust
+from e2ee import E2EEError, MessageType
+
+__all__ = ["ENVELOPE_MARK_TTL_S", "Inbox"]
+
+#: Envelope ids handled are remembered a little longer than the relay's 30-day TTL.
+ENVELOPE_MARK_TTL_S = 31 * 86400
+#: Envelopes fetched per request.
+_PAGE = 100
+
+
+class Inbox:
+    """This device's envelope queue on the relay."""
+
+    def __init__(
+        self,
+        store: Store,
+        api: ControlApi,
+        account: Account,
+        trust: Trust,
+        sessions: Sessions,
+        dms: DirectMessages,
+        sender_keys: SenderKeys,
+        history: History,
+        notices: Notices,
+    ) -> None:
+        self._store = store
+        self._api = api
+        self._account = account
+        self._trust = trust
+        self._sessions = sessions
+        self._dms = dms
+        self._sender_keys = sender_keys
+        self._history = history
+        self._notices = notices
+        self._pending_acks: list[str] = []
+
+    async def sync(self) -> list[Message]:
+        """Fetch, decrypt, persist and ack every envelope queued for this device."""
+        new: list[Message] = []
+        while True:
+            batch = await self._api.fetch_envelopes(_PAGE)
+            if not batch:
+                break
+            new += await self.receive(batch)
+            if len(batch) < _PAGE:
+                break
+        return new
+
+    async def receive(self, envelopes: list[Envelope], *, ack: bool = True) -> list[Message]:
+        """Handle envelopes (from REST, READY or ENVELOPE_CREATE) and ack them.
+
+        With ``ack=False`` the ids are queued and acked by the next :meth:`flush_acks`
+        (the gateway loop acks once its backlog is drained, not once per envelope); the
+        "done" marks already make a repeat harmless.
+        """
+        new: list[Message] = []
+        done = self._pending_acks
+        for env in envelopes:
+            if self._store.get("envelope_done", env.id) is not None:
+                done.append(env.id)
+                continue
+            # Session state, the message and the "done" mark commit together: a crash
+            # leaves either all of them (the envelope is then only acked again) or none.
+            with self._store.transaction():
+                try:
+                    message = await self._open(env)
+                except (UndecryptableMessage, E2EEError) as exc:
+                    self._notices.add(
+                        "rejected",
+                        f"a message from a device of {self._trust.name(env.sender_user_id)} "
+                        f"failed authentication and was dropped ({type(exc).__name__})",
+                    )
+                    message = None
+                except IdentityChanged:
+                    message = None
+                if message is not None and self._history.remember(message):
+                    new.append(message)
+                self._store.put("envelope_done", env.id, int(time.time()))
+            done.append(env.id)
+        if ack:
+            await self.flush_acks()
+        return new
+
+    async def flush_acks(self) -> None:
+        """Ack every envelope handled so far."""
+        done, self._pending_acks = self._pending_acks, []
+        if done:
+            await self._api.ack_envelopes(done)
+
+    def prune_marks(self, now: float | None = None) -> int:
+        """Forget "already handled" marks older than the relay keeps envelopes."""
+        limit = (time.time() if now is None else now) - ENVELOPE_MARK_TTL_S
+        old = [name for name, at in self._store.names("envelope_done") if at < limit]
+        with self._store.transaction():
+            for name in old:
+                self._store.delete("envelope_done", name)
+        return len(old)
+
+    async def _open(self, env: Envelope) -> Message | None:
+        me = self._account.user_id
+        conv, payload = decode_envelope_untrusted(env.ciphertext)
+        sender = env.sender_user_id
+        if conv.startswith(b"dm:"):
+            if conv != dm_conversation(me, sender) or sender == me:
+                raise UndecryptableMessage("a DM envelope names the wrong conversation")
+        elif conv.startswith(b"self:") and (sender != me or conv != self_conversation(me)):
+            raise UndecryptableMessage("a device-sync envelope from another user")
+        decrypted = await self._sessions.decrypt(sender, env.sender_device_id, conv, payload)
+        kind = decrypted.message_type
+        if kind is MessageType.SENDER_KEY_DISTRIBUTION:
+            self._sender_keys.install(
+                conv.decode(errors="replace"), env.sender_device_id, decrypted
+            )
+            return None
+        if kind is MessageType.TEXT and conv.startswith(b"dm:"):
+            return await self._dms.received(sender, decrypted)
+        if kind is MessageType.DEVICE_SYNC and conv.startswith(b"self:"):
+            return self._dms.synced(decrypted)
+        raise UndecryptableMessage("a pairwise message of an unexpected type")
