@@ -19,6 +19,7 @@ from client.api import ControlApi
 from client.errors import NotRegistered, ProtocolError, UsageError
 from client.prekeys import OTK_BATCH
 from client.store import Passphrase, Store
+from contract.signing import login_message, register_message
 from e2ee import IdentityKeyPair, PreKeyStore
 
 __all__ = [
@@ -110,9 +111,7 @@ async def register_account(
             "handle": handle,
             "identity_key": identity.public,
             "challenge": challenge,
-            "signature": identity.sign(
-                b"hushroom-v1 register\x00" + challenge + identity.public + handle.encode()
-            ),
+            "signature": identity.sign(register_message(challenge, identity.public, handle)),
             **_prekeys.directory_prekeys(identity, prekeys, otks),
         }
         answer = await api.register(body)
@@ -142,7 +141,7 @@ async def register_account(
 async def sign_in(api: ControlApi, store: Store, identity: IdentityKeyPair) -> None:
     """Get a new session token for this device by signing a challenge, and keep it."""
     challenge = await api.challenge()
-    message = b"hushroom-v1 login\x00" + challenge + identity.public
+    message = login_message(challenge, identity.public)
     answer = await api.login(
         {
             "identity_key": identity.public,

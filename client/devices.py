@@ -30,6 +30,7 @@ from client.notices import Notices
 from client.prekeys import OTK_BATCH
 from client.store import Passphrase, Store
 from client.trust import Trust
+from contract.signing import add_device_message, login_message
 from e2ee import (
     E2EEError,
     IdentityKeyPair,
@@ -101,7 +102,7 @@ class Devices:
         prekeys = PreKeyStore.generate(identity)
         otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
         challenge = await self._api.challenge()
-        message = b"hushroom-v1 add-device\x00" + challenge + identity.public + me.user_id.encode()
+        message = add_device_message(challenge, identity.public, me.user_id)
         device = await self._api.add_device(
             {
                 "identity_key": identity.public,
@@ -186,7 +187,7 @@ async def join_device(
             {
                 "identity_key": identity.public,
                 "challenge": challenge,
-                "signature": identity.sign(b"hushroom-v1 login\x00" + challenge + identity.public),
+                "signature": identity.sign(login_message(challenge, identity.public)),
             }
         )
         user_id, device_id, token = (

@@ -24,7 +24,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
 
 from client.errors import ProtocolError, TokenRefused
 from client.http import split_server_url
-from contract.gateway import MAX_SERVER_FRAME, Close, Op
+from contract.gateway import MAX_SERVER_FRAME, Close, EventName, Op
 
 __all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
 
@@ -111,13 +111,13 @@ class GatewayCore:
                 raise ProtocolError("a dispatch without an event name")
             if s is not None:
                 self.seq = s
-            if t == "READY":
+            if t == EventName.READY:
                 sid = d.get("session_id") if isinstance(d, dict) else None
                 if not isinstance(sid, str):
                     raise ProtocolError("READY without a session id")
                 self.session_id = sid
                 self.established = True
-            elif t == "RESUMED":
+            elif t == EventName.RESUMED:
                 self.established = True
             return [Dispatch(t, d)]
         if op == Op.RECONNECT:

@@ -30,6 +30,7 @@ from client.models import Device
 from client.prekeys import Prekeys
 from client.store import Store
 from client.trust import Trust
+from contract.errors import ErrorCode
 from e2ee import (
     DecryptedMessage,
     E2EEError,
@@ -171,7 +172,7 @@ class Sessions:
                 await self._api.send_envelopes(body)
                 return
             except ApiError as exc:
-                if exc.code != "stale_devices" or attempt == _STALE_RETRIES:
+                if exc.code != ErrorCode.STALE_DEVICES or attempt == _STALE_RETRIES:
                     raise
                 current = exc.extra.get("devices")
                 if not isinstance(current, dict):

@@ -26,6 +26,7 @@ from client.inbox import Inbox
 from client.models import ChannelMessage, Envelope
 from client.prekeys import Prekeys
 from client.trust import Trust
+from contract.gateway import EventName
 
 __all__ = ["HOUSEKEEPING_S", "Sync"]
 
@@ -34,17 +35,17 @@ HOUSEKEEPING_S = 30.0
 #: Dispatches after which a channel's readers may differ.
 _AUDIENCE_EVENTS = frozenset(
     {
-        "GUILD_MEMBER_ADD",
-        "GUILD_MEMBER_REMOVE",
-        "GUILD_DELETE",
-        "GUILD_CREATE",
-        "CHANNEL_CREATE",
-        "CHANNEL_UPDATE",
-        "CHANNEL_DELETE",
-        "GUILD_ROLES_UPDATE",
-        "GUILD_MEMBER_UPDATE",
-        "DEVICE_ADD",
-        "DEVICE_REMOVE",
+        EventName.GUILD_MEMBER_ADD,
+        EventName.GUILD_MEMBER_REMOVE,
+        EventName.GUILD_DELETE,
+        EventName.GUILD_CREATE,
+        EventName.CHANNEL_CREATE,
+        EventName.CHANNEL_UPDATE,
+        EventName.CHANNEL_DELETE,
+        EventName.GUILD_ROLES_UPDATE,
+        EventName.GUILD_MEMBER_UPDATE,
+        EventName.DEVICE_ADD,
+        EventName.DEVICE_REMOVE,
     }
 )
 
@@ -99,7 +100,7 @@ class Sync:
                                 await send.send(message)
                             if events.statistics().current_buffer_used == 0:
                                 await self._inbox.flush_acks()
-                            if event.type in ("READY", "RESUMED"):
+                            if event.type in (EventName.READY, EventName.RESUMED):
                                 caught_up.set()
 
                 async def housekeeping() -> None:
@@ -124,7 +125,7 @@ class Sync:
     async def handle_dispatch(self, event: Dispatch) -> list[Message]:
         """The new messages one gateway dispatch brings (after acting on it)."""
         d = event.data
-        if event.type == "READY":
+        if event.type == EventName.READY:
             envelopes = d.get("envelopes", []) if isinstance(d, dict) else []
             if not isinstance(envelopes, list):
                 raise ProtocolError("READY with a malformed envelope list")
@@ -136,15 +137,15 @@ class Sync:
                 except ApiError:
                     continue
             return new
-        if event.type == "ENVELOPE_CREATE":
+        if event.type == EventName.ENVELOPE_CREATE:
             return await self._inbox.receive([Envelope.from_wire_untrusted(d)], ack=False)
-        if event.type == "MESSAGE_CREATE":
+        if event.type == EventName.MESSAGE_CREATE:
             return await self._channels.receive_created(ChannelMessage.from_wire_untrusted(d))
         if event.type in _AUDIENCE_EVENTS:
             # Who may read a channel may have changed: recompute before the next send.
             self._audience.forget()
-        if event.type in ("DEVICE_ADD", "DEVICE_REMOVE") and isinstance(d, dict):
+        if event.type in (EventName.DEVICE_ADD, EventName.DEVICE_REMOVE) and isinstance(d, dict):
             self._trust.forget_devices(str(d.get("user_id")))
-        if event.type == "PREKEYS_LOW":
+        if event.type == EventName.PREKEYS_LOW:
             await self._prekeys.maintain()
         return []
