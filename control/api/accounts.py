@@ -432,7 +432,6 @@ def register_routes(api: Api) -> None:
                 frozenset({user_id}),
             )
         )
-        call.state.hub.drop_device(device_id)
 
     @api.route(
         "GET",
