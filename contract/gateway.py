@@ -33,7 +33,8 @@ class Op(enum.IntEnum):
 
 
 class Close(enum.IntEnum):
-    """WebSocket close codes the gateway uses (Discord's numbering)."""
+    """WebSocket close codes the gateway uses (Discord's numbering up to 4009; 4020 and 4021
+    are hushroom's, for a token that stops being valid while its connection is open)."""
 
     UNKNOWN_ERROR = 4000
     UNKNOWN_OPCODE = 4001
@@ -44,6 +45,10 @@ class Close(enum.IntEnum):
     INVALID_SEQ = 4007
     RATE_LIMITED = 4008
     SESSION_TIMED_OUT = 4009
+    #: Sign-out, device removal or account deletion: the session ends, no RESUME.
+    SESSION_REVOKED = 4020
+    #: The token expired: sign in again, then RESUME (within the window) or IDENTIFY.
+    SESSION_EXPIRED = 4021
 
 
 class EventName(enum.StrEnum):

@@ -53,7 +53,7 @@ def create_app(config: ControlConfig) -> QuartTrio:
         db=db,
         bus=bus,
         limiter=RateLimiter(config.rate_per_s, config.rate_burst),
-        hub=GatewayHub(bus, config.resume_window_s),
+        hub=GatewayHub(bus, config.resume_window_s, config.gateway_pending_limit),
         sessions=sessions,
     )
     app.extensions[EXTENSION] = state

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hushroom.config import ConfigError, option, parse_host_port
 
+from .gateway.session import IDENTIFY_TIMEOUT_S, PENDING_LIMIT
+
 __all__ = ["ControlConfig"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -68,6 +70,17 @@ class ControlConfig:
     )
     resume_window_s: int = option(
         120, help="how long a dropped gateway session may RESUME", check=_positive
+    )
+    gateway_identify_timeout_s: float = option(
+        IDENTIFY_TIMEOUT_S,
+        help="seconds a new gateway connection may take to IDENTIFY or RESUME (then 4003)",
+        check=_positive,
+    )
+    gateway_pending_limit: int = option(
+        PENDING_LIMIT,
+        help="gateway connections not yet identified that one process holds at most "
+        "(more are refused with 429)",
+        check=_positive,
     )
     presence_guild_limit: int = option(
         250,

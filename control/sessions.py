@@ -11,6 +11,9 @@ deletion) publishes a :data:`SESSIONS_REVOKED` event on the bus after its commit
 its 2xx, and the cache is a bus subscriber: :class:`~control.bus.LocalBus` calls it
 synchronously inside ``publish``, so no request of this process can use the token once the
 revoking call has returned. Expiry is checked against the cached expiry on every use.
+The gateway hub subscribes to the same event and ends the gateway sessions of the revoked
+token, device or user (control/gateway/hub.py), so an open WebSocket does not outlive its
+token either.
 
 A lookup that raced a revocation must not re-insert what was just revoked: the cache
 counts revocations (``generation``), a lookup notes the count before its database read,
@@ -36,7 +39,8 @@ from .store import schema as t
 
 __all__ = ["SESSIONS_REVOKED", "CachedSession", "SessionCache", "revoked"]
 
-#: Bus event type of a revocation; it has no gateway audience, only caches listen to it.
+#: Bus event type of a revocation; no dispatch, but every token cache and every gateway hub
+#: acts on it (the hub closes the named sessions' connections with 4020).
 SESSIONS_REVOKED = InternalEvent.SESSIONS_REVOKED
 
 

@@ -438,7 +438,6 @@ async def remove_device(call: Call, device_id: str) -> None:
             frozenset({user_id}),
         )
     )
-    call.state.hub.drop_device(device_id)
 
 
 def remove_device_tx(conn: Connection, user_id: str, device_id: str) -> None:

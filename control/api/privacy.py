@@ -145,7 +145,6 @@ async def erase(call: Call) -> None:
     user_id = call.me.user_id
     remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
     await call.state.bus.publish(revoked(user_id=user_id))
-    call.state.hub.drop_user(user_id)
     for guild_id, members in remaining:
         data = {"guild_id": guild_id, "user_id": user_id}
         await call.state.bus.publish(Event(EventName.GUILD_MEMBER_REMOVE, data, members))

@@ -3,6 +3,11 @@
 Delivery never blocks and never logs per event: each attached connection has a bounded
 outbox; a connection too slow to drain it is cut (its session stays resumable, and RESUME
 replays what it missed from the session's buffer).
+
+Revocation reaches the hub as a bus event too (:data:`~control.sessions.SESSIONS_REVOKED`,
+published by sign-out, device removal and account deletion wherever they ran), so every
+process of a deployment ends the sessions it holds for the revoked token, device or user:
+their connections close with 4020 and the sessions cannot be resumed.
 """
 
 from __future__ import annotations
@@ -10,29 +15,40 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 import trio
 
-from ..bus import Event, LocalBus
-from .session import GatewaySession
+from contract.gateway import Close
+
+from ..bus import Event, EventBus
+from ..sessions import SESSIONS_REVOKED
+from .session import PENDING_LIMIT, GatewaySession, PendingConnections
 
 __all__ = ["GatewayHub", "LiveSession"]
 
 #: Frames queued for one connection before it counts as too slow.
 OUTBOX_FRAMES = 4096
 
+#: How the hub closes a connection: ``on_close(code, reason)``.
+CloseCallback = Callable[[int, str], None]
+
 
 @dataclass(eq=False)
 class LiveSession:
-    """A session and the connection currently attached to it (if any)."""
+    """A session, the token it was established with, and its connection (if any)."""
 
     core: GatewaySession
+    token_hash: bytes
     outbox: trio.MemorySendChannel[bytes] | None = None
+    #: The attached connection (its outbox channel), kept when a kick closes the outbox so
+    #: that connection can still detach the session.
+    connection: object | None = None
     detached_at: float | None = None
     #: Dispatches held until READY has been sent (they follow it, in order).
     held: list[tuple[str, bytes]] | None = field(default_factory=list)
-    on_kick: Callable[[], None] | None = None
+    on_close: CloseCallback | None = None
 
     def push(self, event_type: str, packed: bytes) -> None:
         """Dispatch one event to this session (non-blocking)."""
@@ -53,31 +69,41 @@ class LiveSession:
         for event_type, packed in held:
             self.push(event_type, packed)
 
-    def kick(self) -> None:
-        """Cut the attached connection; the session stays resumable."""
+    def kick(self, code: int = Close.UNKNOWN_ERROR, reason: str = "too slow, resume") -> None:
+        """Close the attached connection with ``code``; the session itself stays."""
         if self.outbox is not None:
             self.outbox.close()
             self.outbox = None
-        if self.on_kick is not None:
-            self.on_kick()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close(code, reason)
 
 
 class GatewayHub:
-    """Sessions of this process by id, user and device; presence in memory only."""
+    """Sessions of this process by id, user, device and token; presence in memory only;
+    the count of connections still waiting to identify."""
 
-    def __init__(self, bus: LocalBus, resume_window_s: float) -> None:
+    def __init__(
+        self, bus: EventBus, resume_window_s: float, pending_limit: int = PENDING_LIMIT
+    ) -> None:
         self.resume_window_s = resume_window_s
         self.sessions: dict[str, LiveSession] = {}
         self._by_user: defaultdict[str, set[LiveSession]] = defaultdict(set)
         self._by_device: defaultdict[str, set[LiveSession]] = defaultdict(set)
+        self._by_token: defaultdict[bytes, set[LiveSession]] = defaultdict(set)
         #: user id -> status for users with an attached connection (never stored).
         self.presence: dict[str, str] = {}
+        #: Connections accepted but not yet identified.
+        self.pending = PendingConnections(pending_limit)
         #: Detached sessions in detach order, so expiry never scans every session.
         self._detached: deque[tuple[float, LiveSession]] = deque()
         self._unsubscribe = bus.subscribe(self.deliver)
 
     def deliver(self, event: Event) -> None:
-        """Dispatch ``event`` to the local sessions in its audience."""
+        """Dispatch ``event`` to the local sessions in its audience; act on revocations."""
+        if event.type == SESSIONS_REVOKED:
+            self.revoke(event.data)
+            return
         targets: set[LiveSession] = set()
         for user_id in event.user_ids:
             found = self._by_user.get(user_id)
@@ -93,25 +119,59 @@ class GatewayHub:
         for live in targets:
             live.push(event.type, packed)
 
-    def create(self, core: GatewaySession) -> LiveSession:
-        """Register a new session; dispatches are held until :meth:`LiveSession.release`."""
-        live = LiveSession(core)
+    def revoke(self, revocation: dict[str, Any]) -> None:
+        """End, for good, the sessions of the token, device or user a revocation names
+        (see :func:`control.sessions.revoked`): close 4020, no RESUME."""
+        ended: set[LiveSession] = set()
+        for index, key in (
+            (self._by_token, revocation.get("token_hash")),
+            (self._by_device, revocation.get("device_id")),
+            (self._by_user, revocation.get("user_id")),
+        ):
+            if key is not None:
+                ended |= index.get(key, set())
+        for live in ended:
+            self.end(live, Close.SESSION_REVOKED, "session revoked")
+
+    def end(self, live: LiveSession, code: int, reason: str) -> None:
+        """Close the session's connection with ``code`` and forget the session."""
+        live.kick(code, reason)
+        self._remove(live)
+
+    def create(self, core: GatewaySession, token_hash: bytes) -> LiveSession:
+        """Register a new session established with the token of ``token_hash``; dispatches
+        are held until :meth:`LiveSession.release`."""
+        live = LiveSession(core, token_hash)
         self.sessions[core.session_id] = live
         self._by_user[core.user_id].add(live)
         self._by_device[core.device_id].add(live)
+        self._by_token[token_hash].add(live)
         return live
 
     def attach(
-        self, live: LiveSession, outbox: trio.MemorySendChannel[bytes], on_kick: Callable[[], None]
+        self,
+        live: LiveSession,
+        outbox: trio.MemorySendChannel[bytes],
+        on_close: CloseCallback,
+        token_hash: bytes,
     ) -> None:
-        """Route the session's dispatches to a connection's outbox."""
+        """Route the session's dispatches to a connection's outbox. ``token_hash`` is the
+        token that connection authenticated with (RESUME may bring a newer one)."""
         if live.outbox is not None:
-            live.kick()
-        live.outbox, live.on_kick, live.detached_at = outbox, on_kick, None
+            live.kick(Close.UNKNOWN_ERROR, "resumed on another connection")
+        if token_hash != live.token_hash:
+            self._discard(self._by_token, live.token_hash, live)
+            live.token_hash = token_hash
+            self._by_token[token_hash].add(live)
+        live.outbox, live.connection, live.on_close = outbox, outbox, on_close
+        live.detached_at = None
 
-    def detach(self, live: LiveSession, now: float) -> None:
-        """The connection is gone; keep the session resumable for the window."""
-        live.outbox, live.on_kick = None, None
+    def detach(self, live: LiveSession, connection: object, now: float) -> None:
+        """``connection`` is gone; keep the session resumable for the window, unless it has
+        ended or another connection has taken it over since."""
+        if live.connection is not connection or self.sessions.get(live.core.session_id) is not live:
+            return
+        live.outbox, live.connection, live.on_close = None, None, None
         live.detached_at = now
         self._detached.append((now, live))
 
@@ -127,28 +187,21 @@ class GatewayHub:
             if live.detached_at == detached_at:
                 self._remove(live)
 
-    def drop_device(self, device_id: str) -> None:
-        """A device was removed: end its sessions for good (no resume)."""
-        for live in list(self._by_device.get(device_id, ())):
-            live.kick()
-            self._remove(live)
-
-    def drop_user(self, user_id: str) -> None:
-        """An account was deleted: end all of its sessions."""
-        for live in list(self._by_user.get(user_id, ())):
-            live.kick()
-            self._remove(live)
-        self.presence.pop(user_id, None)
-
     def _remove(self, live: LiveSession) -> None:
         core = live.core
-        self.sessions.pop(core.session_id, None)
-        for index, key in ((self._by_user, core.user_id), (self._by_device, core.device_id)):
-            members = index.get(key)
-            if members is not None:
-                members.discard(live)
-                if not members:
-                    del index[key]
+        if self.sessions.get(core.session_id) is live:
+            del self.sessions[core.session_id]
+        self._discard(self._by_user, core.user_id, live)
+        self._discard(self._by_device, core.device_id, live)
+        self._discard(self._by_token, live.token_hash, live)
+
+    @staticmethod
+    def _discard(index: defaultdict[Any, set[LiveSession]], key: Any, live: LiveSession) -> None:
+        members = index.get(key)
+        if members is not None:
+            members.discard(live)
+            if not members:
+                del index[key]
 
     def connected_count(self) -> int:
         """Sessions with an attached connection."""

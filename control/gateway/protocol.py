@@ -14,10 +14,8 @@ import msgpack
 from contract.gateway import MAX_CLIENT_FRAME, Close, Op
 
 __all__ = [
-    "Close",
     "Frame",
     "GatewayProtocolError",
-    "Op",
     "decode_frame_untrusted",
     "encode_dispatch",
     "encode_frame",

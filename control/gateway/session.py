@@ -1,19 +1,29 @@
 """Sans-I/O gateway cores: one :class:`ConnectionCore` per WebSocket, one
-:class:`GatewaySession` per resumable session. No sockets and no clocks of their own: the
-trio shell feeds frames and the time, and performs the actions they return.
+:class:`GatewaySession` per resumable session, one :class:`PendingConnections` per process.
+No sockets and no clocks of their own: the trio shell feeds frames and the time, performs
+the actions they return and wakes them at :attr:`ConnectionCore.wake_at`.
+
+Limits on hostile clients live here, not in the shell: a new connection has
+``identify_timeout_s`` to IDENTIFY or RESUME (heartbeats do not buy more time) and a
+process holds at most ``limit`` such connections at once; a connection may send
+``frame_limit`` frames per ``frame_window_s`` (Discord's 120 per 60 s; heartbeats count, and
+the heartbeats HELLO asks for come on top);
+a session's token expiry is a deadline of its connection, so an expired token is cut
+without reading the store per frame.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from contract.gateway import Close, Op
+
 from .protocol import (
-    Close,
     GatewayProtocolError,
-    Op,
     decode_frame_untrusted,
     encode_dispatch,
     encode_frame,
@@ -24,6 +34,7 @@ __all__ = [
     "ConnectionCore",
     "GatewaySession",
     "Identify",
+    "PendingConnections",
     "PresenceUpdate",
     "Resume",
     "SendFrame",
@@ -32,6 +43,14 @@ __all__ = [
 PRESENCE_STATUSES = ("online", "idle", "dnd", "offline")
 #: A client may be this late with a heartbeat (a multiple of the interval) before it is cut.
 HEARTBEAT_TOLERANCE = 1.5
+#: Seconds a new connection may take to IDENTIFY or RESUME before it is closed (4003).
+IDENTIFY_TIMEOUT_S = 10.0
+#: Frames a client may send per window before it is closed (4008), besides the heartbeats
+#: its interval calls for; heartbeats beyond those count.
+FRAME_LIMIT = 120
+FRAME_WINDOW_S = 60.0
+#: Connections of one process that have not identified yet, at most.
+PENDING_LIMIT = 1000
 _TOKEN_MAX = 128
 
 
@@ -87,12 +106,36 @@ class Phase(enum.Enum):
 
 
 class ConnectionCore:
-    """The protocol state of one gateway WebSocket (HELLO, IDENTIFY/RESUME, heartbeats)."""
+    """The protocol state of one gateway WebSocket (HELLO, IDENTIFY/RESUME, heartbeats,
+    frame rate, token expiry)."""
 
-    def __init__(self, heartbeat_interval_s: float, now: float) -> None:
+    def __init__(
+        self,
+        heartbeat_interval_s: float,
+        now: float,
+        *,
+        identify_timeout_s: float = IDENTIFY_TIMEOUT_S,
+        frame_limit: int = FRAME_LIMIT,
+        frame_window_s: float = FRAME_WINDOW_S,
+    ) -> None:
         self.interval = heartbeat_interval_s
+        self.identify_timeout_s = identify_timeout_s
+        # Heartbeats count, but those the server itself asks for (HELLO's interval) come on
+        # top, so no heartbeat interval an operator picks can push a client over the limit.
+        self.frame_limit = frame_limit + math.ceil(frame_window_s / heartbeat_interval_s)
+        self.frame_window_s = frame_window_s
         self.phase = Phase.AWAITING_IDENTIFY
-        self.deadline = now + heartbeat_interval_s * HEARTBEAT_TOLERANCE
+        #: When the client must have identified (before) or heartbeated (after) by.
+        self.deadline = now + identify_timeout_s
+        #: When the session's token expires (infinite until established).
+        self.token_deadline = math.inf
+        self._window_start = now
+        self._window_frames = 0
+
+    @property
+    def wake_at(self) -> float:
+        """When the shell must call :meth:`check_timeout` next."""
+        return min(self.deadline, self.token_deadline)
 
     def hello(self) -> bytes:
         """The HELLO frame announcing the heartbeat interval (milliseconds)."""
@@ -103,16 +146,32 @@ class ConnectionCore:
         if self.phase is Phase.CLOSED:
             return []
         try:
+            self._count_frame(now)
             return self._handle(raw, now)
         except GatewayProtocolError as exc:
             self.phase = Phase.CLOSED
             return [CloseConnection(exc.code, exc.reason)]
 
+    def _count_frame(self, now: float) -> None:
+        # A fixed window (two numbers per connection, not a timestamp per frame): at most
+        # frame_limit frames from the first frame of a window until it is frame_window_s old.
+        if now - self._window_start >= self.frame_window_s:
+            self._window_start, self._window_frames = now, 0
+        self._window_frames += 1
+        if self._window_frames > self.frame_limit:
+            raise GatewayProtocolError(
+                Close.RATE_LIMITED,
+                f"more than {self.frame_limit} frames in {self.frame_window_s:g} s",
+            )
+
     def _handle(self, raw: bytes | str, now: float) -> list[Action]:
         frame = decode_frame_untrusted(raw)
         d = frame.d
         if frame.op is Op.HEARTBEAT:
-            self.deadline = now + self.interval * HEARTBEAT_TOLERANCE
+            # Before IDENTIFY a heartbeat is answered but buys no time: the identify
+            # deadline is what frees a process from sockets that never authenticate.
+            if self.phase is not Phase.AWAITING_IDENTIFY:
+                self.deadline = now + self.interval * HEARTBEAT_TOLERANCE
             return [SendFrame(encode_frame(Op.HEARTBEAT_ACK))]
         if frame.op in (Op.IDENTIFY, Op.RESUME):
             if self.phase is not Phase.AWAITING_IDENTIFY:
@@ -123,6 +182,7 @@ class ConnectionCore:
             if not isinstance(token, str) or not 0 < len(token) <= _TOKEN_MAX:
                 raise GatewayProtocolError(Close.DECODE_ERROR, "token must be a string")
             self.phase = Phase.IDENTIFYING
+            self.deadline = now + self.interval * HEARTBEAT_TOLERANCE
             if frame.op is Op.IDENTIFY:
                 status = d.get("status", "online")
                 if status not in PRESENCE_STATUSES:
@@ -146,21 +206,57 @@ class ConnectionCore:
             Close.UNKNOWN_OPCODE, f"op {int(frame.op)} is not sent by clients"
         )
 
-    def established(self) -> None:
-        """IDENTIFY or RESUME succeeded."""
+    def established(self, now: float, token_expires_in_s: float) -> None:
+        """IDENTIFY or RESUME succeeded with a token valid for ``token_expires_in_s`` more."""
         self.phase = Phase.ESTABLISHED
+        self.token_deadline = now + token_expires_in_s
 
-    def refused(self) -> list[Action]:
-        """IDENTIFY or RESUME failed; the client may identify anew (INVALID_SESSION d=false)."""
+    def refused(self, now: float) -> list[Action]:
+        """IDENTIFY or RESUME failed; the client may identify anew (INVALID_SESSION d=false)
+        within a fresh identify timeout."""
         self.phase = Phase.AWAITING_IDENTIFY
+        self.deadline = now + self.identify_timeout_s
         return [SendFrame(encode_frame(Op.INVALID_SESSION, False))]
 
     def check_timeout(self, now: float) -> CloseConnection | None:
-        """The close to perform when the client missed its heartbeat (or never identified)."""
-        if self.phase is not Phase.CLOSED and now >= self.deadline:
+        """The close to perform when the token expired, the client never identified or it
+        missed its heartbeat; None when no deadline has passed."""
+        if self.phase is Phase.CLOSED:
+            return None
+        if now >= self.token_deadline:
             self.phase = Phase.CLOSED
+            return CloseConnection(Close.SESSION_EXPIRED, "session token expired")
+        if now >= self.deadline:
+            unidentified = self.phase is Phase.AWAITING_IDENTIFY
+            self.phase = Phase.CLOSED
+            if unidentified:
+                return CloseConnection(Close.NOT_AUTHENTICATED, "identify timeout")
             return CloseConnection(Close.SESSION_TIMED_OUT, "heartbeat missed")
         return None
+
+
+class PendingConnections:
+    """How many connections of this process have not identified yet, bounded by ``limit``.
+
+    A connection is admitted before its WebSocket is accepted and released once it is
+    established (or gone); past the limit new connections are refused, so sockets that
+    never authenticate cannot pile up faster than the identify timeout clears them.
+    """
+
+    def __init__(self, limit: int = PENDING_LIMIT) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def admit(self) -> bool:
+        """Count one more pending connection; False (and nothing counted) when full."""
+        if self.count >= self.limit:
+            return False
+        self.count += 1
+        return True
+
+    def release(self) -> None:
+        """A pending connection identified or closed."""
+        self.count -= 1
 
 
 class GatewaySession:

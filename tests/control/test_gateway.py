@@ -265,6 +265,8 @@ def test_core_requires_identify_before_other_ops() -> None:
 
 def test_core_times_out_without_heartbeats() -> None:
     core = ConnectionCore(10.0, now=0.0)
+    core.receive_untrusted(msgpack.packb({"op": 2, "d": {"token": "hrs_x"}}), 0.0)
+    core.established(0.0, token_expires_in_s=3600.0)
     assert core.check_timeout(14.0) is None
     core.receive_untrusted(msgpack.packb({"op": 1, "d": None}), 14.0)
     assert core.check_timeout(28.0) is None
@@ -304,11 +306,11 @@ async def test_low_one_time_prekeys_are_announced_to_the_owning_device(harness: 
 
 def test_hub_forgets_detached_sessions_after_the_resume_window() -> None:
     hub = GatewayHub(LocalBus(), resume_window_s=10)
-    stays, goes = (hub.create(GatewaySession(s, "u", "d")) for s in ("stays", "goes"))
+    stays, goes = (hub.create(GatewaySession(s, "u", "d"), b"token") for s in ("stays", "goes"))
     send, _recv = trio.open_memory_channel[bytes](1)
-    hub.detach(goes, now=0.0)
-    hub.detach(stays, now=0.0)
-    hub.attach(stays, send, lambda: None)
+    hub.detach(goes, None, now=0.0)
+    hub.detach(stays, None, now=0.0)
+    hub.attach(stays, send, lambda code, reason: None, b"token")
     hub.expire(now=5.0)
     assert set(hub.sessions) == {"stays", "goes"}
     hub.expire(now=11.0)
