@@ -41,6 +41,7 @@ from trio_websocket import open_websocket_url
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from contract import proof_of_work as pow_  # noqa: E402
 from contract import signing as sig  # noqa: E402
 from control.gc_policy import tune_gc  # noqa: E402
 from control.process import ControlProcess  # noqa: E402
@@ -61,7 +62,12 @@ class Http:
         self.conn = h11.Connection(h11.CLIENT)
 
     async def request(
-        self, method: str, path: str, body: Any = None, token: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        proof: str | None = None,
     ) -> tuple[int, Any]:
         if self.stream is None:
             self.stream = await trio.open_tcp_stream(self.host, self.port)
@@ -76,6 +82,8 @@ class Http:
             headers.append(("Content-Type", MSGPACK))
         if token is not None:
             headers.append(("Authorization", f"Bearer {token}"))
+        if proof is not None:
+            headers.append((pow_.HEADER, proof))
         out = self.conn.send(h11.Request(method=method, target=path, headers=headers))
         out += self.conn.send(h11.Data(data=data)) if data else b""
         out += self.conn.send(h11.EndOfMessage())
@@ -106,15 +114,24 @@ class Http:
             await self.stream.aclose()
 
 
+async def solved(http: Http, purpose: str) -> str:
+    """A proof of work for one anonymous request (the bench's server asks for 0 bits)."""
+    _, puzzle = await http.request("POST", f"{API}/auth/proof-of-work", {"purpose": purpose})
+    return pow_.encode_proof(puzzle["seed"], pow_.solve(puzzle["seed"], puzzle["difficulty"]))
+
+
 async def register(http: Http, handle: str) -> dict[str, Any]:
     key = SigningKey.generate()
     ik = bytes(key.verify_key)
-    _, ch = await http.request("POST", f"{API}/auth/challenge", {})
+    _, ch = await http.request(
+        "POST", f"{API}/auth/challenge", {}, proof=await solved(http, "challenge")
+    )
     spk, pq = os.urandom(32), os.urandom(sig.PQ_PUBLIC_KEY_LEN)
     status, body = await http.request(
         "POST",
         f"{API}/users",
-        {
+        proof=await solved(http, "register"),
+        body={
             "handle": handle,
             "identity_key": ik,
             "challenge": ch["challenge"],
@@ -430,6 +447,9 @@ async def run_once(args: argparse.Namespace) -> dict[str, float]:
         "--log-level", "warning",
         "--rate-per-s", "1000000000",
         "--rate-burst", "1000000000",
+        # Set-up registers up to thousands of users; their proofs of work are not measured.
+        "--pow-base-bits", "0",
+        "--pow-max-bits", "0",
         "--heartbeat-interval-ms", "600000",
     )  # fmt: skip
     (host, port), pid = control.host_port, control.proc.pid

@@ -7,7 +7,7 @@ server's code and message (a 409 ``stale_devices`` carries the current device li
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from math import isfinite
 from typing import Any
 
@@ -26,8 +26,12 @@ from client.models import (
     Member,
     User,
 )
+from contract import proof_of_work as pow_
+from contract.errors import ErrorCode
+from contract.proof_of_work import Purpose
 
 __all__ = [
+    "PROOF_OF_WORK_TRIES",
     "RATE_LIMIT_BUDGET_S",
     "RATE_LIMIT_DEFAULT_S",
     "RATE_LIMIT_FLOOR_S",
@@ -56,6 +60,8 @@ RATE_LIMIT_DEFAULT_S = 1.0
 RATE_LIMIT_FLOOR_S = 0.05
 #: How long one call waits out 429s in all before the 429 reaches the caller.
 RATE_LIMIT_BUDGET_S = 10.0
+#: How many puzzles an anonymous call solves before a 428 reaches the caller.
+PROOF_OF_WORK_TRIES = 3
 
 
 def retry_after_untrusted(exc: ApiError) -> float | None:
@@ -89,7 +95,13 @@ class ControlApi:
         """Close the HTTP connection."""
         await self.http.aclose()
 
-    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Any:
         """One request; returns the decoded answer or raises :class:`ApiError`.
 
         A 429 is waited out for the server's retry-after and the request made again, for at
@@ -99,7 +111,7 @@ class ControlApi:
         waited = 0.0
         while True:
             try:
-                return await self._call_signed_in(method, path, body)
+                return await self._call_signed_in(method, path, body, headers)
             except ApiError as exc:
                 wait = retry_after_untrusted(exc)
                 if wait is None or waited + wait > RATE_LIMIT_BUDGET_S:
@@ -107,9 +119,15 @@ class ControlApi:
             await trio.sleep(wait)
             waited += wait
 
-    async def _call_signed_in(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+    async def _call_signed_in(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        headers: Sequence[tuple[str, str]],
+    ) -> Any:
         try:
-            return await self._call_once(method, path, body)
+            return await self._call_once(method, path, body, headers)
         except ApiError as exc:
             relogin = self.relogin
             if exc.status != 401 or self.token is None or relogin is None:
@@ -119,10 +137,50 @@ class ControlApi:
                 await relogin()
             finally:
                 self.relogin = relogin
-            return await self._call_once(method, path, body)
+            return await self._call_once(method, path, body, headers)
 
-    async def _call_once(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
-        headers = [("Accept", _MSGPACK)]
+    async def call_with_work(
+        self, method: str, path: str, purpose: Purpose, body: dict[str, Any]
+    ) -> Any:
+        """An anonymous request paid with a proof of work for ``purpose``.
+
+        The puzzle is solved in a worker thread (the user notices a few milliseconds at
+        rest, up to a few seconds while the server is flooded). A 428 means the solution was
+        refused (a puzzle that expired, or the price rose while solving): solve a new one,
+        at most :data:`PROOF_OF_WORK_TRIES` times in all.
+        """
+        for attempt in range(1, PROOF_OF_WORK_TRIES + 1):
+            proof = await self._solve(purpose)
+            try:
+                return await self.call(method, path, body, [(pow_.HEADER, proof)])
+            except ApiError as exc:
+                if exc.code != ErrorCode.PROOF_OF_WORK_REQUIRED or attempt == PROOF_OF_WORK_TRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _solve(self, purpose: Purpose) -> str:
+        data = await self.call("POST", "/auth/proof-of-work", {"purpose": purpose.value})
+        seed = data.get("seed") if isinstance(data, dict) else None
+        difficulty = data.get("difficulty") if isinstance(data, dict) else None
+        if (
+            not isinstance(seed, bytes)
+            or not 0 < len(seed) <= pow_.MAX_SEED_LEN
+            or isinstance(difficulty, bool)
+            or not isinstance(difficulty, int)
+            or not 0 <= difficulty <= pow_.MAX_DIFFICULTY
+        ):
+            raise ProtocolError("the server sent a malformed proof-of-work puzzle")
+        nonce = await trio.to_thread.run_sync(pow_.solve, seed, difficulty, abandon_on_cancel=True)
+        return pow_.encode_proof(seed, nonce)
+
+    async def _call_once(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        extra_headers: Sequence[tuple[str, str]],
+    ) -> Any:
+        headers = [("Accept", _MSGPACK), *extra_headers]
         raw = b""
         if body is not None:
             headers.append(("Content-Type", _MSGPACK))
@@ -149,7 +207,7 @@ class ControlApi:
 
     async def challenge(self) -> bytes:
         """A fresh single-use challenge to sign."""
-        data = await self.call("POST", "/auth/challenge", {})
+        data = await self.call_with_work("POST", "/auth/challenge", Purpose.CHALLENGE, {})
         value = data.get("challenge") if isinstance(data, dict) else None
         if not isinstance(value, bytes) or len(value) != 32:
             raise ProtocolError("the server sent a malformed challenge")
@@ -157,7 +215,7 @@ class ControlApi:
 
     async def register(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create the account with its first device; returns user, device and token."""
-        data = await self.call("POST", "/users", body)
+        data = await self.call_with_work("POST", "/users", Purpose.REGISTER, body)
         if not isinstance(data, dict):
             raise ProtocolError("the server sent a malformed registration answer")
         return data
@@ -229,8 +287,11 @@ class ControlApi:
 
     async def open_mailbox(self, mailbox_id: bytes, expires_in: int) -> int:
         """Open the provisioning mailbox ``mailbox_id``; returns its lifetime in seconds."""
-        data = await self.call(
-            "POST", "/provisioning", {"mailbox_id": mailbox_id.hex(), "expires_in": expires_in}
+        data = await self.call_with_work(
+            "POST",
+            "/provisioning",
+            Purpose.PROVISIONING,
+            {"mailbox_id": mailbox_id.hex(), "expires_in": expires_in},
         )
         granted = data.get("expires_in") if isinstance(data, dict) else None
         if not isinstance(granted, int):

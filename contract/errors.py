@@ -29,5 +29,6 @@ class ErrorCode(enum.StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
+    PROOF_OF_WORK_REQUIRED = "proof_of_work_required"
     HTTP_ERROR = "http_error"
     INTERNAL = "internal"

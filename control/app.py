@@ -20,6 +20,7 @@ from .errors import register_error_handlers
 from .gateway.hub import GatewayHub
 from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
+from .proof_of_work import ProofOfWork, derive_key
 from .purger import run_purger
 from .ratelimit import RateLimiter
 from .sessions import SessionCache
@@ -55,6 +56,14 @@ def create_app(config: ControlConfig) -> QuartTrio:
         limiter=RateLimiter(config.rate_per_s, config.rate_burst),
         hub=GatewayHub(bus, config.resume_window_s, config.gateway_pending_limit),
         sessions=sessions,
+        proof_of_work=ProofOfWork(
+            # Derived from the node secret, which every control process of a deployment
+            # shares, so a puzzle one process issued is redeemable at any other.
+            derive_key(node_secrets[0]),
+            base_bits=config.pow_base_bits,
+            max_bits=config.pow_max_bits,
+            target_per_s=config.pow_target_per_s,
+        ),
     )
     app.extensions[EXTENSION] = state
     register_error_handlers(app)

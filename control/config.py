@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.proof_of_work import MAX_DIFFICULTY
 from hushroom.config import ConfigError, option, parse_host_port
 
 from .gateway.session import IDENTIFY_TIMEOUT_S, PENDING_LIMIT
@@ -16,6 +17,12 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 def _check_listen(value: str) -> str:
     parse_host_port(value)
+    return value
+
+
+def _difficulty(value: int) -> int:
+    if not 0 <= value <= MAX_DIFFICULTY:
+        raise ValueError(f"must be within 0..{MAX_DIFFICULTY} bits")
     return value
 
 
@@ -65,6 +72,21 @@ class ControlConfig:
         50.0, help="sustained requests per second per token (and per device)", check=_positive
     )
     rate_burst: int = option(200, help="requests a token may burst above the rate", check=_positive)
+    pow_base_bits: int = option(
+        12,
+        help="proof-of-work difficulty (leading zero bits) of the anonymous routes at rest",
+        check=_difficulty,
+    )
+    pow_max_bits: int = option(
+        22,
+        help="the highest proof-of-work difficulty asked under load",
+        check=_difficulty,
+    )
+    pow_target_per_s: float = option(
+        10.0,
+        help="redeemed proofs of work per second per purpose above which difficulty rises",
+        check=_positive,
+    )
     heartbeat_interval_ms: int = option(
         41250, help="gateway heartbeat interval announced in HELLO", check=_positive
     )
@@ -118,3 +140,5 @@ class ControlConfig:
         """Cross-field checks that a single field's check cannot make."""
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError("--data-dir", f"{self.data_dir} exists and is not a directory")
+        if self.pow_base_bits > self.pow_max_bits:
+            raise ConfigError("--pow-base-bits", "must not exceed --pow-max-bits")

@@ -26,6 +26,7 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
+    "ProofOfWorkRequired",
     "RateLimited",
     "StaleDevices",
     "Unauthorized",
@@ -129,6 +130,13 @@ class RateLimited(ApiError):
 
     status = 429
     code = ErrorCode.RATE_LIMITED
+
+
+class ProofOfWorkRequired(ApiError):
+    """An anonymous route needs a fresh proof of work (missing, wrong, spent or expired)."""
+
+    status = 428
+    code = ErrorCode.PROOF_OF_WORK_REQUIRED
 
 
 #: Wire codes of the HTTP errors Quart and Werkzeug raise themselves.

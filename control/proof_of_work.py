@@ -7,20 +7,22 @@ control processes of a deployment derive from the node secret, so any process ca
 seed another issued. Only spent seeds are remembered (in memory, until they expire, bounded),
 which stops a solution being used twice on one process.
 
-Difficulty: ``base_bits`` while redeemed solutions of a purpose arrive at no more than
-``target_per_s``; above that one more bit for each doubling of the rate (over a sliding
-10-second window), up to ``max_bits``. Only *redeemed* solutions count, so raising the price
-costs an attacker the work it raises it by, and a flooder with the same CPU as a legitimate
-client pays the same price: at equilibrium a legitimate solve takes about ``1/target_per_s``
-seconds of a core per attacking core. Callers may add bits for their own load (the
-provisioning table's occupancy). Everything here is sans-I/O: time is passed in.
+Difficulty is an integral controller per purpose: at most once a second, one bit more while
+redeemed solutions arrive faster than ``target_per_s`` (over a sliding window of a few
+seconds), one bit less for each second they arrive at under half of it, never below
+``base_bits`` nor above ``max_bits``. It drives a flood's accepted rate down to about the
+target whatever CPU the flooder has (a price proportional to the rate would only hold it to
+the square root). Only *redeemed* solutions count, so raising the price costs an attacker
+the work it raises it by, and a flooder pays what a legitimate client pays: at the
+equilibrium a legitimate solve costs about ``1/target_per_s`` seconds of a core per core the
+flood brings. Callers may add bits for their own load (the provisioning table's occupancy).
+Everything here is sans-I/O: time is passed in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import secrets
 import struct
 from collections import deque
@@ -41,7 +43,9 @@ _PURPOSES = list(Purpose)
 _BODY = struct.Struct(">BBBI12s")
 _MAC_LEN = 16
 SEED_LEN = _BODY.size + _MAC_LEN
-_WINDOW_S = 10.0
+_WINDOW_S = 2.0
+#: How often the price may move by one bit.
+_ADJUST_EVERY_S = 1.0
 
 
 class ProofOfWorkRefused(Exception):
@@ -90,6 +94,17 @@ class _Rate:
         return (self._previous * weight + self._current) / _WINDOW_S
 
 
+class _Price:
+    """One purpose's difficulty and the rate it is steered by."""
+
+    __slots__ = ("adjusted_at", "bits", "rate")
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+        self.adjusted_at = 0.0
+        self.rate = _Rate()
+
+
 class ProofOfWork:
     """Issue puzzles and redeem solutions for one control process."""
 
@@ -111,16 +126,25 @@ class ProofOfWork:
         self.target_per_s = target_per_s
         self.ttl_s = ttl_s
         self.max_spent = max_spent
-        self._rates = {purpose: _Rate() for purpose in Purpose}
+        self._prices = {purpose: _Price(base_bits) for purpose in Purpose}
         #: Spent seeds until their expiry; the deque holds them in expiry order.
         self._spent: set[bytes] = set()
         self._expiries: deque[tuple[int, bytes]] = deque()
 
     def difficulty(self, purpose: Purpose, now: float, extra_bits: int = 0) -> int:
         """The number of leading zero bits a new puzzle of ``purpose`` asks for."""
-        rate = self._rates[purpose].per_second(now)
-        surplus = math.ceil(math.log2(rate / self.target_per_s)) if rate > self.target_per_s else 0
-        return min(self.max_bits, self.base_bits + surplus + max(0, extra_bits))
+        price = self._prices[purpose]
+        steps = int((now - price.adjusted_at) / _ADJUST_EVERY_S)
+        if steps > 0:
+            rate = price.rate.per_second(now)
+            if rate > self.target_per_s:
+                price.bits = min(self.max_bits, price.bits + 1)
+            elif rate < self.target_per_s / 2:
+                # Quiet seconds nobody asked in count too: after a flood the price falls
+                # back as fast as it would have with someone asking every second.
+                price.bits = max(self.base_bits, price.bits - steps)
+            price.adjusted_at = now
+        return min(self.max_bits, price.bits + max(0, extra_bits))
 
     def issue(self, purpose: Purpose, now: float, extra_bits: int = 0) -> Puzzle:
         """A fresh puzzle for ``purpose`` at the current difficulty."""
@@ -167,7 +191,7 @@ class ProofOfWork:
             raise ProofOfWorkRefused("too many recent solutions: try again shortly")
         self._spent.add(seed)
         self._expiries.append((expires, seed))
-        self._rates[purpose].add(now)
+        self._prices[purpose].rate.add(now)
 
     def _forget_expired(self, now: float) -> None:
         expiries = self._expiries

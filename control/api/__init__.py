@@ -12,6 +12,7 @@ from . import (
     members,
     messages,
     privacy,
+    proof_of_work,
     provisioning,
     relay,
     roles,
@@ -23,6 +24,7 @@ __all__ = ["ROUTERS", "Api", "Call", "Caller", "Reply", "Router", "build_api"]
 
 #: Every router, in the order the OpenAPI document lists their routes.
 ROUTERS: tuple[Router, ...] = (
+    proof_of_work.router,
     accounts.router,
     guilds.router,
     channels.router,

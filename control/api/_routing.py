@@ -5,6 +5,7 @@ document matches what runs. :class:`Api` serves the routers it includes."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -12,9 +13,13 @@ from typing import Any, TypeVar
 from quart import Blueprint, Response, request
 from sqlalchemy.engine import Connection
 
+from contract.proof_of_work import HEADER as POW_HEADER
+from contract.proof_of_work import Purpose
+
 from ..bus import Event
-from ..errors import InvalidBody, NotFound, RateLimited, Unauthorized
+from ..errors import InvalidBody, NotFound, ProofOfWorkRequired, RateLimited, Unauthorized
 from ..ids import hash_token
+from ..proof_of_work import ProofOfWorkRefused
 from ..state import ControlState, get_state
 from ..wire import Field, Schema, decode_body_untrusted, decode_value_untrusted, encode_response
 
@@ -78,6 +83,8 @@ class Route:
     status: int
     errors: tuple[int, ...]
     params: tuple[str, ...] = field(default=())
+    #: Anonymous routes paid for with a proof of work instead of a shared bucket.
+    proof_of_work: Purpose | None = None
 
 
 async def authenticate(state: ControlState) -> Caller:
@@ -123,6 +130,8 @@ class Endpoint:
     handler: Handler
     limit: int | None
     rate_cost: float
+    #: Whether an anonymous request takes from the route's shared bucket.
+    public_bucket: bool
 
 
 class Router:
@@ -151,16 +160,34 @@ class Router:
         errors: tuple[int, ...] = (),
         limit: int | None = None,
         rate_cost: float = 1.0,
+        proof_of_work: Purpose | None = None,
+        public_bucket: bool = True,
     ) -> Callable[[H], H]:
         """Declare ``handler(call, **path_params)`` for ``method path`` (under the
-        router's tag unless ``tag`` is given); the handler is returned unchanged."""
+        router's tag unless ``tag`` is given); the handler is returned unchanged.
+
+        An anonymous route either shares one bucket with every anonymous caller of it (the
+        default), or charges each request a proof of work for ``proof_of_work`` (then no
+        bucket: a shared one would let a flooder starve everyone else), or neither
+        (``public_bucket=False``: only for work as cheap as refusing it)."""
         params = tuple(_PARAM.findall(path))
         route = Route(
-            method, path, summary, tag or self.tag, body, query, auth, status, errors, params
+            method,
+            path,
+            summary,
+            tag or self.tag,
+            body,
+            query,
+            auth,
+            status,
+            errors,
+            params,
+            proof_of_work,
         )
+        bucket = public_bucket and proof_of_work is None
 
         def decorator(handler: H) -> H:
-            self.endpoints.append(Endpoint(route, handler, limit, rate_cost))
+            self.endpoints.append(Endpoint(route, handler, limit, rate_cost, bucket))
             return handler
 
         return decorator
@@ -203,8 +230,21 @@ def _view(endpoint: Endpoint) -> Callable[..., Awaitable[Response]]:
                 state.limiter.acquire(caller.token_hash, endpoint.rate_cost),
                 state.limiter.acquire(("device", caller.device_id), endpoint.rate_cost),
             )
+        elif route.proof_of_work is not None:
+            try:
+                state.proof_of_work.redeem_untrusted(
+                    request.headers.get(POW_HEADER), route.proof_of_work, time.time()
+                )
+            except ProofOfWorkRefused as exc:
+                raise ProofOfWorkRequired(str(exc)) from None
+            wait = 0.0
+        elif endpoint.public_bucket:
+            # One bucket per route and path parameters: a flood of made-up provisioning
+            # mailbox ids cannot empty the bucket of the mailbox a real device waits on.
+            bucket = ("public", route.method, route.path, *path_params.values())
+            wait = state.limiter.acquire(bucket, endpoint.rate_cost)
         else:
-            wait = state.limiter.acquire(("public", route.method, route.path), endpoint.rate_cost)
+            wait = 0.0
         if wait:
             raise RateLimited("slow down", retry_after=round(wait, 3))
         payload: dict[str, Any] = {}

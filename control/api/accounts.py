@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from contract import signing as sig
 from contract.gateway import EventName
+from contract.proof_of_work import Purpose
 
 from ..bus import Event
 from ..errors import Conflict, Gone, InvalidBody, NotFound, Unauthorized
@@ -224,6 +225,7 @@ router = Router(tag="accounts")
     tag="auth",
     body=EMPTY,
     auth=False,
+    proof_of_work=Purpose.CHALLENGE,
 )
 async def issue_challenge(call: Call) -> dict[str, Any]:
     challenge = secrets.token_bytes(sig.CHALLENGE_LEN)
@@ -240,6 +242,7 @@ async def issue_challenge(call: Call) -> dict[str, Any]:
     auth=False,
     status=201,
     errors=(401, 409, 410),
+    proof_of_work=Purpose.REGISTER,
 )
 async def register(call: Call) -> dict[str, Any]:
     body = call.body
@@ -281,6 +284,9 @@ def register_tx(conn: Connection, body: dict[str, Any], session_ttl: int) -> dic
     tag="auth",
     body=LOGIN,
     auth=False,
+    # A login spends a challenge, which was paid with a proof of work; a shared bucket
+    # here would only let a flood of bad logins lock everyone out.
+    public_bucket=False,
     errors=(401, 410),
 )
 async def login(call: Call) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Any
 from contract.errors import ErrorCode
 from contract.gateway import Close, EventName, Op
 from contract.permissions import Permission
+from contract.proof_of_work import HEADER as POW_HEADER
 from hushroom import __version__
 
 from ..wire import Field, json_schema
@@ -37,6 +38,7 @@ _STANDARD_ERRORS = {
     409: "conflicts with the current state",
     413: "body too large",
     415: "body neither JSON nor msgpack",
+    428: "proof of work missing, wrong, spent or expired: solve a new puzzle",
     429: "rate limited (per token or device)",
 }
 
@@ -76,7 +78,21 @@ def openapi_document(api: Api) -> dict[str, Any]:
             }
         ok = "no content" if route.status == 204 else "success"
         operation["responses"][str(route.status)] = {"description": ok}
-        codes = {400, 413, 415, 429, *route.errors}
+        codes = {400, 413, 415, *route.errors}
+        if route.proof_of_work is not None:
+            operation["parameters"].append(
+                {
+                    "name": POW_HEADER,
+                    "in": "header",
+                    "required": True,
+                    "description": "base64url(seed) '.' nonce solving a puzzle of "
+                    f"POST /auth/proof-of-work for {route.proof_of_work.value}",
+                    "schema": {"type": "string"},
+                }
+            )
+            codes.add(428)
+        else:
+            codes.add(429)
         if route.auth:
             codes.add(401)
         for code in sorted(codes):

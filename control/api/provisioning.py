@@ -37,6 +37,8 @@ import trio
 from quart import current_app
 from quart_trio import QuartTrio
 
+from contract.proof_of_work import MAX_DIFFICULTY, Purpose
+
 from ..errors import BadRequest, Conflict, NotFound, RateLimited
 from ..wire import Field, Schema
 from ._routing import Call, Router, int_field
@@ -200,6 +202,16 @@ def _mailboxes() -> Mailboxes:
     return boxes
 
 
+def crowding_bits() -> int:
+    """Extra proof-of-work bits for a new mailbox: one more each time the free share of the
+    table halves (half full +1, three quarters +2, ...), so the last mailboxes cost the most."""
+    boxes = _mailboxes()
+    free = boxes.max_count - len(boxes)
+    if free <= 0:
+        return MAX_DIFFICULTY
+    return max(0, math.floor(math.log2(boxes.max_count / free)))
+
+
 def _check_id(mailbox_id: str) -> str:
     if re.fullmatch(_MAILBOX_ID, mailbox_id) is None:
         raise BadRequest("a provisioning mailbox id is 32 lower-case hex digits")
@@ -225,6 +237,7 @@ router = Router(tag="provisioning")
     auth=False,
     status=201,
     errors=(409,),
+    proof_of_work=Purpose.PROVISIONING,
 )
 async def open_mailbox(call: Call) -> dict[str, Any]:
     boxes = _mailboxes()

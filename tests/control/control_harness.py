@@ -12,6 +12,7 @@ import msgpack
 from nacl.signing import SigningKey
 from quart_trio import QuartTrio
 
+from contract import proof_of_work as pow_
 from contract import signing as sig
 from control.config import ControlConfig
 from hushroom.secrets_file import ensure_secret_file
@@ -74,6 +75,11 @@ class User:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+def solved_proof(seed: bytes, difficulty: int) -> dict[str, str]:
+    """The proof-of-work header solving ``seed`` (as the SDK does, without a thread)."""
+    return {pow_.HEADER: pow_.encode_proof(seed, pow_.solve(seed, difficulty))}
+
+
 class Harness:
     """The app under test plus helpers speaking its API."""
 
@@ -111,8 +117,18 @@ class Harness:
         assert response.content_type == "application/json", response.content_type
         return response.status_code, __import__("json").loads(raw)
 
+    async def proof(self, purpose: str) -> dict[str, str]:
+        """The proof-of-work header for one anonymous request of ``purpose``."""
+        status, body = await self.call(
+            "POST", "/api/v1/auth/proof-of-work", json={"purpose": purpose}
+        )
+        assert status == 200, body
+        return solved_proof(base64.b64decode(body["seed"]), body["difficulty"])
+
     async def challenge(self) -> bytes:
-        status, body = await self.call("POST", "/api/v1/auth/challenge", json={})
+        status, body = await self.call(
+            "POST", "/api/v1/auth/challenge", json={}, headers=await self.proof("challenge")
+        )
         assert status == 200, body
         return base64.b64decode(body["challenge"])
 
@@ -123,6 +139,7 @@ class Harness:
         status, body = await self.call(
             "POST",
             "/api/v1/users",
+            headers=await self.proof("register"),
             json={
                 "handle": handle,
                 "identity_key": b64(keys.identity_key),

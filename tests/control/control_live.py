@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -10,6 +11,7 @@ from typing import Any
 
 import trio
 
+from contract import proof_of_work as pow_
 from control.process import ControlProcess
 
 
@@ -27,11 +29,25 @@ class LiveControl(ControlProcess):
         return self.url
 
     def request(
-        self, method: str, path: str, token: str | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        proof: str | None = None,
     ) -> tuple[int, Any]:
-        """One blocking JSON request."""
+        """One blocking JSON request; ``proof`` names the purpose of a proof of work to
+        solve and send with it (the anonymous routes need one)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + path, data=data, method=method)
+        if proof is not None:
+            status, puzzle = self.request(
+                "POST", "/api/v1/auth/proof-of-work", body={"purpose": proof}
+            )
+            assert status == 200, puzzle
+            seed = base64.b64decode(puzzle["seed"])
+            nonce = pow_.solve(seed, puzzle["difficulty"])
+            req.add_header(pow_.HEADER, pow_.encode_proof(seed, nonce))
         if data is not None:
             req.add_header("Content-Type", "application/json")
         if token is not None:
@@ -45,10 +61,15 @@ class LiveControl(ControlProcess):
             return exc.code, json.loads(raw) if raw else None
 
     async def call(
-        self, method: str, path: str, token: str | None = None, body: Any = None
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        body: Any = None,
+        proof: str | None = None,
     ) -> tuple[int, Any]:
         """:meth:`request` from a worker thread."""
-        return await trio.to_thread.run_sync(lambda: self.request(method, path, token, body))
+        return await trio.to_thread.run_sync(lambda: self.request(method, path, token, body, proof))
 
     def kill(self) -> None:
         """SIGKILL: no chance to flush anything."""

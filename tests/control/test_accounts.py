@@ -26,6 +26,7 @@ async def test_register_with_a_signature_over_other_bytes_is_refused(harness: Ha
     status, body = await harness.call(
         "POST",
         "/api/v1/users",
+        headers=await harness.proof("register"),
         json={
             "handle": "ann",
             "identity_key": b64(keys.identity_key),
@@ -48,9 +49,13 @@ async def test_a_challenge_is_single_use(harness: Harness) -> None:
         "handle": "bob",
         **keys.bundle(),
     }
-    first, _ = await harness.call("POST", "/api/v1/users", json=body)
+    first, _ = await harness.call(
+        "POST", "/api/v1/users", json=body, headers=await harness.proof("register")
+    )
     body["handle"] = "bob"
-    again, err = await harness.call("POST", "/api/v1/users", json=body)
+    again, err = await harness.call(
+        "POST", "/api/v1/users", json=body, headers=await harness.proof("register")
+    )
     assert first == 201
     assert again == 401 and "challenge" in err["error"]["message"]
 
@@ -62,6 +67,7 @@ async def test_a_taken_handle_is_a_conflict(harness: Harness) -> None:
     status, body = await harness.call(
         "POST",
         "/api/v1/users",
+        headers=await harness.proof("register"),
         json={
             "handle": "ann",
             "identity_key": b64(keys.identity_key),
@@ -81,6 +87,7 @@ async def test_bad_prekey_signature_is_refused(harness: Harness) -> None:
     status, body = await harness.call(
         "POST",
         "/api/v1/users",
+        headers=await harness.proof("register"),
         json={
             "handle": "ann",
             "identity_key": b64(keys.identity_key),
@@ -179,6 +186,7 @@ async def test_concurrent_registrations_of_one_handle_yield_one_account(
         status, _ = await harness.call(
             "POST",
             "/api/v1/users",
+            headers=await harness.proof("register"),
             json={
                 "handle": "ann",
                 "identity_key": b64(keys.identity_key),

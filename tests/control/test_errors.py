@@ -40,13 +40,18 @@ async def test_malformed_json_is_a_400(harness: Harness) -> None:
         "POST",
         "/api/v1/auth/challenge",
         data=b"{nope",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **await harness.proof("challenge")},
     )
     assert_error(status, body, 400, "invalid_body")
 
 
 async def test_unknown_fields_are_refused(harness: Harness) -> None:
-    status, body = await harness.call("POST", "/api/v1/auth/challenge", json={"extra": 1})
+    status, body = await harness.call(
+        "POST",
+        "/api/v1/auth/challenge",
+        json={"extra": 1},
+        headers=await harness.proof("challenge"),
+    )
     assert_error(status, body, 400, "invalid_body")
     assert "extra" in body["error"]["message"]
 
@@ -60,7 +65,10 @@ async def test_wrong_types_are_refused(harness: Harness) -> None:
 
 async def test_other_media_types_are_a_415(harness: Harness) -> None:
     status, body = await harness.call(
-        "POST", "/api/v1/auth/challenge", data=b"a=b", headers={"Content-Type": "text/plain"}
+        "POST",
+        "/api/v1/auth/challenge",
+        data=b"a=b",
+        headers={"Content-Type": "text/plain", **await harness.proof("challenge")},
     )
     assert_error(status, body, 415, "unsupported_media_type")
 
@@ -68,7 +76,10 @@ async def test_other_media_types_are_a_415(harness: Harness) -> None:
 async def test_huge_bodies_are_a_413(harness: Harness) -> None:
     big = b"[" + b"0," * 200_000 + b"0]"
     status, body = await harness.call(
-        "POST", "/api/v1/auth/challenge", data=big, headers={"Content-Type": "application/json"}
+        "POST",
+        "/api/v1/auth/challenge",
+        data=big,
+        headers={"Content-Type": "application/json", **await harness.proof("challenge")},
     )
     assert_error(status, body, 413, "payload_too_large")
 
@@ -78,7 +89,11 @@ async def test_msgpack_in_and_out(harness: Harness) -> None:
         "POST",
         "/api/v1/auth/challenge",
         data=msgpack.packb({}),
-        headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+        headers={
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack",
+            **await harness.proof("challenge"),
+        },
     )
     assert status == 200
     assert isinstance(body["challenge"], bytes) and len(body["challenge"]) == 32
@@ -89,7 +104,11 @@ async def test_msgpack_errors_are_msgpack_error_bodies(harness: Harness) -> None
         "POST",
         "/api/v1/auth/challenge",
         data=b"\xc1",
-        headers={"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
+        headers={
+            "Content-Type": "application/msgpack",
+            "Accept": "application/msgpack",
+            **await harness.proof("challenge"),
+        },
     )
     assert_error(status, body, 400, "invalid_body")
 

@@ -24,11 +24,12 @@ API = "/api/v1"
 
 async def register(live: LiveControl, handle: str) -> dict[str, Any]:
     keys = DeviceKeys()
-    _, challenge = await live.call("POST", f"{API}/auth/challenge", body={})
+    _, challenge = await live.call("POST", f"{API}/auth/challenge", body={}, proof="challenge")
     raw = base64.b64decode(challenge["challenge"])
     status, body = await live.call(
         "POST",
         f"{API}/users",
+        proof="register",
         body={
             "handle": handle,
             "identity_key": b64(keys.identity_key),

@@ -89,20 +89,37 @@ def test_a_tampered_difficulty_breaks_the_mac() -> None:
         pow_.redeem_untrusted(proof, Purpose.REGISTER, 1.0)
 
 
-def test_difficulty_rises_with_the_rate_of_redeemed_solutions_and_falls_back() -> None:
-    pow_ = ProofOfWork(KEY, base_bits=4, max_bits=12, target_per_s=1.0)
-    assert pow_.difficulty(Purpose.REGISTER, 0.0) == 4
-    # 80 solutions within one second: a rate of 8/s over the window, three doublings.
-    for i in range(80):
-        pow_.redeem_untrusted(solved(pow_, Purpose.REGISTER, 0.0), Purpose.REGISTER, i / 80)
-    raised = pow_.difficulty(Purpose.REGISTER, 1.0)
-    assert raised == 4 + 3
+def test_difficulty_climbs_while_solutions_outpace_the_target_and_falls_back() -> None:
+    pow_ = ProofOfWork(KEY, base_bits=4, max_bits=12, target_per_s=2.0)
+    start = 1000.0
+    assert pow_.difficulty(Purpose.REGISTER, start) == 4
+    # A flood redeeming 20 solutions a second: one bit more every second it lasts.
+    seen = []
+    for second in range(1, 6):
+        for i in range(20):
+            now = start + second - 1 + i / 20
+            pow_.redeem_untrusted(solved(pow_, Purpose.REGISTER, now), Purpose.REGISTER, now)
+        seen.append(pow_.difficulty(Purpose.REGISTER, start + second))
+    assert seen == [5, 6, 7, 8, 9]
+    # Asking again within the second does not move it.
+    assert pow_.difficulty(Purpose.REGISTER, start + 5.5) == 9
     # Other purposes are priced on their own.
-    assert pow_.difficulty(Purpose.CHALLENGE, 1.0) == 4
+    assert pow_.difficulty(Purpose.CHALLENGE, start + 5) == 4
     # Extra bits from the caller's own load, capped at max_bits.
-    assert pow_.difficulty(Purpose.REGISTER, 1.0, extra_bits=50) == 12
-    # Two quiet windows later the price is back to the base.
-    assert pow_.difficulty(Purpose.REGISTER, 25.0) == 4
+    assert pow_.difficulty(Purpose.REGISTER, start + 5.5, extra_bits=50) == 12
+    # Quiet seconds bring it down by one bit each, even when nobody asked meanwhile.
+    assert pow_.difficulty(Purpose.REGISTER, start + 8.6) == 6
+    assert pow_.difficulty(Purpose.REGISTER, start + 60) == 4
+
+
+def test_difficulty_never_exceeds_the_maximum() -> None:
+    pow_ = ProofOfWork(KEY, base_bits=0, max_bits=3, target_per_s=1.0)
+    for second in range(10):
+        for i in range(10):
+            now = second + i / 10
+            pow_.redeem_untrusted(solved(pow_, Purpose.REGISTER, now), Purpose.REGISTER, now)
+        assert pow_.difficulty(Purpose.REGISTER, second + 1.0) <= 3
+    assert pow_.difficulty(Purpose.REGISTER, 10.0) == 3
 
 
 def test_the_spent_set_is_bounded() -> None:

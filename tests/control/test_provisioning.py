@@ -33,7 +33,12 @@ def assert_error(status: int, body: Any, expected: int, code: str) -> None:
 
 
 async def open_box(h: Harness, mailbox_id: str, **extra: Any) -> None:
-    status, body = await h.call("POST", BASE, json={"mailbox_id": mailbox_id, **extra})
+    status, body = await h.call(
+        "POST",
+        BASE,
+        json={"mailbox_id": mailbox_id, **extra},
+        headers=await h.proof("provisioning"),
+    )
     assert status == 201, body
     assert body["mailbox_id"] == mailbox_id
 
@@ -183,10 +188,12 @@ async def test_malformed_requests_are_4xx_error_bodies(harness: Harness) -> None
         {"mailbox_id": 7},
     ]
     for body in bad_opens:
-        status, reply = await harness.call("POST", BASE, json=body)
+        proof = await harness.proof("provisioning")
+        status, reply = await harness.call("POST", BASE, json=body, headers=proof)
         assert_error(status, reply, 400, "invalid_body")
     await open_box(harness, mailbox)
-    status, reply = await harness.call("POST", BASE, json={"mailbox_id": mailbox})
+    proof = await harness.proof("provisioning")
+    status, reply = await harness.call("POST", BASE, json={"mailbox_id": mailbox}, headers=proof)
     assert_error(status, reply, 409, "conflict")
     for path, code in (
         (f"{BASE}/nothex", 400),
@@ -201,7 +208,10 @@ async def test_malformed_requests_are_4xx_error_bodies(harness: Harness) -> None
         status, reply = await harness.call("GET", f"{BASE}/{mailbox}", query=query)
         assert_error(status, reply, 400, "invalid_body")
     status, reply = await harness.call(
-        "POST", BASE, data=b"\xc1 not msgpack", headers={"Content-Type": "application/msgpack"}
+        "POST",
+        BASE,
+        data=b"\xc1 not msgpack",
+        headers={"Content-Type": "application/msgpack", **await harness.proof("provisioning")},
     )
     assert_error(status, reply, 400, "invalid_body")
 
@@ -222,7 +232,9 @@ async def test_mailboxes_leave_no_trace_in_the_store_or_the_log(tmp_path: Path) 
     try:
         marker = b"provisioning-marker-" + os.urandom(8).hex().encode()
         mailbox = new_id()
-        status, body = await server.call("POST", BASE, body={"mailbox_id": mailbox})
+        status, body = await server.call(
+            "POST", BASE, body={"mailbox_id": mailbox}, proof="provisioning"
+        )
         assert status == 201, body
         # Deposits need an account: register one the way a client does.
         token = await _register(server)
@@ -243,13 +255,14 @@ async def test_mailboxes_leave_no_trace_in_the_store_or_the_log(tmp_path: Path) 
 
 async def _register(server: LiveControl) -> str:
     keys = DeviceKeys()
-    status, body = await server.call("POST", "/api/v1/auth/challenge", body={})
+    status, body = await server.call("POST", "/api/v1/auth/challenge", body={}, proof="challenge")
     assert status == 200, body
     challenge = base64.b64decode(body["challenge"])
     message = sig.register_message(challenge, keys.identity_key, "linker")
     status, body = await server.call(
         "POST",
         "/api/v1/users",
+        proof="register",
         body={
             "handle": "linker",
             "identity_key": b64(keys.identity_key),
