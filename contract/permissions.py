@@ -5,8 +5,14 @@ base is @everyone (role id = guild id) OR-ed with the member's roles; ADMINISTRA
 everything; in a channel the @everyone overwrite applies (deny, then allow), then all of the
 member's role overwrites OR-ed together (deny, then allow), then the member's own overwrite.
 Without VIEW_CHANNEL a member has nothing in the channel; without SEND_MESSAGES no mention or
-attachment permission; without CONNECT no other voice permission. Hierarchy: one acts only
-on members and roles strictly below one's highest role, and grants only permissions one has.
+attachment permission; without CONNECT no other voice permission.
+
+Hierarchy (Discord's, ADMINISTRATOR included; only the owner stands above it): a member's rank
+is the position of its highest role (0 with none), the owner's is above every role. One acts
+only on members ranked strictly below oneself (never the owner, never oneself) and on roles
+strictly below one's rank; a role one creates, edits or gives, and every bit a channel
+overwrite names before and after one changes it, carries only bits one holds (all of them for
+the owner and administrators). docs/control.md, "Permissions", has the table by route.
 
 Everything here is pure: callers load a :class:`GuildView` and overwrites from the store.
 """
@@ -23,6 +29,7 @@ __all__ = [
     "Overwrite",
     "Permission",
     "RoleInfo",
+    "can_change_overwrite",
     "can_grant",
     "can_manage_member",
     "can_manage_role",
@@ -177,7 +184,8 @@ def can_manage_member(
     target_id: str,
     target_roles: Iterable[str],
 ) -> bool:
-    """Whether the actor outranks the target (for kick, ban, role assignment)."""
+    """Whether the actor outranks the target (for kick, ban, role assignment, member
+    overwrites); never the owner, never oneself."""
     if target_id == guild.owner_id or target_id == actor_id:
         return False
     return highest_position(guild, actor_id, actor_roles) > highest_position(
@@ -188,10 +196,28 @@ def can_manage_member(
 def can_manage_role(
     guild: GuildView, actor_id: str, actor_roles: Iterable[str], role: RoleInfo
 ) -> bool:
-    """Whether the actor's highest role is strictly above ``role`` (to edit or assign it)."""
+    """Whether the actor's highest role is strictly above ``role`` (to edit, move, delete or
+    assign it, or set its channel overwrites)."""
     return highest_position(guild, actor_id, actor_roles) > role.position
 
 
 def can_grant(actor_permissions: int, requested: int) -> bool:
     """Whether every bit in ``requested`` is one the actor holds."""
     return requested & ~actor_permissions == 0
+
+
+def can_change_overwrite(
+    actor_permissions: int, before: Overwrite | None, after: Overwrite | None
+) -> bool:
+    """Whether an actor holding ``actor_permissions`` in a channel may turn its overwrite
+    ``before`` into ``after`` (None: absent).
+
+    Every bit named on either side must be held: setting an allow or deny of a bit one lacks
+    is granting or managing it, and so is clearing one (lifting a deny of a bit one lacks
+    would hand it to everyone the overwrite covers, oneself included).
+    """
+    named = 0
+    for overwrite in (before, after):
+        if overwrite is not None:
+            named |= overwrite.allow | overwrite.deny
+    return can_grant(actor_permissions, named)

@@ -1,9 +1,11 @@
 """Channels and their permission overwrites.
 
-Reading a channel needs VIEW_CHANNEL; creating, editing and deleting one MANAGE_CHANNELS;
-setting an overwrite MANAGE_ROLES in the channel and only for bits one holds. A change of
-overwrites publishes CHANNEL_CREATE and CHANNEL_DELETE to the members who gained or lost
-sight of a channel, and CHANNEL_UPDATE to those who kept it.
+Reading a channel needs VIEW_CHANNEL; creating, editing and deleting one MANAGE_CHANNELS.
+Setting or removing an overwrite needs MANAGE_ROLES in the channel, a target below the caller
+(a role below its highest, a member it outranks) and every bit the overwrite names, before
+and after the change, held by the caller in the channel. A change of overwrites publishes
+CHANNEL_CREATE and CHANNEL_DELETE to the members who gained or lost sight of a channel, and
+CHANNEL_UPDATE to those who kept it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from contract.gateway import EventName
-from contract.permissions import ALL, Permission, can_grant
+from contract.permissions import (
+    ALL,
+    Overwrite,
+    Permission,
+    can_change_overwrite,
+    can_manage_member,
+    can_manage_role,
+)
 
 from ..bus import Event
-from ..community import GuildSnapshot, load_channel, member_context
+from ..community import GuildSnapshot, MemberContext, load_channel, load_overwrites, member_context
 from ..errors import BadRequest, Forbidden, NotFound
 from ..ids import new_id
 from ..store import schema as t
@@ -223,7 +232,7 @@ def delete_channel_tx(
 @router.route(
     "PUT",
     "/channels/{channel_id}/permissions/{target_id}",
-    summary="Set a role or member overwrite (MANAGE_ROLES; only bits one holds)",
+    summary="Set the overwrite of a role or member below you (MANAGE_ROLES; bits one holds)",
     body=OVERWRITE,
     errors=(403, 404),
 )
@@ -232,6 +241,32 @@ async def put_overwrite(call: Call, channel_id: str, target_id: str) -> dict[str
     return await commit(
         call, lambda conn: put_overwrite_tx(conn, user_id, channel_id, target_id, body)
     )
+
+
+def _require_target_below(
+    conn: Connection, ctx: MemberContext, target_id: str, kind: str, *, present: bool
+) -> None:
+    """403 unless the caller ranks above the role or member ``target_id``; 404 when the role,
+    or with ``present`` the member, does not exist (an overwrite outlives its member's leaving,
+    and removing one of a non-member concerns no one's rank)."""
+    if kind == "role":
+        role = ctx.guild.roles.get(target_id)
+        if role is None:
+            raise NotFound("no such role")
+        if not can_manage_role(ctx.guild, ctx.user_id, ctx.role_ids, role):
+            raise Forbidden("the role is not below your highest role")
+        return
+    roles = member_role_ids(conn, ctx.guild.id, target_id)
+    if roles is None:
+        if present:
+            raise NotFound("no such member")
+        return
+    if not can_manage_member(ctx.guild, ctx.user_id, ctx.role_ids, target_id, roles):
+        raise Forbidden("the member is not below your highest role")
+
+
+def _current_overwrite(conn: Connection, channel_id: str, target_id: str) -> Overwrite | None:
+    return next((o for o in load_overwrites(conn, channel_id) if o.target_id == target_id), None)
 
 
 def put_overwrite_tx(
@@ -243,15 +278,13 @@ def put_overwrite_tx(
     held = ctx.channel_permissions(conn, channel)
     if not (held & P.MANAGE_ROLES):
         raise Forbidden("missing permission MANAGE_ROLES")
-    if not can_grant(held, body["allow"] | body["deny"]):
-        raise Forbidden("an overwrite may only name permissions you hold")
     if body["allow"] & body["deny"]:
         raise BadRequest("a bit cannot be both allowed and denied")
-    if body["type"] == "role":
-        if target_id not in ctx.guild.roles:
-            raise NotFound("no such role")
-    elif member_role_ids(conn, channel.guild_id, target_id) is None:
-        raise NotFound("no such member")
+    _require_target_below(conn, ctx, target_id, body["type"], present=True)
+    current = _current_overwrite(conn, channel_id, target_id)
+    wanted = Overwrite(target_id, body["type"], body["allow"], body["deny"])
+    if not can_change_overwrite(held, current, wanted):
+        raise Forbidden("an overwrite may only name permissions you hold, before and after")
     before = GuildSnapshot(conn, channel.guild_id)
     ow = t.overwrites
     conn.execute(sa.delete(ow).where(ow.c.channel_id == channel_id, ow.c.target_id == target_id))
@@ -275,7 +308,7 @@ def put_overwrite_tx(
 @router.route(
     "DELETE",
     "/channels/{channel_id}/permissions/{target_id}",
-    summary="Remove an overwrite (MANAGE_ROLES)",
+    summary="Remove the overwrite of a role or member below you (MANAGE_ROLES; bits one holds)",
     status=204,
     errors=(403, 404),
 )
@@ -287,11 +320,18 @@ async def delete_overwrite(call: Call, channel_id: str, target_id: str) -> None:
 def delete_overwrite_tx(
     conn: Connection, caller_id: str, channel_id: str, target_id: str
 ) -> tuple[None, list[Event]]:
-    """Remove the overwrite of ``target_id``; visibility events."""
+    """Remove the overwrite of ``target_id`` (none there: nothing happens); visibility events."""
     channel = load_channel(conn, channel_id)
     ctx = member_context(conn, channel.guild_id, caller_id)
-    if not ctx.channel_permissions(conn, channel) & P.MANAGE_ROLES:
+    held = ctx.channel_permissions(conn, channel)
+    if not held & P.MANAGE_ROLES:
         raise Forbidden("missing permission MANAGE_ROLES")
+    current = _current_overwrite(conn, channel_id, target_id)
+    if current is None:
+        return None, []
+    _require_target_below(conn, ctx, target_id, current.target_type, present=False)
+    if not can_change_overwrite(held, current, None):
+        raise Forbidden("an overwrite may only name permissions you hold, before and after")
     before = GuildSnapshot(conn, channel.guild_id)
     ow = t.overwrites
     conn.execute(sa.delete(ow).where(ow.c.channel_id == channel_id, ow.c.target_id == target_id))

@@ -1,9 +1,11 @@
 """Roles: create, edit, reorder and delete them, and give them to or take them from members.
 
-Only roles below the caller's highest can be managed (the owner manages every role), and a
-role may only hold permissions the caller holds. Every change publishes the role event to
-the guild and CHANNEL_CREATE / CHANNEL_DELETE to members who gained or lost sight of a
-channel.
+Only roles below the caller's highest can be managed (the owner manages every role) and a
+role may only hold permissions the caller holds. Roles are given to and taken from members
+the caller outranks (never the owner, never oneself), and a role given may carry, guild-wide
+and in its channel overwrites' allows, only bits the caller holds there. Every change
+publishes the role event to the guild and CHANNEL_CREATE / CHANNEL_DELETE to members who
+gained or lost sight of a channel.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from contract.gateway import EventName
-from contract.permissions import ALL, Permission, can_grant, can_manage_role
+from contract.permissions import (
+    ALL,
+    Permission,
+    RoleInfo,
+    can_grant,
+    can_manage_member,
+    can_manage_role,
+    highest_position,
+)
 
 from ..bus import Event
-from ..community import GuildSnapshot, MemberContext, member_context
+from ..community import GuildSnapshot, MemberContext, load_overwrites, member_context
 from ..errors import BadRequest, Forbidden, NotFound
 from ..ids import new_id
 from ..store import schema as t
@@ -81,13 +91,35 @@ def _role_events(
     return [event, *visibility_events(before, after)]
 
 
-def _manageable_role(conn: Connection, ctx: MemberContext, role_id: str) -> None:
+def _manageable_role(ctx: MemberContext, role_id: str) -> RoleInfo:
     ctx.require(P.MANAGE_ROLES)
     role = ctx.guild.roles.get(role_id)
     if role is None:
         raise NotFound("no such role")
     if not can_manage_role(ctx.guild, ctx.user_id, ctx.role_ids, role):
         raise Forbidden("the role is not below your highest role")
+    return role
+
+
+def _holds_what_role_carries(conn: Connection, ctx: MemberContext, role: RoleInfo) -> bool:
+    """Whether the caller holds the role's bits guild-wide and, in every channel where the
+    role has an overwrite, the bits that overwrite allows (a role that opens a channel the
+    caller cannot see would otherwise let it send anyone there)."""
+    held = ctx.permissions()
+    if held == ALL:  # the owner and administrators hold every bit in every channel
+        return True
+    if not can_grant(held, role.permissions):
+        return False
+    ow = t.overwrites
+    allowed = conn.execute(
+        sa.select(ow.c.channel_id, ow.c.allow).where(
+            ow.c.target_id == role.id, ow.c.target_type == "role", ow.c.allow != 0
+        )
+    ).all()
+    return all(
+        can_grant(ctx.permissions(load_overwrites(conn, channel_id)), allow)
+        for channel_id, allow in allowed
+    )
 
 
 @router.route(
@@ -145,7 +177,7 @@ def edit_role_tx(
 ) -> tuple[dict[str, Any], list[Event]]:
     """Apply an EditRole body; GUILD_ROLE_UPDATE."""
     ctx = member_context(conn, guild_id, caller_id)
-    _manageable_role(conn, ctx, role_id)
+    _manageable_role(ctx, role_id)
     if "permissions" in body and not can_grant(ctx.permissions(), body["permissions"]):
         raise Forbidden("a role may only hold permissions you hold")
     before = GuildSnapshot(conn, guild_id)
@@ -172,15 +204,12 @@ def reorder_roles_tx(
 ) -> tuple[list[dict[str, Any]], list[Event]]:
     """Move roles to new positions; GUILD_ROLES_UPDATE with every role."""
     ctx = member_context(conn, guild_id, caller_id)
-    top = max(
-        (ctx.guild.roles[r].position for r in ctx.role_ids if r in ctx.guild.roles),
-        default=0,
-    )
+    top = highest_position(ctx.guild, ctx.user_id, ctx.role_ids)
     for item in positions:
         if item["id"] == guild_id:
             raise BadRequest("@everyone always stays at position 0")
-        _manageable_role(conn, ctx, item["id"])
-        if not ctx.is_owner and item["position"] >= top:
+        _manageable_role(ctx, item["id"])
+        if item["position"] >= top:
             raise Forbidden("a role cannot be moved to or above your highest role")
     for item in positions:
         conn.execute(
@@ -211,7 +240,7 @@ def delete_role_tx(
     ctx = member_context(conn, guild_id, caller_id)
     if role_id == guild_id:
         raise BadRequest("@everyone cannot be deleted")
-    _manageable_role(conn, ctx, role_id)
+    _manageable_role(ctx, role_id)
     before = GuildSnapshot(conn, guild_id)
     conn.execute(sa.delete(t.overwrites).where(t.overwrites.c.target_id == role_id))
     conn.execute(sa.delete(t.roles).where(t.roles.c.id == role_id))
@@ -225,14 +254,20 @@ def delete_role_tx(
 def assign_role_tx(
     conn: Connection, caller_id: str, guild_id: str, user_id: str, role_id: str, add: bool
 ) -> tuple[None, list[Event]]:
-    """Give (``add``) or take ``role_id`` to or from the member ``user_id``;
-    GUILD_MEMBER_UPDATE and visibility events."""
+    """Give (``add``) or take ``role_id`` to or from the member ``user_id``, who must rank
+    below the caller; GUILD_MEMBER_UPDATE and visibility events."""
     ctx = member_context(conn, guild_id, caller_id)
     if role_id == guild_id:
         raise BadRequest("@everyone is held by every member")
-    _manageable_role(conn, ctx, role_id)
-    if member_role_ids(conn, guild_id, user_id) is None:
+    role = _manageable_role(ctx, role_id)
+    target = member_role_ids(conn, guild_id, user_id)
+    if target is None:
         raise NotFound("no such member")
+    if not can_manage_member(ctx.guild, ctx.user_id, ctx.role_ids, user_id, target):
+        raise Forbidden("the member is not below your highest role")
+    # Taking a role away is decided by hierarchy alone (as kicking the member would be).
+    if add and not _holds_what_role_carries(conn, ctx, role):
+        raise Forbidden("a role may only be given by someone holding all its permissions")
     before = GuildSnapshot(conn, guild_id)
     mr = t.member_roles
     conn.execute(
@@ -251,7 +286,7 @@ def assign_role_tx(
 @router.route(
     "PUT",
     "/guilds/{guild_id}/members/{user_id}/roles/{role_id}",
-    summary="Give a member a role below your highest (MANAGE_ROLES)",
+    summary="Give a member below you a role below your highest (MANAGE_ROLES; only bits one holds)",
     status=204,
     errors=(403, 404),
 )
@@ -265,7 +300,7 @@ async def add_member_role(call: Call, guild_id: str, user_id: str, role_id: str)
 @router.route(
     "DELETE",
     "/guilds/{guild_id}/members/{user_id}/roles/{role_id}",
-    summary="Take a role below your highest from a member (MANAGE_ROLES)",
+    summary="Take a role below your highest from a member below you (MANAGE_ROLES)",
     status=204,
     errors=(403, 404),
 )

@@ -9,6 +9,7 @@ from contract.permissions import (
     GuildView,
     Overwrite,
     RoleInfo,
+    can_change_overwrite,
     can_grant,
     can_manage_member,
     can_manage_role,
@@ -169,6 +170,31 @@ def test_only_held_permissions_can_be_granted() -> None:
     assert can_grant(mod, int(P.KICK_MEMBERS))
     assert not can_grant(mod, int(P.ADMINISTRATOR))
     assert can_grant(compute_permissions(GUILD, "a", ["admin"]), int(P.ADMINISTRATOR))
+
+
+OVERWRITE_CHANGES = [
+    # (name, before, after, allowed) for an actor holding VIEW and SEND only
+    ("set held bits", None, role_ow(G, deny=SEND), True),
+    ("allow a bit one lacks", None, role_ow(G, allow=P.KICK_MEMBERS), False),
+    ("deny a bit one lacks", None, role_ow(G, deny=P.KICK_MEMBERS), False),
+    ("replace held with held", role_ow(G, deny=SEND), role_ow(G, allow=SEND), True),
+    ("clear a deny of a bit one lacks", role_ow(G, deny=CONNECT), role_ow(G), False),
+    ("remove a deny of a bit one lacks", role_ow(G, deny=CONNECT), None, False),
+    ("remove an allow of a bit one lacks", member_ow("u", allow=CONNECT), None, False),
+    ("remove held bits", member_ow("u", allow=VIEW, deny=SEND), None, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "allowed"),
+    [case[1:] for case in OVERWRITE_CHANGES],
+    ids=[case[0] for case in OVERWRITE_CHANGES],
+)
+def test_overwrite_changes_name_only_held_bits(
+    before: Overwrite | None, after: Overwrite | None, allowed: bool
+) -> None:
+    assert can_change_overwrite(int(VIEW | SEND), before, after) is allowed
+    assert can_change_overwrite(ALL, before, after), "owner and administrators hold every bit"
 
 
 def test_bits_are_at_discords_positions() -> None:
