@@ -25,6 +25,7 @@ from .ratelimit import RateLimiter
 from .sessions import SessionCache
 from .state import EXTENSION, ControlState
 from .store import Database
+from .wire import guard_request_target
 
 __all__ = ["create_app"]
 
@@ -38,6 +39,8 @@ def create_app(config: ControlConfig) -> QuartTrio:
     """Build the application for ``config``; every piece of state hangs off the app."""
     app = QuartTrio("control")
     app.config["HUSHROOM"] = config
+    # Paths and query strings that are not text are refused before Quart parses them.
+    app.asgi_app = guard_request_target(app.asgi_app)  # type: ignore[method-assign,assignment]
     # Quart refuses larger bodies before a handler runs; routes apply their own lower limits.
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     node_secrets = read_secret_file(config.resolved_node_secret_file)
