@@ -142,7 +142,7 @@ def register_routes(api: Api) -> None:
     )
     async def erase(call: Call) -> None:
         user_id = call.me.user_id
-        remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
+        remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id), scrub=True)
         await call.state.bus.publish(revoked(user_id=user_id))
         call.state.hub.drop_user(user_id)
         for guild_id, members in remaining:
