@@ -21,6 +21,7 @@ from .gateway.hub import GatewayHub
 from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .purger import run_purger
+from .quotas import EnvelopeQuota
 from .ratelimit import RateLimiter
 from .sessions import SessionCache
 from .state import EXTENSION, ControlState
@@ -58,6 +59,7 @@ def create_app(config: ControlConfig) -> QuartTrio:
         limiter=RateLimiter(config.rate_per_s, config.rate_burst),
         hub=GatewayHub(bus, config.resume_window_s),
         sessions=sessions,
+        envelope_quota=EnvelopeQuota.from_config(config),
     )
     app.extensions[EXTENSION] = state
     register_error_handlers(app)

@@ -63,6 +63,24 @@ class ControlConfig:
         50.0, help="sustained requests per second per token (and per device)", check=_positive
     )
     rate_burst: int = option(200, help="requests a token may burst above the rate", check=_positive)
+    queue_max_envelopes: int = option(
+        10_000, help="envelopes one device's queue may hold (more: 409 queue_full)", check=_positive
+    )
+    queue_max_bytes: int = option(
+        64 * 1024 * 1024,
+        help="ciphertext bytes one device's queue may hold (more: 409 queue_full)",
+        check=_positive,
+    )
+    sender_queue_max_envelopes: int = option(
+        1_000,
+        help="envelopes one sender may have queued for one device (more: 409 queue_full)",
+        check=_positive,
+    )
+    sender_queue_max_bytes: int = option(
+        8 * 1024 * 1024,
+        help="ciphertext bytes one sender may have queued for one device (more: 409 queue_full)",
+        check=_positive,
+    )
     heartbeat_interval_ms: int = option(
         41250, help="gateway heartbeat interval announced in HELLO", check=_positive
     )

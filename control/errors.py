@@ -24,6 +24,7 @@ __all__ = [
     "NotAcceptable",
     "NotFound",
     "PayloadTooLarge",
+    "QueueFull",
     "RateLimited",
     "StaleDevices",
     "Unauthorized",
@@ -99,6 +100,13 @@ class StaleDevices(Conflict):
     """An envelope fan-out names a device list that is not the recipient's current one."""
 
     code = "stale_devices"
+
+
+class QueueFull(Conflict):
+    """An envelope would take a device's queue, or one sender's share of it, over its quota
+    (``device_id`` and ``limit`` say which); it clears as the device acknowledges."""
+
+    code = "queue_full"
 
 
 class Gone(ApiError):

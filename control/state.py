@@ -9,6 +9,7 @@ from quart import current_app
 
 from .bus import LocalBus
 from .config import ControlConfig
+from .quotas import EnvelopeQuota
 from .ratelimit import RateLimiter
 from .sessions import SessionCache
 from .store import Database
@@ -31,6 +32,7 @@ class ControlState:
     limiter: RateLimiter
     hub: GatewayHub
     sessions: SessionCache
+    envelope_quota: EnvelopeQuota
 
 
 def get_state() -> ControlState:
