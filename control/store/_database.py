@@ -13,12 +13,13 @@ after the commit that holds its write is on disk, but one fsync serves many requ
 
 Deleted data leaves the SQLite files, not just the tables. ``secure_delete`` overwrites
 deleted content with zeros (set explicitly: some builds default to it, others do not).
-``auto_vacuum=INCREMENTAL`` lets freed pages be cut off the end of the file: after a commit
-that left at least :data:`RECLAIM_BYTES` free, they are, and the WAL is checkpointed into the
-database and truncated, so the files shrink back once a queue is acknowledged. A write made
-with ``scrub=True`` (account erasure) always ends that way before it returns: the WAL still
-holds earlier images of the erased rows until a checkpoint copies the zeroed pages back, so
-only after ``wal_checkpoint(TRUNCATE)`` is the data gone from the database, WAL and SHM files.
+``auto_vacuum=INCREMENTAL`` (set by :meth:`Database.migrate`) lets freed pages be cut off the
+end of the file: after a commit that left at least :data:`RECLAIM_BYTES` free, they are, and
+the WAL is checkpointed into the database and truncated, so the files shrink back once a queue
+is acknowledged. A write made with ``scrub=True`` (account erasure) always ends that way
+before it returns: the WAL still holds earlier images of the erased rows until a checkpoint
+copies the zeroed pages back, so only after ``wal_checkpoint(TRUNCATE)`` is the data gone
+from the database, WAL and SHM files.
 PostgreSQL needs none of this here: autovacuum reclaims dead rows and reuses their space.
 """
 
@@ -63,9 +64,6 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # break SAVEPOINTs); SQLAlchemy's "begin" event below emits BEGIN itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # Before journal_mode, so that a new file is created with it (an existing file that lacks
-    # it is rebuilt once by Database.migrate).
-    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     # WAL lets readers run while the single writer commits; foreign keys enforce the
     # ownership rules the retention design relies on (ON DELETE CASCADE erases dependants).
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -129,11 +127,14 @@ class Database:
     def _enable_incremental_vacuum(self) -> None:
         raw = self.engine.raw_connection()
         try:
+            # Set once per file, not per connection: setting it opens a write transaction.
+            # The mode takes effect with a VACUUM (instant on a new, empty file).
             if raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
-                # A file created before auto_vacuum was set: the mode applies after a VACUUM.
+                tables = raw.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
                 raw.execute("VACUUM")
-                log.info("database rebuilt once for incremental vacuum")
+                if tables:
+                    log.info("database rebuilt once for incremental vacuum")
         finally:
             raw.close()
 
