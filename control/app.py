@@ -22,7 +22,7 @@ from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .purger import run_purger
 from .quotas import EnvelopeQuota
-from .ratelimit import RateLimiter
+from .ratelimit import ClaimLimiter, RateLimiter
 from .sessions import SessionCache
 from .state import EXTENSION, ControlState
 from .store import Database
@@ -60,6 +60,12 @@ def create_app(config: ControlConfig) -> QuartTrio:
         hub=GatewayHub(bus, config.resume_window_s),
         sessions=sessions,
         envelope_quota=EnvelopeQuota.from_config(config),
+        prekey_claims=ClaimLimiter(
+            config.prekey_claims_per_minute,
+            config.prekey_claim_burst,
+            config.otk_per_claimer_device_per_day,
+            config.otk_per_device_per_hour,
+        ),
     )
     app.extensions[EXTENSION] = state
     register_error_handlers(app)

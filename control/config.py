@@ -63,6 +63,24 @@ class ControlConfig:
         50.0, help="sustained requests per second per token (and per device)", check=_positive
     )
     rate_burst: int = option(200, help="requests a token may burst above the rate", check=_positive)
+    prekey_claims_per_minute: float = option(
+        30.0, help="prekey claims per minute one user may make (more: 429)", check=_positive
+    )
+    prekey_claim_burst: int = option(
+        300, help="prekey claims a user may burst above that rate", check=_positive
+    )
+    otk_per_claimer_device_per_day: int = option(
+        3,
+        help="one-time prekeys one user may take from one device per day "
+        "(more: bundles without one, i.e. the signed prekey alone)",
+        check=_positive,
+    )
+    otk_per_device_per_hour: int = option(
+        50,
+        help="one-time prekeys everyone together may take from one device per hour "
+        "(more: bundles without one)",
+        check=_positive,
+    )
     queue_max_envelopes: int = option(
         10_000, help="envelopes one device's queue may hold (more: 409 queue_full)", check=_positive
     )

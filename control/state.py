@@ -10,7 +10,7 @@ from quart import current_app
 from .bus import LocalBus
 from .config import ControlConfig
 from .quotas import EnvelopeQuota
-from .ratelimit import RateLimiter
+from .ratelimit import ClaimLimiter, RateLimiter
 from .sessions import SessionCache
 from .store import Database
 
@@ -33,6 +33,7 @@ class ControlState:
     hub: GatewayHub
     sessions: SessionCache
     envelope_quota: EnvelopeQuota
+    prekey_claims: ClaimLimiter
 
 
 def get_state() -> ControlState:

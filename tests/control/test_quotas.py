@@ -138,3 +138,67 @@ async def test_the_database_file_shrinks_back_after_acks(tmp_path: Path) -> None
             status, _ = await h.call("POST", f"{API}/envelopes/ack", victim, json={"ids": ids})
             assert status == 200
         assert size() < before + 1024 * 1024, (before, size())
+
+
+async def _claim(h: Harness, claimer: User, target: User) -> dict[str, Any]:
+    """One claim of ``target``'s bundle (of its single device), waiting out the general
+    per-token 429s; a claim limit's 429 is returned as the body."""
+    while True:
+        status, body = await h.call("POST", f"{API}/users/{target.id}/keys/claim", claimer, json={})
+        if status == 429 and body["error"]["message"] == "slow down":
+            await trio.sleep(body["error"]["retry_after"])
+            continue
+        if status == 429:
+            return dict(body)
+        assert status == 200, body
+        (bundle,) = body["devices"]
+        assert bundle["signed_prekey"] is not None and bundle["pq_prekey"] is not None
+        return dict(bundle)
+
+
+async def _held(h: Harness, user: User) -> int:
+    status, body = await h.call("GET", f"{API}/users/@me/devices/@current/keys", user)
+    assert status == 200
+    return int(body["one_time_prekeys"])
+
+
+async def test_one_claimer_cannot_drain_a_devices_one_time_prekeys(harness: Harness) -> None:
+    victim, mallory = await harness.register("victim", otks=100), await harness.register("mallory")
+    bundles = [await _claim(harness, mallory, victim) for _ in range(150)]
+    taken = [b["one_time_prekey"] for b in bundles if b["one_time_prekey"] is not None]
+    limit = ControlConfig().otk_per_claimer_device_per_day
+    assert len(taken) == limit, "one claimer takes its daily few, then signed prekeys only"
+    assert await _held(harness, victim) == 100 - limit
+
+
+async def test_many_claimers_together_take_at_most_the_device_budget(harness: Harness) -> None:
+    victim = await harness.register("victim", otks=100)
+    budget = ControlConfig().otk_per_device_per_hour
+    sybils = [await harness.register(f"sybil{i}") for i in range(budget // 3 + 4)]
+    taken = 0
+    for sybil in sybils:
+        for _ in range(3):
+            taken += (await _claim(harness, sybil, victim))["one_time_prekey"] is not None
+    assert taken == budget
+    assert await _held(harness, victim) == 100 - budget, "the rest of the keys last"
+    # Anyone else still gets a bundle to start a session with: the signed prekeys alone.
+    late = await harness.register("late")
+    assert (await _claim(harness, late, victim))["one_time_prekey"] is None
+
+
+async def test_claims_per_claimer_are_limited(tmp_path: Path) -> None:
+    async with _app(tmp_path, rate_per_s=1e9, rate_burst=10**9) as h:
+        mallory = await h.register("mallory")
+        targets = [await h.register(f"t{i}", otks=1) for i in range(4)]
+        config = ControlConfig()
+        burst, per_second = config.prekey_claim_burst, config.prekey_claims_per_minute / 60
+        started = trio.current_time()
+        claims = 0
+        while "error" not in (bundle := await _claim(h, mallory, targets[claims % 4])):
+            claims += 1
+            assert claims <= burst + 50, "claims were never limited"
+        # Refused once the burst (plus what refilled meanwhile) was used up, not before.
+        assert claims >= burst
+        assert claims <= burst + (trio.current_time() - started) * per_second + 1
+        assert bundle["error"]["code"] == "rate_limited", bundle
+        assert 0 < bundle["error"]["retry_after"] <= 1 / per_second
