@@ -25,6 +25,7 @@ class ErrorCode(enum.StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     CONFLICT = "conflict"
     STALE_DEVICES = "stale_devices"
+    QUEUE_FULL = "queue_full"
     GONE = "gone"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"

@@ -22,10 +22,12 @@ from .gateway.shell import serve_gateway
 from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .proof_of_work import ProofOfWork, derive_key
 from .purger import run_purger
-from .ratelimit import RateLimiter
+from .quotas import EnvelopeQuota
+from .ratelimit import ClaimLimiter, RateLimiter
 from .sessions import SessionCache
 from .state import EXTENSION, ControlState
 from .store import Database
+from .wire import guard_request_target
 
 __all__ = ["create_app"]
 
@@ -39,6 +41,8 @@ def create_app(config: ControlConfig) -> QuartTrio:
     """Build the application for ``config``; every piece of state hangs off the app."""
     app = QuartTrio("control")
     app.config["HUSHROOM"] = config
+    # Paths and query strings that are not text are refused before Quart parses them.
+    app.asgi_app = guard_request_target(app.asgi_app)  # type: ignore[method-assign,assignment]
     # Quart refuses larger bodies before a handler runs; routes apply their own lower limits.
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     node_secrets = read_secret_file(config.resolved_node_secret_file)
@@ -63,6 +67,13 @@ def create_app(config: ControlConfig) -> QuartTrio:
             base_bits=config.pow_base_bits,
             max_bits=config.pow_max_bits,
             target_per_s=config.pow_target_per_s,
+        ),
+        envelope_quota=EnvelopeQuota.from_config(config),
+        prekey_claims=ClaimLimiter(
+            config.prekey_claims_per_minute,
+            config.prekey_claim_burst,
+            config.otk_per_claimer_device_per_day,
+            config.otk_per_device_per_hour,
         ),
     )
     app.extensions[EXTENSION] = state

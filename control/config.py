@@ -87,6 +87,42 @@ class ControlConfig:
         help="redeemed proofs of work per second per purpose above which difficulty rises",
         check=_positive,
     )
+    prekey_claims_per_minute: float = option(
+        30.0, help="prekey claims per minute one user may make (more: 429)", check=_positive
+    )
+    prekey_claim_burst: int = option(
+        300, help="prekey claims a user may burst above that rate", check=_positive
+    )
+    otk_per_claimer_device_per_day: int = option(
+        3,
+        help="one-time prekeys one user may take from one device per day "
+        "(more: bundles without one, i.e. the signed prekey alone)",
+        check=_positive,
+    )
+    otk_per_device_per_hour: int = option(
+        50,
+        help="one-time prekeys everyone together may take from one device per hour "
+        "(more: bundles without one)",
+        check=_positive,
+    )
+    queue_max_envelopes: int = option(
+        10_000, help="envelopes one device's queue may hold (more: 409 queue_full)", check=_positive
+    )
+    queue_max_bytes: int = option(
+        64 * 1024 * 1024,
+        help="ciphertext bytes one device's queue may hold (more: 409 queue_full)",
+        check=_positive,
+    )
+    sender_queue_max_envelopes: int = option(
+        1_000,
+        help="envelopes one sender may have queued for one device (more: 409 queue_full)",
+        check=_positive,
+    )
+    sender_queue_max_bytes: int = option(
+        8 * 1024 * 1024,
+        help="ciphertext bytes one sender may have queued for one device (more: 409 queue_full)",
+        check=_positive,
+    )
     heartbeat_interval_ms: int = option(
         41250, help="gateway heartbeat interval announced in HELLO", check=_positive
     )

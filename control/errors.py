@@ -27,6 +27,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "ProofOfWorkRequired",
+    "QueueFull",
     "RateLimited",
     "StaleDevices",
     "Unauthorized",
@@ -102,6 +103,13 @@ class StaleDevices(Conflict):
     """An envelope fan-out names a device list that is not the recipient's current one."""
 
     code = ErrorCode.STALE_DEVICES
+
+
+class QueueFull(Conflict):
+    """An envelope would take a device's queue, or one sender's share of it, over its quota
+    (``device_id`` and ``limit`` say which); it clears as the device acknowledges."""
+
+    code = ErrorCode.QUEUE_FULL
 
 
 class Gone(ApiError):

@@ -10,7 +10,8 @@ from quart import current_app
 from .bus import LocalBus
 from .config import ControlConfig
 from .proof_of_work import ProofOfWork
-from .ratelimit import RateLimiter
+from .quotas import EnvelopeQuota
+from .ratelimit import ClaimLimiter, RateLimiter
 from .sessions import SessionCache
 from .store import Database
 
@@ -33,6 +34,8 @@ class ControlState:
     hub: GatewayHub
     sessions: SessionCache
     proof_of_work: ProofOfWork
+    envelope_quota: EnvelopeQuota
+    prekey_claims: ClaimLimiter
 
 
 def get_state() -> ControlState:

@@ -5,6 +5,13 @@ with the negotiated codec and checks them against a :class:`Schema` (required fi
 lengths, ranges; unknown fields are refused) before any handler sees them. Binary fields are
 msgpack ``bin`` values, or standard base64 strings (RFC 4648 §4) in JSON. The same schemas
 produce the OpenAPI document, so the document cannot drift from what is enforced.
+
+Text must be Unicode scalar values (RFC 8259 §8.2, RFC 3629): JSON's ``\ud800`` escape and
+the bytes ``ED A0 80`` (a UTF-8-encoded surrogate, which Python's JSON decoder lets through)
+both yield a lone surrogate that no store or encoder downstream can handle.
+:func:`check_text_untrusted` refuses them for every string a schema admits (bodies and query
+values) and :func:`guard_request_target` for the request path and query string, before
+routing: the one place each is checked.
 """
 
 from __future__ import annotations
@@ -13,23 +20,39 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgpack
+from hypercorn.typing import (
+    ASGIReceiveCallable,
+    ASGISendCallable,
+    HTTPScope,
+    Scope,
+    WebsocketScope,
+)
 from quart import Response, has_request_context, request
 
-from .errors import InvalidBody, NotAcceptable, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    InvalidBody,
+    NotAcceptable,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 __all__ = [
     "JSON",
     "MSGPACK",
     "Field",
     "Schema",
+    "check_text_untrusted",
     "decode_body_untrusted",
     "decode_value_untrusted",
     "encode_response",
+    "guard_request_target",
+    "is_text",
     "json_schema",
     "wants_msgpack",
 ]
@@ -188,6 +211,7 @@ def decode_value_untrusted(spec: Field, value: object, where: str, is_msgpack: b
     if kind == "str":
         if not isinstance(value, str):
             raise InvalidBody(f"{where} must be a string")
+        check_text_untrusted(value, where)
         _check_length(spec, len(value), where, "characters")
         if spec.enum is not None and value not in spec.enum:
             raise InvalidBody(f"{where} must be one of {', '.join(spec.enum)}")
@@ -211,6 +235,60 @@ def decode_value_untrusted(spec: Field, value: object, where: str, is_msgpack: b
         _check_length(spec, len(data), where, "bytes")
         return data
     raise AssertionError(f"unknown field kind {kind}")
+
+
+def is_text(value: str) -> bool:
+    """True unless ``value`` holds a lone surrogate (then it is not Unicode text and has
+    no UTF-8 form)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_text_untrusted(value: str, where: str) -> None:
+    """Refuse a string that is not Unicode text with ``400 invalid_body``."""
+    if not is_text(value):
+        raise InvalidBody(f"{where} is not valid Unicode text (lone surrogate)")
+
+
+AsgiApp = Callable[[Scope, ASGIReceiveCallable, ASGISendCallable], Coroutine[Any, Any, None]]
+
+
+def request_target_problem(scope: HTTPScope | WebsocketScope) -> str | None:
+    """Why a request's path or query string is not text, or None when both are."""
+    if not is_text(scope["path"]):
+        return "the request path is not valid Unicode text (lone surrogate)"
+    try:
+        scope["query_string"].decode("utf-8")
+    except UnicodeDecodeError:
+        return "the query string is not valid UTF-8"
+    return None
+
+
+def guard_request_target(app: AsgiApp) -> AsgiApp:
+    """Wrap an ASGI app so a request whose path or query string is not text gets ``400
+    bad_request`` before routing (Quart would fail on it with a 500, and a path parameter
+    would reach the store); such a WebSocket handshake is refused (403)."""
+
+    async def guarded(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        if scope["type"] == "lifespan":
+            await app(scope, receive, send)
+            return
+        problem = request_target_problem(scope)
+        if problem is None:
+            await app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await receive()  # websocket.connect; a close before accept refuses the handshake
+            await send({"type": "websocket.close", "code": 1008, "reason": None})
+        else:
+            body = encode_body(BadRequest(problem).body(), msgpack_body=False)
+            headers = [(b"content-type", JSON.encode()), (b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 400, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    return guarded
 
 
 def _bytes_untrusted(value: object, where: str, is_msgpack: bool) -> bytes:

@@ -8,6 +8,7 @@ sessions are random bearer tokens of which only the SHA-256 is stored.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -510,7 +511,8 @@ def upload_keys_tx(conn: Connection, device_id: str, body: dict[str, Any]) -> in
     errors=(404,),
 )
 async def claim_keys(call: Call, user_id: str) -> Reply:
-    bundles, low = await call.state.db.write(lambda conn: claim_bundles(conn, user_id))
+    may_take = call.state.prekey_claims.admit(call.me.user_id)
+    bundles, low = await call.state.db.write(lambda conn: claim_bundles(conn, user_id, may_take))
     for device_id, remaining in low:
         await call.state.bus.publish(
             Event(
@@ -523,9 +525,13 @@ async def claim_keys(call: Call, user_id: str) -> Reply:
 
 
 def claim_bundles(
-    conn: Connection, user_id: str
+    conn: Connection, user_id: str, may_take: Callable[[str], bool]
 ) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
     """Build every device's bundle, deleting one OTK per device inside this transaction.
+
+    ``may_take(device_id)`` says whether this claimer may have one of the device's OTKs now
+    (:meth:`control.ratelimit.ClaimLimiter.take_one_time_prekey`, asked only when one is
+    left); if not, the bundle carries the signed prekeys alone, as when none are left.
 
     The OTK is deleted by primary key and the delete's row count checked, so even under
     PostgreSQL's concurrent transactions two claims can never both receive the same key:
@@ -541,6 +547,7 @@ def claim_bundles(
         signed = conn.execute(sa.select(spk).where(spk.c.device_id == device_id)).first()
         pq_key = conn.execute(sa.select(pq).where(pq.c.device_id == device_id)).first()
         one_time: dict[str, Any] | None = None
+        admitted = False
         while True:
             row = conn.execute(
                 sa.select(otk.c.key_id, otk.c.public_key)
@@ -548,8 +555,9 @@ def claim_bundles(
                 .order_by(otk.c.key_id)
                 .limit(1)
             ).first()
-            if row is None:
+            if row is None or not (admitted or may_take(device_id)):
                 break
+            admitted = True
             deleted = conn.execute(
                 sa.delete(otk).where(otk.c.device_id == device_id, otk.c.key_id == row.key_id)
             ).rowcount

@@ -143,7 +143,7 @@ async def export(call: Call) -> dict[str, Any]:
 )
 async def erase(call: Call) -> None:
     user_id = call.me.user_id
-    remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id))
+    remaining = await call.state.db.write(lambda conn: erase_user(conn, user_id), scrub=True)
     await call.state.bus.publish(revoked(user_id=user_id))
     for guild_id, members in remaining:
         data = {"guild_id": guild_id, "user_id": user_id}

@@ -20,6 +20,7 @@ from contract.gateway import EventName
 from ..bus import Event
 from ..errors import InvalidBody, NotFound, StaleDevices
 from ..ids import new_id, now
+from ..quotas import EnvelopeQuota, check_envelope_quota
 from ..store import schema as t
 from ..wire import Field, Schema
 from ._routing import Call, Router, id_field, int_field
@@ -110,24 +111,34 @@ def devices_of(conn: Connection, user_ids: set[str]) -> dict[str, list[dict[str,
 
 
 def store_envelopes(
-    conn: Connection, sender_user: str, sender_device: str, recipients: list[dict[str, Any]]
+    conn: Connection,
+    sender_user: str,
+    sender_device: str,
+    recipients: list[dict[str, Any]],
+    quota: EnvelopeQuota,
 ) -> list[dict[str, Any]]:
     """Check every recipient's device list against the store, then queue the envelopes.
 
-    Raises :class:`StaleDevices` naming each user whose list differs, with the current list.
+    Raises :class:`StaleDevices` naming each user whose list differs, with the current list,
+    and :class:`~control.errors.QueueFull` when a device's queue is at its ``quota``.
     """
-    return store_envelope_sends(conn, sender_user, sender_device, [recipients])[0]
+    return store_envelope_sends(conn, sender_user, sender_device, [recipients], quota)[0]
 
 
 def store_envelope_sends(
-    conn: Connection, sender_user: str, sender_device: str, sends: list[list[dict[str, Any]]]
+    conn: Connection,
+    sender_user: str,
+    sender_device: str,
+    sends: list[list[dict[str, Any]]],
+    quota: EnvelopeQuota,
 ) -> list[list[dict[str, Any]]]:
     """Queue several sends (each a ``recipients`` list) in order, all or nothing.
 
     A stale device list in any send refuses them all with one :class:`StaleDevices` naming
     every stale user with the current list, so a client re-encrypts once. Three statements
     whatever the number of sends and recipients: the devices of every user named, the last
-    ``seq`` of every target device, and one multi-row insert.
+    ``seq`` of every target device, and one multi-row insert; plus one for the quota check
+    (:func:`control.quotas.check_envelope_quota`, 409 ``queue_full``).
     """
     for recipients in sends:
         users = [r["user_id"] for r in recipients]
@@ -190,6 +201,7 @@ def store_envelope_sends(
                 )
         stored.append(rows)
     inserts = [row for rows in stored for row in rows]
+    check_envelope_quota(conn, sender_user, inserts, quota)
     if inserts:
         conn.execute(sa.insert(env), inserts)
     return stored
@@ -225,7 +237,9 @@ router = Router(tag="relay")
 async def send_envelopes(call: Call) -> dict[str, Any]:
     me = call.me
     rows = await call.state.db.write(
-        lambda conn: store_envelopes(conn, me.user_id, me.device_id, call.body["recipients"])
+        lambda conn: store_envelopes(
+            conn, me.user_id, me.device_id, call.body["recipients"], call.state.envelope_quota
+        )
     )
     await call.state.bus.publish_many(envelope_events(rows))
     return _receipts(rows)
@@ -244,7 +258,9 @@ async def send_envelope_batch(call: Call) -> dict[str, Any]:
     me, sends = call.me, call.body["sends"]
     recipient_lists = [send["recipients"] for send in sends]
     stored = await call.state.db.write(
-        lambda conn: store_envelope_sends(conn, me.user_id, me.device_id, recipient_lists)
+        lambda conn: store_envelope_sends(
+            conn, me.user_id, me.device_id, recipient_lists, call.state.envelope_quota
+        )
     )
     await call.state.bus.publish_many(event for rows in stored for event in envelope_events(rows))
     return {"sends": [_receipts(rows) for rows in stored]}

@@ -10,11 +10,23 @@ Writes are group-committed: whoever holds the write lock runs every write queued
 one transaction, each inside its own SAVEPOINT (so one failing write rolls back alone and
 its exception goes to its own caller), and commits once. Every caller still returns only
 after the commit that holds its write is on disk, but one fsync serves many requests.
+
+Deleted data leaves the SQLite files, not just the tables. ``secure_delete`` overwrites
+deleted content with zeros (set explicitly: some builds default to it, others do not).
+``auto_vacuum=INCREMENTAL`` (set by :meth:`Database.migrate`) lets freed pages be cut off the
+end of the file: after a commit that left at least :data:`RECLAIM_BYTES` free, they are, and
+the WAL is checkpointed into the database and truncated, so the files shrink back once a queue
+is acknowledged. A write made with ``scrub=True`` (account erasure) always ends that way
+before it returns: the WAL still holds earlier images of the erased rows until a checkpoint
+copies the zeroed pages back, so only after ``wal_checkpoint(TRUNCATE)`` is the data gone
+from the database, WAL and SHM files.
+PostgreSQL needs none of this here: autovacuum reclaims dead rows and reuses their space.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -25,12 +37,21 @@ from sqlalchemy.engine import Connection, Engine
 
 from .migrations import migrate
 
-__all__ = ["Database", "sqlite_url"]
+__all__ = ["RECLAIM_BYTES", "Database", "StoreError", "sqlite_url"]
 
 T = TypeVar("T")
 
+log = logging.getLogger("control.store")
+
 #: Worker threads that may hold a database connection at once.
 _THREADS = 8
+#: Free space in the SQLite file that is handed back to the file system after a commit;
+#: smaller amounts stay for the next inserts to reuse.
+RECLAIM_BYTES = 1024 * 1024
+
+
+class StoreError(Exception):
+    """The store could not do what durability or erasure requires."""
 
 
 def sqlite_url(path: Path) -> str:
@@ -50,6 +71,8 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     # FULL: a commit is on disk before the API answers 2xx (durable envelopes).
     cursor.execute("PRAGMA synchronous=FULL")
+    # Deleted rows are overwritten with zeros, whatever this SQLite build's default is.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
@@ -60,8 +83,9 @@ def _on_sqlite_begin(conn: Connection) -> None:
 class _Job(Generic[T]):
     """One queued write and, once its batch committed, its outcome."""
 
-    def __init__(self, fn: Callable[[Connection], T]) -> None:
+    def __init__(self, fn: Callable[[Connection], T], scrub: bool) -> None:
         self.fn = fn
+        self.scrub = scrub
         self.done = False
         self.value: T | None = None
         self.error: BaseException | None = None
@@ -96,7 +120,23 @@ class Database:
 
     async def migrate(self) -> int:
         """Bring the schema to the newest version; return that version."""
+        if self.is_sqlite:
+            await trio.to_thread.run_sync(self._enable_incremental_vacuum, limiter=self._threads)
         return await self.write(migrate)
+
+    def _enable_incremental_vacuum(self) -> None:
+        raw = self.engine.raw_connection()
+        try:
+            # Set once per file, not per connection: setting it opens a write transaction.
+            # The mode takes effect with a VACUUM (instant on a new, empty file).
+            if raw.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+                tables = raw.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                raw.execute("PRAGMA auto_vacuum=INCREMENTAL")
+                raw.execute("VACUUM")
+                if tables:
+                    log.info("database rebuilt once for incremental vacuum")
+        finally:
+            raw.close()
 
     async def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(conn)`` in a worker thread on a read connection."""
@@ -104,11 +144,15 @@ class Database:
             functools.partial(self._run_read, fn), limiter=self._threads
         )
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, scrub: bool = False) -> T:
         """Run ``fn(conn)`` atomically, serialised with every other write; return after the
         commit. ``fn`` may run in a transaction shared with other writes (inside its own
-        SAVEPOINT), so it must not commit or roll back itself."""
-        job = _Job(fn)
+        SAVEPOINT), so it must not commit or roll back itself.
+
+        ``scrub=True`` (erasure): return only once what ``fn`` deleted is gone from every
+        file of the store, not only from its tables (see the module docstring).
+        """
+        job = _Job(fn, scrub)
         self._pending.append(job)
         try:
             async with self._write_lock:
@@ -137,6 +181,16 @@ class Database:
                             job.value = job.fn(conn)
                     except Exception as exc:
                         job.error = exc
+            if self.is_sqlite:
+                scrubbing = [job for job in batch if job.scrub and job.error is None]
+                try:
+                    self._reclaim_sqlite(scrub=bool(scrubbing))
+                except Exception as exc:
+                    # Committed, but the erasure is not yet out of every file: say so.
+                    for job in scrubbing:
+                        job.error = exc
+                    if not scrubbing:
+                        log.warning("space reclaim failed: %s", type(exc).__name__)
         except Exception as exc:
             # The commit itself failed: no write of the batch happened.
             for job in batch:
@@ -144,6 +198,27 @@ class Database:
         finally:
             for job in batch:
                 job.done = True
+
+    def _reclaim_sqlite(self, scrub: bool) -> None:
+        """After a commit: cut free pages off the file once they add up to
+        :data:`RECLAIM_BYTES` (always when scrubbing), then fold the WAL into the database
+        and truncate it, so neither file keeps deleted content or freed space."""
+        raw = self.engine.raw_connection()
+        try:
+            free = raw.execute("PRAGMA freelist_count").fetchone()[0]
+            page = raw.execute("PRAGMA page_size").fetchone()[0]
+            reclaim = free * page >= RECLAIM_BYTES
+            if not (scrub or reclaim):
+                return
+            if free:
+                # Each step of this pragma frees one page and sqlite3's execute() steps once;
+                # executescript() steps every statement to the end.
+                raw.executescript("PRAGMA incremental_vacuum")
+            busy, _frames, _copied = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise StoreError("the WAL checkpoint could not complete: a reader held it")
+        finally:
+            raw.close()
 
     def close(self) -> None:
         """Close every pooled connection."""

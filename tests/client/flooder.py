@@ -2,7 +2,8 @@
 
 ``python flooder.py URL SECONDS`` asks for challenges, registers accounts and opens
 provisioning mailboxes as fast as it can for SECONDS, paying every proof of work the server
-asks (a flooder that does not pay gets nothing but 428s), and prints what it got as JSON.
+asks (a flooder that does not pay gets nothing but 428s), and prints as JSON what it got
+and when (seconds since it started) each account was made.
 It stands for an attacker with one core; the tests run several.
 """
 
@@ -84,15 +85,18 @@ def _register(url: str) -> int:
 def main() -> None:
     url, seconds = sys.argv[1], float(sys.argv[2])
     counts: dict[str, int] = {}
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    accounts_at: list[float] = []
+    start = time.monotonic()
+    while time.monotonic() < start + seconds:
         status = _register(url)
         counts[f"register {status}"] = counts.get(f"register {status}", 0) + 1
+        if status == 201:
+            accounts_at.append(round(time.monotonic() - start, 3))
         status, _ = _call(
             url, "/provisioning", {"mailbox_id": os.urandom(16).hex()}, "provisioning"
         )
         counts[f"mailbox {status}"] = counts.get(f"mailbox {status}", 0) + 1
-    print(json.dumps(counts), flush=True)
+    print(json.dumps({"counts": counts, "accounts_at": accounts_at}), flush=True)
 
 
 if __name__ == "__main__":

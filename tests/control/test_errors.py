@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from control.api import build_api
+from control.api._routing import PREFIX
 from control.api.openapi import openapi_document
 from control.app import create_app
 
@@ -255,3 +259,140 @@ def test_fuzzed_bodies_never_cause_a_server_error(
 
 #: One registered user per test directory, shared by the examples of one run.
 _FUZZ_USERS: dict[str, dict[str, str]] = {}
+
+
+def _filled(schema: dict[str, Any], text: str) -> Any:
+    """A value of the JSON ``schema`` whose every string (not base64) field is ``text``."""
+    kind = schema["type"]
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return {name: _filled(sub, text) for name, sub in schema["properties"].items()}
+    if kind == "array":
+        return [_filled(schema["items"], text)] * max(1, schema.get("minItems", 1))
+    if kind == "string" and schema.get("contentEncoding") == "base64":
+        return base64.b64encode(b"x" * max(1, schema.get("x-min-bytes", 1))).decode()
+    if kind == "string":
+        return text
+    if kind == "integer":
+        return schema["minimum"]
+    return True
+
+
+def _has_text(schema: dict[str, Any]) -> bool:
+    kind = schema["type"]
+    if isinstance(kind, list):
+        kind = kind[0]
+    if kind == "object":
+        return any(_has_text(sub) for sub in schema["properties"].values())
+    if kind == "array":
+        return _has_text(schema["items"])
+    return kind == "string" and "contentEncoding" not in schema
+
+
+def _body_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    doc = openapi_document(build_api())
+    return {
+        (method.upper(), path): op["requestBody"]["content"]["application/json"]["schema"]
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if "requestBody" in op
+    }
+
+
+_BODY_SCHEMAS = _body_schemas()
+#: Anonymous routes that charge a proof of work, by (method, path), with its purpose: the
+#: fuzz pays it so the body is what gets judged.
+_PROOF_OF_WORK = {
+    (route.method, PREFIX + route.path): route.proof_of_work.value
+    for route in build_api().routes
+    if route.proof_of_work is not None
+}
+#: Text holding one lone surrogate (hypothesis' text() never yields surrogates itself, so
+#: JSON cannot pair it with a neighbour into a valid character).
+lone_surrogate_text = st.builds(
+    lambda before, surrogate, after: before + surrogate + after,
+    st.text(max_size=4),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.text(max_size=4),
+)
+#: Byte strings that are not UTF-8, led by the encoded surrogate ED A0 80.
+invalid_utf8 = st.just(b"\xed\xa0\x80") | st.binary(min_size=1, max_size=8).filter(
+    lambda data: not _decodes(data)
+)
+
+
+def _decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+async def _invalid_text_case(
+    data_dir: Path, route: tuple[str, str], body: bytes, ctype: str, path: str
+) -> tuple[int, Any]:
+    """Send ``body`` to ``route`` (at ``path`` when given: an ASGI path with no UTF-8 form)
+    as a newly registered user (an earlier example may have signed out or erased one)."""
+    app = create_app(make_config(data_dir, rate_per_s=1e9, rate_burst=10**9))
+    async with app.test_app():
+        harness = Harness(app)
+        user = await harness.register(f"fuzz{secrets.token_hex(4)}")
+        method, template = route
+        for name in _FUZZ_PARAMS:
+            template = template.replace("{" + name + "}", "x0")
+        proof = (route in _PROOF_OF_WORK and await harness.proof(_PROOF_OF_WORK[route])) or {}
+        response = await harness.client.open(
+            template,
+            method=method,
+            data=body,
+            headers={"Content-Type": ctype, **user.auth, **proof},
+            scope_base={"path": path} if path else None,
+        )
+        raw = await response.get_data()
+        return response.status_code, json.loads(raw) if raw else None
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    route=st.sampled_from(_documented_routes()),
+    kind=st.sampled_from(["json-escape", "json-raw", "msgpack-raw", "path"]),
+    text=lone_surrogate_text,
+    raw=invalid_utf8,
+)
+def test_text_that_is_not_unicode_is_a_400_on_every_route(
+    tmp_path: Path, route: tuple[str, str], kind: str, text: str, raw: bytes
+) -> None:
+    schema = _BODY_SCHEMAS.get(route, {"type": "object", "properties": {}})
+    path = ""
+    expected: tuple[int, str] | None = None
+    if kind == "path":
+        assume("{" in route[1])
+        path = re.sub(r"\{\w+\}", lambda _: text, route[1])
+        body, ctype, expected = b"{}", "application/json", (400, "bad_request")
+    elif kind == "msgpack-raw":
+        # msgpack cannot pack invalid UTF-8: pack a same-length stand-in, then swap the bytes.
+        stand_in = "\x7f" * len(raw)
+        body = msgpack.packb(_filled(schema, stand_in) or {"name": stand_in})
+        body, ctype = body.replace(stand_in.encode(), raw), "application/msgpack"
+        if route in _BODY_SCHEMAS:  # routes without a body never read one
+            expected = (400, "invalid_body")
+    else:
+        value = _filled(schema, text)
+        # ensure_ascii writes the surrogate as a \\udXXX escape; surrogatepass as raw bytes.
+        if kind == "json-escape":
+            body = json.dumps(value).encode()
+        else:
+            body = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+        ctype = "application/json"
+        if _has_text(schema):
+            expected = (400, "invalid_body")
+    status, reply = trio.run(_invalid_text_case, tmp_path, route, body, ctype, path)
+    assert status < 500, (route, kind, status, reply)
+    if expected is not None:
+        assert (status, reply["error"]["code"]) == expected, (route, kind, reply)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import trio
-from control_harness import API, Harness, b64, make_config, make_guild
+from control_harness import API, Harness, User, b64, make_config, make_guild
 
 from control.app import create_app
 
@@ -53,19 +53,37 @@ async def test_scenario_on_postgresql(tmp_path: Path, pg_url: str) -> None:
         _, page = await harness.call("GET", f"{API}/channels/{general}/messages", ann)
         assert [m["seq"] for m in page] == [3, 2, 1]
         got: list[int] = []
+        # Eight claimers racing, three claims each (one claimer may take only a few of one
+        # device's OTKs per day): 24 claims for 20 keys.
+        claimers = [await harness.register(f"claimer{i}") for i in range(8)]
 
-        async def claim() -> None:
-            for _ in range(6):
+        async def claim(claimer: User) -> None:
+            for _ in range(3):
                 _, body = await harness.call(
-                    "POST", f"{API}/users/{ann.id}/keys/claim", bob, json={}
+                    "POST", f"{API}/users/{ann.id}/keys/claim", claimer, json={}
                 )
                 otk = body["devices"][0]["one_time_prekey"]
                 if otk is not None:
                     got.append(otk["key_id"])
 
         async with trio.open_nursery() as nursery:
-            for _ in range(4):
-                nursery.start_soon(claim)
+            for claimer in claimers:
+                nursery.start_soon(claim, claimer)
         assert sorted(got) == list(range(1, 21))
         status, _ = await harness.call("DELETE", f"{API}/users/@me", bob)
         assert status == 204
+
+
+async def test_queue_quotas_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    config = make_config(tmp_path, database_url=pg_url, sender_queue_max_bytes=5000)
+    app = create_app(config)
+    async with app.test_app():
+        harness = Harness(app)
+        ann, bob = await harness.register("ann"), await harness.register("bob")
+        devices = [{"device_id": bob.device_id, "ciphertext": b64(b"x" * 2000)}]
+        body = {"recipients": [{"user_id": bob.id, "devices": devices}]}
+        for expected in (201, 201, 409):
+            status, reply = await harness.call("POST", f"{API}/envelopes", ann, json=body)
+            assert status == expected, reply
+        assert reply["error"]["code"] == "queue_full"
+        assert reply["error"]["limit"] == "sender_bytes"

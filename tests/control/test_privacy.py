@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import sqlalchemy as sa
 from control_harness import Harness, b64, make_guild
 
+from control.config import ControlConfig
 from control.ids import now
 from control.purger import purge_once
 from control.store import schema as t
@@ -116,3 +119,56 @@ async def test_purger_enforces_every_time_based_rule(harness: Harness) -> None:
     last = await state.db.write(lambda conn: purge_once(conn, now() + ttl + 60, ttl))
     assert last["envelopes"] == 1 and last["sessions"] == 2
     assert await _count(harness, t.challenges) == 0
+
+
+async def test_erasure_leaves_nothing_in_the_database_wal_or_shm_files(
+    harness: Harness, config: ControlConfig
+) -> None:
+    ann = await harness.register("ann")
+    victim = await harness.register("qx_erased_7k")
+    otk = os.urandom(32)
+    status, _ = await harness.call(
+        "PUT",
+        f"{API}/users/@me/devices/@current/keys",
+        victim,
+        json={"one_time_prekeys": [{"key_id": 900, "public_key": b64(otk)}]},
+    )
+    assert status == 200
+    guild = await make_guild(harness, victim)  # owned alone: erased with the account
+    status, _ = await harness.call(
+        "PATCH", f"{API}/guilds/{guild['id']}", victim, json={"name": "qx guild marker"}
+    )
+    assert status == 200
+    general = guild["channels"][0]["id"]
+    said, queued, received = os.urandom(48), os.urandom(48), os.urandom(48)
+    await harness.call(
+        "POST", f"{API}/channels/{general}/messages", victim, json={"ciphertext": b64(said)}
+    )
+    for sender, recipient, ciphertext in ((victim, ann, queued), (ann, victim, received)):
+        devices = [{"device_id": recipient.device_id, "ciphertext": b64(ciphertext)}]
+        body = {"recipients": [{"user_id": recipient.id, "devices": devices}]}
+        status, _ = await harness.call("POST", f"{API}/envelopes", sender, json=body)
+        assert status == 201
+    markers = {
+        "handle": b"qx_erased_7k",
+        "user id": victim.id.encode(),
+        "device id": victim.device_id.encode(),
+        "identity key": victim.keys.identity_key,
+        "one-time prekey": otk,
+        "guild name": b"qx guild marker",
+        "channel message": said,
+        "envelope sent": queued,
+        "envelope received": received,
+    }
+    files = sorted(config.data_dir.glob("control.sqlite3*"))
+    assert {f.name for f in files} >= {"control.sqlite3", "control.sqlite3-wal"}
+    content = b"".join(f.read_bytes() for f in files)
+    assert all(marker in content for marker in markers.values()), "markers are stored first"
+
+    status, _ = await harness.call("DELETE", f"{API}/users/@me", victim)
+    assert status == 204
+    for path in sorted(config.data_dir.glob("control.sqlite3*")):
+        data = path.read_bytes()
+        left = [name for name, marker in markers.items() if marker in data]
+        assert not left, f"{path.name} still holds the erased account's {', '.join(left)}"
+    assert await _count(harness, t.users) == 1, "ann is untouched"

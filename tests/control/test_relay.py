@@ -30,11 +30,13 @@ async def test_claim_returns_a_bundle_per_device_and_consumes_one_otk(harness: H
 
 async def test_concurrent_claims_never_share_a_one_time_prekey(harness: Harness) -> None:
     ann = await harness.register("ann", otks=40)
-    claimers = [await harness.register(f"c{i}") for i in range(4)]
+    # Sixteen claimers, three claims each: one claimer may take only a few of one device's
+    # OTKs per day (ClaimLimiter), and 48 claims still race for 40 keys.
+    claimers = [await harness.register(f"c{i}") for i in range(16)]
     got: list[int | None] = []
 
     async def claim(user: User) -> None:
-        for _ in range(12):
+        for _ in range(3):
             status, body = await harness.call(
                 "POST", f"{API}/users/{ann.id}/keys/claim", user, json={}
             )

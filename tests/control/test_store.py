@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -94,4 +95,23 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
         lambda conn: {c["name"] for c in sa.inspect(conn).get_columns("envelopes")}
     )
     assert "seq" in columns
+    db.close()
+
+
+async def test_sqlite_deletes_securely_and_vacuums_incrementally(tmp_path: Path) -> None:
+    # A file from before: created without auto_vacuum, already holding tables.
+    path = tmp_path / "old.sqlite3"
+    legacy = sqlite3.connect(path)
+    legacy.execute("CREATE TABLE leftover (x BLOB)")
+    legacy.commit()
+    legacy.close()
+    db = Database(sqlite_url(path))
+    await db.migrate()
+
+    def pragmas(conn: sa.Connection) -> tuple[int, int]:
+        secure = conn.exec_driver_sql("PRAGMA secure_delete").scalar()
+        vacuum = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+        return int(secure or 0), int(vacuum or 0)
+
+    assert await db.read(pragmas) == (1, 2), "secure_delete on, auto_vacuum incremental"
     db.close()
