@@ -130,7 +130,7 @@ class PQSignedPreKey:
     """An ML-KEM-1024 key pair (stored as its 64-byte seed) signed by the identity key."""
 
     key_id: int
-    seed: bytes
+    seed: bytes = field(repr=False)
     public: bytes
     signature: bytes
     _private: MLKEM1024PrivateKey | None = field(default=None, repr=False, compare=False)

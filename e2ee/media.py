@@ -22,7 +22,7 @@ Keys travel in :class:`MediaKey` messages, only inside pairwise sessions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from e2ee import _wire
@@ -131,7 +131,7 @@ class MediaKey:
     suite: int
     sender_index: int
     generation: int
-    base_key: bytes
+    base_key: bytes = field(repr=False)
 
     @property
     def kid(self) -> int:

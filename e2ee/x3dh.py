@@ -16,7 +16,7 @@ so a replayed initial message naming it fails.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from e2ee import _wire
 from e2ee._primitives import (
@@ -110,7 +110,7 @@ class InitialMessage:
 class AgreedSecret:
     """Result of a handshake: SK, AD and what the Double Ratchet needs to start."""
 
-    shared_key: bytes
+    shared_key: bytes = field(repr=False)
     associated_data: bytes
     initiator_identity: bytes
     responder_identity: bytes

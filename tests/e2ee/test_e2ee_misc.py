@@ -178,3 +178,44 @@ def test_prekey_store_of_another_identity_is_refused_in_backup() -> None:
     )
     with pytest.raises(DecodeError):
         BackupContents.decode_untrusted(plaintext)
+
+
+def _leaks(obj: object, secret: bytes) -> bool:
+    text = repr(obj)
+    return repr(secret)[2:-1] in text or secret.hex() in text
+
+
+def test_no_key_object_prints_its_secret_in_repr() -> None:
+    from e2ee._primitives import X25519KeyPair
+    from e2ee.media import MediaKey
+    from e2ee.sender_keys import SenderKeyDistribution
+    from e2ee.x3dh import agree_as_initiator
+
+    identity = IdentityKeyPair.generate()
+    store = PreKeyStore.generate(identity, 1)
+    pair = X25519KeyPair.generate()
+    otk = next(iter(store.one_time_prekeys.values()))
+    pq = store.current_pq_prekey
+    spk = store.current_signed_prekey
+    provisioning = ProvisioningPayload(b"user", identity.seed, b"extra: private prekeys")
+    distribution = SenderKeyDistribution(b"channel", 1, 0, b"\x07" * 32, identity.public)
+    media = MediaKey(4, 1, 0, b"\x09" * 32)
+    secret = agree_as_initiator(IdentityKeyPair.generate(), store.bundle()).secret
+    decrypted = DecryptedMessage(MessageType.TEXT, b"c", b"a very private sentence")
+    cases: list[tuple[object, bytes]] = [
+        (pair, pair.private),
+        (otk, otk.key_pair.private),
+        (spk, spk.key_pair.private),
+        (pq, pq.seed),
+        (identity, identity.seed),
+        (provisioning, identity.seed),
+        (provisioning, b"extra: private prekeys"),
+        (distribution, b"\x07" * 32),
+        (media, b"\x09" * 32),
+        (secret, secret.shared_key),
+        (decrypted, b"a very private sentence"),
+    ]
+    for obj, value in cases:
+        assert not _leaks(obj, value), type(obj).__name__
+    # The public halves are still there to tell keys apart in a debugger.
+    assert pair.public.hex() in repr(pair) or repr(pair.public)[2:-1] in repr(pair)
