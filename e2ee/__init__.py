@@ -35,6 +35,7 @@ from e2ee.errors import (
     UnknownKey,
     UnsupportedSuite,
     UnsupportedVersion,
+    WeakParameters,
     WrongMessageType,
 )
 from e2ee.identity import (
@@ -109,6 +110,7 @@ __all__ = [
     "UnknownKey",
     "UnsupportedSuite",
     "UnsupportedVersion",
+    "WeakParameters",
     "WrongMessageType",
     "accept_session",
     "agree_as_initiator",

@@ -60,5 +60,9 @@ class StateError(E2EEError):
     """An operation is not valid in the object's current state (e.g. a consumed secret)."""
 
 
+class WeakParameters(E2EEError):
+    """Key-derivation settings below the accepted floor (e.g. Argon2id under OWASP's)."""
+
+
 class UnsupportedSuite(E2EEError):
     """An SFrame cipher suite identifier this implementation does not support."""

@@ -11,7 +11,6 @@ import pytest
 from _e2ee_helpers import CONV, session_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nacl import pwhash
 
 from e2ee import (
     BackupContents,
@@ -47,6 +46,7 @@ from e2ee import (
     unpad,
     unprotect_frame,
 )
+from e2ee.backup import MIN_MEMLIMIT, MIN_OPSLIMIT
 from e2ee.double_ratchet import DecryptedMessage, MessageType
 from e2ee.errors import E2EEError
 from e2ee.linking import parse_link_code
@@ -79,7 +79,7 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     link = LinkingSecret()
     payload = ProvisioningPayload(b"user", bytes(32), b"x")
     _, provisioning = build_provisioning_message(link.code, payload)
-    fast = {"opslimit": pwhash.argon2id.OPSLIMIT_MIN, "memlimit": pwhash.argon2id.MEMLIMIT_MIN}
+    fast = {"opslimit": MIN_OPSLIMIT, "memlimit": MIN_MEMLIMIT}
     backup = export_backup(BackupContents(alice_id, None, {"b": bob}), "pw", **fast)
 
     def fresh_store_accept(data: bytes) -> object:

@@ -28,11 +28,13 @@ from e2ee import (
     safety_number,
     unpad,
 )
-from e2ee.errors import DecodeError, DecryptionFailed, StateError
+from e2ee.backup import MIN_MEMLIMIT, MIN_OPSLIMIT
+from e2ee.errors import DecodeError, DecryptionFailed, StateError, WeakParameters
 from e2ee.linking import parse_link_code
 from e2ee.padding import bucket_size
 
-FAST_KDF = {"opslimit": pwhash.argon2id.OPSLIMIT_MIN, "memlimit": pwhash.argon2id.MEMLIMIT_MIN}
+# The cheapest settings a backup accepts (OWASP's floor for Argon2id).
+FAST_KDF = {"opslimit": MIN_OPSLIMIT, "memlimit": MIN_MEMLIMIT}
 
 
 def test_safety_number_is_60_digits_and_symmetric() -> None:
@@ -122,6 +124,27 @@ def test_backup_refuses_hostile_argon2_parameters() -> None:
     fields[4] = 64 * 1024**3  # 64 GiB of memory
     with pytest.raises(DecodeError):
         import_backup(msgpack.packb(fields, use_bin_type=True), "pw")
+
+
+def test_backup_refuses_argon2_settings_under_the_owasp_floor() -> None:
+    import msgpack
+    from nacl.secret import SecretBox
+
+    identity = IdentityKeyPair.generate()
+    for ops, mem in ((1, MIN_MEMLIMIT), (MIN_OPSLIMIT, MIN_MEMLIMIT - 1024)):
+        with pytest.raises(WeakParameters):
+            export_backup(BackupContents(identity), "pw", opslimit=ops, memlimit=mem)
+    # A backup as the export used to allow: 1 pass over 8 KiB.
+    salt, nonce = bytes(16), bytes(24)
+    ops, mem = pwhash.argon2id.OPSLIMIT_MIN, pwhash.argon2id.MEMLIMIT_MIN
+    key = pwhash.argon2id.kdf(32, b"pw", salt, opslimit=ops, memlimit=mem)
+    ct = SecretBox(key).encrypt(BackupContents(identity).encode(), nonce).ciphertext
+    weak = msgpack.packb([10, 1, salt, ops, mem, nonce, ct], use_bin_type=True)
+    with pytest.raises(WeakParameters):
+        import_backup(weak, "pw")
+    # The floor itself and the defaults are accepted.
+    at_floor = export_backup(BackupContents(identity), "pw", **FAST_KDF)
+    assert import_backup(at_floor, "pw").identity.public == identity.public
 
 
 @settings(max_examples=100, deadline=None)
