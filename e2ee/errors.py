@@ -60,6 +60,10 @@ class StateError(E2EEError):
     """An operation is not valid in the object's current state (e.g. a consumed secret)."""
 
 
+class SenderIndexClaimed(E2EEError):
+    """A media key names a sender index already bound to another participant's device."""
+
+
 class WeakParameters(E2EEError):
     """Key-derivation settings below the accepted floor (e.g. Argon2id under OWASP's)."""
 

@@ -75,7 +75,7 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     sfr_ratchet.add_key(3 << 4, b"k" * 16)
     media_sender = MediaKeySender(2)
     media_receiver = MediaKeyReceiver()
-    media_receiver.install(media_sender.current_key(), now=0)
+    media_receiver.install(media_sender.current_key(), user_id="u", device_id="d", now=0)
     link = LinkingSecret()
     payload = ProvisioningPayload(b"user", bytes(32), b"x")
     _, provisioning = build_provisioning_message(link.code, payload)
