@@ -36,6 +36,14 @@ class DuplicateMessage(E2EEError):
     """A message, iteration or frame counter was already accepted once (a replay)."""
 
 
+class ReplayedMessage(DuplicateMessage):
+    """An initial message whose initiator identity key and base key were accepted before."""
+
+
+class TooManySessions(E2EEError):
+    """The replay record of the newest signed prekey is full: rotate the signed prekey."""
+
+
 class TooManySkipped(E2EEError):
     """A message asks the receiver to skip further ahead than the configured bound."""
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from _e2ee_helpers import CONV, session_pair
+from _e2ee_helpers import CONV, V1_PREKEY_STORE, session_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,6 +62,19 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     initial = initiator.encrypt(b"hello", conversation_id=CONV)
     alice, bob, _ = session_pair()
     ratchet_msg = alice.encrypt(b"ratchet", conversation_id=CONV)
+    # A store with one-time PQ prekeys and a replay record (format version 2).
+    pq_store = PreKeyStore.generate(IdentityKeyPair.generate(), 2, pq_one_time_prekeys=3)
+    pq_ids = list(pq_store.pq_one_time_prekeys)
+    accept_session(
+        pq_store,
+        initiate_session(alice_id, pq_store.bundle(pq_one_time_prekey_id=pq_ids[0])).encrypt(
+            b"first", conversation_id=CONV
+        ),
+        conversation_id=CONV,
+        now=0,
+    )
+    pq_bundle = pq_store.bundle(pq_one_time_prekey_id=pq_ids[1])
+    pq_initial = initiate_session(alice_id, pq_bundle).encrypt(b"hello", conversation_id=CONV)
 
     sks = SenderKeySender(b"chan")
     skr = SenderKeyReceiver(b"chan")
@@ -92,6 +105,17 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
             PreKeyUpload.decode_untrusted,
         ),
         "prekey_store": (store.serialize(), PreKeyStore.restore_untrusted),
+        "prekey_store_v1": (V1_PREKEY_STORE, PreKeyStore.restore_untrusted),
+        "prekey_store_pq_one_time": (pq_store.serialize(), PreKeyStore.restore_untrusted),
+        "bundle_pq_one_time": (pq_bundle.encode(), PreKeyBundle.decode_untrusted),
+        "upload_pq_one_time": (
+            pq_store.upload([], list(pq_store.pq_one_time_prekeys.values())).encode(),
+            PreKeyUpload.decode_untrusted,
+        ),
+        "accept_session_pq_one_time": (
+            pq_initial,
+            lambda d: accept_session(pq_store, d, conversation_id=CONV, now=0),
+        ),
         "initial_message": (initial, InitialMessage.decode_untrusted),
         "accept_session": (initial, fresh_store_accept),
         "ratchet_message": (ratchet_msg, RatchetMessage.decode_untrusted),
@@ -162,7 +186,7 @@ def _expect_typed_errors_only(decode: Callable[[bytes], object], data: bytes) ->
 def test_valid_samples_decode() -> None:
     # Runs before the fuzz tests below, while the stateful receivers are still fresh.
     for name, (valid, decode) in DECODERS.items():
-        if name in ("accept_session",):
+        if name in ("accept_session", "accept_session_pq_one_time"):
             continue  # consumes the OTK; covered in test_e2ee_x3dh
         decode(valid)
 
