@@ -138,7 +138,7 @@ def bench_aesgcm_reference(n: int) -> Measurement:
 def bench_media(n: int) -> Measurement:
     sender = MediaKeySender(1)
     receiver = MediaKeyReceiver()
-    receiver.install(sender.current_key(), now=0.0)
+    receiver.install(sender.current_key(), user_id="alice", device_id="phone", now=0.0)
     frame = b"\x78" + b"o" * 159
 
     def body(count: int) -> None:

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgpack
 
@@ -34,7 +34,8 @@ class LinkExtra:
     """The application part of a provisioning payload."""
 
     handle: str
-    prekeys: bytes
+    # The new device's private prekeys: never in repr().
+    prekeys: bytes = field(repr=False)
     devices: list[Device]
 
     def encode(self) -> bytes:

@@ -17,6 +17,7 @@ __all__ = [
     "X25519_KEY_LEN",
     "add_device_message",
     "login_message",
+    "pq_one_time_prekey_message",
     "pq_prekey_message",
     "register_message",
     "signed_prekey_message",
@@ -51,5 +52,18 @@ def signed_prekey_message(key_id: int, public_key: bytes) -> bytes:
 
 
 def pq_prekey_message(key_id: int, public_key: bytes) -> bytes:
-    """``"hushroom-v1 pq-prekey" NUL ‖ key_id (u32 BE) ‖ ML-KEM-1024 public key(1568)``."""
+    """``"hushroom-v1 pq-prekey" NUL ‖ key_id (u32 BE) ‖ ML-KEM-1024 public key(1568)``.
+
+    The PQ *last-resort* prekey: used by every initiator while no one-time PQ prekey is left.
+    """
     return b"hushroom-v1 pq-prekey\x00" + struct.pack(">I", key_id) + public_key
+
+
+def pq_one_time_prekey_message(key_id: int, public_key: bytes) -> bytes:
+    """``"hushroom-v1 pq-one-time-prekey" NUL ‖ key_id (u32 BE) ‖ ML-KEM-1024 key(1568)``.
+
+    A one-time PQ prekey (Signal's one-time Kyber prekey). Its own label, rather than the
+    last-resort one, makes the signature say which kind of key it is: a server cannot hand
+    out the last-resort key as one-time (or the reverse), whatever the key ids.
+    """
+    return b"hushroom-v1 pq-one-time-prekey\x00" + struct.pack(">I", key_id) + public_key

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.bindings as sodium
 from cryptography.exceptions import InvalidTag
@@ -82,7 +82,8 @@ def encode_mlkem(public: bytes) -> bytes:
 class X25519KeyPair:
     """An X25519 key pair (private scalar and public u-coordinate, 32 bytes each)."""
 
-    private: bytes
+    # Secrets stay out of repr(): a key object in a log line or a traceback must not leak.
+    private: bytes = field(repr=False)
     public: bytes
 
     @classmethod

@@ -52,11 +52,13 @@ def unpack_untrusted(
     max_items: int = 64,
     max_fields: int | None = None,
     min_fields: int | None = None,
+    versions: tuple[int, ...] = (VERSION,),
 ) -> list[Any]:
     """Decode ``data`` as ``[tag, version, ...]`` with every length and count bounded.
 
     ``max_items`` bounds every array and map inside the structure; ``min_fields`` and
     ``max_fields`` bound the number of top-level fields (tag and version included).
+    ``versions`` lists the versions the caller reads (it finds which one in item 1).
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError("expected bytes")
@@ -80,7 +82,7 @@ def unpack_untrusted(
         raise DecodeError("expected an array [tag, version, ...]")
     if obj[0] != tag or type(obj[0]) is not int:
         raise DecodeError(f"expected structure tag {tag}")
-    if obj[1] != VERSION or type(obj[1]) is not int:
+    if type(obj[1]) is not int or obj[1] not in versions:
         raise UnsupportedVersion(f"unsupported version {obj[1]!r}")
     if min_fields is not None and len(obj) < min_fields:
         raise DecodeError("too few fields")

@@ -5,7 +5,10 @@ pynacl) with a random 16-byte salt; the 32-byte result keys XSalsa20-Poly1305
 (libsodium's ``secretbox``) with a random 24-byte nonce. The Argon2id parameters travel in
 the backup, so they can be raised later, and are bounded on import so a crafted backup
 cannot make a client allocate unbounded memory. Changing any parameter changes the key,
-so tampering fails authentication.
+so tampering fails authentication. Settings under OWASP's floor for Argon2id (Password
+Storage Cheat Sheet: 19 MiB, 2 passes, 1 lane — libsodium always uses one lane) are refused
+on export and on import with :class:`~e2ee.errors.WeakParameters`: a backup is a copy of
+every key the device has, and its passphrase is all that guards it.
 """
 
 from __future__ import annotations
@@ -19,18 +22,21 @@ from nacl.secret import SecretBox
 
 from e2ee import _wire
 from e2ee._primitives import random_bytes
-from e2ee.errors import DecodeError, DecryptionFailed, E2EEError
+from e2ee.errors import DecodeError, DecryptionFailed, E2EEError, WeakParameters
 from e2ee.identity import IdentityKeyPair, PreKeyStore
 from e2ee.sender_keys import SenderKeyReceiver, SenderKeySender
 from e2ee.session import Session
 
-__all__ = ["BackupContents", "export_backup", "import_backup"]
+__all__ = ["MIN_MEMLIMIT", "MIN_OPSLIMIT", "BackupContents", "export_backup", "import_backup"]
 
 MAX_SESSIONS = 10_000
 MAX_LABEL = 255
 MAX_BACKUP_BYTES = 16 * 1024 * 1024
-_OPS_RANGE = (pwhash.argon2id.OPSLIMIT_MIN, pwhash.argon2id.OPSLIMIT_SENSITIVE)
-_MEM_RANGE = (pwhash.argon2id.MEMLIMIT_MIN, pwhash.argon2id.MEMLIMIT_MODERATE)
+#: OWASP's minimum Argon2id passes and memory (bytes); the defaults stay well above.
+MIN_OPSLIMIT = 2
+MIN_MEMLIMIT = 19 * 1024 * 1024
+_MAX_OPSLIMIT = pwhash.argon2id.OPSLIMIT_SENSITIVE
+_MAX_MEMLIMIT = pwhash.argon2id.MEMLIMIT_MODERATE
 
 
 @dataclass(slots=True)
@@ -102,6 +108,16 @@ def _labelled_blobs(value: object, name: str) -> dict[str, bytes]:
     }
 
 
+def _check_limits(opslimit: int, memlimit: int) -> None:
+    if opslimit < MIN_OPSLIMIT or memlimit < MIN_MEMLIMIT:
+        raise WeakParameters(
+            f"Argon2id with {opslimit} passes and {memlimit} bytes is under the floor of "
+            f"{MIN_OPSLIMIT} passes and {MIN_MEMLIMIT} bytes"
+        )
+    if opslimit > _MAX_OPSLIMIT or memlimit > _MAX_MEMLIMIT:
+        raise E2EEError("Argon2id limits above what a client will spend")
+
+
 def _key(passphrase: str, salt: bytes, opslimit: int, memlimit: int) -> bytes:
     if not isinstance(passphrase, str) or not 1 <= len(passphrase) <= 1024:
         raise E2EEError("passphrase must be a string of 1..1024 characters")
@@ -119,11 +135,12 @@ def export_backup(
     opslimit: int = pwhash.argon2id.OPSLIMIT_MODERATE,
     memlimit: int = pwhash.argon2id.MEMLIMIT_MODERATE,
 ) -> bytes:
-    """Encrypt ``contents`` under ``passphrase``: ``[10, 1, salt, ops, mem, nonce, ct]``."""
-    if not _OPS_RANGE[0] <= opslimit <= _OPS_RANGE[1]:
-        raise E2EEError("opslimit out of range")
-    if not _MEM_RANGE[0] <= memlimit <= _MEM_RANGE[1]:
-        raise E2EEError("memlimit out of range")
+    """Encrypt ``contents`` under ``passphrase``: ``[10, 1, salt, ops, mem, nonce, ct]``.
+
+    Limits under :data:`MIN_OPSLIMIT` / :data:`MIN_MEMLIMIT` raise
+    :class:`~e2ee.errors.WeakParameters`.
+    """
+    _check_limits(opslimit, memlimit)
     salt = random_bytes(pwhash.argon2id.SALTBYTES)
     nonce = random_bytes(SecretBox.NONCE_SIZE)
     box = SecretBox(_key(passphrase, salt, opslimit, memlimit))
@@ -132,13 +149,18 @@ def export_backup(
 
 
 def import_backup(data: bytes, passphrase: str) -> BackupContents:
-    """Decrypt and validate a backup; a wrong passphrase raises DecryptionFailed."""
+    """Decrypt and validate a backup; a wrong passphrase raises DecryptionFailed.
+
+    A backup made with Argon2id limits under the floor raises
+    :class:`~e2ee.errors.WeakParameters` before any key is derived.
+    """
     f = _wire.unpack_untrusted(
         data, _wire.TAG_BACKUP, max_bytes=MAX_BACKUP_BYTES + 1024, min_fields=7, max_fields=7
     )
     salt = _wire.get_bytes(f[2], "salt", size=pwhash.argon2id.SALTBYTES)
-    opslimit = _wire.get_int(f[3], "opslimit", *_OPS_RANGE)
-    memlimit = _wire.get_int(f[4], "memlimit", *_MEM_RANGE)
+    opslimit = _wire.get_int(f[3], "opslimit", 0, _MAX_OPSLIMIT)
+    memlimit = _wire.get_int(f[4], "memlimit", 0, _MAX_MEMLIMIT)
+    _check_limits(opslimit, memlimit)
     nonce = _wire.get_bytes(f[5], "nonce", size=SecretBox.NONCE_SIZE)
     ct = _wire.get_bytes(f[6], "ciphertext", max_len=MAX_BACKUP_BYTES)
     box = SecretBox(_key(passphrase, salt, opslimit, memlimit))

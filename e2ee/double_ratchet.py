@@ -24,7 +24,7 @@ message has authenticated, so a forged or replayed message leaves the session un
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
@@ -89,7 +89,8 @@ class DecryptedMessage:
 
     message_type: MessageType
     conversation_id: bytes
-    plaintext: bytes
+    # Kept out of repr() like key material: plaintext must never reach a log.
+    plaintext: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,14 @@ class DuplicateMessage(E2EEError):
     """A message, iteration or frame counter was already accepted once (a replay)."""
 
 
+class ReplayedMessage(DuplicateMessage):
+    """An initial message whose initiator identity key and base key were accepted before."""
+
+
+class TooManySessions(E2EEError):
+    """The replay record of the newest signed prekey is full: rotate the signed prekey."""
+
+
 class TooManySkipped(E2EEError):
     """A message asks the receiver to skip further ahead than the configured bound."""
 
@@ -58,6 +66,14 @@ class DowngradeRefused(E2EEError):
 
 class StateError(E2EEError):
     """An operation is not valid in the object's current state (e.g. a consumed secret)."""
+
+
+class SenderIndexClaimed(E2EEError):
+    """A media key names a sender index already bound to another participant's device."""
+
+
+class WeakParameters(E2EEError):
+    """Key-derivation settings below the accepted floor (e.g. Argon2id under OWASP's)."""
 
 
 class UnsupportedSuite(E2EEError):

@@ -13,7 +13,7 @@ refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
@@ -78,8 +78,8 @@ class ProvisioningPayload:
     """
 
     user_id: bytes
-    identity_seed: bytes
-    extra: bytes = b""
+    identity_seed: bytes = field(repr=False)
+    extra: bytes = field(default=b"", repr=False)
 
     def encode(self) -> bytes:
         """Encode as msgpack ``[13, 1, user_id, identity_seed, extra]``."""

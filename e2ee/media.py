@@ -16,19 +16,30 @@ grace period (frames in flight), and tries exactly one key per frame: AES-GCM is
 key-committing, so guessing among keys is avoided (the DAVE lesson).
 
 Keys travel in :class:`MediaKey` messages, only inside pairwise sessions
-(``MessageType.MEDIA_KEY``).
+(``MessageType.MEDIA_KEY``). A receiver binds each sender index to the user and device whose
+pairwise session delivered its first key, and refuses a key for that index from any other
+device (:class:`~e2ee.errors.SenderIndexClaimed`): otherwise any participant could install
+a key under someone else's index and have its frames shown as theirs. The binding ends when
+the participant is removed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from e2ee import _wire
 from e2ee._primitives import random_bytes
 from e2ee.double_ratchet import DecryptedMessage, MessageType
-from e2ee.errors import DecodeError, E2EEError, StateError, UnknownKey, WrongMessageType
+from e2ee.errors import (
+    DecodeError,
+    E2EEError,
+    SenderIndexClaimed,
+    StateError,
+    UnknownKey,
+    WrongMessageType,
+)
 from e2ee.sframe import (
     AES_128_GCM_SHA256_128,
     SUITES,
@@ -131,7 +142,7 @@ class MediaKey:
     suite: int
     sender_index: int
     generation: int
-    base_key: bytes
+    base_key: bytes = field(repr=False)
 
     @property
     def kid(self) -> int:
@@ -242,17 +253,33 @@ class MediaKeyReceiver:
         # Room for every generation held of up to 1024 participants.
         self._sframe = SFrameReceiver(suite, max_keys=MAX_GENERATIONS_HELD * 1024)
         self._senders: dict[int, _SenderKeys] = {}
+        # sender index -> (user id, device id) of the pairwise session that delivered its
+        # first key; only that device may give keys for the index until it is removed.
+        self._owners: dict[int, tuple[str, str]] = {}
         # The earliest expiry of any held generation (inf: none is in its grace period).
         self._next_expiry = math.inf
 
-    def install(self, key: MediaKey, *, now: float) -> None:
-        """Install a distributed key; an older generation gets its grace period."""
+    def install(self, key: MediaKey, *, user_id: str, device_id: str, now: float) -> None:
+        """Install a distributed key; an older generation gets its grace period.
+
+        ``user_id`` and ``device_id`` name the peer of the authenticated pairwise session
+        the key came out of (never a claim inside the key). The first key for a sender
+        index binds the index to that device; a key for it from another device raises
+        :class:`~e2ee.errors.SenderIndexClaimed` and changes nothing.
+        """
         if key.suite != self.suite:
             raise E2EEError("media key for another cipher suite")
+        owner = (user_id, device_id)
+        bound = self._owners.get(key.sender_index)
+        if bound is not None and bound != owner:
+            raise SenderIndexClaimed(
+                f"media sender index {key.sender_index} belongs to another device"
+            )
         state = self._senders.get(key.sender_index)
         if state is None:
+            self._sframe.add_key(key.kid, key.base_key)  # may refuse: too many keys
             self._senders[key.sender_index] = _SenderKeys(key.generation, key.base_key)
-            self._sframe.add_key(key.kid, key.base_key)
+            self._owners[key.sender_index] = owner
             return
         if key.generation in state.expiry:
             return  # already known (distributed or followed by ratchet)
@@ -298,8 +325,13 @@ class MediaKeyReceiver:
                     next_expiry = min(next_expiry, exp)
         self._next_expiry = next_expiry
 
+    def owner(self, sender_index: int) -> tuple[str, str] | None:
+        """``(user id, device id)`` a sender index is bound to, or None if it is free."""
+        return self._owners.get(sender_index)
+
     def remove_sender(self, sender_index: int) -> None:
-        """Forget every key of a participant who left."""
+        """Forget every key of a participant who left, and free its sender index."""
+        self._owners.pop(sender_index, None)
         state = self._senders.pop(sender_index, None)
         if state is not None:
             for gen in state.expiry:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hmac
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nacl.bindings as sodium
 
@@ -136,7 +136,7 @@ class SenderKeyDistribution:
     channel_id: bytes
     key_id: int
     iteration: int
-    chain_key: bytes
+    chain_key: bytes = field(repr=False)
     signing_key: bytes
 
     def encode(self) -> bytes:

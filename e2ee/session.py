@@ -3,9 +3,11 @@
 This is the composition Signal describes in X3DH §3.3 and Double Ratchet §7.1 (and
 PQXDH §3.3): the initiator sends its handshake fields in every message until the responder
 first answers, so the responder can build the session from whichever message arrives
-first. The responder consumes the one-time prekey only after the first ratchet message
-authenticates, so a forged initial message cannot burn an OTK, and a replayed one fails
-because the OTK is gone.
+first. The responder consumes the one-time prekeys (X25519 and PQ) and records the
+message's initiator identity key and base key only after the first ratchet message
+authenticates, so a forged initial message cannot burn a key, and a replayed one fails —
+because its one-time keys are gone, and in any case because it was recorded
+(:class:`~e2ee.errors.ReplayedMessage`).
 """
 
 from __future__ import annotations
@@ -204,9 +206,10 @@ def accept_session(
 ) -> tuple[Session, DecryptedMessage]:
     """Build the responder's session from an initial message and decrypt its payload.
 
-    The one-time prekey named by the message is deleted from ``store`` once the payload
-    authenticates; a second initial message naming it fails with
-    :class:`~e2ee.errors.UnknownKey`.
+    Once the payload authenticates, the one-time prekey and one-time PQ prekey named by the
+    message are deleted from ``store`` (the last-resort PQ prekey is kept) and the message
+    is recorded in ``store.seen_base_keys``; the caller persists ``store`` with the new
+    session. The same initial message again raises :class:`~e2ee.errors.ReplayedMessage`.
     """
     msg = InitialMessage.decode_untrusted(data)
     s = agree_as_responder(store, msg, require_pq=require_pq)
@@ -217,6 +220,9 @@ def accept_session(
     first = ratchet.decrypt(msg.payload, conversation_id=conversation_id, now=now)
     if msg.one_time_prekey_id is not None:
         store.take_one_time_prekey(msg.one_time_prekey_id)
+    if s.pq_one_time and msg.pq_prekey_id is not None:
+        store.take_pq_one_time_prekey(msg.pq_prekey_id)
+    store.record_accepted(msg.signed_prekey_id, msg.identity_key, msg.ephemeral_key)
     session = Session(
         ratchet,
         local_identity=store.identity.public,

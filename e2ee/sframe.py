@@ -447,12 +447,15 @@ class _KidState(_ReplayWindow):
 class _Generation:
     """Receiver state for one §5.1 key generation: the current ratchet step's key."""
 
-    __slots__ = ("base_key", "key", "kid", "previous", "windows")
+    __slots__ = ("ahead", "base_key", "key", "kid", "previous", "windows")
 
     def __init__(self, suite: int, base_key: bytes, kid: int) -> None:
         self.base_key = base_key
         self.kid = kid
         self.key = _FrameKey(suite, base_key, kid)
+        # Base keys of the steps after the current one, derived on demand: ahead[i] is i + 1
+        # steps on. Kept so frames that fail to authenticate cost no ratchet work twice.
+        self.ahead: list[bytes] = []
         # The key of the step before, kept so frames reordered across a ratchet still open.
         self.previous: tuple[int, _FrameKey] | None = None
         self.windows: dict[int, _ReplayWindow] = {}
@@ -465,6 +468,12 @@ class SFrameReceiver:
     generation, and a frame whose step is ahead of the stored one is opened with the
     ratcheted key; the ratchet is kept only if the frame authenticates, so a forged header
     cannot advance it. Each KID has a replay window of ``replay_window`` counters.
+
+    A frame is opened before it is known to be genuine, so the work it can cause is bounded:
+    a step more than ``max_ratchet_ahead`` ahead of the stored one is refused without any
+    derivation (the sender has moved on further than ratcheting should be trusted to
+    follow; it needs a new key), and the base keys derived for steps ahead are kept per
+    generation, so forged frames naming them cost one key derivation each, not a chain.
     """
 
     def __init__(
@@ -474,15 +483,19 @@ class SFrameReceiver:
         ratchet_bits: int = 0,
         replay_window: int = 128,
         max_keys: int = 1024,
+        max_ratchet_ahead: int = 16,
     ) -> None:
         _suite(suite)
         if not 0 <= ratchet_bits <= 16:
             raise E2EEError("ratchet_bits must be within 0..16")
+        if not 1 <= max_ratchet_ahead <= 1024:
+            raise E2EEError("max_ratchet_ahead must be within 1..1024")
         if not 1 <= replay_window <= 4096:
             raise E2EEError("replay_window must be within 1..4096")
         self.suite = suite
         self.ratchet_bits = ratchet_bits
         self._step_mask = (1 << ratchet_bits) - 1
+        self._max_ahead = max_ratchet_ahead
         self._window_size = replay_window
         self._max_keys = max_keys
         self._generations: dict[int, _Generation] = {}
@@ -596,14 +609,18 @@ class SFrameReceiver:
             # frames of a retired key, not a ratchet forward: refuse them.
             if steps == 0 or steps > (self._step_mask + 1) // 2:
                 raise UnknownKey(f"KID {kid} is not a forward ratchet step")
-            base_key = gen.base_key
-            for _ in range(steps):
-                base_key = ratchet_base_key(self.suite, base_key)
+            if steps > self._max_ahead:
+                raise UnknownKey(f"KID {kid} is {steps} ratchet steps ahead; a new key is needed")
+            ahead = gen.ahead
+            while len(ahead) < steps:
+                ahead.append(ratchet_base_key(self.suite, ahead[-1] if ahead else gen.base_key))
+            base_key = ahead[steps - 1]
             key = _FrameKey(self.suite, base_key, kid)
             plaintext = key.open(ctr, aad, body)
             gen.previous = (gen.kid, gen.key)
             gen.windows = {k: w for k, w in gen.windows.items() if k == gen.kid}
             gen.base_key, gen.key, gen.kid = base_key, key, kid
+            del ahead[:steps]
         if window is None:
             window = gen.windows.setdefault(kid, _ReplayWindow(self._window_size))
         window.accept(ctr)

@@ -10,13 +10,17 @@ Agreement Protocol" (rev. 3, §2–3) with X25519, SHA-256 and ML-KEM-1024:
 
 Identity keys are Ed25519 (see :mod:`e2ee.identity`); the DH uses their X25519 form. Every
 DH output is checked not to be all-zero (a low-order key). Signatures of the bundle are
-verified before any secret is computed. The receiver consumes the one-time prekey it used,
-so a replayed initial message naming it fails.
+verified before any secret is computed. The PQ prekey is the bundle's one-time PQ prekey
+when it has one, else the last-resort one (PQXDH §3.2); the initial message names it by id.
+The receiver consumes the one-time prekeys it used (X25519 and PQ), and refuses an initial
+message whose initiator identity key and base key it accepted before (PQXDH §4.2 leaves
+replay protection to the protocol above; libsignal refuses a pre-key message matching a
+session it holds), so a replayed initial message fails even when it used no one-time key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from e2ee import _wire
 from e2ee._primitives import (
@@ -110,7 +114,7 @@ class InitialMessage:
 class AgreedSecret:
     """Result of a handshake: SK, AD and what the Double Ratchet needs to start."""
 
-    shared_key: bytes
+    shared_key: bytes = field(repr=False)
     associated_data: bytes
     initiator_identity: bytes
     responder_identity: bytes
@@ -119,6 +123,9 @@ class AgreedSecret:
     responder_ratchet_public: bytes
     responder_ratchet_pair: X25519KeyPair | None
     post_quantum: bool
+    # Responder: whether the PQ key the message named is a one-time one (to consume once
+    # the first message authenticates). Initiator: whether the bundle's was.
+    pq_one_time: bool = False
 
 
 def _kdf(km: bytes, post_quantum: bool) -> bytes:
@@ -188,6 +195,7 @@ def agree_as_initiator(
         responder_ratchet_public=bundle.signed_prekey,
         responder_ratchet_pair=None,
         post_quantum=post_quantum,
+        pq_one_time=post_quantum and bundle.pq_prekey_one_time,
     )
     return InitiatorHandshake(
         secret=secret,
@@ -204,9 +212,11 @@ def agree_as_responder(
 ) -> AgreedSecret:
     """Run the responder's side (X3DH §3.4 / PQXDH §3.4).
 
-    The one-time prekey is only looked up here; the caller removes it with
-    :meth:`PreKeyStore.take_one_time_prekey` once the first message has authenticated
-    (see :func:`e2ee.session.accept_session`), so a forged initial message cannot burn it.
+    An initial message accepted before (same initiator identity key and base key) raises
+    :class:`~e2ee.errors.ReplayedMessage` before any secret is computed. The one-time
+    prekeys are only looked up here; :func:`e2ee.session.accept_session` removes them and
+    records the message once its payload has authenticated, so a forged initial message
+    can neither burn a key nor fill the replay record.
     """
     if message.kem_ciphertext is None and require_pq:
         raise DowngradeRefused("initial message without a KEM ciphertext")
@@ -215,7 +225,9 @@ def agree_as_responder(
     ik_a = ed25519_to_x25519_public(message.identity_key)
     if message.identity_key == store.identity.public:
         raise InvalidKey("initial message from our own identity key")
+    store.check_not_replayed(message.identity_key, message.ephemeral_key)
     spk = store.signed_prekey(message.signed_prekey_id)
+    store.check_room_for_session(spk.key_id)
     km = (
         x25519(spk.key_pair.private, ik_a)
         + x25519(store.identity.x25519_private, message.ephemeral_key)
@@ -225,11 +237,12 @@ def agree_as_responder(
         otk = store.peek_one_time_prekey(message.one_time_prekey_id)
         km += x25519(otk.key_pair.private, message.ephemeral_key)
     post_quantum = message.kem_ciphertext is not None
+    pq_one_time = False
     if message.pq_prekey_id is not None and message.kem_ciphertext is not None:
         # Both present (checked above); the test narrows the types.
-        pq = store.pq_prekey(message.pq_prekey_id)
+        pq_key, pq_one_time = store.pq_decapsulation_key(message.pq_prekey_id)
         try:
-            km += pq.private_key().decapsulate(message.kem_ciphertext)
+            km += pq_key.decapsulate(message.kem_ciphertext)
         except Exception:
             raise DecodeError("malformed ML-KEM ciphertext") from None
     return AgreedSecret(
@@ -240,4 +253,5 @@ def agree_as_responder(
         responder_ratchet_public=spk.key_pair.public,
         responder_ratchet_pair=spk.key_pair,
         post_quantum=post_quantum,
+        pq_one_time=pq_one_time,
     )

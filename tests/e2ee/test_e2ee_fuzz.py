@@ -8,10 +8,9 @@ from typing import Any
 
 import msgpack
 import pytest
-from _e2ee_helpers import CONV, session_pair
+from _e2ee_helpers import CONV, V1_PREKEY_STORE, session_pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nacl import pwhash
 
 from e2ee import (
     BackupContents,
@@ -47,6 +46,7 @@ from e2ee import (
     unpad,
     unprotect_frame,
 )
+from e2ee.backup import MIN_MEMLIMIT, MIN_OPSLIMIT
 from e2ee.double_ratchet import DecryptedMessage, MessageType
 from e2ee.errors import E2EEError
 from e2ee.linking import parse_link_code
@@ -62,6 +62,19 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     initial = initiator.encrypt(b"hello", conversation_id=CONV)
     alice, bob, _ = session_pair()
     ratchet_msg = alice.encrypt(b"ratchet", conversation_id=CONV)
+    # A store with one-time PQ prekeys and a replay record (format version 2).
+    pq_store = PreKeyStore.generate(IdentityKeyPair.generate(), 2, pq_one_time_prekeys=3)
+    pq_ids = list(pq_store.pq_one_time_prekeys)
+    accept_session(
+        pq_store,
+        initiate_session(alice_id, pq_store.bundle(pq_one_time_prekey_id=pq_ids[0])).encrypt(
+            b"first", conversation_id=CONV
+        ),
+        conversation_id=CONV,
+        now=0,
+    )
+    pq_bundle = pq_store.bundle(pq_one_time_prekey_id=pq_ids[1])
+    pq_initial = initiate_session(alice_id, pq_bundle).encrypt(b"hello", conversation_id=CONV)
 
     sks = SenderKeySender(b"chan")
     skr = SenderKeyReceiver(b"chan")
@@ -75,11 +88,11 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
     sfr_ratchet.add_key(3 << 4, b"k" * 16)
     media_sender = MediaKeySender(2)
     media_receiver = MediaKeyReceiver()
-    media_receiver.install(media_sender.current_key(), now=0)
+    media_receiver.install(media_sender.current_key(), user_id="u", device_id="d", now=0)
     link = LinkingSecret()
     payload = ProvisioningPayload(b"user", bytes(32), b"x")
     _, provisioning = build_provisioning_message(link.code, payload)
-    fast = {"opslimit": pwhash.argon2id.OPSLIMIT_MIN, "memlimit": pwhash.argon2id.MEMLIMIT_MIN}
+    fast = {"opslimit": MIN_OPSLIMIT, "memlimit": MIN_MEMLIMIT}
     backup = export_backup(BackupContents(alice_id, None, {"b": bob}), "pw", **fast)
 
     def fresh_store_accept(data: bytes) -> object:
@@ -92,6 +105,17 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
             PreKeyUpload.decode_untrusted,
         ),
         "prekey_store": (store.serialize(), PreKeyStore.restore_untrusted),
+        "prekey_store_v1": (V1_PREKEY_STORE, PreKeyStore.restore_untrusted),
+        "prekey_store_pq_one_time": (pq_store.serialize(), PreKeyStore.restore_untrusted),
+        "bundle_pq_one_time": (pq_bundle.encode(), PreKeyBundle.decode_untrusted),
+        "upload_pq_one_time": (
+            pq_store.upload([], list(pq_store.pq_one_time_prekeys.values())).encode(),
+            PreKeyUpload.decode_untrusted,
+        ),
+        "accept_session_pq_one_time": (
+            pq_initial,
+            lambda d: accept_session(pq_store, d, conversation_id=CONV, now=0),
+        ),
         "initial_message": (initial, InitialMessage.decode_untrusted),
         "accept_session": (initial, fresh_store_accept),
         "ratchet_message": (ratchet_msg, RatchetMessage.decode_untrusted),
@@ -162,7 +186,7 @@ def _expect_typed_errors_only(decode: Callable[[bytes], object], data: bytes) ->
 def test_valid_samples_decode() -> None:
     # Runs before the fuzz tests below, while the stateful receivers are still fresh.
     for name, (valid, decode) in DECODERS.items():
-        if name in ("accept_session",):
+        if name in ("accept_session", "accept_session_pq_one_time"):
             continue  # consumes the OTK; covered in test_e2ee_x3dh
         decode(valid)
 

@@ -21,6 +21,7 @@ from e2ee.errors import (
     DecryptionFailed,
     DuplicateMessage,
     E2EEError,
+    SenderIndexClaimed,
     StateError,
     UnknownKey,
     WrongMessageType,
@@ -70,9 +71,19 @@ def test_kid_carries_sender_index_and_generation() -> None:
     assert split_kid(sender.kid) == (5, 0)
 
 
-def _install(receiver: MediaKeyReceiver, key: MediaKey, now: float = 0.0) -> None:
+def _install(
+    receiver: MediaKeyReceiver,
+    key: MediaKey,
+    now: float = 0.0,
+    *,
+    sender: tuple[str, str] | None = None,
+) -> None:
+    # By default the key comes from the device named after the sender index it carries.
+    user_id, device_id = sender or (f"user-{key.sender_index}", f"device-{key.sender_index}")
     receiver.install(
         MediaKey.from_pairwise(DecryptedMessage(MessageType.MEDIA_KEY, b"call", key.encode())),
+        user_id=user_id,
+        device_id=device_id,
         now=now,
     )
 
@@ -180,3 +191,36 @@ def test_late_older_generation_is_held_for_its_grace_period_only() -> None:
     assert unprotect_frame(bob, Codec.OPUS, old[0], now=6) == OPUS
     with pytest.raises(UnknownKey):
         unprotect_frame(bob, Codec.OPUS, old[1], now=7)
+
+
+def test_a_participant_cannot_install_a_key_under_another_participants_sender_index() -> None:
+    alice = MediaKeySender(1)
+    bob = MediaKeyReceiver()
+    _install(bob, alice.current_key(), sender=("alice", "phone"))
+    assert bob.owner(1) == ("alice", "phone")
+    # Mallory, in the call, sends Bob a key of her own under Alice's index.
+    forged = MediaKeySender(1)
+    for generation_key in (forged.current_key(), forged.on_member_left()):
+        with pytest.raises(SenderIndexClaimed):
+            _install(bob, generation_key, now=1, sender=("mallory", "laptop"))
+    # Nor may another device of Alice's take it: the index is bound to a device.
+    with pytest.raises(SenderIndexClaimed):
+        _install(bob, forged.on_member_left(), now=1, sender=("alice", "tablet"))
+    # Nothing of hers was installed: her frames do not open, Alice's still do.
+    with pytest.raises(E2EEError):
+        unprotect_frame(bob, Codec.OPUS, protect_frame(forged.sframe, Codec.OPUS, OPUS), now=2)
+    assert unprotect_frame(bob, Codec.OPUS, protect_frame(alice.sframe, Codec.OPUS, OPUS), now=2)
+    # Alice's own next key is accepted from her device.
+    _install(bob, alice.on_member_left(), now=3, sender=("alice", "phone"))
+    assert unprotect_frame(bob, Codec.OPUS, protect_frame(alice.sframe, Codec.OPUS, OPUS), now=3)
+
+
+def test_removing_a_sender_frees_its_index_for_the_next_participant() -> None:
+    bob = MediaKeyReceiver()
+    _install(bob, MediaKeySender(7).current_key(), sender=("alice", "phone"))
+    bob.remove_sender(7)
+    assert bob.owner(7) is None
+    carol = MediaKeySender(7)
+    _install(bob, carol.current_key(), sender=("carol", "desk"))
+    assert bob.owner(7) == ("carol", "desk")
+    assert unprotect_frame(bob, Codec.OPUS, protect_frame(carol.sframe, Codec.OPUS, OPUS), now=1)

@@ -28,11 +28,13 @@ from e2ee import (
     safety_number,
     unpad,
 )
-from e2ee.errors import DecodeError, DecryptionFailed, StateError
+from e2ee.backup import MIN_MEMLIMIT, MIN_OPSLIMIT
+from e2ee.errors import DecodeError, DecryptionFailed, StateError, WeakParameters
 from e2ee.linking import parse_link_code
 from e2ee.padding import bucket_size
 
-FAST_KDF = {"opslimit": pwhash.argon2id.OPSLIMIT_MIN, "memlimit": pwhash.argon2id.MEMLIMIT_MIN}
+# The cheapest settings a backup accepts (OWASP's floor for Argon2id).
+FAST_KDF = {"opslimit": MIN_OPSLIMIT, "memlimit": MIN_MEMLIMIT}
 
 
 def test_safety_number_is_60_digits_and_symmetric() -> None:
@@ -124,6 +126,27 @@ def test_backup_refuses_hostile_argon2_parameters() -> None:
         import_backup(msgpack.packb(fields, use_bin_type=True), "pw")
 
 
+def test_backup_refuses_argon2_settings_under_the_owasp_floor() -> None:
+    import msgpack
+    from nacl.secret import SecretBox
+
+    identity = IdentityKeyPair.generate()
+    for ops, mem in ((1, MIN_MEMLIMIT), (MIN_OPSLIMIT, MIN_MEMLIMIT - 1024)):
+        with pytest.raises(WeakParameters):
+            export_backup(BackupContents(identity), "pw", opslimit=ops, memlimit=mem)
+    # A backup as the export used to allow: 1 pass over 8 KiB.
+    salt, nonce = bytes(16), bytes(24)
+    ops, mem = pwhash.argon2id.OPSLIMIT_MIN, pwhash.argon2id.MEMLIMIT_MIN
+    key = pwhash.argon2id.kdf(32, b"pw", salt, opslimit=ops, memlimit=mem)
+    ct = SecretBox(key).encrypt(BackupContents(identity).encode(), nonce).ciphertext
+    weak = msgpack.packb([10, 1, salt, ops, mem, nonce, ct], use_bin_type=True)
+    with pytest.raises(WeakParameters):
+        import_backup(weak, "pw")
+    # The floor itself and the defaults are accepted.
+    at_floor = export_backup(BackupContents(identity), "pw", **FAST_KDF)
+    assert import_backup(at_floor, "pw").identity.public == identity.public
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.binary(max_size=40_000))
 def test_padding_roundtrips_to_a_bucket(data: bytes) -> None:
@@ -178,3 +201,44 @@ def test_prekey_store_of_another_identity_is_refused_in_backup() -> None:
     )
     with pytest.raises(DecodeError):
         BackupContents.decode_untrusted(plaintext)
+
+
+def _leaks(obj: object, secret: bytes) -> bool:
+    text = repr(obj)
+    return repr(secret)[2:-1] in text or secret.hex() in text
+
+
+def test_no_key_object_prints_its_secret_in_repr() -> None:
+    from e2ee._primitives import X25519KeyPair
+    from e2ee.media import MediaKey
+    from e2ee.sender_keys import SenderKeyDistribution
+    from e2ee.x3dh import agree_as_initiator
+
+    identity = IdentityKeyPair.generate()
+    store = PreKeyStore.generate(identity, 1)
+    pair = X25519KeyPair.generate()
+    otk = next(iter(store.one_time_prekeys.values()))
+    pq = store.current_pq_prekey
+    spk = store.current_signed_prekey
+    provisioning = ProvisioningPayload(b"user", identity.seed, b"extra: private prekeys")
+    distribution = SenderKeyDistribution(b"channel", 1, 0, b"\x07" * 32, identity.public)
+    media = MediaKey(4, 1, 0, b"\x09" * 32)
+    secret = agree_as_initiator(IdentityKeyPair.generate(), store.bundle()).secret
+    decrypted = DecryptedMessage(MessageType.TEXT, b"c", b"a very private sentence")
+    cases: list[tuple[object, bytes]] = [
+        (pair, pair.private),
+        (otk, otk.key_pair.private),
+        (spk, spk.key_pair.private),
+        (pq, pq.seed),
+        (identity, identity.seed),
+        (provisioning, identity.seed),
+        (provisioning, b"extra: private prekeys"),
+        (distribution, b"\x07" * 32),
+        (media, b"\x09" * 32),
+        (secret, secret.shared_key),
+        (decrypted, b"a very private sentence"),
+    ]
+    for obj, value in cases:
+        assert not _leaks(obj, value), type(obj).__name__
+    # The public halves are still there to tell keys apart in a debugger.
+    assert pair.public.hex() in repr(pair) or repr(pair.public)[2:-1] in repr(pair)

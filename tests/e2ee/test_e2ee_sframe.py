@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,43 @@ def test_replay_window_accepts_exactly_what_a_set_of_seen_counters_allows(
         else:
             with pytest.raises(DuplicateMessage):
                 window.check(ctr)
+
+
+def test_forged_frames_far_ahead_cost_no_ratchet_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each derivation is counted (and still performed): the work a frame causes before it
+    # authenticates is what an attacker who can inject frames controls.
+    derived: list[int] = []
+    real = sframe.ratchet_base_key
+
+    def counting(suite: int, base_key: bytes) -> bytes:
+        derived.append(1)
+        return real(suite, base_key)
+
+    monkeypatch.setattr(sframe, "ratchet_base_key", counting)
+    base = b"b" * 16
+    receiver = sframe.SFrameReceiver(4, ratchet_bits=16)
+    receiver.add_key(7 << 16, base)
+    far = sframe.encode_header((7 << 16) | 32768, 0) + bytes(20)
+    started = time.perf_counter()
+    with pytest.raises(UnknownKey):
+        receiver.decrypt(far)
+    assert derived == [] and time.perf_counter() - started < 0.01  # was 32,768 HKDFs, ~150 ms
+    # Forged frames within reach derive each step once, however many of them arrive.
+    for ctr in range(50):
+        forged = sframe.encode_header((7 << 16) | 16, ctr) + bytes(20)
+        with pytest.raises(DecryptionFailed):
+            receiver.decrypt(forged)
+    assert len(derived) == 16
+    # The genuine sender, 3 steps on, opens from the keys already derived.
+    key = base
+    for _ in range(3):
+        key = real(4, key)
+    frame = sframe.SFrameSender(4, key, (7 << 16) | 3).encrypt(b"genuine")
+    assert receiver.decrypt(frame) == ((7 << 16) | 3, 0, b"genuine")
+    assert len(derived) == 16
+    # Beyond the bound a receiver needs a new key rather than following blindly.
+    for _ in range(17):
+        key = real(4, key)
+    too_far = sframe.SFrameSender(4, key, (7 << 16) | 20).encrypt(b"x")
+    with pytest.raises(UnknownKey):
+        receiver.decrypt(too_far)
