@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from client.account import Account
 from client.api import ControlApi
+from client.errors import ApiError
 from client.models import Device
 from client.permissions import readers
 from client.trust import Trust
@@ -30,8 +31,7 @@ class Audience:
         #: True while a gateway session runs (reader lists may then be cached).
         self.cache_readers = False
 
-    async def of(self, channel_id: str) -> dict[str, list[Device]]:
-        """user id → devices of everyone who may read ``channel_id`` (minus this device)."""
+    async def _reader_ids(self, channel_id: str) -> tuple[list[str], dict[str, str | None]]:
         reader_ids = self._readers.get(channel_id)
         handles: dict[str, str | None] = {}
         if reader_ids is None:
@@ -42,6 +42,22 @@ class Audience:
             reader_ids = readers(guild, members, channel)
             if self.cache_readers:
                 self._readers[channel_id] = reader_ids
+        return reader_ids, handles
+
+    async def can_read(self, channel_id: str, user_id: str) -> bool | None:
+        """Whether ``user_id`` holds VIEW_CHANNEL in ``channel_id`` by this client's own
+        reckoning of the guild; None when this account cannot see the channel itself."""
+        try:
+            reader_ids, _ = await self._reader_ids(channel_id)
+        except ApiError as exc:
+            if exc.status in (403, 404):
+                return None
+            raise
+        return user_id in reader_ids
+
+    async def of(self, channel_id: str) -> dict[str, list[Device]]:
+        """user id → devices of everyone who may read ``channel_id`` (minus this device)."""
+        reader_ids, handles = await self._reader_ids(channel_id)
         out: dict[str, list[Device]] = {}
         for user_id in reader_ids:
             devices = await self._trust.devices_of(user_id, handles.get(user_id))

@@ -14,6 +14,13 @@ So a new member or device cannot read what was sent before it joined. Receiving 
 server sequence order after a stored cursor; a message under a key not yet known first
 makes the inbox fetch envelopes (its distribution may be queued there), then is retried.
 Sender-key state, message and cursor commit together.
+
+The server labels each message with its author user and device; neither label is taken on
+trust. A message is opened only with the chain bound to exactly that user and device (the
+owner whose pairwise session delivered it, :mod:`client.sender_keys`), and the author it
+names inside — signed with it — must be that owner too. A message that fails either check
+is refused with a notice naming, when one of the followed chains opens it, who really
+wrote it.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from client.account import Account
 from client.api import ControlApi
 from client.audience import Audience
 from client.envelope import Body, decode_body_untrusted, encode_body
-from client.errors import ApiError, UndecryptableMessage, UsageError
+from client.errors import ApiError, ForgedAuthor, UndecryptableMessage, UsageError
 from client.history import History, Message
 from client.inbox import Inbox
 from client.models import Channel, ChannelMessage
@@ -104,7 +111,14 @@ class Channels:
                 if sender.key_id == key_id:
                     given |= {f"{u}/{d.id}" for u, devices in recipients.items() for d in devices}
                     keys.save_sender(channel_id, sender, given)
-        body = Body(secrets.token_hex(12), text, time.time(), expires_in, me.handle)
+        body = Body(
+            secrets.token_hex(12),
+            text,
+            time.time(),
+            expires_in,
+            me.handle,
+            author=(me.user_id, me.device_id),
+        )
         # Load, step and save in one transaction: two processes on one profile never use
         # the same iteration (a message key encrypts exactly one message).
         with self._store.transaction():
@@ -212,6 +226,25 @@ class Channels:
             self._store.put("cursor", cm.channel_id, cm.seq)
 
     def _undecryptable(self, cm: ChannelMessage, exc: Exception) -> None:
+        labelled = self._trust.name(cm.author_id)
+        where = self._channel_name(cm.channel_id)
+        if isinstance(exc, E2EEError):
+            # The labelled author's chain does not open it: does another one?
+            author = self._sender_keys.author_of(cm.channel_id, cm.ciphertext)
+            if author is not None and author != (cm.author_id, cm.author_device_id):
+                exc = ForgedAuthor("the key it is under is not theirs", author)
+        if isinstance(exc, ForgedAuthor):
+            wrote = (
+                f" (it was written by a device of {self._trust.name(exc.author[0])})"
+                if exc.author is not None
+                else ""
+            )
+            self._notices.add(
+                "forged_author",
+                f"a message in {where} the server says is from {labelled} was refused: "
+                f"{exc}{wrote}",
+            )
+            return
         reason = (
             "no key for it: sent before this device could read the channel"
             if isinstance(exc, UnknownKey)
@@ -219,20 +252,40 @@ class Channels:
         )
         self._notices.add(
             "undecryptable",
-            f"a message from {self._trust.name(cm.author_id)} in a channel cannot be read: "
-            f"{reason}",
+            f"a message from {labelled} in {where} cannot be read: {reason}",
         )
 
+    def _channel_name(self, channel_id: str) -> str:
+        name = self._store.get("channel_name", channel_id)
+        return f"#{name}" if isinstance(name, str) else "a channel"
+
     async def _open(self, cm: ChannelMessage) -> Message:
-        receiver = self._sender_keys.receiver(cm.channel_id, cm.author_device_id)
-        padded = receiver.decrypt(cm.ciphertext)
-        self._sender_keys.save_receiver(cm.channel_id, cm.author_device_id, receiver)
+        channel_id, user_id, device_id = cm.channel_id, cm.author_id, cm.author_device_id
+        keys = self._sender_keys
+        receiver = keys.receiver(channel_id, user_id, device_id)
+        try:
+            padded = receiver.decrypt(cm.ciphertext)
+        except UnknownKey:
+            # Its key may be held: it came when its owner could not read the channel by
+            # this client's reckoning. Followed only if the owner can now.
+            if not keys.has_held(channel_id, user_id, device_id):
+                raise
+            if not await self._audience.can_read(channel_id, user_id):
+                raise
+            keys.release_held(channel_id, user_id, device_id)
+            receiver = keys.receiver(channel_id, user_id, device_id)
+            padded = receiver.decrypt(cm.ciphertext)
+        keys.save_receiver(channel_id, user_id, device_id, receiver)
         body = decode_body_untrusted(padded)
-        handle = await self._trust.handle_of(cm.author_id, body.sender_handle)
+        if body.author != (user_id, device_id):
+            # The chain's owner passed on a key of someone else's (received as a reader),
+            # or wrote another author into the message.
+            raise ForgedAuthor("it names another author than the one whose key it is under")
+        handle = await self._trust.handle_of(user_id, body.sender_handle)
         return Message(
             cm.id,
-            f"ch:{cm.channel_id}",
-            cm.author_id,
+            f"ch:{channel_id}",
+            user_id,
             handle,
             body.body,
             body.ts,

@@ -75,7 +75,18 @@ class Client:
         sessions = Sessions(store, api, self.account, trust, prekeys, audience.forget)
         sender_keys = SenderKeys(store)
         dms = DirectMessages(self.account, trust, sessions, history)
-        inbox = Inbox(store, api, self.account, trust, sessions, dms, sender_keys, history, notices)
+        inbox = Inbox(
+            store,
+            api,
+            self.account,
+            trust,
+            sessions,
+            dms,
+            sender_keys,
+            history,
+            notices,
+            audience.can_read,
+        )
         channels = Channels(
             store,
             api,

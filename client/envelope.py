@@ -8,9 +8,12 @@ a channel id for a sender-key distribution (the server knows the channel's membe
 
 Message body (inside a pairwise TEXT / DEVICE_SYNC message or a sender-key message, padded
 with :func:`e2ee.pad`): msgpack map ``{"id", "body", "ts", "exp", "from"}`` plus ``"to"``
-on device-sync copies. ``exp`` (seconds, or None) is the disappearing-message timer: it
-travels encrypted and each client's store enforces it. ``from`` is the sender's handle as
-the sender states it.
+on device-sync copies and ``"by"`` on channel messages. ``exp`` (seconds, or None) is the
+disappearing-message timer: it travels encrypted and each client's store enforces it.
+``from`` is the sender's handle as the sender states it. ``by`` is ``[user id, device id]``
+of the channel message's author device, signed with the message: a chain passed on by
+someone other than its author (who received it as a reader) opens the author's messages
+but they name their real author, not the one who passed it on.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class Body:
     exp: int | None
     sender_handle: str
     to: str | None = None
+    #: (user id, device id) of a channel message's author device.
+    author: tuple[str, str] | None = None
 
 
 def encode_body(b: Body) -> bytes:
@@ -96,6 +101,8 @@ def encode_body(b: Body) -> bytes:
     }
     if b.to is not None:
         value["to"] = b.to
+    if b.author is not None:
+        value["by"] = list(b.author)
     return pad(msgpack.packb(value, use_bin_type=True))
 
 
@@ -114,6 +121,7 @@ def decode_body_untrusted(padded: bytes) -> Body:
     exp: Any = fields.get("exp")
     sender: Any = fields.get("from")
     to: Any = fields.get("to")
+    by: Any = fields.get("by")
     ok = (
         isinstance(mid, str)
         and 0 < len(mid) <= 64
@@ -125,7 +133,15 @@ def decode_body_untrusted(padded: bytes) -> Body:
         and isinstance(sender, str)
         and len(sender) <= 64
         and (to is None or (isinstance(to, str) and len(to) <= 64))
+        and (
+            by is None
+            or (
+                isinstance(by, list)
+                and len(by) == 2
+                and all(isinstance(part, str) and 0 < len(part) <= 64 for part in by)
+            )
+        )
     )
     if not ok:
         raise UndecryptableMessage("a message body is not well-formed")
-    return Body(mid, body, float(ts), exp, sender, to)
+    return Body(mid, body, float(ts), exp, sender, to, None if by is None else (by[0], by[1]))

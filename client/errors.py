@@ -62,6 +62,16 @@ class UndecryptableMessage(ClientError):
     """A received envelope or channel message failed authentication or decoding."""
 
 
+class ForgedAuthor(UndecryptableMessage):
+    """A channel message whose author labels (from the server) or stated author (inside
+    it) are not the user and device whose sender key it was written with."""
+
+    def __init__(self, message: str, author: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        #: (user id, device id) whose key really opens the message, when known.
+        self.author = author
+
+
 class UsageError(ClientError):
     """A command was given arguments that cannot work (unknown handle, channel, ...)."""
 

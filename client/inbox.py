@@ -7,11 +7,20 @@ session state and a "done" mark for its id; only then ack. An envelope id alread
 acked again without being shown, so a crash between commit and ack, or an envelope seen
 both in READY and by REST, is delivered exactly once. An envelope that fails to
 authenticate is dropped, acked (so it is not fetched forever) and reported as a notice.
+
+A sender-key distribution is bound to the user and device whose pairwise session
+delivered it, and followed only when that user can read the channel by this client's own
+reckoning of the guild (``can_read``, :meth:`client.audience.Audience.can_read`): someone
+who cannot see a channel must not be able to plant a key there and have the server show
+messages under it. One that fails the check is held, not followed, and reported; one for a
+channel this account cannot see is dropped.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Awaitable, Callable
 
 from client.account import Account
 from client.api import ControlApi
@@ -25,7 +34,7 @@ from client.sender_keys import SenderKeys
 from client.sessions import Sessions
 from client.store import Store
 from client.trust import Trust
-from e2ee import E2EEError, MessageType
+from e2ee import DecryptedMessage, E2EEError, MessageType
 
 __all__ = ["ENVELOPE_MARK_TTL_S", "Inbox"]
 
@@ -33,6 +42,8 @@ __all__ = ["ENVELOPE_MARK_TTL_S", "Inbox"]
 ENVELOPE_MARK_TTL_S = 31 * 86400
 #: Envelopes fetched per request.
 _PAGE = 100
+#: What a channel id looks like (it names a URL path and a store label: no ``/``).
+_CHANNEL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 class Inbox:
@@ -49,7 +60,11 @@ class Inbox:
         sender_keys: SenderKeys,
         history: History,
         notices: Notices,
+        can_read: Callable[[str, str], Awaitable[bool | None]],
     ) -> None:
+        """``can_read(channel id, user id)`` says whether that user may read the channel
+        (a distribution from anyone else is not followed), None if this account cannot
+        see the channel (its distributions are dropped)."""
         self._store = store
         self._api = api
         self._account = account
@@ -59,6 +74,7 @@ class Inbox:
         self._sender_keys = sender_keys
         self._history = history
         self._notices = notices
+        self._can_read = can_read
         self._pending_acks: list[str] = []
 
     async def sync(self) -> list[Message]:
@@ -135,12 +151,33 @@ class Inbox:
         decrypted = await self._sessions.decrypt(sender, env.sender_device_id, conv, payload)
         kind = decrypted.message_type
         if kind is MessageType.SENDER_KEY_DISTRIBUTION:
-            self._sender_keys.install(
-                conv.decode(errors="replace"), env.sender_device_id, decrypted
-            )
+            await self._sender_key(conv, sender, env.sender_device_id, decrypted)
             return None
         if kind is MessageType.TEXT and conv.startswith(b"dm:"):
             return await self._dms.received(sender, decrypted)
         if kind is MessageType.DEVICE_SYNC and conv.startswith(b"self:"):
             return self._dms.synced(decrypted)
         raise UndecryptableMessage("a pairwise message of an unexpected type")
+
+    async def _sender_key(
+        self, conv: bytes, user_id: str, device_id: str, decrypted: DecryptedMessage
+    ) -> None:
+        channel_id = conv.decode(errors="replace")
+        if not _CHANNEL_ID.fullmatch(channel_id):
+            raise UndecryptableMessage("a sender key for something that is not a channel")
+        readable = await self._can_read(channel_id, user_id)
+        if readable is None:
+            # A channel this account cannot see (deleted, access lost, or made up): there
+            # is nothing to read with the key, and nothing worth keeping it for.
+            return
+        if readable:
+            self._sender_keys.install(channel_id, user_id, device_id, decrypted)
+            return
+        self._sender_keys.hold(channel_id, user_id, device_id, decrypted)
+        name = self._store.get("channel_name", channel_id)
+        where = f"#{name}" if isinstance(name, str) else f"channel {channel_id}"
+        self._notices.add(
+            "sender_key_refused",
+            f"{self._trust.name(user_id)} sent a key for {where}, which they cannot read: "
+            "their messages there are not shown",
+        )

@@ -1,8 +1,10 @@
 """Notices: what the user must be told outside the message flow.
 
 A changed identity key, a message that failed authentication, a channel message that
-cannot be read. They are kept in the local store (the newest 200) until shown, so a
-notice raised by ``tail`` in one process is shown by the next command in another.
+cannot be read or whose author labels are not the owner of its key (``forged_author``), a
+sender key from someone who cannot read its channel (``sender_key_refused``). They are
+kept in the local store (the newest 200) until shown, so a notice raised by ``tail`` in
+one process is shown by the next command in another.
 """
 
 from __future__ import annotations

@@ -26,14 +26,24 @@ from client.envelope import (
 from client.errors import IdentityChanged
 from client.history import History
 from client.inbox import Inbox
-from client.models import Bundle, Device, Envelope
+from client.models import Bundle, Channel, Device, Envelope, Guild, Member, Overwrite, Role
 from client.notices import Notices
+from client.permissions import VIEW_CHANNEL, can_view
 from client.prekeys import Prekeys
 from client.sender_keys import SenderKeys
 from client.sessions import Sessions
 from client.store import Store
 from client.trust import Trust
-from e2ee import IdentityKeyPair, MessageType, PreKeyStore, SenderKeySender, initiate_session
+from e2ee import (
+    DecryptedMessage,
+    IdentityKeyPair,
+    MessageType,
+    PreKeyStore,
+    SenderKeyReceiver,
+    SenderKeySender,
+    UnknownKey,
+    initiate_session,
+)
 
 #: Nothing listens here: a part that reaches for the server fails with a TransportError.
 NO_SERVER = "http://127.0.0.1:9"
@@ -116,6 +126,32 @@ def test_trust_refuses_an_own_device_list_holding_a_device_it_never_pinned(
     store.close()
 
 
+#: The guild as this client knows it: #general is open to all, #secret only to u-bob.
+_GUILD = Guild("g", "G", "u-owner", (Role("g", "@everyone", VIEW_CHANNEL, 0),), ())
+_MEMBERS = {u: Member(u, None, ()) for u in ("u-owner", "u-alice", "u-bob")}
+_CHANNELS = {
+    "c-general": Channel("c-general", "g", "text", "general", 90, ()),
+    "c-secret": Channel(
+        "c-secret",
+        "g",
+        "text",
+        "secret",
+        90,
+        (Overwrite("g", "role", 0, VIEW_CHANNEL), Overwrite("u-bob", "member", VIEW_CHANNEL, 0)),
+    ),
+}
+
+
+async def _can_read(channel_id: str, user_id: str) -> bool | None:
+    """VIEW_CHANNEL from the guild state above, as :class:`client.audience.Audience`
+    decides it from the state the server offers (None: a channel bob cannot see)."""
+    channel = _CHANNELS.get(channel_id)
+    if channel is None:
+        return None
+    member = _MEMBERS.get(user_id)
+    return member is not None and can_view(_GUILD, member, channel)
+
+
 class _Device:
     """The receiving parts of one device, wired as the façade wires them."""
 
@@ -138,6 +174,7 @@ class _Device:
             self.sender_keys,
             self.history,
             self.notices,
+            _can_read,
         )
 
 
@@ -203,9 +240,58 @@ async def test_inbox_sessions_and_sender_keys_open_a_dm_and_a_channel_key_alone(
     assert await device.inbox.receive(envelopes[:1], ack=False) == []
     # The distribution installed alice's chain: her channel messages open.
     sealed = channel.encrypt(encode_body(Body("c1", "in the channel", 1.0, None, "alice")))
-    opened = device.sender_keys.receiver("c-general", "d-alice").decrypt(sealed)
+    opened = device.sender_keys.receiver("c-general", "u-alice", "d-alice").decrypt(sealed)
     assert decode_body_untrusted(opened) == Body("c1", "in the channel", 1.0, None, "alice")
     assert device.notices.take() == []
+
+    # Her key for #secret, which she cannot read by bob's reckoning, is held, not followed.
+    hidden = SenderKeySender(b"c-secret")
+    planted = session.encrypt(
+        hidden.distribution().encode(),
+        message_type=MessageType.SENDER_KEY_DISTRIBUTION,
+        conversation_id=b"c-secret",
+    )
+    envelope = Envelope("e3", "u-alice", "d-alice", encode_envelope(b"c-secret", planted), 0)
+    assert await device.inbox.receive([envelope], ack=False) == []
+    assert [n.kind for n in device.notices.take()] == ["sender_key_refused"]
+    assert device.sender_keys.has_held("c-secret", "u-alice", "d-alice")
+    with pytest.raises(UnknownKey):
+        device.sender_keys.receiver("c-secret", "u-alice", "d-alice").decrypt(
+            hidden.encrypt(encode_body(Body("s1", "planted", 2.0, None, "alice")))
+        )
+    # A key for a channel bob cannot see at all is dropped without a word.
+    nowhere = session.encrypt(
+        SenderKeySender(b"c-elsewhere").distribution().encode(),
+        message_type=MessageType.SENDER_KEY_DISTRIBUTION,
+        conversation_id=b"c-elsewhere",
+    )
+    envelope = Envelope("e4", "u-alice", "d-alice", encode_envelope(b"c-elsewhere", nowhere), 0)
+    assert await device.inbox.receive([envelope], ack=False) == []
+    assert device.notices.take() == []
+    assert not device.sender_keys.has_held("c-elsewhere", "u-alice", "d-alice")
+    # A chain is followed only as its owner's: alice's opens nothing labelled another's...
+    with pytest.raises(UnknownKey):
+        device.sender_keys.receiver("c-general", "u-owner", "d-alice").decrypt(
+            channel.encrypt(encode_body(Body("c2", "relabelled", 3.0, None, "alice")))
+        )
+    # ...and the chain that does open a message is found by its owner.
+    sealed = channel.encrypt(encode_body(Body("c3", "whose?", 4.0, None, "alice")))
+    assert device.sender_keys.author_of("c-general", sealed) == ("u-alice", "d-alice")
+    assert device.sender_keys.author_of("c-secret", sealed) is None
+
+    # A chain kept before chains were bound to users (``channel/device``) is bound to the
+    # user whose session with that device delivered it — and to nobody else.
+    old = SenderKeySender(b"c-old")
+    legacy = SenderKeyReceiver(b"c-old")
+    legacy.process_distribution(
+        DecryptedMessage(MessageType.SENDER_KEY_DISTRIBUTION, b"c-old", old.distribution().encode())
+    )
+    store.put("sender_in", "c-old/d-alice", legacy.serialize())
+    sealed = old.encrypt(encode_body(Body("o1", "from before", 5.0, None, "alice")))
+    with pytest.raises(UnknownKey):
+        device.sender_keys.receiver("c-old", "u-owner", "d-alice").decrypt(sealed)
+    device.sender_keys.receiver("c-old", "u-alice", "d-alice").decrypt(sealed)
+    assert store.get("sender_in", "c-old/d-alice") is None
     store.close()
 
 

@@ -22,7 +22,7 @@ from client.errors import ApiError, StoreError, UndecryptableMessage
 from client.models import Bundle, Channel, Guild, Member, Overwrite, Role
 from client.permissions import VIEW_CHANNEL, readers
 from client.store import Store
-from e2ee import BadSignature, IdentityKeyPair, PreKeyStore, initiate_session
+from e2ee import BadSignature, IdentityKeyPair, PreKeyStore, initiate_session, pad
 
 
 def test_store_seals_records_and_refuses_a_wrong_passphrase(tmp_path: Path) -> None:
@@ -97,6 +97,13 @@ def test_envelope_and_body_round_trip_and_reject_malformed_input() -> None:
     too_long = Body("id", "x", 1.0, 10**9, "a")
     with pytest.raises(UndecryptableMessage):
         decode_body_untrusted(encode_body(too_long))
+    # A channel message names its author device inside; a malformed "by" is refused.
+    signed = Body("id2", "hi", 2.0, None, "alice", author=("a-user", "a-device"))
+    assert decode_body_untrusted(encode_body(signed)) == signed
+    base = {"id": "i", "body": "b", "ts": 1.0, "exp": None, "from": "a"}
+    for by in (["a-user"], ["a-user", 7], ["a-user", ""], ["a-user", "d" * 65], "a-user/d"):
+        with pytest.raises(UndecryptableMessage):
+            decode_body_untrusted(pad(msgpack.packb({**base, "by": by})))
 
 
 def _guild(everyone: int, roles: tuple[Role, ...] = ()) -> Guild:
