@@ -22,6 +22,7 @@ from client.errors import (
     TokenRefused,
     TransportError,
     UndecryptableMessage,
+    UntrustedDevice,
     UsageError,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "TokenRefused",
     "TransportError",
     "UndecryptableMessage",
+    "UntrustedDevice",
     "UsageError",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import trio
 
+from client.device_list import DeviceDirectory, SignedDeviceList
 from client.errors import ApiError, ProtocolError
 from client.http import HttpClient
 from client.models import (
@@ -236,16 +237,37 @@ class ControlApi:
         return User.from_wire_untrusted(await self.call("GET", f"/users/by-handle/{handle}"))
 
     async def devices(self, user_id: str) -> list[Device]:
-        """A user's current devices."""
-        return Device.list_untrusted(await self.call("GET", f"/users/{user_id}/devices"))
+        """A user's current devices, as the server lists them (unverified)."""
+        return (await self.device_directory(user_id)).devices
+
+    async def device_directory(self, user_id: str) -> DeviceDirectory:
+        """A user's devices with the account key and the signed device list the server
+        serves (checked by :class:`client.trust.Trust`, not here)."""
+        return DeviceDirectory.from_wire_untrusted(
+            await self.call("GET", f"/users/{user_id}/devices")
+        )
+
+    async def put_device_list(
+        self, device_list: SignedDeviceList, account_key: bytes | None = None
+    ) -> None:
+        """Replace this account's signed device list; ``account_key`` sets the account key
+        (once: a new account, or an older one's first cross-signing device)."""
+        body: dict[str, Any] = {"device_list": device_list.to_wire()}
+        if account_key is not None:
+            body["account_key"] = account_key
+        await self.call("PUT", "/users/@me/device-list", body)
 
     async def add_device(self, body: dict[str, Any]) -> Device:
         """Add a device to the caller's account."""
         return Device.from_wire_untrusted(await self.call("POST", "/users/@me/devices", body))
 
-    async def remove_device(self, device_id: str) -> None:
-        """Remove one of the caller's devices."""
-        await self.call("DELETE", f"/users/@me/devices/{device_id}")
+    async def remove_device(
+        self, device_id: str, device_list: SignedDeviceList | None = None
+    ) -> None:
+        """Remove one of the caller's devices (with the account's new signed list, once
+        the account has an account key)."""
+        body = {} if device_list is None else {"device_list": device_list.to_wire()}
+        await self.call("DELETE", f"/users/@me/devices/{device_id}", body)
 
     async def upload_keys(self, body: dict[str, Any]) -> int:
         """Upload prekeys; returns how many one-time prekeys the server now holds."""

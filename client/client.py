@@ -109,6 +109,9 @@ class Client:
         self._inbox = inbox
         self._channels = channels
         self._devices = Devices(api, self.account, trust)
+        # An account older than cross-signing: the device that sets up its account key
+        # hands it to the others over their pairwise sessions (client.trust).
+        trust.hand_over = dms.hand_over_account_key
         self._sync = Sync(api, trust, prekeys, audience, inbox, channels)
 
     @property
@@ -149,8 +152,7 @@ class Client:
             profile, passphrase, server, handle, use_keyring=use_keyring
         )
         client = cls(store, api)
-        this_device = Device(client.device_id, client.identity.public)
-        client._trust.pin(client.user_id, handle, [this_device])
+        await client._trust.set_up_new_account()
         return client
 
     async def login(self) -> None:
@@ -250,8 +252,9 @@ class Client:
         return await self._dms.history(handle, limit)
 
     async def sync(self) -> list[Message]:
-        """Fetch, decrypt, persist and ack every envelope queued for this device."""
-        return await self._inbox.sync()
+        """Fetch, decrypt, persist and ack every envelope queued for this device
+        (:meth:`client.sync.Sync.envelopes`)."""
+        return await self._sync.envelopes()
 
     async def receive_envelopes(
         self, envelopes: list[Envelope], *, ack: bool = True

@@ -3,10 +3,12 @@
 Linking works like Signal's provisioning, between two machines. The new device
 (:func:`join_device`) opens a mailbox under an id derived from a one-time secret and shows
 the secret as a link code; a signed-in device (:meth:`Devices.link`) draws the new
-device's keys, adds it to the account, and seals identity seed, prekeys and the account's
-device list (:class:`~client.linking.LinkExtra`) under the code's secret into that
-mailbox. Only ciphertext passes through the server. Whatever fails on either side leaves
-no device nobody holds the key of on the account.
+device's keys, adds it to the account with a new device list signed by the account key
+(cross-signing: only a device holding that key can add or remove one), and seals
+identity seed, prekeys, the account key and the signed list
+(:class:`~client.linking.LinkExtra`) under the code's secret into that mailbox. Only
+ciphertext passes through the server. Whatever fails on either side leaves no device
+nobody holds the key of on the account.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import trio
 from client import _prekeys
 from client.account import Account, write_account
 from client.api import ControlApi, retry_after_untrusted
+from client.device_list import SignedDeviceList
 from client.errors import ApiError, ClientError, LinkError, ProtocolError, UsageError
 from client.linking import LinkExtra
 from client.models import Device
@@ -67,13 +70,20 @@ class Devices:
         return await self._api.devices(self._account.user_id)
 
     async def remove(self, device_id: str) -> None:
-        """Remove one of this account's devices (not this one)."""
+        """Remove one of this account's devices (not this one), with a new device list
+        signed by the account key that no longer names it. A device the server lists
+        but the signed list never named (planted) is removed the same way."""
         me = self._account
         if device_id == me.device_id:
             raise UsageError("this device cannot remove itself; remove it from another device")
-        await self._api.remove_device(device_id)
-        self._trust.pin(me.user_id, me.handle, await self.current(), own_change_ok=True)
-        self._trust.forget_devices(me.user_id)
+        await self._trust.refresh(me.user_id)
+        listed = await self.current()
+        gone = {d.identity_key for d in listed if d.id == device_id}
+        remaining = {d.identity_key for d in listed if d.id != device_id}
+        keys = [k for k in self._trust.own_listed_keys() if k in remaining and k not in gone]
+        signed = self._trust.sign_own_list(keys)
+        await self._api.remove_device(device_id, signed)
+        self._trust.record_own_list(signed)
 
     async def link(self, code: str) -> Device:
         """Make a new device of this account for the device showing ``code``.
@@ -84,12 +94,11 @@ class Devices:
         device list under the code's secret and leaves them in the new device's mailbox.
         It keeps no copy of the new device's private keys.
 
-        The new device pins the sealed list as vouched for by this device, so the list
-        must be what this device knows — its pinned own devices plus the one just added
-        (fewer is fine) — or :class:`IdentityChanged` is raised and nothing is sealed: a
-        device only the server knows of would otherwise be trusted by both. On any
+        The list it signs names this account's devices it trusts (those of its pinned
+        signed list the server still has) plus the new one, so a device only the server
+        knows of is never vouched for. This device must hold the account key. On any
         failure, a refusing mailbox (wrong, expired or used code) included, the device is
-        removed again, since nobody could ever use it.
+        removed again (with a list that no longer names it), since nobody could use it.
         """
         me = self._account
         try:
@@ -98,9 +107,12 @@ class Devices:
             raise LinkError(
                 "that is not a link code: it is 32 letters and digits, as join-device shows it"
             ) from None
+        trusted = await self._trust.refresh(me.user_id)
+        account_key = self._trust.require_account_key()
         identity = IdentityKeyPair.generate()
         prekeys = PreKeyStore.generate(identity)
         otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
+        signed = self._trust.sign_own_list([d.identity_key for d in trusted] + [identity.public])
         challenge = await self._api.challenge()
         message = add_device_message(challenge, identity.public, me.user_id)
         device = await self._api.add_device(
@@ -108,31 +120,32 @@ class Devices:
                 "identity_key": identity.public,
                 "challenge": challenge,
                 "signature": identity.sign(message),
+                "device_list": signed.to_wire(),
                 **_prekeys.directory_prekeys(identity, prekeys, otks),
             }
         )
-        self._trust.forget_devices(me.user_id)
+        self._trust.record_own_list(signed)
         try:
-            own = await self.current()
-            added = Device(device.id, identity.public)
-            if added not in own:
-                raise ProtocolError("the server's device list lacks the device just added")
-            self._trust.check_own_devices(own, added)
-            extra = LinkExtra(me.handle, prekeys.serialize(), own)
+            if device.identity_key != identity.public:
+                raise ProtocolError("the server added a device under another key")
+            extra = LinkExtra(me.handle, prekeys.serialize(), account_key.seed, signed)
             payload = ProvisioningPayload(me.user_id.encode(), identity.seed, extra.encode())
             mailbox_id, sealed = build_provisioning_message(code, payload)
             await self._api.deposit_provisioning(mailbox_id, sealed)
         except BaseException as exc:
             with trio.CancelScope(shield=True), contextlib.suppress(ClientError):
                 with trio.move_on_after(5):
-                    await self._api.remove_device(device.id)
+                    without = self._trust.sign_own_list(
+                        [k for k in signed.identity_keys if k != identity.public]
+                    )
+                    await self._api.remove_device(device.id, without)
+                    self._trust.record_own_list(without)
             if isinstance(exc, ApiError) and exc.status in (404, 409):
                 raise LinkError(
                     "no device is waiting for this link code: it is mistyped, expired or "
                     "already used — run join-device again for a new one"
                 ) from None
             raise
-        self._trust.pin(me.user_id, me.handle, own, own_change_ok=True)
         return device
 
 
@@ -167,6 +180,7 @@ async def join_device(
     api = ControlApi(server)
     opened = False
     device_id: object = None
+    withdrawal: SignedDeviceList | None = None
     try:
         granted = await _open_mailbox(api, secret.mailbox_id, expires_in)
         opened = True
@@ -178,6 +192,7 @@ async def join_device(
         except E2EEError:
             raise LinkError("the provisioning message does not open with this link code") from None
         extra = LinkExtra.decode_untrusted(payload.extra)
+        account_key = IdentityKeyPair(extra.account_key)
         identity = IdentityKeyPair(payload.identity_seed)
         prekeys = PreKeyStore.restore_untrusted(extra.prekeys)
         if prekeys.identity.public != identity.public:
@@ -202,7 +217,16 @@ async def join_device(
             raise ProtocolError("the server sent a malformed login answer")
         if user_id != payload.user_id.decode("ascii", "replace"):
             raise ProtocolError("the server signed this device in to another account")
-        if Device(device_id, identity.public) not in extra.devices:
+        if not extra.device_list.verifies(account_key.public, user_id):
+            raise ProtocolError("the linking device's list does not verify under the account key")
+        # Signed without this device, should it have to take itself off the account.
+        withdrawal = SignedDeviceList.sign(
+            account_key,
+            user_id,
+            extra.device_list.version + 1,
+            [k for k in extra.device_list.identity_keys if k != identity.public],
+        )
+        if not extra.device_list.names(Device(device_id, identity.public)):
             raise ProtocolError("the linking device did not list this device")
         write_account(
             store,
@@ -215,9 +239,7 @@ async def join_device(
             token=token,
         )
         account = Account.load(store)
-        Trust(store, api, account, Notices(store)).pin(
-            account.user_id, extra.handle, extra.devices, own_change_ok=True
-        )
+        Trust(store, api, account, Notices(store)).keep_account_key(account_key, extra.device_list)
     except BaseException as exc:
         withdrawn = True
         with trio.CancelScope(shield=True):
@@ -229,7 +251,7 @@ async def join_device(
                     )
             if api.token is not None:
                 withdrawn = await _withdraw_device(
-                    api, device_id if isinstance(device_id, str) else None
+                    api, device_id if isinstance(device_id, str) else None, withdrawal
                 )
             await api.aclose()
         store.destroy()
@@ -299,7 +321,9 @@ async def _wait_for_provisioning(api: ControlApi, mailbox_id: bytes, within_s: i
     raise LinkError("the link code expired before another device used it; run join-device again")
 
 
-async def _withdraw_device(api: ControlApi, device_id: str | None) -> bool:
+async def _withdraw_device(
+    api: ControlApi, device_id: str | None, device_list: SignedDeviceList | None
+) -> bool:
     """Take a device that will never be used off its account, signed in as that device;
     failing that, at least end its session. Best effort, within :data:`WITHDRAW_S`.
 
@@ -308,7 +332,7 @@ async def _withdraw_device(api: ControlApi, device_id: str | None) -> bool:
     with trio.move_on_after(WITHDRAW_S):
         if device_id is not None:
             try:
-                await api.remove_device(device_id)
+                await api.remove_device(device_id, device_list)
                 return True
             except ApiError as exc:
                 if exc.status == 404:

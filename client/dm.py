@@ -6,6 +6,10 @@ account's other devices get a DEVICE_SYNC copy (with the recipient named inside)
 ``self:<user id>``, so every device of the sender shows what was sent. The pairwise part
 (:class:`~client.sessions.Sessions`) opens sessions, encrypts and handles the relay's 409;
 this part builds and reads the bodies.
+
+A DEVICE_SYNC may instead hand over the account signing key (an account older than
+cross-signing: the device that set the key up sends it to the others, see
+:mod:`client.trust`); it is given to :meth:`Trust.offer_account_key`, not shown.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import secrets
 import time
 
 from client.account import Account
+from client.device_list import (
+    decode_account_key_handover_untrusted,
+    encode_account_key_handover,
+)
 from client.envelope import (
     Body,
     decode_body_untrusted,
@@ -23,6 +31,7 @@ from client.envelope import (
 )
 from client.errors import UndecryptableMessage, UsageError
 from client.history import History, Message
+from client.models import Device
 from client.sessions import Sessions
 from client.trust import Trust
 from e2ee import DecryptedMessage, MessageType
@@ -100,9 +109,26 @@ class DirectMessages:
             time.time() + body.exp if body.exp else None,
         )
 
-    def synced(self, decrypted: DecryptedMessage) -> Message:
-        """The DM another device of this account sent, from its DEVICE_SYNC copy."""
+    async def hand_over_account_key(self, devices: list[Device]) -> None:
+        """Send the account signing key to these other devices of this account, each
+        inside its pairwise session (DEVICE_SYNC)."""
         me = self._account
+        seed = self._trust.require_account_key().seed
+        await self._sessions.fan_out(
+            {me.user_id: devices},
+            lambda _u: self_conversation(me.user_id),
+            lambda _u: encode_account_key_handover(seed),
+            lambda _u: MessageType.DEVICE_SYNC,
+        )
+
+    def synced(self, decrypted: DecryptedMessage) -> Message | None:
+        """The DM another device of this account sent, from its DEVICE_SYNC copy (None
+        when the copy handed over the account key instead)."""
+        me = self._account
+        seed = decode_account_key_handover_untrusted(decrypted.plaintext)
+        if seed is not None:
+            self._trust.offer_account_key(seed)
+            return None
         body = decode_body_untrusted(decrypted.plaintext)
         if body.to is None:
             raise UndecryptableMessage("a device-sync copy without its recipient")

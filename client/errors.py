@@ -58,6 +58,19 @@ class IdentityChanged(ClientError):
         self.handle = handle
 
 
+class UntrustedDevice(ClientError):
+    """The server lists a device its account's signed device list does not name (or
+    serves no list that verifies), and would not take a message without it.
+
+    Nothing is encrypted to such a device (cross-signing, docs/e2ee.md); the server
+    refusing to deliver without it leaves nothing sent.
+    """
+
+    def __init__(self, user_id: str, message: str) -> None:
+        super().__init__(message)
+        self.user_id = user_id
+
+
 class UndecryptableMessage(ClientError):
     """A received envelope or channel message failed authentication or decoding."""
 

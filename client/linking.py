@@ -2,15 +2,22 @@
 
 ``e2ee.ProvisioningPayload`` carries the user id, the new device's identity seed and opaque
 ``extra`` bytes; this module gives ``extra`` its shape: msgpack
-``{"v": 1, "handle", "prekeys", "devices": [[device id, identity key], ...]}``.
+``{"v": 2, "handle", "prekeys", "account_key", "device_list"}``.
 
 * ``prekeys`` — the new device's serialized :class:`e2ee.PreKeyStore`: the existing device
   published the matching public prekeys when it added the device (the add-device route
   needs a bundle), so the private halves must travel with the seed or the first messages
   to the new device would not open. The existing device keeps no copy.
-* ``devices`` — the account's devices as the existing device saw them right after adding
-  the new one: the new device pins these keys for its own account, vouched for by a
-  device the user controls rather than by the server's word.
+* ``account_key`` — the account signing key's seed (cross-signing, docs/e2ee.md): the
+  new device can then add and remove devices itself, and pins the account key as the
+  one it received here rather than on the server's word.
+* ``device_list`` — the account's device list naming the new device, as the existing
+  device signed it and the server took it (``DeviceList`` of the control API); the new
+  device trusts exactly these devices, and later lists only under the same key and with
+  a higher version.
+
+Version 1 (a device list without signature, before cross-signing) is refused: a device
+that old cannot vouch for the account.
 """
 
 from __future__ import annotations
@@ -19,13 +26,12 @@ from dataclasses import dataclass, field
 
 import msgpack
 
+from client.device_list import SignedDeviceList
 from client.errors import ProtocolError
-from client.models import Device
 
 __all__ = ["LinkExtra"]
 
-_VERSION = 1
-_MAX_DEVICES = 64
+_VERSION = 2
 _MAX_PREKEYS = 48 * 1024
 
 
@@ -34,9 +40,10 @@ class LinkExtra:
     """The application part of a provisioning payload."""
 
     handle: str
-    # The new device's private prekeys: never in repr().
+    # The new device's private prekeys and the account signing key: never in repr().
     prekeys: bytes = field(repr=False)
-    devices: list[Device]
+    account_key: bytes = field(repr=False)
+    device_list: SignedDeviceList
 
     def encode(self) -> bytes:
         """The msgpack form placed in ``ProvisioningPayload.extra``."""
@@ -45,7 +52,8 @@ class LinkExtra:
                 "v": _VERSION,
                 "handle": self.handle,
                 "prekeys": self.prekeys,
-                "devices": [[d.id, d.identity_key] for d in self.devices],
+                "account_key": self.account_key,
+                "device_list": self.device_list.to_wire(),
             },
             use_bin_type=True,
         )
@@ -55,7 +63,8 @@ class LinkExtra:
         """Decode ``extra`` from an opened provisioning message.
 
         The message authenticated under the link secret, so it comes from whoever read the
-        code; it is still checked field by field, like anything received.
+        code; it is still checked field by field, like anything received (whether the
+        list verifies under the account key is the caller's check).
         """
         try:
             raw = msgpack.unpackb(data, raw=False, strict_map_key=True, timestamp=0)
@@ -63,23 +72,12 @@ class LinkExtra:
             raise ProtocolError("the provisioning message is not msgpack") from None
         if not isinstance(raw, dict) or raw.get("v") != _VERSION:
             raise ProtocolError("the provisioning message has an unknown version")
-        handle, prekeys, devices = raw.get("handle"), raw.get("prekeys"), raw.get("devices")
+        handle, prekeys, account_key = raw.get("handle"), raw.get("prekeys"), raw.get("account_key")
         if not isinstance(handle, str) or not 2 <= len(handle) <= 32:
             raise ProtocolError("the provisioning message carries no valid handle")
         if not isinstance(prekeys, bytes) or not 0 < len(prekeys) <= _MAX_PREKEYS:
             raise ProtocolError("the provisioning message carries no valid prekeys")
-        if not isinstance(devices, list) or not 0 < len(devices) <= _MAX_DEVICES:
-            raise ProtocolError("the provisioning message carries no valid device list")
-        parsed = []
-        for entry in devices:
-            if (
-                not isinstance(entry, list)
-                or len(entry) != 2
-                or not isinstance(entry[0], str)
-                or not 0 < len(entry[0]) <= 32
-                or not isinstance(entry[1], bytes)
-                or len(entry[1]) != 32
-            ):
-                raise ProtocolError("the provisioning message has a malformed device entry")
-            parsed.append(Device(entry[0], entry[1]))
-        return cls(handle, prekeys, parsed)
+        if not isinstance(account_key, bytes) or len(account_key) != 32:
+            raise ProtocolError("the provisioning message carries no valid account key")
+        device_list = SignedDeviceList.from_wire_untrusted(raw.get("device_list"))
+        return cls(handle, prekeys, account_key, device_list)

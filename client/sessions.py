@@ -25,7 +25,13 @@ from client import _prekeys
 from client.account import Account
 from client.api import ControlApi
 from client.envelope import encode_envelope
-from client.errors import ApiError, ClientError, ProtocolError, UndecryptableMessage
+from client.errors import (
+    ApiError,
+    ClientError,
+    ProtocolError,
+    UndecryptableMessage,
+    UntrustedDevice,
+)
 from client.models import Device
 from client.prekeys import Prekeys
 from client.store import Store
@@ -140,10 +146,11 @@ class Sessions:
         """Encrypt for every device of every recipient user and post the envelopes.
 
         ``recipients`` maps user id → devices (for this user: the other devices). A 409
-        stale-device answer refreshes the named users' lists (pinning their keys) and
-        retries. Each ratchet step is loaded, taken and saved inside one store
-        transaction, so two processes on one profile never encrypt with the same
-        message key.
+        stale-device answer refreshes the named users' lists (checked against their
+        signed lists) and retries; a server that insists on a device no signed list
+        names gets nothing (:class:`UntrustedDevice`). Each ratchet step is loaded,
+        taken and saved inside one store transaction, so two processes on one profile
+        never encrypt with the same message key.
         """
         for attempt in range(_STALE_RETRIES + 1):
             for user_id, devices in recipients.items():
@@ -180,10 +187,20 @@ class Sessions:
                 for user_id, raw in current.items():
                     if not isinstance(user_id, str):
                         raise ProtocolError("a stale-device answer with a bad user id") from None
-                    devices = Device.list_untrusted(raw)
-                    self._trust.learn_devices(user_id, devices)
+                    insisted = {d.id for d in Device.list_untrusted(raw)}
+                    # The answer's list is the server's word: the signed list decides.
+                    devices = await self._trust.refresh(user_id)
                     if user_id == self._account.user_id:
+                        insisted.discard(self._account.device_id)
                         devices = [d for d in devices if d.id != self._account.device_id]
+                    unsigned = sorted(insisted - {d.id for d in devices})
+                    if unsigned:
+                        raise UntrustedDevice(
+                            user_id,
+                            f"the server will not deliver without {', '.join(unsigned)}, a "
+                            f"device of {self._trust.name(user_id)} that its account key did "
+                            f"not sign; nothing was sent",
+                        ) from None
                     recipients[user_id] = devices
                 self._on_stale_devices()
 

@@ -7,6 +7,10 @@ READY it catches up by REST — envelopes beyond READY's first page, channel his
 each stored cursor — so nothing queued while offline is missed; RESUME replays the rest in
 order. While live, who may read a channel is cached and forgotten on GUILD_*/CHANNEL_*/
 DEVICE_* dispatches, and disappearing messages this device sent are removed when due.
+
+Catching up starts with cross-signing's start-up (:meth:`Sync.set_up`): a profile older
+than cross-signing sets up its account key on its first start, or takes the one another
+device of the account handed over, as soon as it has arrived.
 """
 
 from __future__ import annotations
@@ -70,10 +74,26 @@ class Sync:
         self._channels = channels
         #: The gateway session while :meth:`live` runs (``gateway.reconnect()`` resumes).
         self.gateway: GatewayClient | None = None
+        self._set_up = False
+
+    async def set_up(self) -> None:
+        """Once per process, and whenever another device handed the account key over:
+        let :meth:`Trust.own_directory` do what cross-signing needs of this device."""
+        if not self._set_up or self._trust.account_key_offered():
+            await self._trust.own_directory()
+            self._set_up = True
+
+    async def envelopes(self) -> list[Message]:
+        """Fetch, decrypt, persist and ack every envelope queued for this device (after
+        the start-up, and taking an account key handed over among them)."""
+        await self.set_up()
+        new = await self._inbox.sync()
+        await self.set_up()
+        return new
 
     async def everything(self) -> list[Message]:
         """Fetch everything new: envelopes, then every text channel of every guild."""
-        new = await self._inbox.sync()
+        new = await self.envelopes()
         new += await self._channels.sync_text_channels()
         return new
 
@@ -86,6 +106,7 @@ class Sync:
         """
         send, receive = trio.open_memory_channel[Message](1024)
         await self._api.me()  # renews an expired token before the gateway needs it
+        await self.set_up()
         gateway = GatewayClient(self._api.server_url, self._api.token or "")
         self.gateway = gateway
         caught_up = trio.Event()
@@ -138,7 +159,9 @@ class Sync:
                     continue
             return new
         if event.type == EventName.ENVELOPE_CREATE:
-            return await self._inbox.receive([Envelope.from_wire_untrusted(d)], ack=False)
+            new = await self._inbox.receive([Envelope.from_wire_untrusted(d)], ack=False)
+            await self.set_up()
+            return new
         if event.type == EventName.MESSAGE_CREATE:
             return await self._channels.receive_created(ChannelMessage.from_wire_untrusted(d))
         if event.type in _AUDIENCE_EVENTS:

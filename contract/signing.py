@@ -12,10 +12,12 @@ import struct
 __all__ = [
     "CHALLENGE_LEN",
     "IDENTITY_KEY_LEN",
+    "MAX_LISTED_DEVICES",
     "PQ_PUBLIC_KEY_LEN",
     "SIGNATURE_LEN",
     "X25519_KEY_LEN",
     "add_device_message",
+    "device_list_message",
     "login_message",
     "pq_one_time_prekey_message",
     "pq_prekey_message",
@@ -29,6 +31,8 @@ X25519_KEY_LEN = 32
 PQ_PUBLIC_KEY_LEN = 1568
 SIGNATURE_LEN = 64
 CHALLENGE_LEN = 32
+#: A signed device list names at most this many devices (the server's device limit).
+MAX_LISTED_DEVICES = 64
 
 
 def register_message(challenge: bytes, identity_key: bytes, handle: str) -> bytes:
@@ -67,3 +71,32 @@ def pq_one_time_prekey_message(key_id: int, public_key: bytes) -> bytes:
     out the last-resort key as one-time (or the reverse), whatever the key ids.
     """
     return b"hushroom-v1 pq-one-time-prekey\x00" + struct.pack(">I", key_id) + public_key
+
+
+def device_list_message(user_id: str, version: int, identity_keys: list[bytes]) -> bytes:
+    """``"hushroom-v1 device-list" NUL ‖ len(user id) (u8) ‖ user id ‖ version (u64 BE) ‖
+    count (u16 BE) ‖ identity keys (32 each, sorted)``, signed by the account signing key.
+
+    The keys are sorted here, so signer and verifier agree whatever order a list travels
+    in; a key listed twice, a key of the wrong length or more than
+    :data:`MAX_LISTED_DEVICES` keys is a :class:`ValueError` (no such list is signed).
+    """
+    uid = user_id.encode()
+    if not 0 < len(uid) < 256:
+        raise ValueError("a user id is 1 to 255 bytes")
+    if not 0 <= version < 2**64:
+        raise ValueError("a device-list version is an unsigned 64-bit integer")
+    if len(identity_keys) > MAX_LISTED_DEVICES:
+        raise ValueError(f"a device list names at most {MAX_LISTED_DEVICES} devices")
+    if any(len(k) != IDENTITY_KEY_LEN for k in identity_keys):
+        raise ValueError("an identity key is 32 bytes")
+    keys = sorted(identity_keys)
+    if len(set(keys)) != len(keys):
+        raise ValueError("a device list names a key twice")
+    return (
+        b"hushroom-v1 device-list\x00"
+        + bytes([len(uid)])
+        + uid
+        + struct.pack(">QH", version, len(keys))
+        + b"".join(keys)
+    )

@@ -3,6 +3,14 @@
 A user is a random id and a chosen handle; each device is an Ed25519 identity key. Every
 key is proven by signing a server challenge (see ``control.signatures`` for the exact bytes);
 sessions are random bearer tokens of which only the SHA-256 is stored.
+
+Cross-signing: an account may have an account signing key (Ed25519, held only by the
+account's devices) that signs the account's device list. Once it is set (``PUT
+/users/@me/device-list``, right after registration), adding and removing a device carry
+the new signed list, which is checked (signature, a version
+above the stored one, only keys of the account's devices) and stored; every device-list
+answer hands it out. Clients verify it themselves: this check only keeps an honest
+server's lists consistent.
 """
 
 from __future__ import annotations
@@ -25,10 +33,18 @@ from ..ids import day_now, hash_token, new_id, new_token, now
 from ..sessions import revoked
 from ..signatures import verify_signature
 from ..store import schema as t
-from ..wire import Field, Schema
+from ..wire import MAX_SAFE_INT, Field, Schema
 from ._routing import Call, Reply, Router, int_field
 
-__all__ = ["CHALLENGE_TTL_S", "LOW_OTK", "current_devices", "device_view", "router"]
+__all__ = [
+    "CHALLENGE_TTL_S",
+    "LOW_OTK",
+    "current_devices",
+    "device_list_view",
+    "device_view",
+    "router",
+    "store_device_list",
+]
 
 #: A challenge must be answered within this many seconds.
 CHALLENGE_TTL_S = 300
@@ -74,6 +90,20 @@ PREKEY_BUNDLE = {
 IDENTITY = Field("bytes", "Ed25519 identity public key", min=32, max=32)
 CHALLENGE = Field("bytes", "challenge from POST /auth/challenge", min=32, max=32)
 SIGNATURE = Field("bytes", "Ed25519 signature", min=64, max=64)
+DEVICE_LIST = Schema(
+    "DeviceList",
+    {
+        "version": int_field("list version, above every earlier list's", 1, MAX_SAFE_INT),
+        "identity_keys": Field(
+            "list", "identity keys of the listed devices", items=IDENTITY, min=1, max=64
+        ),
+        "signature": Field(
+            "bytes", "Ed25519 signature of the device-list bytes by the account key", min=64, max=64
+        ),
+    },
+)
+SIGNED_LIST = Field("object", "the account's new device list", required=False, schema=DEVICE_LIST)
+ACCOUNT_KEY = Field("bytes", "Ed25519 account signing public key", required=False, min=32, max=32)
 
 REGISTER = Schema(
     "Register",
@@ -88,7 +118,18 @@ REGISTER = Schema(
 LOGIN = Schema("Login", {"identity_key": IDENTITY, "challenge": CHALLENGE, "signature": SIGNATURE})
 ADD_DEVICE = Schema(
     "AddDevice",
-    {"identity_key": IDENTITY, "challenge": CHALLENGE, "signature": SIGNATURE, **PREKEY_BUNDLE},
+    {
+        "identity_key": IDENTITY,
+        "challenge": CHALLENGE,
+        "signature": SIGNATURE,
+        "device_list": SIGNED_LIST,
+        **PREKEY_BUNDLE,
+    },
+)
+REMOVE_DEVICE = Schema("RemoveDevice", {"device_list": SIGNED_LIST})
+PUT_DEVICE_LIST = Schema(
+    "PutDeviceList",
+    {"account_key": ACCOUNT_KEY, "device_list": Field("object", schema=DEVICE_LIST)},
 )
 UPLOAD_KEYS = Schema(
     "UploadKeys",
@@ -204,6 +245,84 @@ def _new_session(conn: Connection, user_id: str, device_id: str, ttl: int) -> tu
 def device_view(row: Any) -> dict[str, Any]:
     """The public form of a device: id and identity key."""
     return {"id": row.id, "identity_key": row.identity_key}
+
+
+def device_list_view(conn: Connection, user_id: str) -> dict[str, Any]:
+    """The account key and the latest device list it signed (both None before the
+    account has one): what clients verify a device list against."""
+    row = conn.execute(sa.select(t.device_lists).where(t.device_lists.c.user_id == user_id)).first()
+    if row is None:
+        return {"account_key": None, "device_list": None}
+    keys = row.device_keys
+    return {
+        "account_key": row.account_key,
+        "device_list": {
+            "version": row.version,
+            "identity_keys": [keys[i : i + 32] for i in range(0, len(keys), 32)],
+            "signature": row.signature,
+        },
+    }
+
+
+def store_device_list(
+    conn: Connection,
+    user_id: str,
+    signed: dict[str, Any] | None,
+    *,
+    account_key: bytes | None = None,
+    must_name: bytes | None = None,
+) -> None:
+    """Check and keep the account's new signed device list, within the transaction that
+    changes its devices (so the devices it may name are the ones after the change).
+
+    ``account_key`` sets the account key, once: a new account's first device sets it
+    right after registering (the signed bytes name the user id, which registration
+    assigns), an older account's first device to run a cross-signing client when it
+    starts. An account without one changes its devices unsigned. Otherwise the list is
+    required; it must verify under the account key, carry a higher version than the
+    stored one, name only keys of the account's devices and (``must_name``) the device
+    just added.
+    """
+    table = t.device_lists
+    row = conn.execute(sa.select(table).where(table.c.user_id == user_id)).first()
+    if row is None and account_key is None:
+        if signed is None:
+            return
+        raise InvalidBody("this account has no account key yet: device_list cannot verify")
+    if row is not None and account_key is not None and account_key != row.account_key:
+        raise Conflict("this account already has another account key; it is set once")
+    if signed is None:
+        raise InvalidBody("device_list is required: this account's devices are cross-signed")
+    key = row.account_key if row is not None else account_key
+    assert key is not None
+    keys: list[bytes] = signed["identity_keys"]
+    try:
+        message = sig.device_list_message(user_id, signed["version"], keys)
+    except ValueError as exc:
+        raise InvalidBody(f"device_list: {exc}") from None
+    if not verify_signature(key, message, signed["signature"]):
+        raise InvalidBody("device_list.signature does not verify under the account key")
+    if row is not None and signed["version"] <= row.version:
+        raise Conflict(f"device_list.version must be above the stored list's ({row.version})")
+    held = set(
+        conn.execute(
+            sa.select(t.devices.c.identity_key).where(t.devices.c.user_id == user_id)
+        ).scalars()
+    )
+    if not set(keys) <= held:
+        raise InvalidBody("device_list names a key that is not a device of this account")
+    if must_name is not None and must_name not in keys:
+        raise InvalidBody("device_list must name the device being added")
+    values = {
+        "account_key": key,
+        "version": signed["version"],
+        "device_keys": b"".join(sorted(keys)),
+        "signature": signed["signature"],
+    }
+    if row is None:
+        conn.execute(sa.insert(table).values(user_id=user_id, **values))
+    else:
+        conn.execute(sa.update(table).where(table.c.user_id == user_id).values(**values))
 
 
 def current_devices(conn: Connection, user_id: str) -> list[dict[str, Any]]:
@@ -373,27 +492,29 @@ async def by_handle(call: Call, handle: str) -> dict[str, Any]:
 @router.route(
     "GET",
     "/users/{user_id}/devices",
-    summary="A user's current devices (ids and identity keys), for envelope fan-out",
+    summary="A user's current devices (ids and identity keys), with the account key and "
+    "the device list it signed, for envelope fan-out",
     errors=(404,),
 )
-async def user_devices(call: Call, user_id: str) -> list[dict[str, Any]]:
+async def user_devices(call: Call, user_id: str) -> dict[str, Any]:
     if user_id == "@me":
         user_id = call.me.user_id
     return await call.state.db.read(lambda conn: user_devices_tx(conn, user_id))
 
 
-def user_devices_tx(conn: Connection, user_id: str) -> list[dict[str, Any]]:
-    """The user's current devices; 404 when there is no such user."""
+def user_devices_tx(conn: Connection, user_id: str) -> dict[str, Any]:
+    """The user's current devices and signed device list; 404 when there is no such user."""
     found = conn.execute(sa.select(t.users.c.id).where(t.users.c.id == user_id)).first()
     if found is None:
         raise NotFound("no such user")
-    return current_devices(conn, user_id)
+    return {"devices": current_devices(conn, user_id), **device_list_view(conn, user_id)}
 
 
 @router.route(
     "POST",
     "/users/@me/devices",
-    summary="Add a device: its identity key signs a challenge; the caller's session vouches",
+    summary="Add a device: its identity key signs a challenge; the caller's session vouches "
+    "and, once the account has an account key, the new device list it signed",
     body=ADD_DEVICE,
     status=201,
     errors=(401, 409, 410),
@@ -424,19 +545,22 @@ def add_device_tx(conn: Connection, user_id: str, body: dict[str, Any]) -> dict[
     except IntegrityError:
         raise Conflict("this identity key is already registered") from None
     _store_bundle(conn, device_id, body)
+    store_device_list(conn, user_id, body.get("device_list"), must_name=identity_key)
     return {"id": device_id, "identity_key": identity_key}
 
 
 @router.route(
     "DELETE",
     "/users/@me/devices/{device_id}",
-    summary="Remove a device: its sessions, prekeys and queued envelopes go with it",
+    summary="Remove a device: its sessions, prekeys and queued envelopes go with it (with "
+    "the new signed device list once the account has an account key)",
+    body=REMOVE_DEVICE,
     status=204,
     errors=(404, 409),
 )
 async def remove_device(call: Call, device_id: str) -> None:
-    user_id = call.me.user_id
-    await call.state.db.write(lambda conn: remove_device_tx(conn, user_id, device_id))
+    user_id, signed = call.me.user_id, call.body.get("device_list")
+    await call.state.db.write(lambda conn: remove_device_tx(conn, user_id, device_id, signed))
     await call.state.bus.publish(revoked(device_id=device_id))
     await call.state.bus.publish(
         Event(
@@ -447,14 +571,36 @@ async def remove_device(call: Call, device_id: str) -> None:
     )
 
 
-def remove_device_tx(conn: Connection, user_id: str, device_id: str) -> None:
-    """Delete one of the user's devices (never the last); the rest goes by cascade."""
+def remove_device_tx(
+    conn: Connection, user_id: str, device_id: str, signed: dict[str, Any] | None = None
+) -> None:
+    """Delete one of the user's devices (never the last), keeping the new signed device
+    list when the account is cross-signed; the rest goes by cascade."""
     devices = [d["id"] for d in current_devices(conn, user_id)]
     if device_id not in devices:
         raise NotFound("no such device")
     if len(devices) == 1:
         raise Conflict("cannot remove the last device; delete the account instead")
     conn.execute(sa.delete(t.devices).where(t.devices.c.id == device_id))
+    store_device_list(conn, user_id, signed)
+
+
+@router.route(
+    "PUT",
+    "/users/@me/device-list",
+    summary="Replace the account's signed device list; the first one also sets the account "
+    "key (an account registered before cross-signing)",
+    body=PUT_DEVICE_LIST,
+    errors=(409,),
+)
+async def put_device_list(call: Call) -> dict[str, Any]:
+    user_id, body = call.me.user_id, call.body
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        store_device_list(conn, user_id, body["device_list"], account_key=body.get("account_key"))
+        return device_list_view(conn, user_id)
+
+    return await call.state.db.write(tx)
 
 
 @router.route(

@@ -31,6 +31,9 @@ def export_user(conn: Connection, user_id: str) -> dict[str, Any]:
     return {
         "user": _rows(conn, sa.select(t.users).where(t.users.c.id == user_id))[0],
         "devices": _rows(conn, sa.select(t.devices).where(t.devices.c.user_id == user_id)),
+        "device_list": _rows(
+            conn, sa.select(t.device_lists).where(t.device_lists.c.user_id == user_id)
+        ),
         "sessions": _rows(
             conn,
             sa.select(t.sessions.c.device_id, t.sessions.c.expires_at).where(

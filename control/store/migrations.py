@@ -33,10 +33,16 @@ def _v2_envelope_order(conn: Connection) -> None:
         )
 
 
+def _v3_device_lists(conn: Connection) -> None:
+    # Portable DDL from the table's own definition; migration 1 made it on a fresh database.
+    schema.device_lists.create(conn, checkfirst=True)
+
+
 #: (version, description, step) in ascending order.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, devices, prekeys, communities, messages, envelopes", _v1_initial),
     (2, "envelope arrival order per recipient device", _v2_envelope_order),
+    (3, "cross-signing: account signing keys and signed device lists", _v3_device_lists),
 ]
 
 

@@ -44,6 +44,20 @@ devices = sa.Table(
     sa.Index("ix_devices_user", "user_id"),
 )
 
+# Cross-signing (migration 3): the account signing key and the latest device list it
+# signed. Clients trust a device only when such a list names it; the server keeps the
+# list to hand it out, and checks signature and version on upload (clients never rely on
+# that check). ``device_keys`` is the listed identity keys, sorted, 32 bytes each.
+device_lists = sa.Table(
+    "device_lists",
+    metadata,
+    sa.Column("user_id", ID, sa.ForeignKey("users.id", ondelete=_CASCADE), primary_key=True),
+    sa.Column("account_key", sa.LargeBinary(32), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("device_keys", sa.LargeBinary(64 * 32), nullable=False),
+    sa.Column("signature", sa.LargeBinary(64), nullable=False),
+)
+
 challenges = sa.Table(
     "challenges",
     metadata,
@@ -217,6 +231,8 @@ RETENTION: dict[str, str] = {
     "schema_version": "Schema bookkeeping, no personal data; kept for the database's life.",
     "users": "Until the account is deleted (DELETE /api/v1/users/@me).",
     "devices": "Until the device is removed or the account deleted; last_seen_day is a day.",
+    "device_lists": "The account signing key and its latest signed device list: replaced "
+    "by each newer list, deleted with the account.",
     "challenges": "Single use; deleted when answered, purged 5 minutes after issue.",
     "sessions": "Until expiry (purged), sign-out, device removal or account deletion.",
     "signed_prekeys": "Replaced on upload; deleted with the device.",

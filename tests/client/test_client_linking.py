@@ -13,10 +13,12 @@ import pytest
 import trio
 from client_cli import Cli, passphrase_env
 from client_live import ControlProcess
+from lying_server import envelopes_for, plant_device
 
-from client import Client, ProtocolError
+from client import Client, ProtocolError, UntrustedDevice
 from client._prekeys import directory_prekeys
 from client.api import ControlApi
+from client.device_list import SignedDeviceList
 from client.errors import LinkError
 from client.linking import LinkExtra
 from client.models import Device
@@ -53,19 +55,37 @@ def one_sentence(result: subprocess.CompletedProcess[str], start: str) -> None:
     assert result.stderr.count("\n") == 1 and result.stderr.rstrip().endswith(".")
 
 
+def account_key_of(client: Client) -> IdentityKeyPair:
+    """The account signing key ``client``'s profile holds."""
+    return IdentityKeyPair(client.store.get("identity", "account_key"))
+
+
+def signed_list(client: Client, version: int, keys: list[bytes]) -> SignedDeviceList:
+    """A device list of ``client``'s account, signed with its account key."""
+    return SignedDeviceList.sign(account_key_of(client), client.user_id, version, keys)
+
+
 async def add_device_unseen(client: Client) -> tuple[Device, IdentityKeyPair, PreKeyStore]:
-    """A device added to ``client``'s account through the API, not through the client, so
-    the client never pinned it: what a malicious server, or a device this one never
-    heard of, does."""
+    """A device added to ``client``'s account through the API (with a list the account
+    key signed), not through the client's linking: a linking device that then seals
+    something else than it should."""
     identity = IdentityKeyPair.generate()
     prekeys = PreKeyStore.generate(identity)
     challenge = await client.api.challenge()
     signed = b"hushroom-v1 add-device\x00" + challenge + identity.public + client.user_id.encode()
+    listed = await client.api.device_directory(client.user_id)
+    assert listed.device_list is not None
+    new_list = signed_list(
+        client,
+        listed.device_list.version + 1,
+        [*listed.device_list.identity_keys, identity.public],
+    )
     device = await client.api.add_device(
         {
             "identity_key": identity.public,
             "challenge": challenge,
             "signature": identity.sign(signed),
+            "device_list": new_list.to_wire(),
             **directory_prekeys(identity, prekeys, prekeys.generate_one_time_prekeys(1)),
         }
     )
@@ -169,38 +189,42 @@ def test_bad_expired_and_used_link_codes_are_one_sentence_errors(
     assert usage.returncode == 2 and "600" in usage.stderr
 
 
-async def test_link_device_refuses_an_account_device_it_never_saw(
+async def test_link_device_never_vouches_for_an_account_device_only_the_server_knows(
     control: ControlProcess, tmp_path: Path
 ) -> None:
     cli = Cli(tmp_path, passphrase_env(PASS))
     cli("register", "ann", "--profile", "a", "--server", control.url)
+    cli("register", "ben", "--profile", "b", "--server", control.url)
     ann = Client.open(tmp_path / "a", PASS)
-    rogue, _, _ = await add_device_unseen(ann)
+    user_id = ann.user_id
     await ann.aclose()
+    rogue, _ = plant_device(control.database, user_id)
 
     joining, code = join(cli, control.url, "a2")
-    refused = cli("link-device", code, "--profile", "a", ok=False)
-    one_sentence(refused, "The server lists")
-    assert rogue.id in refused.stderr and "nothing was sent" in refused.stderr
-    # The device made for the new one was taken off again; the rogue one stays, for now.
-    listed = cli.json("devices", "--profile", "a")
-    assert isinstance(listed, list) and len(listed) == 2
-    assert rogue.id in {d["id"] for d in listed}
-
-    # Nothing was deposited: after the user removes the stranger, the same code still
-    # works (a mailbox takes one message), and the new device pins only the real two.
-    cli("devices", "remove", rogue.id, "--profile", "a")
     linked = cli.json("link-device", code, "--profile", "a")
     out, err = joining.communicate(timeout=60)
     assert joining.returncode == 0, err
-    assert (
-        isinstance(linked, dict)
-        and json.loads(out.splitlines()[-1])["device_id"] == (linked["device_id"])
-    )
+    assert isinstance(linked, dict)
+    assert json.loads(out.splitlines()[-1])["device_id"] == linked["device_id"]
+    # The list the new device received, signed by the account key, names the real two
+    # only: the new device never trusts the planted one, so nothing it sends reaches it.
     joined = Client.open(tmp_path / "a2", PASS)
-    pinned = joined.store.get("contact", joined.user_id)["devices"]
-    assert rogue.id not in pinned and len(pinned) == 2
+    pinned = joined.store.get("contact", joined.user_id)["list"]["keys"]
+    assert len(pinned) == 2 and joined.identity.public in pinned
+    with pytest.raises(UntrustedDevice, match=rogue):
+        await joined.send_dm("ben", "never sent")
+    assert [n.kind for n in joined.notices()] == ["untrusted_device"]
+    assert envelopes_for(control.database, rogue) == 0
     await joined.aclose()
+
+    # The user removes the stranger with an ordinary, signed removal; all is well again.
+    cli("devices", "remove", rogue, "--profile", "a")
+    listed = cli.json("devices", "--profile", "a")
+    assert isinstance(listed, list) and len(listed) == 2
+    assert rogue not in {d["id"] for d in listed}
+    cli("dm", "ben", "after the removal", "--profile", "a2")
+    read = cli.json("read", "@ann", "--profile", "b")
+    assert [m["body"] for m in read] == ["after the removal"]  # type: ignore[union-attr]
 
 
 async def test_a_join_that_fails_after_signing_in_takes_its_device_off_the_account(
@@ -221,8 +245,8 @@ async def test_a_join_that_fails_after_signing_in_takes_its_device_off_the_accou
         # A linking device that adds the new device but leaves it out of the list it
         # seals: the new device signs in, then finds the list wrong.
         device, identity, prekeys = await add_device_unseen(ann)
-        listed = [Device(ann.device_id, ann.identity.public)]
-        extra = LinkExtra("ann", prekeys.serialize(), listed)
+        listed = signed_list(ann, 3, [ann.identity.public])
+        extra = LinkExtra("ann", prekeys.serialize(), account_key_of(ann).seed, listed)
         payload = ProvisioningPayload(ann.user_id.encode(), identity.seed, extra.encode())
         await ann.api.deposit_provisioning(*build_provisioning_message(code, payload))
 
@@ -264,9 +288,9 @@ async def test_a_failed_join_whose_device_cannot_go_again_says_where_to_remove_i
                 }
             )
         )["token"]
-        await ann.api.remove_device(ann.device_id)
-        listed = [Device(ann.device_id, ann.identity.public)]
-        extra = LinkExtra("ann", prekeys.serialize(), listed)
+        await ann.api.remove_device(ann.device_id, signed_list(ann, 3, [identity.public]))
+        listed = signed_list(ann, 4, [ann.identity.public])
+        extra = LinkExtra("ann", prekeys.serialize(), account_key_of(ann).seed, listed)
         payload = ProvisioningPayload(ann.user_id.encode(), identity.seed, extra.encode())
         await other.deposit_provisioning(*build_provisioning_message(code, payload))
         await other.aclose()

@@ -15,6 +15,7 @@ import pytest
 from client._prekeys import directory_prekeys, prekey_bundle_untrusted
 from client.account import Account, write_account
 from client.api import ControlApi
+from client.device_list import DeviceDirectory, SignedDeviceList
 from client.dm import DirectMessages
 from client.envelope import (
     Body,
@@ -32,7 +33,7 @@ from client.permissions import VIEW_CHANNEL, can_view
 from client.prekeys import Prekeys
 from client.sender_keys import SenderKeys
 from client.sessions import Sessions
-from client.store import Store
+from client.store import Store, fingerprint
 from client.trust import Trust
 from e2ee import (
     DecryptedMessage,
@@ -67,62 +68,117 @@ def _profile(path: Path, user_id: str, handle: str, device_id: str) -> tuple[Sto
     return store, Account.load(store)
 
 
-def _pinned(trust: Trust, user_id: str) -> dict[str, bytes]:
-    contact = trust.contact(user_id)
-    assert contact is not None
-    keys: dict[str, bytes] = contact["devices"]
-    return keys
+def _directory(
+    user_id: str,
+    devices: list[Device],
+    account: IdentityKeyPair,
+    version: int = 1,
+    *,
+    listed: list[Device] | None = None,
+) -> DeviceDirectory:
+    """What the server serves for ``user_id``: ``devices``, with the list ``account``
+    signed (naming ``listed``, by default the same devices)."""
+    keys = [d.identity_key for d in (devices if listed is None else listed)]
+    signed = SignedDeviceList.sign(account, user_id, version, keys)
+    return DeviceDirectory(devices, account.public, signed)
 
 
-def test_trust_pins_on_first_sight_and_refuses_a_changed_key(tmp_path: Path) -> None:
+def test_trust_pins_the_account_key_and_trusts_only_the_devices_it_signed(
+    tmp_path: Path,
+) -> None:
+    store, me = _profile(tmp_path, "u-me", "me", "d-me")
+    notices = Notices(store)
+    trust = Trust(store, ControlApi(NO_SERVER), me, notices)
+    bobs = IdentityKeyPair.generate()
+    phone = Device("d-phone", IdentityKeyPair.generate().public)
+    laptop = Device("d-laptop", IdentityKeyPair.generate().public)
+    ghost = Device("d-ghost", IdentityKeyPair.generate().public)
+
+    # First sight: the account key is pinned with its list.
+    assert trust.accept("u-bob", "bob", _directory("u-bob", [phone], bobs)) == [phone]
+    assert trust.name("u-bob") == "bob" and notices.take() == []
+
+    # A device bob's account key added: trusted, and the user is told.
+    both = _directory("u-bob", [phone, laptop], bobs, 2)
+    assert trust.accept("u-bob", "bob", both) == [phone, laptop]
+    assert [n.kind for n in notices.take()] == ["new_device"]
+
+    # A device the server lists beside the signed ones: never trusted, reported.
+    planted = _directory("u-bob", [phone, laptop, ghost], bobs, 2, listed=[phone, laptop])
+    assert trust.accept("u-bob", "bob", planted) == [phone, laptop]
+    (notice,) = notices.take()
+    assert notice.kind == "untrusted_device" and "d-ghost" in notice.text
+
+    # bob removes the laptop (version 3); the server serves version 2 again with the
+    # laptop back: the older list is set aside, the laptop stays out.
+    assert trust.accept("u-bob", "bob", _directory("u-bob", [phone], bobs, 3)) == [phone]
+    assert trust.accept("u-bob", "bob", both) == [phone]
+    assert [n.kind for n in notices.take()] == ["untrusted_device", "untrusted_device"]
+
+    # A list under a signature the account key did not make: ignored, version 3 kept.
+    forged = DeviceDirectory(
+        [phone, laptop],
+        bobs.public,
+        SignedDeviceList(9, tuple(sorted([phone.identity_key, laptop.identity_key])), bytes(64)),
+    )
+    assert trust.accept("u-bob", "bob", forged) == [phone]
+    # (The laptop was reported a moment ago: one process says a thing once.)
+    (notice,) = notices.take()
+    assert "did not sign; it was ignored" in notice.text
+
+    # Another account key: an identity change, refused until the user decides.
+    other = IdentityKeyPair.generate()
+    with pytest.raises(IdentityChanged):
+        trust.accept("u-bob", "bob", _directory("u-bob", [phone, ghost], other, 99))
+    assert [n.kind for n in notices.take()] == ["identity_changed"]
+    contact = trust.contact("u-bob")
+    assert contact is not None and contact["account_key"] == bobs.public
+    store.close()
+
+
+def test_trust_keeps_a_verified_contact_verified_through_the_move_to_cross_signing(
+    tmp_path: Path,
+) -> None:
     store, me = _profile(tmp_path, "u-me", "me", "d-me")
     notices = Notices(store)
     trust = Trust(store, ControlApi(NO_SERVER), me, notices)
     phone = Device("d-phone", IdentityKeyPair.generate().public)
-    laptop = Device("d-laptop", IdentityKeyPair.generate().public)
-
-    trust.pin("u-bob", "bob", [phone])
-    assert trust.name("u-bob") == "bob" and notices.take() == []
-
-    # An unverified contact's new device: pinned, and the user is told.
-    trust.pin("u-bob", "bob", [phone, laptop])
-    assert [n.kind for n in notices.take()] == ["new_device"]
-    assert set(_pinned(trust, "u-bob")) == {"d-phone", "d-laptop"}
-
-    # A known device under another key: refused, reported, and the old key stays pinned.
-    swapped = Device("d-phone", IdentityKeyPair.generate().public)
+    ghost = Device("d-ghost", IdentityKeyPair.generate().public)
+    # Pinned and verified before cross-signing: device keys only.
+    legacy = {"handle": "bob", "devices": {phone.id: phone.identity_key}, "verified": None}
+    legacy["verified"] = fingerprint([phone.identity_key])
+    store.put("contact", "u-bob", legacy)
+    # The account key first seen signs a device the user never verified: refused.
+    bobs = IdentityKeyPair.generate()
     with pytest.raises(IdentityChanged):
-        trust.pin("u-bob", "bob", [swapped, laptop])
+        trust.accept("u-bob", "bob", _directory("u-bob", [phone, ghost], bobs))
     assert [n.kind for n in notices.take()] == ["identity_changed"]
-    assert _pinned(trust, "u-bob")["d-phone"] == phone.identity_key
-
-    # This account's own new device: told, unless this device added it itself.
-    own = Device(me.device_id, me.identity.public)
-    trust.pin(me.user_id, me.handle, [own])
-    trust.pin(me.user_id, me.handle, [own, Device("d-new", IdentityKeyPair.generate().public)])
-    assert [n.text for n in notices.take()] == ["your account has 1 new device(s)"]
-    trust.pin(
-        me.user_id,
-        me.handle,
-        [own, Device("d-linked", IdentityKeyPair.generate().public)],
-        own_change_ok=True,
-    )
-    assert notices.take() == []
+    # Signing exactly the verified devices, it is pinned as verified.
+    assert trust.accept("u-bob", "bob", _directory("u-bob", [phone], bobs)) == [phone]
+    contact = trust.contact("u-bob")
+    assert contact is not None and contact["verified"] == fingerprint([bobs.public])
     store.close()
 
 
-def test_trust_refuses_an_own_device_list_holding_a_device_it_never_pinned(
-    tmp_path: Path,
-) -> None:
+def test_trust_takes_this_accounts_devices_only_under_the_key_it_holds(tmp_path: Path) -> None:
     store, me = _profile(tmp_path, "u-me", "me", "d-me")
-    trust = Trust(store, ControlApi(NO_SERVER), me, Notices(store))
+    notices = Notices(store)
+    trust = Trust(store, ControlApi(NO_SERVER), me, notices)
     own = Device(me.device_id, me.identity.public)
-    trust.pin(me.user_id, me.handle, [own])
-    added = Device("d-added", IdentityKeyPair.generate().public)
-    trust.check_own_devices([own, added], added)
     ghost = Device("d-ghost", IdentityKeyPair.generate().public)
-    with pytest.raises(IdentityChanged, match="d-ghost"):
-        trust.check_own_devices([own, added, ghost], added)
+    account = IdentityKeyPair.generate()
+    first = SignedDeviceList.sign(account, me.user_id, 1, [own.identity_key])
+    trust.keep_account_key(account, first)
+    served = _directory(me.user_id, [own, ghost], account, 1, listed=[own])
+    assert trust.accept(me.user_id, me.handle, served) == [own]
+    assert [n.kind for n in notices.take()] == ["untrusted_device"]
+    # What this device signs next follows the newest version it knows.
+    assert trust.sign_own_list([own.identity_key]).version == 2
+    # A key the server serves for this account that is not the one held: refused.
+    with pytest.raises(IdentityChanged):
+        trust.accept(
+            me.user_id, me.handle, _directory(me.user_id, [own, ghost], IdentityKeyPair.generate())
+        )
     store.close()
 
 
@@ -202,7 +258,11 @@ async def test_inbox_sessions_and_sender_keys_open_a_dm_and_a_channel_key_alone(
     store, bob = _profile(tmp_path, "u-bob", "bob", "d-bob")
     device = _Device(store, bob)
     alice = IdentityKeyPair.generate()
-    device.trust.pin("u-alice", "alice", [Device("d-alice", alice.public)])
+    device.trust.accept(
+        "u-alice",
+        "alice",
+        _directory("u-alice", [Device("d-alice", alice.public)], IdentityKeyPair.generate()),
+    )
 
     # Alice opens a session from bob's bundle (PQXDH, one-time prekey) and writes twice.
     session = initiate_session(
@@ -301,7 +361,10 @@ async def test_inbox_rejects_an_initial_message_under_a_key_other_than_the_pinne
     store, bob = _profile(tmp_path, "u-bob", "bob", "d-bob")
     device = _Device(store, bob)
     # Bob pinned alice's device under one key; the message comes under another.
-    device.trust.pin("u-alice", "alice", [Device("d-alice", IdentityKeyPair.generate().public)])
+    pinned = Device("d-alice", IdentityKeyPair.generate().public)
+    device.trust.accept(
+        "u-alice", "alice", _directory("u-alice", [pinned], IdentityKeyPair.generate())
+    )
     impostor = IdentityKeyPair.generate()
     session = initiate_session(
         impostor, prekey_bundle_untrusted(_bundle("d-bob", device.prekeys.current))

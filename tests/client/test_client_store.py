@@ -13,6 +13,7 @@ import pytest
 from nacl import pwhash
 from nacl.secret import SecretBox
 
+from client.device_list import SignedDeviceList
 from client.linking import LinkExtra
 from client.store import Store, StoreRolledBack, write_private_file
 from e2ee import IdentityKeyPair, PreKeyStore
@@ -171,8 +172,11 @@ def test_private_files_are_written_owner_only_and_whole(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup.hushroom"]
 
 
-def test_link_extra_does_not_print_the_private_prekeys() -> None:
+def test_link_extra_does_not_print_the_private_prekeys_nor_the_account_key() -> None:
     prekeys = PreKeyStore.generate(IdentityKeyPair.generate(), 1).serialize()
-    text = repr(LinkExtra("alice", prekeys, []))
+    account = IdentityKeyPair.generate()
+    listed = SignedDeviceList.sign(account, "u1", 1, [IdentityKeyPair.generate().public])
+    text = repr(LinkExtra("alice", prekeys, account.seed, listed))
     assert prekeys.hex() not in text and repr(prekeys)[2:40] not in text
+    assert account.seed.hex() not in text and repr(account.seed)[2:40] not in text
     assert "alice" in text

@@ -90,7 +90,7 @@ async def test_migration_2_upgrades_a_version_1_database(tmp_path: Path) -> None
         conn.execute(sa.delete(t.schema_version).where(t.schema_version.c.version > 1))
 
     await db.write(downgrade)
-    assert await db.migrate() == 2
+    assert await db.migrate() == MIGRATIONS[-1][0]
     columns = await db.read(
         lambda conn: {c["name"] for c in sa.inspect(conn).get_columns("envelopes")}
     )
@@ -114,4 +114,21 @@ async def test_sqlite_deletes_securely_and_vacuums_incrementally(tmp_path: Path)
         return int(secure or 0), int(vacuum or 0)
 
     assert await db.read(pragmas) == (1, 2), "secure_delete on, auto_vacuum incremental"
+    db.close()
+
+
+async def test_migration_3_adds_the_signed_device_lists_to_a_version_2_database(
+    tmp_path: Path,
+) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    def downgrade(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("DROP TABLE device_lists")
+        conn.execute(sa.delete(t.schema_version).where(t.schema_version.c.version > 2))
+
+    await db.write(downgrade)
+    assert await db.migrate() == 3
+    tables = await db.read(lambda conn: set(sa.inspect(conn).get_table_names()))
+    assert "device_lists" in tables
     db.close()
