@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import trio
 import trio_asyncio
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.codecs.vpx import Vp8Decoder, Vp8Encoder, VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterFrame
@@ -54,19 +54,21 @@ T = TypeVar("T")
 MIN_SFRAME_OVERHEAD = 17
 
 
-async def run_on_asyncio(scenario: Callable[[], Awaitable[T]], within: float = 60) -> T:
+async def run_on_asyncio(scenario: Callable[[], Awaitable[T]], within: float = 120) -> T:
     """Run an asyncio scenario (aiortc) on a trio-asyncio loop, bounded in time."""
     with trio.fail_after(within):
         async with trio_asyncio.open_loop():
             return await trio_asyncio.aio_as_trio(scenario)()  # type: ignore[no-any-return]
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 20) -> None:
+async def wait_until(
+    condition: Callable[[], bool], within: float = 20, state: Callable[[], object] = str
+) -> None:
     """Poll an asyncio-side condition (aiortc gives no event for counters)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
+            raise TimeoutError(f"condition not reached: {state()}")
         await asyncio.sleep(0.01)
 
 
@@ -98,12 +100,17 @@ def pattern_image(count: int) -> np.ndarray:
     return image
 
 
+def local_peer() -> RTCPeerConnection:
+    """A peer connection with no ICE servers: aiortc's default would query Google's STUN."""
+    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
 class Call:
     """Peer A publishes one protected track to peer B; B's received RTP is captured."""
 
     def __init__(self, track: MediaStreamTrack, keys_a: FrameKeys, keys_b: FrameKeys) -> None:
-        self.a = RTCPeerConnection()
-        self.b = RTCPeerConnection()
+        self.a = local_peer()
+        self.b = local_peer()
         self.track = track
         self.keys_a = keys_a
         self.keys_b = keys_b
@@ -184,7 +191,7 @@ async def test_protected_tone_is_heard_at_its_frequency_and_is_ciphertext_on_the
 
     async def scenario() -> dict[str, Any]:
         call = Call(ToneSource(440), keys_a, keys_b)
-        sending, receiving = await call.connect()
+        sending, receiving = await asyncio.wait_for(call.connect(), 20)
         remote = await asyncio.wait_for(call.remote, 20)
         with WavRecorder(tmp_path / "a.wav") as recorder:
             await asyncio.wait_for(record_track(remote, recorder, seconds=1.5), 30)
@@ -222,8 +229,12 @@ async def test_protected_tone_is_heard_at_its_frequency_and_is_ciphertext_on_the
     # The opened frames are the 440 Hz tone; the frames as the SFU sees them are not.
     clear_audio, _ = opus_decode(opened)
     assert abs(dominant_frequency(clear_audio[-SAMPLE_RATE:]) - 440) < 3
+    assert band_energy_fraction(clear_audio[-SAMPLE_RATE:], 440) > 0.9
+    # Random bits behind a real TOC decode to noise shaped by CELT's band energies; the
+    # band holding 440 Hz is 200 Hz wide, so noise puts at most about a fifth of its
+    # energy within 20 Hz of 440 (seen: 0.4 % typically, 11 % at worst), the tone > 90 %.
     wire_audio, refused = opus_decode(payloads)
-    assert refused == len(payloads) or band_energy_fraction(wire_audio, 440) < 0.05
+    assert refused == len(payloads) or band_energy_fraction(wire_audio, 440) < 0.5
 
 
 @pytest.mark.parametrize("key", ["missing", "wrong"])
@@ -239,7 +250,7 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
 
     async def scenario() -> dict[str, Any]:
         call = Call(ToneSource(660), keys_a, keys_b)
-        _, receiving = await call.connect()
+        _, receiving = await asyncio.wait_for(call.connect(), 20)
         buffer = receiving.jitter_buffer
         remote = await asyncio.wait_for(call.remote, 20)
         with WavRecorder(tmp_path / "b.wav") as recorder:
@@ -276,20 +287,24 @@ async def test_key_changes_mid_call_keep_the_audio_flowing(tmp_path: Path) -> No
 
     async def scenario() -> dict[str, Any]:
         call = Call(ToneSource(300), keys_a, keys_b)
-        _, receiving = await call.connect()
+        _, receiving = await asyncio.wait_for(call.connect(), 20)
         buffer = receiving.jitter_buffer
         remote = await asyncio.wait_for(call.remote, 20)
         with WavRecorder(tmp_path / "c.wav") as recorder:
             listening = asyncio.ensure_future(record_track(remote, recorder))
-            await wait_until(lambda: buffer.frames_opened >= 20)
+
+            def state() -> object:
+                return (vars(buffer), len(call.captured), call.a.connectionState, recorder.frames)
+
+            await wait_until(lambda: buffer.frames_opened >= 20, state=state)
             # Someone joins: A ratchets, and B follows by itself (no key sent to B).
             keys_a.on_member_joined()
             opened = buffer.frames_opened
-            await wait_until(lambda: buffer.frames_opened >= opened + 20)
+            await wait_until(lambda: buffer.frames_opened >= opened + 20, state=state)
             # Someone leaves: A draws a fresh key and sends it to B.
             keys_b.install(keys_a.on_member_left())
             opened = buffer.frames_opened
-            await wait_until(lambda: buffer.frames_opened >= opened + 50)
+            await wait_until(lambda: buffer.frames_opened >= opened + 50, state=state)
             listening.cancel()
             heard = recorder.samples()[-SAMPLE_RATE:]
         await call.close()
@@ -308,7 +323,7 @@ async def test_protected_vp8_video_decodes_and_the_sfu_reads_only_the_clear_head
 
     async def scenario() -> dict[str, Any]:
         call = Call(Pattern(), keys_a, keys_b)
-        _, receiving = await call.connect()
+        _, receiving = await asyncio.wait_for(call.connect(), 20)
         remote = await asyncio.wait_for(call.remote, 20)
         pictures: list[np.ndarray] = []
         while len(pictures) < 10:
@@ -367,7 +382,7 @@ async def test_protected_vp8_video_decodes_and_the_sfu_reads_only_the_clear_head
 
 async def test_a_sender_that_already_encoded_is_refused_rather_than_left_in_clear() -> None:
     async def scenario() -> None:
-        pc = RTCPeerConnection()
+        pc = local_peer()
         transceiver = pc.addTransceiver(ToneSource(440), direction="sendonly")
         keys = FrameKeys.create(1)
         protect_transceiver(transceiver, keys)
@@ -380,7 +395,7 @@ async def test_a_sender_that_already_encoded_is_refused_rather_than_left_in_clea
 
 async def test_the_hooks_refuse_objects_without_the_aiortc_internals_they_rely_on() -> None:
     async def scenario() -> None:
-        pc = RTCPeerConnection()
+        pc = local_peer()
         transceiver = pc.addTransceiver("audio")
         # As if a future aiortc renamed the receiver's jitter buffer.
         delattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer")
