@@ -158,10 +158,11 @@ class FrameKeys:
         with self._lock:
             return self._own.on_member_left()
 
-    def install(self, key: MediaKey) -> None:
-        """Install another participant's key, received through a pairwise session."""
+    def install(self, key: MediaKey, *, user_id: str, device_id: str) -> None:
+        """Install another participant's key, received through the pairwise session of
+        ``user_id``'s device ``device_id`` (its sender index is bound to that device)."""
         with self._lock:
-            self._others.install(key, now=self._clock())
+            self._others.install(key, user_id=user_id, device_id=device_id, now=self._clock())
 
     def remove_sender(self, sender_index: int) -> None:
         """Forget every key of a participant who left."""

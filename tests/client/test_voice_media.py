@@ -48,6 +48,9 @@ from client.voice.sources import FRAME_SAMPLES, SAMPLE_RATE
 from e2ee.errors import E2EEError
 from e2ee.media import Codec, MediaKey
 
+#: The authenticated sender of every key the tests install: participant A's one device.
+FROM_A = {"user_id": "alice", "device_id": "device-a"}
+
 T = TypeVar("T")
 
 # An SFrame frame adds at least a 1-byte header, the KID, the CTR and a 16-byte tag.
@@ -187,7 +190,7 @@ async def test_protected_tone_is_heard_at_its_frequency_and_is_ciphertext_on_the
     tmp_path: Path,
 ) -> None:
     keys_a, keys_b = FrameKeys.create(1), FrameKeys.create(2)
-    keys_b.install(keys_a.current_key())
+    keys_b.install(keys_a.current_key(), **FROM_A)
 
     async def scenario() -> dict[str, Any]:
         call = Call(ToneSource(440), keys_a, keys_b)
@@ -217,7 +220,7 @@ async def test_protected_tone_is_heard_at_its_frequency_and_is_ciphertext_on_the
     payloads = [p.payload for p in result["captured"] if p.payload]
     assert len(payloads) > 50
     offline = FrameKeys.create(3)
-    offline.install(keys_a.current_key())
+    offline.install(keys_a.current_key(), **FROM_A)
     opened = [offline.open_untrusted(Codec.OPUS, p)[1] for p in payloads]
     for wire, clear in zip(payloads, opened, strict=True):
         assert wire[0] == clear[0]  # the TOC byte, in clear
@@ -245,7 +248,8 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
     right = keys_a.current_key()
     if key == "wrong":
         keys_b.install(
-            MediaKey(right.suite, right.sender_index, right.generation, bytes(len(right.base_key)))
+            MediaKey(right.suite, right.sender_index, right.generation, bytes(len(right.base_key))),
+            **FROM_A,
         )
 
     async def scenario() -> dict[str, Any]:
@@ -260,7 +264,7 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
             state = call.b.connectionState
             if key == "missing":
                 # The key arrives late (as over a slow pairwise session): audio starts.
-                keys_b.install(right)
+                keys_b.install(right, **FROM_A)
                 await wait_until(lambda: recorder.seconds >= 1.2)
             listening.cancel()
             heard = recorder.samples()[-SAMPLE_RATE:]
@@ -283,7 +287,7 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
 
 async def test_key_changes_mid_call_keep_the_audio_flowing(tmp_path: Path) -> None:
     keys_a, keys_b = FrameKeys.create(7), FrameKeys.create(8)
-    keys_b.install(keys_a.current_key())
+    keys_b.install(keys_a.current_key(), **FROM_A)
 
     async def scenario() -> dict[str, Any]:
         call = Call(ToneSource(300), keys_a, keys_b)
@@ -302,7 +306,7 @@ async def test_key_changes_mid_call_keep_the_audio_flowing(tmp_path: Path) -> No
             opened = buffer.frames_opened
             await wait_until(lambda: buffer.frames_opened >= opened + 20, state=state)
             # Someone leaves: A draws a fresh key and sends it to B.
-            keys_b.install(keys_a.on_member_left())
+            keys_b.install(keys_a.on_member_left(), **FROM_A)
             opened = buffer.frames_opened
             await wait_until(lambda: buffer.frames_opened >= opened + 50, state=state)
             listening.cancel()
@@ -319,7 +323,7 @@ async def test_key_changes_mid_call_keep_the_audio_flowing(tmp_path: Path) -> No
 
 async def test_protected_vp8_video_decodes_and_the_sfu_reads_only_the_clear_header() -> None:
     keys_a, keys_b = FrameKeys.create(4), FrameKeys.create(5)
-    keys_b.install(keys_a.current_key())
+    keys_b.install(keys_a.current_key(), **FROM_A)
 
     async def scenario() -> dict[str, Any]:
         call = Call(Pattern(), keys_a, keys_b)
@@ -364,7 +368,7 @@ async def test_protected_vp8_video_decodes_and_the_sfu_reads_only_the_clear_head
 
     # Opened, the first key frame decodes to the picture; as the SFU has it, it does not.
     offline = FrameKeys.create(6)
-    offline.install(keys_a.current_key())
+    offline.install(keys_a.current_key(), **FROM_A)
     clear = offline.open_untrusted(Codec.VP8, key_frames[0])[1]
     assert clear[:10] == key_frames[0][:10]
     decoded = Vp8Decoder().decode(JitterFrame(clear, 0))
@@ -417,7 +421,7 @@ def rtp(sequence_number: int, timestamp: int, payload: bytes) -> RtpPacket:
 
 async def test_opening_jitter_buffer_drops_tampered_and_replayed_frames() -> None:
     keys_a, keys_b = FrameKeys.create(1), FrameKeys.create(2)
-    keys_b.install(keys_a.current_key())
+    keys_b.install(keys_a.current_key(), **FROM_A)
     encoder = ProtectedOpusEncoder(keys_a)
     tone = ToneSource(440, realtime=False)
     payloads: list[bytes] = []
@@ -444,7 +448,7 @@ async def test_vp8_encoder_seals_each_frame_once_behind_clear_payload_descriptor
     keys = FrameKeys.create(9)
     encoder = ProtectedVp8Encoder(keys)
     receiver = FrameKeys.create(10)
-    receiver.install(keys.current_key())
+    receiver.install(keys.current_key(), **FROM_A)
     # A noisy picture makes a key frame bigger than one packet: the sealed frame is split.
     noise = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     frame = VideoFrame.from_ndarray(noise, format="rgb24")
@@ -460,7 +464,7 @@ async def test_vp8_encoder_seals_each_frame_once_behind_clear_payload_descriptor
 
 async def test_wrong_codec_or_garbage_never_opens() -> None:
     keys = FrameKeys.create(1)
-    keys.install(FrameKeys.create(2).current_key())
+    keys.install(FrameKeys.create(2).current_key(), **FROM_A)
     for data in [b"", b"\xfc", b"\xfc" + bytes(40), bytes(range(256))]:
         with pytest.raises(E2EEError):
             keys.open_untrusted(Codec.OPUS, data)
