@@ -30,6 +30,10 @@ class Op(enum.IntEnum):
     INVALID_SESSION = 9
     HELLO = 10
     HEARTBEAT_ACK = 11
+    #: The send transport's SDP offer (docs/voice.md).
+    VOICE_PUBLISH = 12
+    #: The answer to the receive transport's latest SDP offer (docs/voice.md).
+    VOICE_SUBSCRIBE_ANSWER = 13
 
 
 class Close(enum.IntEnum):
@@ -78,3 +82,9 @@ class EventName(enum.StrEnum):
     MESSAGE_UPDATE = "MESSAGE_UPDATE"
     MESSAGE_DELETE = "MESSAGE_DELETE"
     TYPING_START = "TYPING_START"
+    VOICE_STATE_UPDATE = "VOICE_STATE_UPDATE"
+    VOICE_SERVER_UPDATE = "VOICE_SERVER_UPDATE"
+    VOICE_PUBLISH_ANSWER = "VOICE_PUBLISH_ANSWER"
+    VOICE_SUBSCRIBE_OFFER = "VOICE_SUBSCRIBE_OFFER"
+    VOICE_ERROR = "VOICE_ERROR"
+    SPEAKING = "SPEAKING"
