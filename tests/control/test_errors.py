@@ -379,9 +379,11 @@ def test_text_that_is_not_unicode_is_a_400_on_every_route(
         # msgpack cannot pack invalid UTF-8: pack a same-length stand-in, then swap the bytes.
         stand_in = "\x7f" * len(raw)
         body = msgpack.packb(_filled(schema, stand_in) or {"name": stand_in})
-        body, ctype = body.replace(stand_in.encode(), raw), "application/msgpack"
-        if route in _BODY_SCHEMAS:  # routes without a body never read one
+        # Routes without a body never read one, and a body without text fields (say, only
+        # integers) carries no stand-in to swap: only where the bytes land is 400 owed.
+        if route in _BODY_SCHEMAS and stand_in.encode() in body:
             expected = (400, "invalid_body")
+        body, ctype = body.replace(stand_in.encode(), raw), "application/msgpack"
     else:
         value = _filled(schema, text)
         # ensure_ascii writes the surrogate as a \\udXXX escape; surrogatepass as raw bytes.
