@@ -17,7 +17,7 @@ from typing import Any
 from client import _prekeys
 from client.api import ControlApi
 from client.errors import NotRegistered, ProtocolError, UsageError
-from client.prekeys import OTK_BATCH
+from client.prekeys import first_prekeys
 from client.store import Passphrase, Store
 from contract.signing import login_message, register_message
 from e2ee import IdentityKeyPair, PreKeyStore
@@ -102,8 +102,7 @@ async def register_account(
         raise UsageError(f"a profile already exists at {profile}; use another --profile")
     store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
     identity = IdentityKeyPair.generate()
-    prekeys = PreKeyStore.generate(identity)
-    otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
+    prekeys, otks, pq_otks = first_prekeys(identity)
     api = ControlApi(server)
     try:
         challenge = await api.challenge()
@@ -112,7 +111,7 @@ async def register_account(
             "identity_key": identity.public,
             "challenge": challenge,
             "signature": identity.sign(register_message(challenge, identity.public, handle)),
-            **_prekeys.directory_prekeys(identity, prekeys, otks),
+            **_prekeys.directory_prekeys(identity, prekeys, otks, pq_otks),
         }
         answer = await api.register(body)
         user, device, token = answer.get("user"), answer.get("device"), answer.get("token")

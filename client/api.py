@@ -25,6 +25,7 @@ from client.models import (
     Envelope,
     Guild,
     Member,
+    PrekeyCounts,
     User,
 )
 from contract import proof_of_work as pow_
@@ -269,21 +270,16 @@ class ControlApi:
         body = {} if device_list is None else {"device_list": device_list.to_wire()}
         await self.call("DELETE", f"/users/@me/devices/{device_id}", body)
 
-    async def upload_keys(self, body: dict[str, Any]) -> int:
-        """Upload prekeys; returns how many one-time prekeys the server now holds."""
+    async def upload_keys(self, body: dict[str, Any]) -> PrekeyCounts:
+        """Upload prekeys; returns how many one-time prekeys of each kind the server now
+        holds."""
         data = await self.call("PUT", "/users/@me/devices/@current/keys", body)
-        count = data.get("one_time_prekeys") if isinstance(data, dict) else None
-        if not isinstance(count, int):
-            raise ProtocolError("the server sent a malformed key count")
-        return count
+        return PrekeyCounts.from_wire_untrusted(data)
 
-    async def key_count(self) -> int:
-        """How many one-time prekeys the server still holds for this device."""
+    async def key_count(self) -> PrekeyCounts:
+        """How many one-time prekeys of each kind the server still holds for this device."""
         data = await self.call("GET", "/users/@me/devices/@current/keys")
-        count = data.get("one_time_prekeys") if isinstance(data, dict) else None
-        if not isinstance(count, int):
-            raise ProtocolError("the server sent a malformed key count")
-        return count
+        return PrekeyCounts.from_wire_untrusted(data)
 
     async def claim_bundles(self, user_id: str) -> list[Bundle]:
         """Claim a bundle for every device of ``user_id`` (one OTK each)."""

@@ -27,7 +27,7 @@ import trio
 from client.api import ControlApi
 from client.client import Client, Message
 from client.errors import ApiError, ClientError, UsageError
-from client.store import KEYRING, Store
+from client.store import KEYRING, Store, write_private_file
 from contract.signing import login_message
 from e2ee import (
     BackupContents,
@@ -501,7 +501,7 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
                 BackupContents(client.identity, client.prekeys, sessions, senders, receivers),
                 _backup_passphrase(args),
             )
-            args.file.write_bytes(data)
+            write_private_file(args.file, data)
             out.emit({"file": str(args.file)}, f"backup written to {args.file}")
         return
     profile = _profile(args)

@@ -41,7 +41,7 @@ from client.errors import NotRegistered
 from client.gateway import GatewayClient
 from client.history import History, Message
 from client.inbox import Inbox
-from client.models import Channel, ChannelMessage, Device, Envelope
+from client.models import Channel, ChannelMessage, Device, Envelope, PrekeyCounts
 from client.notices import Notice, Notices
 from client.prekeys import Prekeys
 from client.sender_keys import SenderKeys
@@ -203,9 +203,10 @@ class Client:
         """Remove one of this account's devices (not this one)."""
         await self._devices.remove(device_id)
 
-    async def maintain_prekeys(self) -> int:
-        """Top up one-time prekeys and rotate the signed and PQ prekeys when due; returns
-        the OTKs the server holds (:meth:`client.prekeys.Prekeys.maintain`)."""
+    async def maintain_prekeys(self) -> PrekeyCounts:
+        """Top up one-time prekeys of both kinds and rotate the signed and PQ prekeys when
+        due; returns the one-time prekeys the server holds
+        (:meth:`client.prekeys.Prekeys.maintain`)."""
         return await self._prekeys.maintain()
 
     def prune_envelope_marks(self, now: float | None = None) -> int:

@@ -30,7 +30,7 @@ from client.errors import ApiError, ClientError, LinkError, ProtocolError, Usage
 from client.linking import LinkExtra
 from client.models import Device
 from client.notices import Notices
-from client.prekeys import OTK_BATCH
+from client.prekeys import first_prekeys
 from client.store import Passphrase, Store
 from client.trust import Trust
 from contract.signing import add_device_message, login_message
@@ -110,8 +110,7 @@ class Devices:
         trusted = await self._trust.refresh(me.user_id)
         account_key = self._trust.require_account_key()
         identity = IdentityKeyPair.generate()
-        prekeys = PreKeyStore.generate(identity)
-        otks = prekeys.generate_one_time_prekeys(OTK_BATCH)
+        prekeys, otks, pq_otks = first_prekeys(identity)
         signed = self._trust.sign_own_list([d.identity_key for d in trusted] + [identity.public])
         challenge = await self._api.challenge()
         message = add_device_message(challenge, identity.public, me.user_id)
@@ -121,7 +120,7 @@ class Devices:
                 "challenge": challenge,
                 "signature": identity.sign(message),
                 "device_list": signed.to_wire(),
-                **_prekeys.directory_prekeys(identity, prekeys, otks),
+                **_prekeys.directory_prekeys(identity, prekeys, otks, pq_otks),
             }
         )
         self._trust.record_own_list(signed)

@@ -20,6 +20,7 @@ __all__ = [
     "Guild",
     "Member",
     "Overwrite",
+    "PrekeyCounts",
     "Role",
     "User",
 ]
@@ -118,11 +119,17 @@ class Bundle:
     pq_prekey_signature: bytes | None
     one_time_prekey_id: int | None
     one_time_prekey: bytes | None
+    #: The PQ prekey is a one-time one (else the last-resort one): the server's word,
+    #: which picks the label its signature is checked under, so a wrong one fails.
+    pq_prekey_one_time: bool = False
 
     @classmethod
     def from_wire_untrusted(cls, value: object) -> Bundle:
         """Decode one entry of ``POST /users/{id}/keys/claim``."""
         d = _map(value, "prekey bundle")
+        one_time_pq = d.get("pq_prekey_one_time", False)
+        if not isinstance(one_time_pq, bool):
+            raise ProtocolError("the server sent a bundle with a malformed pq_prekey_one_time")
         spk = _map(d.get("signed_prekey"), "signed prekey")
         pq = d.get("pq_prekey")
         otk = d.get("one_time_prekey")
@@ -139,6 +146,23 @@ class Bundle:
             pq_prekey_signature=_bytes(pq_d, "signature", "PQ prekey", 64) if pq_d else None,
             one_time_prekey_id=_int(otk_d, "key_id", "one-time prekey") if otk_d else None,
             one_time_prekey=_bytes(otk_d, "public_key", "one-time prekey", 32) if otk_d else None,
+            pq_prekey_one_time=one_time_pq,
+        )
+
+
+@dataclass(frozen=True)
+class PrekeyCounts:
+    """How many one-time prekeys of each kind the server holds for this device."""
+
+    one_time: int
+    pq_one_time: int
+
+    @classmethod
+    def from_wire_untrusted(cls, value: object) -> PrekeyCounts:
+        """Decode ``{"one_time_prekeys", "pq_one_time_prekeys"}`` (a key-count answer)."""
+        d = _map(value, "key count")
+        return cls(
+            _int(d, "one_time_prekeys", "key count"), _int(d, "pq_one_time_prekeys", "key count")
         )
 
 

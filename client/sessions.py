@@ -41,6 +41,7 @@ from e2ee import (
     DecryptedMessage,
     E2EEError,
     MessageType,
+    ReplayedMessage,
     Session,
     accept_session,
     initiate_session,
@@ -209,6 +210,10 @@ class Sessions:
     ) -> DecryptedMessage:
         """Decrypt with an existing session, or accept a new one (checking the sender's key).
 
+        A first message accepted before (``e2ee.ReplayedMessage``, say one the server
+        queued again under a new envelope id) is refused: it is not shown again and
+        makes no session.
+
         Run inside the caller's store transaction: the advanced state is saved here and
         commits with whatever the caller stores of the message.
         """
@@ -238,7 +243,9 @@ class Sessions:
         try:
             session, result = accept_session(prekeys, payload, conversation_id=conv, now=now)
         except E2EEError as exc:
-            if sessions:
+            # A replayed first message (the prekey store recorded its base key) is named
+            # as such: no new session, and the ones kept stay as they are.
+            if sessions and not isinstance(exc, ReplayedMessage):
                 raise UndecryptableMessage(
                     f"no session with that device opens it ({type(exc).__name__})"
                 ) from None

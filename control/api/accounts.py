@@ -39,6 +39,7 @@ from ._routing import Call, Reply, Router, int_field
 __all__ = [
     "CHALLENGE_TTL_S",
     "LOW_OTK",
+    "MAX_PQ_OTKS",
     "current_devices",
     "device_list_view",
     "device_view",
@@ -48,10 +49,17 @@ __all__ = [
 
 #: A challenge must be answered within this many seconds.
 CHALLENGE_TTL_S = 300
-#: Fewer one-time prekeys than this left on a device triggers PREKEYS_LOW.
+#: Fewer one-time prekeys (of either kind) than this left on a device triggers PREKEYS_LOW.
 LOW_OTK = 10
 #: At most this many one-time prekeys are stored per device.
 MAX_OTKS = 500
+#: At most this many one-time PQ prekeys are stored per device (1.6 KB each; the client
+#: keeps as many private halves, ``e2ee.MAX_PQ_ONE_TIME_PREKEYS_HELD``).
+MAX_PQ_OTKS = 200
+#: One-time prekeys of either kind in one upload body (``e2ee`` draws batches of 100): 100
+#: of each plus the signed prekeys is ~170 KB in msgpack, ~235 KB in JSON's base64, under
+#: the 256 KiB body limit.
+MAX_OTKS_PER_UPLOAD = 100
 HANDLE_PATTERN = r"[a-z0-9_.]{2,32}"
 
 KEY_ID = int_field("key id (u32)", 0, 2**32 - 1)
@@ -78,14 +86,36 @@ ONE_TIME_PREKEY = Schema(
     "OneTimePrekey",
     {"key_id": KEY_ID, "public_key": Field("bytes", "X25519 public key", min=32, max=32)},
 )
-_OTKS = Field("list", "one-time prekeys", items=Field("object", schema=ONE_TIME_PREKEY), max=100)
+PQ_ONE_TIME_PREKEY = Schema(
+    "PqOneTimePrekey",
+    {
+        "key_id": KEY_ID,
+        "public_key": Field(
+            "bytes", "ML-KEM-1024 public key", min=sig.PQ_PUBLIC_KEY_LEN, max=sig.PQ_PUBLIC_KEY_LEN
+        ),
+        "signature": Field("bytes", "Ed25519 signature (pq-one-time-prekey bytes)", min=64, max=64),
+    },
+)
+_OTKS = Field(
+    "list",
+    "one-time prekeys",
+    required=False,
+    items=Field("object", schema=ONE_TIME_PREKEY),
+    max=MAX_OTKS_PER_UPLOAD,
+)
+_PQ_OTKS = Field(
+    "list",
+    "one-time PQ prekeys, each signed",
+    required=False,
+    items=Field("object", schema=PQ_ONE_TIME_PREKEY),
+    max=MAX_OTKS_PER_UPLOAD,
+)
 
 PREKEY_BUNDLE = {
     "signed_prekey": Field("object", schema=SIGNED_PREKEY),
     "pq_prekey": Field("object", schema=PQ_PREKEY),
-    "one_time_prekeys": Field(
-        "list", "one-time prekeys", required=False, items=_OTKS.items, max=100
-    ),
+    "one_time_prekeys": _OTKS,
+    "pq_one_time_prekeys": _PQ_OTKS,
 }
 IDENTITY = Field("bytes", "Ed25519 identity public key", min=32, max=32)
 CHALLENGE = Field("bytes", "challenge from POST /auth/challenge", min=32, max=32)
@@ -136,9 +166,8 @@ UPLOAD_KEYS = Schema(
     {
         "signed_prekey": Field("object", required=False, schema=SIGNED_PREKEY),
         "pq_prekey": Field("object", required=False, schema=PQ_PREKEY),
-        "one_time_prekeys": Field(
-            "list", "one-time prekeys", required=False, items=_OTKS.items, max=100
-        ),
+        "one_time_prekeys": _OTKS,
+        "pq_one_time_prekeys": _PQ_OTKS,
     },
 )
 EMPTY = Schema("Empty", {})
@@ -175,6 +204,15 @@ def _check_bundle(identity_key: bytes, body: dict[str, Any]) -> None:
     otks = body.get("one_time_prekeys") or []
     if len({o["key_id"] for o in otks}) != len(otks):
         raise InvalidBody("one_time_prekeys repeat a key_id")
+    pq_otks = body.get("pq_one_time_prekeys") or []
+    if len({k["key_id"] for k in pq_otks}) != len(pq_otks):
+        raise InvalidBody("pq_one_time_prekeys repeat a key_id")
+    for index, key in enumerate(pq_otks):
+        message = sig.pq_one_time_prekey_message(key["key_id"], key["public_key"])
+        if not verify_signature(identity_key, message, key["signature"]):
+            raise InvalidBody(
+                f"pq_one_time_prekeys[{index}].signature does not verify under the identity key"
+            )
 
 
 def _insert_device(
@@ -205,27 +243,34 @@ def _store_bundle(conn: Connection, device_id: str, body: dict[str, Any]) -> Non
                     signature=key["signature"],
                 )
             )
-    otks = body.get("one_time_prekeys") or []
-    if otks:
-        otk = t.one_time_prekeys
-        held = conn.execute(
-            sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
-        ).scalar_one()
-        if held + len(otks) > MAX_OTKS:
-            raise Conflict(f"a device holds at most {MAX_OTKS} one-time prekeys")
-        existing = set(
-            conn.execute(
-                sa.select(otk.c.key_id).where(
-                    otk.c.device_id == device_id, otk.c.key_id.in_([o["key_id"] for o in otks])
-                )
-            ).scalars()
+    _store_one_time(conn, t.one_time_prekeys, device_id, body, "one_time_prekeys", MAX_OTKS)
+    _store_one_time(
+        conn, t.pq_one_time_prekeys, device_id, body, "pq_one_time_prekeys", MAX_PQ_OTKS
+    )
+
+
+def _store_one_time(
+    conn: Connection,
+    table: sa.Table,
+    device_id: str,
+    body: dict[str, Any],
+    name: str,
+    limit: int,
+) -> None:
+    """Add the body's one-time prekeys of one kind (``name``), at most ``limit`` held."""
+    keys = body.get(name) or []
+    if not keys:
+        return
+    if _count(conn, table, device_id) + len(keys) > limit:
+        raise Conflict(f"a device holds at most {limit} {name.replace('_', ' ')}")
+    existing = conn.execute(
+        sa.select(table.c.key_id).where(
+            table.c.device_id == device_id, table.c.key_id.in_([k["key_id"] for k in keys])
         )
-        if existing:
-            raise Conflict("one_time_prekeys reuse a key_id already uploaded")
-        conn.execute(
-            sa.insert(otk),
-            [{"device_id": device_id, **o} for o in otks],
-        )
+    ).first()
+    if existing is not None:
+        raise Conflict(f"{name} reuse a key_id already uploaded")
+    conn.execute(sa.insert(table), [{"device_id": device_id, **k} for k in keys])
 
 
 def _new_session(conn: Connection, user_id: str, device_id: str, ttl: int) -> tuple[str, int]:
@@ -606,52 +651,57 @@ async def put_device_list(call: Call) -> dict[str, Any]:
 @router.route(
     "GET",
     "/users/@me/devices/@current/keys",
-    summary="How many one-time prekeys this device still has on the server",
+    summary="How many one-time prekeys (X25519 and PQ) this device still has on the server",
     tag="prekeys",
 )
-async def key_count(call: Call) -> dict[str, Any]:
+async def key_count(call: Call) -> dict[str, int]:
     device_id = call.me.device_id
-    return {"one_time_prekeys": await call.state.db.read(lambda conn: _otk_count(conn, device_id))}
+    return await call.state.db.read(lambda conn: key_counts(conn, device_id))
 
 
-def _otk_count(conn: Connection, device_id: str) -> int:
-    otk = t.one_time_prekeys
-    stmt = sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
+def _count(conn: Connection, table: sa.Table, device_id: str) -> int:
+    stmt = sa.select(sa.func.count()).select_from(table).where(table.c.device_id == device_id)
     return int(conn.execute(stmt).scalar_one())
+
+
+def key_counts(conn: Connection, device_id: str) -> dict[str, int]:
+    """How many one-time prekeys of each kind the device has left: the key-count answer
+    and the PREKEYS_LOW payload."""
+    return {
+        "one_time_prekeys": _count(conn, t.one_time_prekeys, device_id),
+        "pq_one_time_prekeys": _count(conn, t.pq_one_time_prekeys, device_id),
+    }
 
 
 @router.route(
     "PUT",
     "/users/@me/devices/@current/keys",
-    summary="Upload signed, PQ and/or one-time prekeys (signatures checked)",
+    summary="Upload signed, PQ and/or one-time prekeys of both kinds (signatures checked)",
     tag="prekeys",
     body=UPLOAD_KEYS,
     errors=(409,),
 )
-async def upload_keys(call: Call) -> dict[str, Any]:
+async def upload_keys(call: Call) -> dict[str, int]:
     device_id, body = call.me.device_id, call.body
-    return {
-        "one_time_prekeys": await call.state.db.write(
-            lambda conn: upload_keys_tx(conn, device_id, body)
-        )
-    }
+    return await call.state.db.write(lambda conn: upload_keys_tx(conn, device_id, body))
 
 
-def upload_keys_tx(conn: Connection, device_id: str, body: dict[str, Any]) -> int:
+def upload_keys_tx(conn: Connection, device_id: str, body: dict[str, Any]) -> dict[str, int]:
     """Check an UploadKeys body against the device's identity key and store it; return
-    how many one-time prekeys the device now has."""
+    how many one-time prekeys of each kind the device now has."""
     identity_key = conn.execute(
         sa.select(t.devices.c.identity_key).where(t.devices.c.id == device_id)
     ).scalar_one()
     _check_bundle(identity_key, body)
     _store_bundle(conn, device_id, body)
-    return _otk_count(conn, device_id)
+    return key_counts(conn, device_id)
 
 
 @router.route(
     "POST",
     "/users/{user_id}/keys/claim",
-    summary="Fetch prekey bundles for all of a user's devices, consuming one OTK each",
+    summary="Fetch prekey bundles for all of a user's devices, consuming one one-time prekey "
+    "of each kind per device",
     tag="prekeys",
     body=EMPTY,
     errors=(404,),
@@ -659,11 +709,11 @@ def upload_keys_tx(conn: Connection, device_id: str, body: dict[str, Any]) -> in
 async def claim_keys(call: Call, user_id: str) -> Reply:
     may_take = call.state.prekey_claims.admit(call.me.user_id)
     bundles, low = await call.state.db.write(lambda conn: claim_bundles(conn, user_id, may_take))
-    for device_id, remaining in low:
+    for device_id, counts in low:
         await call.state.bus.publish(
             Event(
                 EventName.PREKEYS_LOW,
-                {"device_id": device_id, "one_time_prekeys": remaining},
+                {"device_id": device_id, **counts},
                 device_ids=frozenset({device_id}),
             )
         )
@@ -672,59 +722,71 @@ async def claim_keys(call: Call, user_id: str) -> Reply:
 
 def claim_bundles(
     conn: Connection, user_id: str, may_take: Callable[[str], bool]
-) -> tuple[list[dict[str, Any]], list[tuple[str, int]]]:
-    """Build every device's bundle, deleting one OTK per device inside this transaction.
+) -> tuple[list[dict[str, Any]], list[tuple[str, dict[str, int]]]]:
+    """Build every device's bundle, deleting one one-time prekey of each kind (X25519 and
+    PQ) per device inside this transaction.
 
-    ``may_take(device_id)`` says whether this claimer may have one of the device's OTKs now
-    (:meth:`control.ratelimit.ClaimLimiter.take_one_time_prekey`, asked only when one is
-    left); if not, the bundle carries the signed prekeys alone, as when none are left.
+    ``may_take(device_id)`` says whether this claimer may have the device's one-time
+    prekeys now (:meth:`control.ratelimit.ClaimLimiter.take_one_time_prekey`, asked once
+    per device and only when a key of either kind is left: the pair counts as one); if
+    not, the bundle carries the signed prekey and the last-resort PQ prekey alone, as when
+    none are left. ``pq_prekey_one_time`` says which kind of PQ key the bundle carries
+    (the client checks it under that kind's signature label).
 
-    The OTK is deleted by primary key and the delete's row count checked, so even under
-    PostgreSQL's concurrent transactions two claims can never both receive the same key:
-    the loser sees zero rows deleted and takes the next one.
+    Also returns the devices left with fewer than :data:`LOW_OTK` of either kind, with
+    their counts (for PREKEYS_LOW).
     """
     if conn.execute(sa.select(t.users.c.id).where(t.users.c.id == user_id)).first() is None:
         raise NotFound("no such user")
-    otk, spk, pq = t.one_time_prekeys, t.signed_prekeys, t.pq_prekeys
+    otk, pq_otk, spk, pq = t.one_time_prekeys, t.pq_one_time_prekeys, t.signed_prekeys, t.pq_prekeys
     bundles: list[dict[str, Any]] = []
-    low: list[tuple[str, int]] = []
+    low: list[tuple[str, dict[str, int]]] = []
     for device in current_devices(conn, user_id):
         device_id = device["id"]
         signed = conn.execute(sa.select(spk).where(spk.c.device_id == device_id)).first()
-        pq_key = conn.execute(sa.select(pq).where(pq.c.device_id == device_id)).first()
-        one_time: dict[str, Any] | None = None
-        admitted = False
-        while True:
-            row = conn.execute(
-                sa.select(otk.c.key_id, otk.c.public_key)
-                .where(otk.c.device_id == device_id)
-                .order_by(otk.c.key_id)
-                .limit(1)
-            ).first()
-            if row is None or not (admitted or may_take(device_id)):
-                break
-            admitted = True
-            deleted = conn.execute(
-                sa.delete(otk).where(otk.c.device_id == device_id, otk.c.key_id == row.key_id)
-            ).rowcount
-            if deleted == 1:
-                one_time = {"key_id": row.key_id, "public_key": row.public_key}
-                break
-        remaining = conn.execute(
-            sa.select(sa.func.count()).select_from(otk).where(otk.c.device_id == device_id)
-        ).scalar_one()
-        if remaining < LOW_OTK:
-            low.append((device_id, int(remaining)))
+        last_resort = conn.execute(sa.select(pq).where(pq.c.device_id == device_id)).first()
+        one_time: Any = None
+        pq_one_time: Any = None
+        left = key_counts(conn, device_id)
+        if any(left.values()) and may_take(device_id):
+            one_time = _take_one_time(conn, otk, device_id)
+            pq_one_time = _take_one_time(conn, pq_otk, device_id)
+            left = key_counts(conn, device_id)
+        if min(left.values()) < LOW_OTK:
+            low.append((device_id, left))
         bundles.append(
             {
                 "device_id": device_id,
                 "identity_key": device["identity_key"],
                 "signed_prekey": _key_view(signed),
-                "pq_prekey": _key_view(pq_key),
-                "one_time_prekey": one_time,
+                "pq_prekey": _key_view(pq_one_time or last_resort),
+                "pq_prekey_one_time": pq_one_time is not None,
+                "one_time_prekey": None
+                if one_time is None
+                else {"key_id": one_time.key_id, "public_key": one_time.public_key},
             }
         )
     return bundles, low
+
+
+def _take_one_time(conn: Connection, table: sa.Table, device_id: str) -> Any:
+    """Delete and return the device's lowest-id key of ``table``; None when none is left.
+
+    The key is deleted by primary key and the delete's row count checked, so even under
+    PostgreSQL's concurrent transactions two claims can never both receive the same key:
+    the loser sees zero rows deleted and takes the next one.
+    """
+    while True:
+        row = conn.execute(
+            sa.select(table).where(table.c.device_id == device_id).order_by(table.c.key_id).limit(1)
+        ).first()
+        if row is None:
+            return None
+        deleted = conn.execute(
+            sa.delete(table).where(table.c.device_id == device_id, table.c.key_id == row.key_id)
+        ).rowcount
+        if deleted == 1:
+            return row
 
 
 def _key_view(row: Any) -> dict[str, Any] | None:

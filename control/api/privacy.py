@@ -47,6 +47,12 @@ def export_user(conn: Connection, user_id: str) -> dict[str, Any]:
             conn, sa.select(t.pq_prekeys).where(t.pq_prekeys.c.device_id.in_(device_ids))
         ),
         "one_time_prekeys": _rows(conn, sa.select(otk).where(otk.c.device_id.in_(device_ids))),
+        "pq_one_time_prekeys": _rows(
+            conn,
+            sa.select(t.pq_one_time_prekeys).where(
+                t.pq_one_time_prekeys.c.device_id.in_(device_ids)
+            ),
+        ),
         "guilds_owned": _rows(conn, sa.select(t.guilds).where(t.guilds.c.owner_id == user_id)),
         "memberships": _rows(conn, sa.select(t.members).where(t.members.c.user_id == user_id)),
         "member_roles": _rows(

@@ -38,11 +38,16 @@ def _v3_device_lists(conn: Connection) -> None:
     schema.device_lists.create(conn, checkfirst=True)
 
 
+def _v4_pq_one_time_prekeys(conn: Connection) -> None:
+    schema.pq_one_time_prekeys.create(conn, checkfirst=True)
+
+
 #: (version, description, step) in ascending order.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "accounts, devices, prekeys, communities, messages, envelopes", _v1_initial),
     (2, "envelope arrival order per recipient device", _v2_envelope_order),
     (3, "cross-signing: account signing keys and signed device lists", _v3_device_lists),
+    (4, "one-time PQ (ML-KEM-1024) prekeys", _v4_pq_one_time_prekeys),
 ]
 
 

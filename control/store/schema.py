@@ -101,6 +101,18 @@ one_time_prekeys = sa.Table(
     sa.Column("public_key", sa.LargeBinary(32), nullable=False),
 )
 
+# One-time PQ prekeys (migration 4): ML-KEM-1024 keys, each signed under its own label, so
+# a first message usually has a one-time KEM key as well as a one-time DH key; the PQ
+# prekey above is the last resort once they run out.
+pq_one_time_prekeys = sa.Table(
+    "pq_one_time_prekeys",
+    metadata,
+    sa.Column("device_id", ID, sa.ForeignKey("devices.id", ondelete=_CASCADE), primary_key=True),
+    sa.Column("key_id", sa.BigInteger, primary_key=True),
+    sa.Column("public_key", Key, nullable=False),
+    sa.Column("signature", sa.LargeBinary(64), nullable=False),
+)
+
 guilds = sa.Table(
     "guilds",
     metadata,
@@ -238,6 +250,7 @@ RETENTION: dict[str, str] = {
     "signed_prekeys": "Replaced on upload; deleted with the device.",
     "pq_prekeys": "Replaced on upload; deleted with the device.",
     "one_time_prekeys": "Deleted when fetched (single use) or with the device.",
+    "pq_one_time_prekeys": "Deleted when fetched (single use) or with the device.",
     "guilds": "Until the owner deletes the guild (or deletes an account owning it alone).",
     "roles": "Until deleted or the guild is deleted.",
     "members": "Until leave, kick, ban, guild deletion or account deletion.",

@@ -6,7 +6,8 @@ one plain SQL statement or a few, on the control process's SQLite file
 (``ControlProcess.database``; WAL mode, so the server keeps running), while the process
 runs; the next request serves the lie. Tests then check that the real client refuses it and
 says so (docs/e2ee.md, "Threat model"): relabelled channel authors, messages nobody posted,
-devices the account never signed, device lists rolled back, account keys replaced.
+devices the account never signed, device lists rolled back, account keys replaced, one-time
+prekeys withheld or passed off as the other kind, first messages replayed.
 
 A flat set of functions, one per lie, named for it. Tables: ``control/store/schema.py``.
 """
@@ -27,11 +28,15 @@ __all__ = [
     "envelopes_for",
     "forge_device_list",
     "insert_channel_message",
+    "pass_one_time_pq_prekey_off_as_last_resort",
     "plant_device",
+    "queued_envelopes",
     "relabel_channel_message_author",
     "replace_account_key",
+    "replay_envelope",
     "roll_back_device_list",
     "stored_device_list",
+    "strip_one_time_prekeys",
 ]
 
 
@@ -208,3 +213,78 @@ def envelopes_for(database: Path, device_id: str) -> int:
     ).fetchone()
     db.close()
     return int(count)
+
+
+def strip_one_time_prekeys(database: Path, device_id: str) -> int:
+    """Withhold every one-time prekey of ``device_id``, of both kinds (X25519 and PQ): the
+    next bundle anyone claims carries the signed prekey and the last-resort PQ prekey
+    alone, so a first message to the device uses no key that only one message can use.
+    Returns how many keys were withheld."""
+    db = _connect(database)
+    with db:
+        count = sum(
+            db.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,)).rowcount
+            for table in ("one_time_prekeys", "pq_one_time_prekeys")
+        )
+    db.close()
+    return count
+
+
+def pass_one_time_pq_prekey_off_as_last_resort(database: Path, device_id: str) -> int:
+    """Serve one of ``device_id``'s one-time PQ prekeys as its last-resort PQ prekey (the
+    row moved into ``pq_prekeys``), so any number of first messages would use it, and the
+    bundle says it is the last-resort kind. Returns its key id."""
+    db = _connect(database)
+    with db:
+        key_id, public_key, signature = db.execute(
+            "SELECT key_id, public_key, signature FROM pq_one_time_prekeys WHERE device_id = ? "
+            "ORDER BY key_id LIMIT 1",
+            (device_id,),
+        ).fetchone()
+        db.execute(
+            "UPDATE pq_prekeys SET key_id = ?, public_key = ?, signature = ? WHERE device_id = ?",
+            (key_id, public_key, signature, device_id),
+        )
+        db.execute("DELETE FROM pq_one_time_prekeys WHERE device_id = ?", (device_id,))
+    db.close()
+    return int(key_id)
+
+
+def queued_envelopes(database: Path, device_id: str) -> list[dict[str, Any]]:
+    """The envelopes queued for ``device_id`` now, whole rows: what the operator copies
+    before the device acks them (an ack deletes them) to replay them later."""
+    db = _connect(database)
+    db.row_factory = sqlite3.Row
+    rows = db.execute(
+        "SELECT * FROM envelopes WHERE recipient_device_id = ? ORDER BY seq", (device_id,)
+    ).fetchall()
+    db.close()
+    return [dict(row) for row in rows]
+
+
+def replay_envelope(database: Path, envelope: dict[str, Any]) -> str:
+    """Queue ``envelope`` (a row from :func:`queued_envelopes`) again, byte for byte, under a
+    new envelope id as its recipient's next: a delivered message the device sees as new.
+    Returns the new id."""
+    envelope_id = secrets.token_hex(12)
+    db = _connect(database)
+    with db:
+        (last,) = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM envelopes WHERE recipient_device_id = ?",
+            (envelope["recipient_device_id"],),
+        ).fetchone()
+        db.execute(
+            "INSERT INTO envelopes (id, recipient_device_id, sender_user_id, sender_device_id, "
+            "ciphertext, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                envelope_id,
+                envelope["recipient_device_id"],
+                envelope["sender_user_id"],
+                envelope["sender_device_id"],
+                envelope["ciphertext"],
+                int(time.time()),
+                last + 1,
+            ),
+        )
+    db.close()
+    return envelope_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,11 @@ def test_devices_verify_backup_tail_export_delete(control: ControlProcess, tmp_p
     assert ben_view["verified"] is True and ann_view["verified"] is False
 
     # Backup, then restore ben's device into a fresh profile: it reads what comes next.
+    # The backup is readable by its owner only, even over a file others could read.
+    (tmp_path / "ben.backup").write_bytes(b"")
+    (tmp_path / "ben.backup").chmod(0o644)
     cli("backup", "export", "ben.backup", "--profile", "b")
+    assert stat.S_IMODE((tmp_path / "ben.backup").stat().st_mode) == 0o600
     assert (tmp_path / "ben.backup").stat().st_size > 0
     assert b"hello" not in (tmp_path / "ben.backup").read_bytes()
     restored = cli.json(

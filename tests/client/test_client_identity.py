@@ -11,6 +11,8 @@ import pytest
 from client_live import ControlProcess
 
 from client import Client, UntrustedDevice
+from client.models import PrekeyCounts
+from e2ee.identity import MAX_SEEN_BASE_KEYS
 
 pytestmark = pytest.mark.slow
 
@@ -52,18 +54,19 @@ async def test_a_swapped_device_key_is_never_encrypted_to(
 async def test_prekeys_are_topped_up_and_rotated(control: ControlProcess, tmp_path: Path) -> None:
     alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
     bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
-    # Most one-time prekeys are gone (claimed by others, say).
+    # Most one-time prekeys of both kinds are gone (claimed by others, say).
     db = sqlite3.connect(control.database, timeout=10)
     with db:
-        db.execute(
-            "DELETE FROM one_time_prekeys WHERE device_id = ? AND key_id NOT IN "
-            "(SELECT key_id FROM one_time_prekeys WHERE device_id = ? LIMIT 15)",
-            (alice.device_id, alice.device_id),
-        )
+        for table in ("one_time_prekeys", "pq_one_time_prekeys"):
+            db.execute(
+                f"DELETE FROM {table} WHERE device_id = ? AND key_id NOT IN "
+                f"(SELECT key_id FROM {table} WHERE device_id = ? LIMIT 15)",
+                (alice.device_id, alice.device_id),
+            )
     db.close()
-    assert await alice.api.key_count() == 15
+    assert await alice.api.key_count() == PrekeyCounts(15, 15)
     spk_before = alice.prekeys.current_signed_prekey.key_id
-    assert await alice.maintain_prekeys() == 115
+    assert await alice.maintain_prekeys() == PrekeyCounts(115, 115)
     assert alice.prekeys.current_signed_prekey.key_id == spk_before  # not due yet
     # A week later the signed and PQ prekeys are replaced; sessions still open with them.
     alice.store.put("identity", "prekeys_rotated_at", 0.0)
@@ -75,5 +78,34 @@ async def test_prekeys_are_topped_up_and_rotated(control: ControlProcess, tmp_pa
     # Handled-envelope marks are forgotten once the relay could no longer resend them.
     assert alice.prune_envelope_marks() == 0
     assert alice.prune_envelope_marks(now=10**10) == 1
+    await alice.aclose()
+    await bob.aclose()
+
+
+async def test_the_signed_prekey_turns_over_before_its_replay_record_fills(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    alice = await Client.register(tmp_path / "a", "pw", control.url, "alice")
+    bob = await Client.register(tmp_path / "b", "pw", control.url, "bob")
+    # alice's signed prekey has opened three quarters as many sessions as its replay
+    # record holds (e2ee refuses new sessions once it is full).
+    prekeys = alice.prekeys
+    spk_before = prekeys.current_signed_prekey.key_id
+    pq_before = prekeys.current_pq_prekey.key_id
+    for _ in range(MAX_SEEN_BASE_KEYS * 3 // 4):
+        prekeys.seen_base_keys.add(spk_before, secrets.token_bytes(32), secrets.token_bytes(32))
+    assert prekeys.replay_record_nearly_full
+    alice.store.put("identity", "prekeys", prekeys.serialize())
+
+    # Maintenance turns the signed prekey over though the week is not up (the PQ
+    # last-resort prekey stays), and publishes it; sessions open under the new one.
+    await alice.maintain_prekeys()
+    assert not alice.prekeys.replay_record_nearly_full
+    assert alice.prekeys.current_signed_prekey.key_id != spk_before
+    assert alice.prekeys.current_pq_prekey.key_id == pq_before
+    (bundle,) = await bob.api.claim_bundles(alice.user_id)
+    assert bundle.signed_prekey_id == alice.prekeys.current_signed_prekey.key_id
+    await bob.send_dm("alice", "under the new signed prekey")
+    assert [m.body for m in await alice.sync()] == ["under the new signed prekey"]
     await alice.aclose()
     await bob.aclose()

@@ -18,7 +18,7 @@ from client.envelope import (
     encode_body,
     encode_envelope,
 )
-from client.errors import ApiError, StoreError, UndecryptableMessage
+from client.errors import ApiError, ProtocolError, StoreError, UndecryptableMessage
 from client.models import Bundle, Channel, Guild, Member, Overwrite, Role
 from client.permissions import VIEW_CHANNEL, readers
 from client.store import Store
@@ -167,6 +167,31 @@ def test_directory_signatures_verify_and_a_forged_prekey_is_refused() -> None:
     )
     with pytest.raises(BadSignature):
         prekey_bundle_untrusted(forged)
+
+
+def test_a_one_time_pq_prekey_from_the_directory_is_checked_under_its_own_kind() -> None:
+    identity = IdentityKeyPair.generate()
+    store = PreKeyStore.generate(identity)
+    body = directory_prekeys(identity, store, [], store.generate_pq_one_time_prekeys(1))
+    (key,) = body["pq_one_time_prekeys"]
+    wire = {
+        "device_id": "dev",
+        "identity_key": identity.public,
+        "signed_prekey": body["signed_prekey"],
+        "pq_prekey": key,
+        "pq_prekey_one_time": True,
+        "one_time_prekey": None,
+    }
+    bundle = Bundle.from_wire_untrusted(wire)
+    assert bundle.pq_prekey_one_time and bundle.pq_prekey_id == key["key_id"]
+    initiate_session(IdentityKeyPair.generate(), prekey_bundle_untrusted(bundle))
+    # Passed off as the last-resort kind, its signature does not verify.
+    with pytest.raises(BadSignature):
+        prekey_bundle_untrusted(Bundle.from_wire_untrusted({**wire, "pq_prekey_one_time": False}))
+    with pytest.raises(ProtocolError):
+        Bundle.from_wire_untrusted({**wire, "pq_prekey_one_time": 1})
+    del wire["pq_prekey_one_time"]  # a server from before: the last-resort kind
+    assert not Bundle.from_wire_untrusted(wire).pq_prekey_one_time
 
 
 def test_cli_options_work_before_and_after_the_action(

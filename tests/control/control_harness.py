@@ -39,11 +39,22 @@ class DeviceKeys:
     def sign(self, message: bytes) -> bytes:
         return self.signing.sign(message).signature
 
-    def bundle(self, otks: int = 5) -> dict[str, Any]:
+    def bundle(self, otks: int = 5, pq_otks: int = 0) -> dict[str, Any]:
+        """A prekey body with ``otks`` one-time prekeys and ``pq_otks`` signed one-time PQ
+        prekeys (random bytes: the server checks signatures, not key material); key ids
+        are unique over both kinds, as e2ee draws them."""
         spk, pq = os.urandom(32), os.urandom(sig.PQ_PUBLIC_KEY_LEN)
         one_time = []
         for _ in range(otks):
             one_time.append({"key_id": self.next_otk, "public_key": b64(os.urandom(32))})
+            self.next_otk += 1
+        pq_one_time = []
+        for _ in range(pq_otks):
+            key = os.urandom(sig.PQ_PUBLIC_KEY_LEN)
+            signature = self.sign(sig.pq_one_time_prekey_message(self.next_otk, key))
+            pq_one_time.append(
+                {"key_id": self.next_otk, "public_key": b64(key), "signature": b64(signature)}
+            )
             self.next_otk += 1
         return {
             "signed_prekey": {
@@ -57,6 +68,7 @@ class DeviceKeys:
                 "signature": b64(self.sign(sig.pq_prekey_message(1, pq))),
             },
             "one_time_prekeys": one_time,
+            "pq_one_time_prekeys": pq_one_time,
         }
 
 
@@ -132,7 +144,7 @@ class Harness:
         assert status == 200, body
         return base64.b64decode(body["challenge"])
 
-    async def register(self, handle: str, otks: int = 5) -> User:
+    async def register(self, handle: str, otks: int = 5, pq_otks: int = 0) -> User:
         keys = DeviceKeys()
         challenge = await self.challenge()
         signature = keys.sign(sig.register_message(challenge, keys.identity_key, handle))
@@ -145,13 +157,13 @@ class Harness:
                 "identity_key": b64(keys.identity_key),
                 "challenge": b64(challenge),
                 "signature": b64(signature),
-                **keys.bundle(otks),
+                **keys.bundle(otks, pq_otks),
             },
         )
         assert status == 201, body
         return User(body["user"]["id"], handle, body["device"]["id"], body["token"], keys)
 
-    async def add_device(self, user: User, otks: int = 5) -> User:
+    async def add_device(self, user: User, otks: int = 5, pq_otks: int = 0) -> User:
         """Add and sign in a second device of ``user``; return it as a User view."""
         keys = DeviceKeys()
         challenge = await self.challenge()
@@ -164,7 +176,7 @@ class Harness:
                 "identity_key": b64(keys.identity_key),
                 "challenge": b64(challenge),
                 "signature": b64(signature),
-                **keys.bundle(otks),
+                **keys.bundle(otks, pq_otks),
             },
         )
         assert status == 201, body

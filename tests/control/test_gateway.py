@@ -301,7 +301,11 @@ async def test_low_one_time_prekeys_are_announced_to_the_owning_device(harness: 
         status, _ = await harness.call("POST", f"{API}/users/{ann.id}/keys/claim", bob, json={})
         assert status == 200
         low = await ga.dispatch("PREKEYS_LOW")
-        assert low == {"device_id": ann.device_id, "one_time_prekeys": 9}
+        assert low == {
+            "device_id": ann.device_id,
+            "one_time_prekeys": 9,
+            "pq_one_time_prekeys": 0,
+        }
 
 
 def test_hub_forgets_detached_sessions_after_the_resume_window() -> None:

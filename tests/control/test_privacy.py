@@ -25,7 +25,7 @@ async def _count(harness: Harness, table: sa.Table) -> int:
 
 
 async def test_export_holds_everything_about_the_caller(harness: Harness) -> None:
-    ann, bob = await harness.register("ann"), await harness.register("bob")
+    ann, bob = await harness.register("ann"), await harness.register("bob", pq_otks=2)
     guild = await make_guild(harness, ann, bob)
     general = guild["channels"][0]["id"]
     await harness.call(
@@ -44,6 +44,7 @@ async def test_export_holds_everything_about_the_caller(harness: Harness) -> Non
     assert [m["guild_id"] for m in export["memberships"]] == [guild["id"]]
     assert len(export["messages"]) == 1 and len(export["envelopes_queued_for_you"]) == 1
     assert len(export["one_time_prekeys"]) == 5
+    assert len(export["pq_one_time_prekeys"]) == 2
     assert all("token_hash" not in s for s in export["sessions"])
 
 
@@ -56,7 +57,8 @@ async def test_delete_is_refused_while_owning_a_guild_with_members(harness: Harn
 
 
 async def test_delete_erases_the_account_and_what_hangs_off_it(harness: Harness) -> None:
-    ann, bob = await harness.register("ann"), await harness.register("bob")
+    ann = await harness.register("ann", pq_otks=2)
+    bob = await harness.register("bob", pq_otks=3)
     await make_guild(harness, bob)  # bob owns a guild alone: it goes with him
     guild = await make_guild(harness, ann, bob)
     general = guild["channels"][0]["id"]
@@ -92,6 +94,7 @@ async def test_delete_erases_the_account_and_what_hangs_off_it(harness: Harness)
     assert await _count(harness, t.guilds) == 1
     assert await _count(harness, t.members) == 1
     assert await _count(harness, t.one_time_prekeys) == 5, "only ann's keys are left"
+    assert await _count(harness, t.pq_one_time_prekeys) == 2, "only ann's keys are left"
 
 
 async def test_purger_enforces_every_time_based_rule(harness: Harness) -> None:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 import trio
 from control_harness import Harness, User, b64, make_guild
 
+from contract import signing as sig
 from contract.permissions import Permission as P
 from control.store import schema as t
 
@@ -25,7 +26,7 @@ async def test_claim_returns_a_bundle_per_device_and_consumes_one_otk(harness: H
     assert devices[ann.device_id]["one_time_prekey"]["key_id"] == 1
     assert devices[ann.device_id]["signed_prekey"]["key_id"] == 1
     status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
-    assert count == {"one_time_prekeys": 2}
+    assert count == {"one_time_prekeys": 2, "pq_one_time_prekeys": 0}
 
 
 async def test_concurrent_claims_never_share_a_one_time_prekey(harness: Harness) -> None:
@@ -64,7 +65,90 @@ async def test_prekey_upload_checks_signatures(harness: Harness) -> None:
     status, body = await harness.call(
         "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=good
     )
-    assert status == 200 and body == {"one_time_prekeys": 8}
+    assert status == 200 and body == {"one_time_prekeys": 8, "pq_one_time_prekeys": 0}
+
+
+async def test_one_time_pq_prekeys_are_checked_handed_out_once_then_the_last_resort(
+    harness: Harness,
+) -> None:
+    ann, bob = await harness.register("ann", otks=1, pq_otks=2), await harness.register("bob")
+    status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
+    assert count == {"one_time_prekeys": 1, "pq_one_time_prekeys": 2}
+    # A one-time PQ key signed as the last-resort kind (or not at all) is refused.
+    bundle = ann.keys.bundle(otks=0, pq_otks=1)
+    key = bundle["pq_one_time_prekeys"][0]
+    key["signature"] = b64(
+        ann.keys.sign(sig.pq_prekey_message(key["key_id"], base64.b64decode(key["public_key"])))
+    )
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=bundle
+    )
+    assert status == 400 and "pq_one_time_prekeys[0]" in body["error"]["message"]
+    status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
+    assert count == {"one_time_prekeys": 1, "pq_one_time_prekeys": 2}, "nothing was stored"
+
+    # Claims take the lowest id first, each key once; then the signed last-resort key.
+    last_resort = ann.keys.bundle(otks=0)["pq_prekey"]  # key_id 1, like every harness upload
+    seen: list[tuple[int, bool]] = []
+    for _ in range(3):
+        status, claim = await harness.call("POST", f"{API}/users/{ann.id}/keys/claim", bob, json={})
+        assert status == 200
+        (device,) = claim["devices"]
+        seen.append((device["pq_prekey"]["key_id"], device["pq_prekey_one_time"]))
+    assert seen == [(2, True), (3, True), (last_resort["key_id"], False)]
+    status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
+    assert count == {"one_time_prekeys": 0, "pq_one_time_prekeys": 0}
+
+
+async def test_a_device_holds_at_most_200_one_time_pq_prekeys(harness: Harness) -> None:
+    ann = await harness.register("ann", otks=0, pq_otks=100)
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=ann.keys.bundle(0, 100)
+    )
+    assert status == 200 and body["pq_one_time_prekeys"] == 200
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", ann, json=ann.keys.bundle(0, 1)
+    )
+    assert status == 409 and "200" in body["error"]["message"]
+    # Nor may a key id be uploaded twice.
+    bob = await harness.register("bob", otks=0, pq_otks=1)
+    bob.keys.next_otk = 1
+    status, body = await harness.call(
+        "PUT", f"{API}/users/@me/devices/@current/keys", bob, json=bob.keys.bundle(0, 1)
+    )
+    assert status == 409 and "reuse" in body["error"]["message"]
+
+
+async def test_a_register_body_with_full_batches_of_both_kinds_fits_as_json(
+    harness: Harness,
+) -> None:
+    # 100 X25519 and 100 ML-KEM-1024 one-time keys, base64 in JSON: the largest body a
+    # client sends, under the 256 KiB limit.
+    ann = await harness.register("ann", otks=100, pq_otks=100)
+    status, count = await harness.call("GET", f"{API}/users/@me/devices/@current/keys", ann)
+    assert status == 200 and count == {"one_time_prekeys": 100, "pq_one_time_prekeys": 100}
+
+
+async def test_concurrent_claims_never_share_a_one_time_pq_prekey(harness: Harness) -> None:
+    ann = await harness.register("ann", otks=0, pq_otks=40)
+    claimers = [await harness.register(f"c{i}") for i in range(16)]
+    got: list[int | None] = []
+
+    async def claim(user: User) -> None:
+        for _ in range(3):
+            status, body = await harness.call(
+                "POST", f"{API}/users/{ann.id}/keys/claim", user, json={}
+            )
+            assert status == 200
+            (device,) = body["devices"]
+            got.append(device["pq_prekey"]["key_id"] if device["pq_prekey_one_time"] else None)
+
+    async with trio.open_nursery() as nursery:
+        for user in claimers:
+            nursery.start_soon(claim, user)
+    keys = [k for k in got if k is not None]
+    assert len(keys) == 40 and len(set(keys)) == 40, "every PQ key handed out exactly once"
+    assert got.count(None) == 8, "then bundles carry the last-resort key"
 
 
 def fan_out(recipients: dict[str, list[str]], marker: bytes) -> dict[str, Any]:

@@ -128,7 +128,24 @@ async def test_migration_3_adds_the_signed_device_lists_to_a_version_2_database(
         conn.execute(sa.delete(t.schema_version).where(t.schema_version.c.version > 2))
 
     await db.write(downgrade)
-    assert await db.migrate() == 3
+    assert await db.migrate() == MIGRATIONS[-1][0]
     tables = await db.read(lambda conn: set(sa.inspect(conn).get_table_names()))
     assert "device_lists" in tables
+    db.close()
+
+
+async def test_migration_4_adds_one_time_pq_prekeys_to_a_version_3_database(
+    tmp_path: Path,
+) -> None:
+    db = Database(sqlite_url(tmp_path / "db.sqlite3"))
+    await db.migrate()
+
+    def downgrade(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("DROP TABLE pq_one_time_prekeys")
+        conn.execute(sa.delete(t.schema_version).where(t.schema_version.c.version > 3))
+
+    await db.write(downgrade)
+    assert await db.migrate() == MIGRATIONS[-1][0]
+    tables = await db.read(lambda conn: set(sa.inspect(conn).get_table_names()))
+    assert "pq_one_time_prekeys" in tables
     db.close()
