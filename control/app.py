@@ -114,7 +114,13 @@ def create_app(config: ControlConfig) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "sfu_nodes": registry.healthy_count()}
+        # Counts only: which channels are busy, and who is in them, is never shown.
+        return {
+            "status": "ok",
+            "version": __version__,
+            "sfu_nodes": registry.healthy_count(),
+            "voice_channels": len(voice.registry.channels),
+        }
 
     @app.websocket(node_link.PATH)
     async def sfu_node_link() -> None:
