@@ -4,12 +4,14 @@ synthetic WebRTC endpoints (ICE, DTLS, SRTP) carrying the SDP (docs/voice.md).""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import trio
 from control_live import LiveControl
@@ -119,7 +121,9 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 async def _until(condition: Any, within: float = 15.0) -> None:
     """Poll an HTTP-observable condition (the process is out of reach of any event)."""
     with trio.fail_after(within):
-        while not await trio.to_thread.run_sync(condition):
+        while True:
+            if await trio.to_thread.run_sync(condition):
+                return
             await trio.sleep(0.05)
 
 
@@ -167,9 +171,7 @@ async def stream(peer: VoicePeer, ssrc: int, count: int, start: int = 0) -> None
 
 
 async def until_received(peer: VoicePeer, count: int, within: float = 5.0) -> None:
-    with trio.fail_after(within):
-        while peer.received() < count:
-            await trio.sleep(0.01)
+    await peer.wait_received(count, within)
 
 
 async def test_two_participants_publish_subscribe_speak_and_leave(world: World) -> None:
@@ -195,7 +197,7 @@ async def test_two_participants_publish_subscribe_speak_and_leave(world: World) 
         long_term_key(server["username"], "hushroom", server["credential"], PasswordAlgorithm.MD5)
         in credential.keys
     )
-    assert 3500 <= int(expiry) - int(__import__("time").time()) <= 3600
+    assert 3500 <= int(expiry) - int(time.time()) <= 3600
 
     mark = bob_gw.mark()
     publisher = await publish(ann_gw, ann_server, ssrc=4242)
@@ -379,8 +381,6 @@ async def test_killing_the_node_replaces_the_channel_on_another_node(world: Worl
 
 async def _kill_node(world: World, node_id: str) -> None:
     """SIGKILL the ``python -m sfu --node-id NODE_ID`` process (and so its link)."""
-    import psutil
-
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
         if "sfu" in cmdline and node_id in cmdline:

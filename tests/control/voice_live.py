@@ -155,6 +155,7 @@ class VoicePeer:
         self.ufrag, self.pwd = new_credentials()
         self.peer: SyntheticPeer | None = None
         self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._arrived = trio.Condition()
 
     def publish_offer(self, ssrc: int) -> str:
         """A sendonly Opus offer with the audio level extension (as Chromium sends)."""
@@ -249,6 +250,15 @@ class VoicePeer:
         while True:
             data, _ = await self.sock.recvfrom(2048)
             self.peer.receive(data, trio.current_time())
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def wait_received(self, count: int, within: float = 5.0) -> None:
+        """Until :meth:`pump` has received ``count`` RTP packets."""
+        with trio.fail_after(within):
+            async with self._arrived:
+                while self.received() < count:
+                    await self._arrived.wait()
 
     def rtp(self) -> list[RtpPacket]:
         """The received packets, parsed."""
