@@ -19,7 +19,8 @@ from .config import ControlConfig
 from .errors import register_error_handlers
 from .gateway.hub import GatewayHub
 from .gateway.shell import serve_gateway
-from .nodes import NodeRegistry, parse_register_untrusted, parse_workers_untrusted
+from .node_rpc import NodeLink
+from .nodes import NodeInfo, NodeRegistry, parse_register_untrusted, parse_workers_untrusted
 from .proof_of_work import ProofOfWork, derive_key
 from .purger import run_purger
 from .quotas import EnvelopeQuota
@@ -27,6 +28,7 @@ from .ratelimit import ClaimLimiter, RateLimiter
 from .sessions import SessionCache
 from .state import EXTENSION, ControlState
 from .store import Database
+from .voice import VoiceService
 from .wire import guard_request_target
 
 __all__ = ["create_app"]
@@ -53,6 +55,8 @@ def create_app(config: ControlConfig) -> QuartTrio:
     sessions = SessionCache(db, config.session_cache)
     # Subscribed before anything can publish: revocations must never pass the cache by.
     bus.subscribe(sessions.on_event)
+    turn_secret = read_secret_file(config.turn_secret_file)[0] if config.turn_secret_file else None
+    voice = VoiceService(config, db, bus, registry, turn_secret)
     state = ControlState(
         config=config,
         db=db,
@@ -75,28 +79,33 @@ def create_app(config: ControlConfig) -> QuartTrio:
             config.otk_per_claimer_device_per_day,
             config.otk_per_device_per_hour,
         ),
+        nodes=registry,
+        voice=voice,
     )
     app.extensions[EXTENSION] = state
     register_error_handlers(app)
     api = build_api()
     app.register_blueprint(api.blueprint)
 
-    # The purger belongs to the app's nursery; its own scope lets shutdown stop it at once.
-    purger_scope = trio.CancelScope()
+    # The purger and the voice service belong to the app's nursery; their own scope lets
+    # shutdown stop them at once.
+    background_scope = trio.CancelScope()
 
-    async def purger() -> None:
-        with purger_scope:
-            await run_purger(state)
+    async def background() -> None:
+        with background_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run_purger, state)
+                nursery.start_soon(voice.run)
 
     @app.before_serving
     async def open_store() -> None:
         version = await state.db.migrate()
         log.info("database schema at version %d", version)
-        app.nursery.start_soon(purger)
+        app.nursery.start_soon(background)
 
     @app.after_serving
     async def close_store() -> None:
-        purger_scope.cancel()
+        background_scope.cancel()
         state.db.close()
 
     @app.websocket("/api/v1/gateway")
@@ -105,7 +114,13 @@ def create_app(config: ControlConfig) -> QuartTrio:
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "version": __version__, "sfu_nodes": registry.healthy_count()}
+        # Counts only: which channels are busy, and who is in them, is never shown.
+        return {
+            "status": "ok",
+            "version": __version__,
+            "sfu_nodes": registry.healthy_count(),
+            "voice_channels": len(voice.registry.channels),
+        }
 
     @app.websocket(node_link.PATH)
     async def sfu_node_link() -> None:
@@ -130,19 +145,43 @@ def create_app(config: ControlConfig) -> QuartTrio:
             log.warning("SFU node registration refused: bad proof")
             await websocket.close(node_link.CLOSE_BAD_PROOF, "bad proof")
             return
-        registry.register(info)
-        log.info("SFU node %s registered with %d workers", info.node_id, len(info.workers))
-        try:
-            await websocket.send(node_link.encode_frame("registered", {}))
-            while True:
-                event, data = node_link.decode_frame_untrusted(await websocket.receive())
-                if event == "health":
-                    info.workers = parse_workers_untrusted(data.get("workers"))
-                    info.last_health = time.monotonic()
-        except node_link.LinkProtocolError as exc:
-            await websocket.close(node_link.CLOSE_PROTOCOL, str(exc)[:120])
-        finally:
-            registry.unregister(info.node_id, info)
-            log.info("SFU node %s disconnected", info.node_id)
+        await _serve_node(info, registry, voice, config.sfu_request_timeout_s)
 
     return app
+
+
+async def _serve_node(
+    info: NodeInfo, registry: NodeRegistry, voice: VoiceService, timeout_s: float
+) -> None:
+    """A registered node's link: health reports, RPC replies and events in; requests out
+    (through :class:`~control.node_rpc.NodeLink`). When it closes, the node's voice channels
+    are placed elsewhere."""
+
+    def on_event(node_id: str, event: str, data: dict[str, Any]) -> None:
+        if event == "health":
+            info.workers = parse_workers_untrusted(data.get("workers"))
+            info.last_health = time.monotonic()
+        elif event == "stats":
+            info.stats = data
+        else:
+            voice.on_node_event(node_id, event, data)
+
+    link = NodeLink(info.node_id, on_event, timeout_s)
+    registry.register(info)
+    log.info("SFU node %s registered with %d workers", info.node_id, len(info.workers))
+    try:
+        await websocket.send(node_link.encode_frame("registered", {}))
+        info.link = link
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(link.run_writer, websocket.send)
+            try:
+                while True:
+                    link.receive_untrusted(await websocket.receive())
+            except node_link.LinkProtocolError as exc:
+                await websocket.close(node_link.CLOSE_PROTOCOL, str(exc)[:120])
+            nursery.cancel_scope.cancel()
+    finally:
+        link.close()
+        registry.unregister(info.node_id, info)
+        log.info("SFU node %s disconnected", info.node_id)
+        voice.node_lost(info.node_id)

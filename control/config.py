@@ -38,6 +38,15 @@ def _not_negative(value: int) -> int:
     return value
 
 
+def _check_turn_urls(values: list[str]) -> list[str]:
+    # Each flag may itself be a comma list: --turn-url a,b --turn-url c.
+    urls = [part.strip() for value in values for part in value.split(",") if part.strip()]
+    for url in urls:
+        if not url.startswith(("turn:", "turns:", "stun:")) or len(url) > 256:
+            raise ValueError(f"{url!r} is not a turn:, turns: or stun: URL")
+    return urls
+
+
 def _check_log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
@@ -154,6 +163,29 @@ class ControlConfig:
     purge_interval_s: float = option(
         60.0, help="seconds between runs of the retention purger", check=_positive
     )
+    turn_secret_file: Path | None = option(
+        None,
+        help="file holding the secret shared with the TURN relay (coturn's static-auth-secret); "
+        "without it voice sessions get no TURN credentials",
+    )
+    turn_url: list[str] = option(
+        default_factory=list,
+        help="TURN URL handed to voice clients, e.g. turn:203.0.113.5:3478?transport=udp "
+        "(repeatable or a comma list)",
+        check=_check_turn_urls,
+    )
+    turn_credential_ttl_s: int = option(
+        3600, help="lifetime of the TURN credentials minted for a voice session", check=_positive
+    )
+    voice_grace_s: float = option(
+        30.0,
+        help="seconds a voice participant whose gateway connection dropped stays in the "
+        "channel before it is removed",
+        check=_positive,
+    )
+    sfu_request_timeout_s: float = option(
+        5.0, help="seconds an SFU node has to answer one request", check=_positive
+    )
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -176,5 +208,7 @@ class ControlConfig:
         """Cross-field checks that a single field's check cannot make."""
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ConfigError("--data-dir", f"{self.data_dir} exists and is not a directory")
+        if self.turn_url and self.turn_secret_file is None:
+            raise ConfigError("--turn-url", "needs --turn-secret-file to mint credentials")
         if self.pow_base_bits > self.pow_max_bits:
             raise ConfigError("--pow-base-bits", "must not exceed --pow-max-bits")

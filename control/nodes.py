@@ -6,9 +6,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hushroom import node_link
+
+if TYPE_CHECKING:
+    from .node_rpc import NodeLink
 
 __all__ = ["NodeInfo", "NodeRegistry"]
 
@@ -27,6 +30,10 @@ class NodeInfo:
     workers: list[dict[str, Any]]
     capacity: dict[str, Any]
     last_health: float = field(default_factory=time.monotonic)
+    #: The request/reply link to the node, once it is registered.
+    link: NodeLink | None = None
+    #: The node's latest ``stats`` event: ``{workers: [{transports, cpu_percent, ...}]}``.
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def healthy(self, now: float) -> bool:
         """True when the node reported recently and all of its workers are alive."""
@@ -51,6 +58,15 @@ class NodeRegistry:
         """Forget ``node_id`` if ``info`` is still the registered entry."""
         if self._nodes.get(node_id) is info:
             del self._nodes[node_id]
+
+    def get(self, node_id: str) -> NodeInfo | None:
+        """The registered node ``node_id``, if any."""
+        return self._nodes.get(node_id)
+
+    def healthy(self, now: float | None = None) -> list[NodeInfo]:
+        """Nodes that are connected, linked and report healthy workers."""
+        now = time.monotonic() if now is None else now
+        return [n for n in self._nodes.values() if n.link is not None and n.healthy(now)]
 
     def healthy_count(self) -> int:
         """Number of nodes that are connected and report healthy workers."""

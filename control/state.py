@@ -17,6 +17,8 @@ from .store import Database
 
 if TYPE_CHECKING:
     from .gateway.hub import GatewayHub
+    from .nodes import NodeRegistry
+    from .voice import VoiceService
 
 __all__ = ["ControlState", "get_state"]
 
@@ -36,6 +38,8 @@ class ControlState:
     proof_of_work: ProofOfWork
     envelope_quota: EnvelopeQuota
     prekey_claims: ClaimLimiter
+    nodes: NodeRegistry
+    voice: VoiceService
 
 
 def get_state() -> ControlState:

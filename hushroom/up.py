@@ -288,23 +288,6 @@ async def run_up(config: UpConfig) -> None:
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            control: Child = await nursery.start(
-                run_child,
-                "control",
-                [
-                    "control",
-                    "--listen",
-                    f"{_url_host(config.host)}:{config.control_port}",
-                    "--data-dir",
-                    str(data_dir),
-                    "--node-secret-file",
-                    str(node_secret),
-                ],
-                "control ready",
-                timeout,
-            )
-            base = f"http://{_url_host(config.local_host)}:{control.port('http')}"
-            control_ws = base.replace("http://", "ws://", 1) + "/internal/v1/sfu"
             turn: Child = await nursery.start(
                 run_child,
                 "turn",
@@ -321,6 +304,33 @@ async def run_up(config: UpConfig) -> None:
                 "turn ready",
                 timeout,
             )
+            # Voice clients get TURN credentials minted with the secret turn holds.
+            turn_host = _url_host(config.announce_ip or config.local_host)
+            turn_urls = [
+                f"turn:{turn_host}:{turn.port('udp')}?transport=udp",
+                f"turn:{turn_host}:{turn.port('tcp')}?transport=tcp",
+            ]
+            control: Child = await nursery.start(
+                run_child,
+                "control",
+                [
+                    "control",
+                    "--listen",
+                    f"{_url_host(config.host)}:{config.control_port}",
+                    "--data-dir",
+                    str(data_dir),
+                    "--node-secret-file",
+                    str(node_secret),
+                    "--turn-secret-file",
+                    str(turn_secret),
+                    "--turn-url",
+                    ",".join(turn_urls),
+                ],
+                "control ready",
+                timeout,
+            )
+            base = f"http://{_url_host(config.local_host)}:{control.port('http')}"
+            control_ws = base.replace("http://", "ws://", 1) + "/internal/v1/sfu"
             answered = await trio.to_thread.run_sync(
                 _stun_binding_answered, config.local_host, turn.port("udp"), 5.0
             )

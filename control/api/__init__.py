@@ -16,6 +16,7 @@ from . import (
     provisioning,
     relay,
     roles,
+    voice,
 )
 from ._routing import Api, Call, Caller, Reply, Router
 from .openapi import openapi_document
@@ -30,6 +31,7 @@ ROUTERS: tuple[Router, ...] = (
     channels.router,
     roles.router,
     members.router,
+    voice.router,
     invites.router,
     relay.router,
     messages.router,

@@ -179,6 +179,10 @@ class GatewayHub:
         """True while the user has at least one attached connection here."""
         return any(s.outbox is not None for s in self._by_user.get(user_id, ()))
 
+    def device_online(self, device_id: str) -> bool:
+        """True while the device has at least one attached connection here."""
+        return any(s.outbox is not None for s in self._by_device.get(device_id, ()))
+
     def expire(self, now: float) -> None:
         """Forget detached sessions older than the resume window."""
         while self._detached and now - self._detached[0][0] > self.resume_window_s:

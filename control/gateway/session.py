@@ -38,6 +38,9 @@ __all__ = [
     "PresenceUpdate",
     "Resume",
     "SendFrame",
+    "VoicePublish",
+    "VoiceStateRequest",
+    "VoiceSubscribeAnswer",
 ]
 
 PRESENCE_STATUSES = ("online", "idle", "dnd", "offline")
@@ -52,6 +55,8 @@ FRAME_WINDOW_S = 60.0
 #: Connections of one process that have not identified yet, at most.
 PENDING_LIMIT = 1000
 _TOKEN_MAX = 128
+#: Ids on the wire are at most this long (snowflake-like ids, voice session ids).
+_ID_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,83 @@ class PresenceUpdate:
     status: str
 
 
-Action = SendFrame | CloseConnection | Identify | Resume | PresenceUpdate
+@dataclass(frozen=True)
+class VoiceStateRequest:
+    """Op 4: join, move, self mute/deaf, or leave (``channel_id`` None) (docs/voice.md)."""
+
+    guild_id: str
+    channel_id: str | None
+    self_mute: bool
+    self_deaf: bool
+
+
+@dataclass(frozen=True)
+class VoicePublish:
+    """Op 12: the send transport's SDP offer."""
+
+    voice_session_id: str
+    sdp_offer: str
+
+
+@dataclass(frozen=True)
+class VoiceSubscribeAnswer:
+    """Op 13: the answer to the receive transport's latest offer."""
+
+    voice_session_id: str
+    sdp_answer: str
+
+
+Action = (
+    SendFrame
+    | CloseConnection
+    | Identify
+    | Resume
+    | PresenceUpdate
+    | VoiceStateRequest
+    | VoicePublish
+    | VoiceSubscribeAnswer
+)
+
+
+def _id_untrusted(d: dict[Any, Any], key: str, *, nullable: bool = False) -> str | None:
+    value = d.get(key)
+    if value is None and nullable:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= _ID_MAX:
+        raise GatewayProtocolError(Close.DECODE_ERROR, f"{key} must be an id")
+    return value
+
+
+def _flag_untrusted(d: dict[Any, Any], key: str) -> bool:
+    value = d.get(key, False)
+    if not isinstance(value, bool):
+        raise GatewayProtocolError(Close.DECODE_ERROR, f"{key} must be a boolean")
+    return value
+
+
+def decode_voice_untrusted(op: Op, d: Any) -> Action:
+    """The action of a voice op's payload; :class:`GatewayProtocolError` when malformed
+    (the frame bound already limits an SDP to 16 KiB)."""
+    if not isinstance(d, dict):
+        raise GatewayProtocolError(Close.DECODE_ERROR, "d must be a map")
+    if op is Op.VOICE_STATE:
+        guild_id = _id_untrusted(d, "guild_id")
+        assert guild_id is not None
+        return VoiceStateRequest(
+            guild_id,
+            _id_untrusted(d, "channel_id", nullable=True),
+            _flag_untrusted(d, "self_mute"),
+            _flag_untrusted(d, "self_deaf"),
+        )
+    voice_session_id = _id_untrusted(d, "voice_session_id")
+    assert voice_session_id is not None
+    key = "sdp_offer" if op is Op.VOICE_PUBLISH else "sdp_answer"
+    sdp = d.get(key)
+    if not isinstance(sdp, str) or not sdp:
+        raise GatewayProtocolError(Close.DECODE_ERROR, f"{key} must be a string")
+    if op is Op.VOICE_PUBLISH:
+        return VoicePublish(voice_session_id, sdp)
+    return VoiceSubscribeAnswer(voice_session_id, sdp)
 
 
 class Phase(enum.Enum):
@@ -202,6 +283,8 @@ class ConnectionCore:
                 raise GatewayProtocolError(Close.DECODE_ERROR, "unknown presence status")
             assert isinstance(status, str)
             return [PresenceUpdate(status)]
+        if frame.op in (Op.VOICE_STATE, Op.VOICE_PUBLISH, Op.VOICE_SUBSCRIBE_ANSWER):
+            return [decode_voice_untrusted(frame.op, d)]
         raise GatewayProtocolError(
             Close.UNKNOWN_OPCODE, f"op {int(frame.op)} is not sent by clients"
         )

@@ -39,6 +39,9 @@ from .session import (
     PresenceUpdate,
     Resume,
     SendFrame,
+    VoicePublish,
+    VoiceStateRequest,
+    VoiceSubscribeAnswer,
 )
 
 __all__ = ["co_members", "ready_envelopes", "serve_gateway"]
@@ -281,6 +284,9 @@ async def _serve(state: ControlState, identified: Callable[[], None]) -> None:
                 for u in ready.pop("co_members")
                 if u in hub.presence
             ]
+            visible = {c["id"] for g in ready["guilds"] for c in g["channels"]}
+            ready["voice_states"] = state.voice.states(visible)
+            state.voice.gateway_attached(caller.device_id)
             established(expires_at)
             live.release(EventName.READY, _pack(ready))
             hub.presence[caller.user_id] = action.status
@@ -309,15 +315,42 @@ async def _serve(state: ControlState, identified: Callable[[], None]) -> None:
                 return
             for frame in frames:
                 await outbox_send.send(frame)
+            state.voice.gateway_attached(caller.device_id)
             established(expires_at)
             live.release(EventName.RESUMED, _pack(live.core.snapshot()))
             if caller.user_id not in hub.presence:
                 hub.presence[caller.user_id] = "online"
                 await _publish_presence(state, caller.user_id, "online")
 
+        async def voice_state(action: VoiceStateRequest) -> None:
+            assert live is not None
+            await state.voice.voice_state_update(
+                live.core.user_id,
+                live.core.device_id,
+                action.guild_id,
+                action.channel_id,
+                action.self_mute,
+                action.self_deaf,
+            )
+
+        async def voice_publish(action: VoicePublish) -> None:
+            assert live is not None
+            await state.voice.publish(
+                live.core.device_id, action.voice_session_id, action.sdp_offer
+            )
+
+        async def voice_answer(action: VoiceSubscribeAnswer) -> None:
+            assert live is not None
+            await state.voice.subscribe_answer(
+                live.core.device_id, action.voice_session_id, action.sdp_answer
+            )
+
         handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             Identify: identify,
             Resume: resume,
+            VoiceStateRequest: voice_state,
+            VoicePublish: voice_publish,
+            VoiceSubscribeAnswer: voice_answer,
         }
         nursery.start_soon(writer)
         nursery.start_soon(watchdog)
@@ -342,6 +375,8 @@ async def _serve(state: ControlState, identified: Callable[[], None]) -> None:
             with trio.CancelScope(shield=True):
                 if live is not None:
                     hub.detach(live, outbox_send, trio.current_time())
+                    if not hub.device_online(live.core.device_id):
+                        state.voice.gateway_detached(live.core.device_id, trio.current_time())
                     user_id = live.core.user_id
                     if not hub.online(user_id) and hub.presence.pop(user_id, None) is not None:
                         await _publish_presence(state, user_id, "offline")

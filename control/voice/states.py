@@ -1,0 +1,397 @@
+"""Voice state in memory: who is in which voice channel, with which transports, producers
+and consumers on the SFU — and the permission decisions about them. Sans-I/O: no RPC, no
+store, no clock of its own; :mod:`control.voice.service` drives it.
+
+Nothing here is ever written to the store or a log (docs/voice.md, "Privacy"). The state of
+a channel belongs to the control process that placed its router; with several control
+processes, a channel's participants must reach that process (the event bus then carries
+its dispatches to the others' gateways).
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.permissions import Permission
+
+from .turn_credentials import new_turn_id
+
+__all__ = [
+    "ConsumerEntry",
+    "ErrorCode",
+    "Review",
+    "VoiceChannel",
+    "VoiceRefused",
+    "VoiceRegistry",
+    "VoiceSession",
+    "join_decision",
+    "review",
+]
+
+#: The largest SFrame sender index (``e2ee.media.MAX_SENDER_INDEX``).
+MAX_SENDER_INDEX = (1 << 31) - 1
+P = Permission
+
+
+class ErrorCode(enum.StrEnum):
+    """``code`` of a VOICE_ERROR dispatch (docs/voice.md)."""
+
+    FORBIDDEN = "forbidden"
+    CHANNEL_FULL = "channel_full"
+    NOT_VOICE = "not_voice"
+    NO_SFU = "no_sfu"
+    BAD_SESSION = "bad_session"
+    SFU_ERROR = "sfu_error"
+
+
+class VoiceRefused(Exception):
+    """A voice request is refused with a VOICE_ERROR ``code``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def join_decision(channel_type: str, permissions: int, user_limit: int, other_users: int) -> bool:
+    """Whether a member may join a channel; returns ``suppress`` (True without SPEAK).
+
+    ``other_users`` counts the distinct users already in the channel besides the joiner;
+    a ``user_limit`` of 0 means no limit, and MOVE_MEMBERS passes it (as in Discord).
+    """
+    if channel_type != "voice":
+        raise VoiceRefused(ErrorCode.NOT_VOICE, "not a voice channel")
+    if not permissions & P.VIEW_CHANNEL or not permissions & P.CONNECT:
+        raise VoiceRefused(ErrorCode.FORBIDDEN, "missing permission CONNECT")
+    if user_limit and other_users >= user_limit and not permissions & P.MOVE_MEMBERS:
+        raise VoiceRefused(ErrorCode.CHANNEL_FULL, "the channel is full")
+    return not permissions & P.SPEAK
+
+
+class Review(enum.Enum):
+    """What a permission change means for a live voice session."""
+
+    KEEP = "keep"
+    DISCONNECT = "disconnect"
+    SUPPRESS = "suppress"
+    UNSUPPRESS = "unsuppress"
+
+
+def review(permissions: int, suppressed: bool) -> Review:
+    """Re-decide a live session after a role, overwrite or membership change."""
+    if not permissions & P.VIEW_CHANNEL or not permissions & P.CONNECT:
+        return Review.DISCONNECT
+    may_speak = bool(permissions & P.SPEAK)
+    if suppressed and may_speak:
+        return Review.UNSUPPRESS
+    if not suppressed and not may_speak:
+        return Review.SUPPRESS
+    return Review.KEEP
+
+
+@dataclass(frozen=True)
+class ConsumerEntry:
+    """One consumer on a participant's receive transport: which m-section carries whom."""
+
+    consumer_id: str
+    producer_id: str
+    mid: str
+    kind: str
+    user_id: str
+    device_id: str
+    sender_index: int
+
+    def wire(self) -> dict[str, Any]:
+        """As VOICE_SUBSCRIBE_OFFER lists it."""
+        return {
+            "mid": self.mid,
+            "kind": self.kind,
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "sender_index": self.sender_index,
+        }
+
+
+@dataclass(eq=False)
+class VoiceSession:
+    """One device in one voice channel."""
+
+    id: str
+    user_id: str
+    device_id: str
+    guild_id: str
+    channel_id: str
+    sender_index: int
+    turn_id: str = field(default_factory=new_turn_id)
+    self_mute: bool = False
+    self_deaf: bool = False
+    mute: bool = False
+    deaf: bool = False
+    suppress: bool = False
+    send_transport: str | None = None
+    recv_transport: str | None = None
+    #: producer id -> kind
+    producers: dict[str, str] = field(default_factory=dict)
+    #: consumer id -> entry, in creation order
+    consumers: dict[str, ConsumerEntry] = field(default_factory=dict)
+    #: When the device's gateway connection dropped (None while attached).
+    detached_at: float | None = None
+
+    @property
+    def silenced(self) -> bool:
+        """True when the SFU must not forward this session's producers."""
+        return self.mute or self.suppress
+
+    def state(self) -> dict[str, Any]:
+        """The VOICE_STATE_UPDATE payload."""
+        return {
+            "guild_id": self.guild_id,
+            "channel_id": self.channel_id,
+            "user_id": self.user_id,
+            "device_id": self.device_id,
+            "sender_index": self.sender_index,
+            "self_mute": self.self_mute,
+            "self_deaf": self.self_deaf,
+            "mute": self.mute,
+            "deaf": self.deaf,
+            "suppress": self.suppress,
+        }
+
+    def left(self) -> dict[str, Any]:
+        """The VOICE_STATE_UPDATE payload announcing that the session left."""
+        return {**self.state(), "channel_id": None}
+
+    def forget_media(self) -> None:
+        """Drop every transport, producer and consumer (they are gone on the SFU)."""
+        self.send_transport = self.recv_transport = None
+        self.producers.clear()
+        self.consumers.clear()
+
+
+@dataclass(eq=False)
+class VoiceChannel:
+    """A voice channel with a router on an SFU node and its participants (by device)."""
+
+    guild_id: str
+    channel_id: str
+    node_id: str
+    router_id: str
+    sessions: dict[str, VoiceSession] = field(default_factory=dict)
+    #: The device whose producer the SFU last named the active speaker.
+    speaking: str | None = None
+    _next_index: int = field(default_factory=lambda: secrets.randbelow(1 << 16) + 1)
+
+    def allocate_index(self) -> int:
+        """A sender index no current participant holds (never reused while in use)."""
+        taken = {s.sender_index for s in self.sessions.values()}
+        while True:
+            index = self._next_index
+            self._next_index = index % MAX_SENDER_INDEX + 1
+            if index not in taken:
+                return index
+
+    def other_users(self, user_id: str) -> int:
+        """Distinct users in the channel besides ``user_id`` (what ``user_limit`` counts)."""
+        return len({s.user_id for s in self.sessions.values()} - {user_id})
+
+    def devices(self) -> frozenset[str]:
+        """The participants' devices (the audience of SPEAKING)."""
+        return frozenset(self.sessions)
+
+
+class VoiceRegistry:
+    """Every voice session and channel this process holds, with the SFU ids indexed."""
+
+    def __init__(self) -> None:
+        self.channels: dict[str, VoiceChannel] = {}
+        self._by_device: dict[str, VoiceSession] = {}
+        self._by_transport: dict[str, VoiceSession] = {}
+        self._by_producer: dict[str, VoiceSession] = {}
+        self._by_router: dict[str, VoiceChannel] = {}
+        #: (guild id, user id) -> (mute, deaf) set by moderators; memory only, so a member
+        #: cannot shed a server mute by leaving and joining again while this process runs.
+        self.server_mutes: dict[tuple[str, str], tuple[bool, bool]] = {}
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def sessions(self) -> list[VoiceSession]:
+        """Every voice session."""
+        return list(self._by_device.values())
+
+    def of_device(self, device_id: str) -> VoiceSession | None:
+        """The device's current voice session."""
+        return self._by_device.get(device_id)
+
+    def require(self, device_id: str, voice_session_id: object) -> VoiceSession:
+        """The device's session named ``voice_session_id``, or ``bad_session``."""
+        session = self._by_device.get(device_id)
+        if session is None or session.id != voice_session_id:
+            raise VoiceRefused(ErrorCode.BAD_SESSION, "not this device's voice session")
+        return session
+
+    def by_transport(self, transport_id: str) -> VoiceSession | None:
+        """The session owning an SFU transport."""
+        return self._by_transport.get(transport_id)
+
+    def by_producer(self, producer_id: str) -> VoiceSession | None:
+        """The session owning an SFU producer."""
+        return self._by_producer.get(producer_id)
+
+    def by_router(self, router_id: str) -> VoiceChannel | None:
+        """The channel of an SFU router."""
+        return self._by_router.get(router_id)
+
+    def of_user(self, guild_id: str, user_id: str) -> list[VoiceSession]:
+        """The user's sessions (one per device) in the guild."""
+        return [
+            s for s in self._by_device.values() if s.guild_id == guild_id and s.user_id == user_id
+        ]
+
+    def of_guild(self, guild_id: str) -> list[VoiceSession]:
+        """Every session in the guild."""
+        return [s for s in self._by_device.values() if s.guild_id == guild_id]
+
+    def guild_has_sessions(self, guild_id: str) -> bool:
+        """True when anyone is in a voice channel of the guild."""
+        return any(c.guild_id == guild_id for c in self.channels.values())
+
+    def on_node(self, node_id: str) -> list[VoiceChannel]:
+        """Channels whose router lives on ``node_id``."""
+        return [c for c in self.channels.values() if c.node_id == node_id]
+
+    def participants_on(self, node_id: str) -> int:
+        """Participants of the channels placed on ``node_id``."""
+        return sum(len(c.sessions) for c in self.on_node(node_id))
+
+    def detached_before(self, deadline: float) -> list[VoiceSession]:
+        """Sessions whose gateway connection dropped before ``deadline``."""
+        return [
+            s
+            for s in self._by_device.values()
+            if s.detached_at is not None and s.detached_at <= deadline
+        ]
+
+    def earliest_detach(self) -> float | None:
+        """When the longest-detached session dropped, if any did."""
+        times = [s.detached_at for s in self._by_device.values() if s.detached_at is not None]
+        return min(times, default=None)
+
+    # -- changes ------------------------------------------------------------------------
+
+    def open_channel(
+        self, guild_id: str, channel_id: str, node_id: str, router_id: str
+    ) -> VoiceChannel:
+        """Record a channel whose router was just created."""
+        channel = VoiceChannel(guild_id, channel_id, node_id, router_id)
+        self.channels[channel_id] = channel
+        self._by_router[router_id] = channel
+        return channel
+
+    def move_channel(self, channel: VoiceChannel, node_id: str, router_id: str) -> None:
+        """The channel's router was re-created on ``node_id`` (its old node failed)."""
+        self._by_router.pop(channel.router_id, None)
+        channel.node_id, channel.router_id, channel.speaking = node_id, router_id, None
+        self._by_router[router_id] = channel
+        for session in channel.sessions.values():
+            self.forget_media(session)
+
+    def close_channel(self, channel: VoiceChannel) -> None:
+        """Forget an empty channel (its router is closed)."""
+        self.channels.pop(channel.channel_id, None)
+        self._by_router.pop(channel.router_id, None)
+
+    def add(
+        self, channel: VoiceChannel, user_id: str, device_id: str, *, suppress: bool
+    ) -> VoiceSession:
+        """Put a device into ``channel`` with a fresh voice session id and sender index."""
+        mute, deaf = self.server_mutes.get((channel.guild_id, user_id), (False, False))
+        session = VoiceSession(
+            id=secrets.token_hex(12),
+            user_id=user_id,
+            device_id=device_id,
+            guild_id=channel.guild_id,
+            channel_id=channel.channel_id,
+            sender_index=channel.allocate_index(),
+            mute=mute,
+            deaf=deaf,
+            suppress=suppress,
+        )
+        channel.sessions[device_id] = session
+        self._by_device[device_id] = session
+        return session
+
+    def remove(self, session: VoiceSession) -> VoiceChannel | None:
+        """Take a session out of its channel; returns the channel (still registered)."""
+        if self._by_device.get(session.device_id) is session:
+            del self._by_device[session.device_id]
+        self.forget_media(session)
+        channel = self.channels.get(session.channel_id)
+        if channel is not None and channel.sessions.get(session.device_id) is session:
+            del channel.sessions[session.device_id]
+            if channel.speaking == session.device_id:
+                channel.speaking = None
+        return channel
+
+    def set_transport(self, session: VoiceSession, transport_id: str, *, send: bool) -> None:
+        """Record a transport created for a session."""
+        if send:
+            session.send_transport = transport_id
+        else:
+            session.recv_transport = transport_id
+        self._by_transport[transport_id] = session
+
+    def add_producer(self, session: VoiceSession, producer_id: str, kind: str) -> None:
+        """Record a producer the session published."""
+        session.producers[producer_id] = kind
+        self._by_producer[producer_id] = session
+
+    def drop_producers(self, session: VoiceSession) -> list[tuple[VoiceSession, str]]:
+        """Forget the session's producers; returns ``(subscriber, consumer id)`` of every
+        consumer of them, which are forgotten too."""
+        gone = set(session.producers)
+        for producer_id in gone:
+            self._by_producer.pop(producer_id, None)
+        session.producers.clear()
+        closed: list[tuple[VoiceSession, str]] = []
+        channel = self.channels.get(session.channel_id)
+        for other in channel.sessions.values() if channel is not None else ():
+            for consumer_id, entry in list(other.consumers.items()):
+                if entry.producer_id in gone:
+                    del other.consumers[consumer_id]
+                    closed.append((other, consumer_id))
+        return closed
+
+    def forget_media(self, session: VoiceSession) -> None:
+        """Drop the session's SFU objects from the indexes and the session."""
+        for transport_id in (session.send_transport, session.recv_transport):
+            if transport_id is not None and self._by_transport.get(transport_id) is session:
+                del self._by_transport[transport_id]
+        for producer_id in session.producers:
+            self._by_producer.pop(producer_id, None)
+        session.forget_media()
+
+    def set_server_mute(
+        self, guild_id: str, user_id: str, mute: bool | None, deaf: bool | None
+    ) -> tuple[bool, bool]:
+        """Set a member's server mute and/or deafen; returns the new ``(mute, deaf)``."""
+        old = self.server_mutes.get((guild_id, user_id), (False, False))
+        new = (old[0] if mute is None else mute, old[1] if deaf is None else deaf)
+        if new == (False, False):
+            self.server_mutes.pop((guild_id, user_id), None)
+        else:
+            self.server_mutes[(guild_id, user_id)] = new
+        for session in self.of_user(guild_id, user_id):
+            session.mute, session.deaf = new
+        return new
+
+    def states(self, channel_ids: set[str]) -> list[dict[str, Any]]:
+        """The voice states of the sessions in ``channel_ids`` (READY's ``voice_states``)."""
+        return [
+            s.state()
+            for c in self.channels.values()
+            if c.channel_id in channel_ids
+            for s in c.sessions.values()
+        ]

@@ -1,0 +1,417 @@
+"""Voice end to end: a real control process, real SFU nodes, raw gateway frames and
+synthetic WebRTC endpoints (ICE, DTLS, SRTP) carrying the SDP (docs/voice.md)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+from control_live import LiveControl
+from test_live import register
+from trio_websocket import open_websocket_url
+from voice_live import Gateway, VoicePeer, start_sfu_node
+
+from contract.gateway import Op
+from contract.permissions import Permission
+from turn.auth import RestCredentials
+from turn.stun import PasswordAlgorithm, long_term_key
+
+pytestmark = pytest.mark.slow
+API = "/api/v1"
+TURN_URL = "turn:127.0.0.1:3478?transport=udp"
+
+
+@dataclass
+class World:
+    """Control, one SFU node, the owner ann and the member bob, a guild with a voice channel."""
+
+    live: LiveControl
+    nursery: trio.Nursery
+    data_dir: Path
+    log_path: Path
+    node_secret: Path
+    turn_secret: bytes
+    ann: dict[str, Any]
+    bob: dict[str, Any]
+    guild_id: str
+    voice_id: str
+
+    async def channel(self, name: str, kind: str = "voice", **extra: Any) -> str:
+        status, channel = await self.live.call(
+            "POST",
+            f"{API}/guilds/{self.guild_id}/channels",
+            self.ann["token"],
+            {"name": name, "type": kind, **extra},
+        )
+        assert status == 201, channel
+        return str(channel["id"])
+
+    async def gateway(self, user: dict[str, Any]) -> Gateway:
+        ws = await self.nursery.start(_open_ws, self.live.ws_url)
+        return await Gateway.open(self.nursery, ws, user["token"])
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.live.base + "/healthz", timeout=5) as response:
+            body: dict[str, Any] = json.load(response)
+        return body
+
+
+async def _open_ws(url: str, *, task_status: trio.TaskStatus[Any]) -> None:
+    async with open_websocket_url(url, max_message_size=16 * 1024 * 1024) as ws:
+        task_status.started(ws)
+        await trio.sleep_forever()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    data_dir, log_path = tmp_path / "data", tmp_path / "control.log"
+    node_secret, turn_secret = tmp_path / "node-secret", tmp_path / "turn-secret"
+    node_secret.write_text("voice-test-node-secret\n")
+    turn_secret.write_text("voice-test-turn-secret\n")
+    live = LiveControl(
+        data_dir,
+        log_path,
+        "--node-secret-file",
+        str(node_secret),
+        "--turn-secret-file",
+        str(turn_secret),
+        "--turn-url",
+        TURN_URL,
+        "--voice-grace-s",
+        "1",
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            ann, bob = await register(live, "ann"), await register(live, "bob")
+            _, guild = await live.call("POST", f"{API}/guilds", ann["token"], {"name": "club"})
+            general = guild["channels"][0]["id"]
+            _, invite = await live.call(
+                "POST", f"{API}/channels/{general}/invites", ann["token"], {}
+            )
+            await live.call("POST", f"{API}/invites/{invite['code']}", bob["token"], {})
+            world = World(
+                live,
+                nursery,
+                data_dir,
+                log_path,
+                node_secret,
+                b"voice-test-turn-secret",
+                ann,
+                bob,
+                guild["id"],
+                "",
+            )
+            world.voice_id = await world.channel("lounge")
+            await start_sfu_node(nursery, live.base, node_secret, "node-a")
+            await _until(lambda: world.health()["sfu_nodes"] == 1)
+            yield world
+            nursery.cancel_scope.cancel()
+    finally:
+        live.stop()
+
+
+async def _until(condition: Any, within: float = 15.0) -> None:
+    """Poll an HTTP-observable condition (the process is out of reach of any event)."""
+    with trio.fail_after(within):
+        while True:
+            if await trio.to_thread.run_sync(condition):
+                return
+            await trio.sleep(0.05)
+
+
+async def join(world: World, gateway: Gateway, channel_id: str, **flags: Any) -> dict[str, Any]:
+    mark = gateway.mark()
+    await gateway.send(
+        Op.VOICE_STATE,
+        {"guild_id": world.guild_id, "channel_id": channel_id, "self_mute": False, **flags},
+    )
+    return await gateway.wait("VOICE_SERVER_UPDATE", after=mark)
+
+
+async def publish(gateway: Gateway, server: dict[str, Any], ssrc: int) -> VoicePeer:
+    peer = VoicePeer()
+    mark = gateway.mark()
+    await gateway.send(
+        Op.VOICE_PUBLISH,
+        {"voice_session_id": server["voice_session_id"], "sdp_offer": peer.publish_offer(ssrc)},
+    )
+    answer = await gateway.wait("VOICE_PUBLISH_ANSWER", after=mark)
+    await peer.connect(answer["sdp_answer"])
+    return peer
+
+
+async def subscribe(
+    world: World, gateway: Gateway, server: dict[str, Any], offer: dict[str, Any]
+) -> VoicePeer:
+    peer = VoicePeer()
+    await gateway.send(
+        Op.VOICE_SUBSCRIBE_ANSWER,
+        {
+            "voice_session_id": server["voice_session_id"],
+            "sdp_answer": peer.subscribe_answer(offer["sdp_offer"]),
+        },
+    )
+    await peer.connect(offer["sdp_offer"])
+    world.nursery.start_soon(peer.pump)
+    return peer
+
+
+async def stream(peer: VoicePeer, ssrc: int, count: int, start: int = 0) -> None:
+    for seq in range(start, start + count):
+        await peer.send_audio(ssrc, seq)
+        await trio.sleep(0.005)
+
+
+async def until_received(peer: VoicePeer, count: int, within: float = 5.0) -> None:
+    await peer.wait_received(count, within)
+
+
+async def test_two_participants_publish_subscribe_speak_and_leave(world: World) -> None:
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    ann_server = await join(world, ann_gw, world.voice_id)
+    bob_server = await join(world, bob_gw, world.voice_id)
+    assert ann_server["sender_index"] != bob_server["sender_index"]
+    # Voice states reach the other member (who can see the channel).
+    seen = await ann_gw.wait("VOICE_STATE_UPDATE", lambda d: d["user_id"] == world.bob["id"])
+    assert seen["channel_id"] == world.voice_id and seen["suppress"] is False
+
+    # TURN credentials: the coturn REST scheme, verifiable with the shared secret, and the
+    # id in the username is random per voice session, never the user id.
+    (server,) = ann_server["ice_servers"]
+    assert server["urls"] == [TURN_URL]
+    expiry, _, turn_id = server["username"].partition(":")
+    assert turn_id and world.ann["id"] not in server["username"]
+    assert turn_id != bob_server["ice_servers"][0]["username"].partition(":")[2]
+    credential = RestCredentials([world.turn_secret], "hushroom").credential_untrusted(
+        server["username"], PasswordAlgorithm.MD5, trio.current_time()
+    )
+    assert (
+        long_term_key(server["username"], "hushroom", server["credential"], PasswordAlgorithm.MD5)
+        in credential.keys
+    )
+    assert 3500 <= int(expiry) - int(time.time()) <= 3600
+
+    mark = bob_gw.mark()
+    publisher = await publish(ann_gw, ann_server, ssrc=4242)
+    offer = await bob_gw.wait("VOICE_SUBSCRIBE_OFFER", after=mark)
+    assert offer["voice_session_id"] == bob_server["voice_session_id"]
+    (consumer,) = offer["consumers"]
+    assert consumer["user_id"] == world.ann["id"]
+    assert consumer["device_id"] == world.ann["device"]
+    assert consumer["sender_index"] == ann_server["sender_index"]
+    subscriber = await subscribe(world, bob_gw, bob_server, offer)
+    await stream(publisher, 4242, 60)
+    await until_received(subscriber, 40)
+    speaking = await bob_gw.wait("SPEAKING", lambda d: d["user_id"] == world.ann["id"])
+    assert speaking["speaking"] is True and speaking["channel_id"] == world.voice_id
+    assert world.health()["voice_channels"] == 1
+
+    # Leaving: bob is told; after the last one leaves the router is closed.
+    for gateway in (ann_gw, bob_gw):
+        await gateway.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": None})
+    await ann_gw.wait(
+        "VOICE_STATE_UPDATE",
+        lambda d: d["user_id"] == world.bob["id"] and d["channel_id"] is None,
+    )
+    await _until(lambda: world.health()["voice_channels"] == 0)
+
+
+async def test_refusals_connect_user_limit_and_not_voice(world: World) -> None:
+    bob_gw, ann_gw = await world.gateway(world.bob), await world.gateway(world.ann)
+    closed = await world.channel("closed")
+    status, _ = await world.live.call(
+        "PUT",
+        f"{API}/channels/{closed}/permissions/{world.guild_id}",
+        world.ann["token"],
+        {"type": "role", "allow": 0, "deny": int(Permission.CONNECT)},
+    )
+    assert status in (200, 204)
+    await bob_gw.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": closed})
+    error = await bob_gw.wait("VOICE_ERROR")
+    assert error["code"] == "forbidden"
+
+    small = await world.channel("duo", user_limit=1)
+    await join(world, ann_gw, small)
+    mark = bob_gw.mark()
+    await bob_gw.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": small})
+    assert (await bob_gw.wait("VOICE_ERROR", after=mark))["code"] == "channel_full"
+
+    text = await world.channel("chat", kind="text")
+    mark = bob_gw.mark()
+    await bob_gw.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": text})
+    assert (await bob_gw.wait("VOICE_ERROR", after=mark))["code"] == "not_voice"
+
+    mark = bob_gw.mark()
+    await bob_gw.send(Op.VOICE_PUBLISH, {"voice_session_id": "not-mine", "sdp_offer": "v=0"})
+    assert (await bob_gw.wait("VOICE_ERROR", after=mark))["code"] == "bad_session"
+
+
+async def test_without_speak_a_member_is_suppressed_until_speak_is_granted(
+    world: World,
+) -> None:
+    status, _ = await world.live.call(
+        "PUT",
+        f"{API}/channels/{world.voice_id}/permissions/{world.bob['id']}",
+        world.ann["token"],
+        {"type": "member", "allow": 0, "deny": int(Permission.SPEAK)},
+    )
+    assert status in (200, 204)
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    ann_server = await join(world, ann_gw, world.voice_id)
+    bob_server = await join(world, bob_gw, world.voice_id)
+    state = await ann_gw.wait("VOICE_STATE_UPDATE", lambda d: d["user_id"] == world.bob["id"])
+    assert state["suppress"] is True
+    mark = ann_gw.mark()
+    publisher = await publish(bob_gw, bob_server, ssrc=777)
+    offer = await ann_gw.wait("VOICE_SUBSCRIBE_OFFER", after=mark)
+    subscriber = await subscribe(world, ann_gw, ann_server, offer)
+    await stream(publisher, 777, 60)
+    await trio.sleep(0.5)  # nothing must arrive: wait for the packets in flight, if any
+    assert subscriber.received() == 0
+
+    # SPEAK granted again: within a second bob is heard.
+    await world.live.call(
+        "DELETE",
+        f"{API}/channels/{world.voice_id}/permissions/{world.bob['id']}",
+        world.ann["token"],
+    )
+    await ann_gw.wait(
+        "VOICE_STATE_UPDATE",
+        lambda d: d["user_id"] == world.bob["id"] and d["suppress"] is False,
+        within=1.0,
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream, publisher, 777, 100, 60)
+        await until_received(subscriber, 20)
+
+
+async def test_server_mute_stops_forwarding_and_losing_connect_disconnects(
+    world: World,
+) -> None:
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    ann_server = await join(world, ann_gw, world.voice_id)
+    bob_server = await join(world, bob_gw, world.voice_id)
+    mark = ann_gw.mark()
+    publisher = await publish(bob_gw, bob_server, ssrc=999)
+    offer = await ann_gw.wait("VOICE_SUBSCRIBE_OFFER", after=mark)
+    subscriber = await subscribe(world, ann_gw, ann_server, offer)
+    await stream(publisher, 999, 40)
+    await until_received(subscriber, 20)
+
+    # bob cannot moderate the owner; ann can server-mute bob.
+    status, _ = await world.live.call(
+        "PATCH",
+        f"{API}/guilds/{world.guild_id}/members/{world.ann['id']}/voice",
+        world.bob["token"],
+        {"mute": True},
+    )
+    assert status == 403
+    started = trio.current_time()
+    status, _ = await world.live.call(
+        "PATCH",
+        f"{API}/guilds/{world.guild_id}/members/{world.bob['id']}/voice",
+        world.ann["token"],
+        {"mute": True},
+    )
+    assert status == 204
+    state = await bob_gw.wait(
+        "VOICE_STATE_UPDATE", lambda d: d["user_id"] == world.bob["id"] and d["mute"]
+    )
+    assert state["channel_id"] == world.voice_id
+    assert trio.current_time() - started < 1.0
+    before = subscriber.received()
+    await stream(publisher, 999, 60, 40)
+    await trio.sleep(0.3)
+    assert subscriber.received() - before <= 2  # at most what was already in flight
+
+    # A role change that takes CONNECT away ends bob's session within a second.
+    started = trio.current_time()
+    await world.live.call(
+        "PUT",
+        f"{API}/channels/{world.voice_id}/permissions/{world.bob['id']}",
+        world.ann["token"],
+        {"type": "member", "allow": 0, "deny": int(Permission.CONNECT)},
+    )
+    await bob_gw.wait(
+        "VOICE_STATE_UPDATE",
+        lambda d: d["user_id"] == world.bob["id"] and d["channel_id"] is None,
+        within=1.0,
+    )
+    assert trio.current_time() - started < 1.5  # the PUT's own round trip included
+
+
+async def test_a_participant_whose_gateway_dies_is_removed_after_the_grace(
+    world: World,
+) -> None:
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    await join(world, ann_gw, world.voice_id)
+    await join(world, bob_gw, world.voice_id)
+    await bob_gw.ws.aclose()
+    left = await ann_gw.wait(
+        "VOICE_STATE_UPDATE",
+        lambda d: d["user_id"] == world.bob["id"] and d["channel_id"] is None,
+        within=10.0,
+    )
+    assert left["device_id"] == world.bob["device"]
+
+
+async def test_killing_the_node_replaces_the_channel_on_another_node(world: World) -> None:
+    ann_gw = await world.gateway(world.ann)
+    first = await join(world, ann_gw, world.voice_id)
+    # The second node arrives after the channel was placed, so it is on node-a.
+    node_b = await start_sfu_node(world.nursery, world.live.base, world.node_secret, "node-b")
+    await _until(lambda: world.health()["sfu_nodes"] == 2)
+    del node_b
+    mark = ann_gw.mark()
+    await _kill_node(world, "node-a")
+    again = await ann_gw.wait("VOICE_SERVER_UPDATE", after=mark, within=20.0)
+    assert again["voice_session_id"] == first["voice_session_id"]
+    assert again["channel_id"] == world.voice_id
+    # Media starts over on the new node: publishing works there.
+    await publish(ann_gw, again, ssrc=5151)
+
+
+async def _kill_node(world: World, node_id: str) -> None:
+    """SIGKILL the ``python -m sfu --node-id NODE_ID`` process (and so its link)."""
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "sfu" in cmdline and node_id in cmdline:
+            for child in process.children(recursive=True):
+                child.kill()
+            process.kill()
+            return
+    raise AssertionError(f"no node {node_id}")
+
+
+async def test_store_and_logs_hold_no_voice_state(world: World) -> None:
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    ann_server = await join(world, ann_gw, world.voice_id)
+    bob_server = await join(world, bob_gw, world.voice_id)
+    publisher = await publish(ann_gw, ann_server, ssrc=1234)
+    await stream(publisher, 1234, 20)
+    for gateway in (ann_gw, bob_gw):
+        await gateway.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": None})
+    await _until(lambda: world.health()["voice_channels"] == 0)
+    assert world.live.stop() == 0
+    stored = b"".join(p.read_bytes() for p in sorted(world.data_dir.glob("control.sqlite3*")))
+    log = world.log_path.read_bytes()
+    assert world.ann["id"].encode() in stored, "the scan reads the real database"
+    secrets_ = [
+        ann_server["voice_session_id"],
+        bob_server["voice_session_id"],
+        ann_server["ice_servers"][0]["username"].partition(":")[2],
+    ]
+    for value in secrets_:
+        assert value.encode() not in stored
+        assert value.encode() not in log
+    # The log never names who was in which channel.
+    for value in (world.voice_id, world.ann["id"], world.bob["id"]):
+        assert value.encode() not in log, value

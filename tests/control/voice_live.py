@@ -1,0 +1,266 @@
+"""Voice integration helpers: a real SFU node dialling a real control process, a gateway
+client speaking raw frames, and SDP-speaking synthetic WebRTC endpoints (``sfu.synthetic_peer``
+does ICE, DTLS and SRTP; this module writes and reads the SDP around it)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from hushroom import node_link
+from sfu.dtls import Certificate
+from sfu.ice import new_credentials
+from sfu.rtp import AUDIO_LEVEL, RtpPacket
+from sfu.sdp import SessionDescription
+from sfu.synthetic_peer import SyntheticPeer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def start_sfu_node(
+    nursery: trio.Nursery, control_url: str, secret_file: Path, node_id: str
+) -> trio.Process:
+    """``python -m sfu`` with one worker, dialling control; returns once it is ready."""
+    ws_url = control_url.replace("http://", "ws://", 1) + node_link.PATH
+    command = [
+        sys.executable,
+        "-m",
+        "sfu",
+        "--control-url",
+        ws_url,
+        "--node-secret-file",
+        str(secret_file),
+        "--workers",
+        "1",
+        "--listen-ip",
+        "127.0.0.1",
+        "--node-id",
+        node_id,
+    ]
+    process: trio.Process = await nursery.start(
+        partial(
+            trio.run_process,
+            command,
+            stdout=subprocess.PIPE,
+            check=False,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    )
+    assert process.stdout is not None
+    seen = b""
+    with trio.fail_after(60):
+        while b"sfu ready" not in seen:
+            chunk = await process.stdout.receive_some(4096)
+            assert chunk, f"sfu exited early: {seen!r}"
+            seen += chunk
+
+    async def drain() -> None:
+        assert process.stdout is not None
+        while await process.stdout.receive_some(4096):
+            pass
+
+    nursery.start_soon(drain)
+    return process
+
+
+class Gateway:
+    """One identified gateway connection; every dispatch it receives is kept in order."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.dispatches: list[tuple[str, dict[str, Any]]] = []
+        self.ready: dict[str, Any] = {}
+        self._changed = trio.Condition()
+
+    @classmethod
+    async def open(cls, nursery: trio.Nursery, ws: WebSocketConnection, token: str) -> Gateway:
+        """IDENTIFY on ``ws`` and keep reading in ``nursery``."""
+        gateway = cls(ws)
+        msgpack.unpackb(await ws.get_message())  # HELLO
+        await ws.send_message(msgpack.packb({"op": 2, "d": {"token": token}}))
+        nursery.start_soon(gateway._read)
+        gateway.ready = await gateway.wait("READY")
+        return gateway
+
+    async def _read(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._read_frames()
+
+    async def _read_frames(self) -> None:
+        while True:
+            frame = msgpack.unpackb(await self.ws.get_message())
+            if frame.get("op") == 0:
+                async with self._changed:
+                    self.dispatches.append((frame["t"], frame["d"]))
+                    self._changed.notify_all()
+
+    async def send(self, op: int, d: dict[str, Any]) -> None:
+        """Send one client frame."""
+        await self.ws.send_message(msgpack.packb({"op": op, "d": d}))
+
+    async def wait(
+        self,
+        t: str,
+        match: Callable[[dict[str, Any]], bool] = lambda d: True,
+        *,
+        within: float = 15.0,
+        after: int = 0,
+    ) -> dict[str, Any]:
+        """The first dispatch ``t`` (from index ``after`` on) that ``match`` accepts."""
+        with trio.fail_after(within):
+            async with self._changed:
+                while True:
+                    for name, d in self.dispatches[after:]:
+                        if name == t and match(d):
+                            return d
+                    await self._changed.wait()
+
+    def mark(self) -> int:
+        """An index to wait for dispatches after (see :meth:`wait`)."""
+        return len(self.dispatches)
+
+
+def _transport_from_sdp(text: str) -> dict[str, Any]:
+    """What :class:`SyntheticPeer` needs, read from the SFU's SDP (its answer or offer)."""
+    sdp = SessionDescription.parse_untrusted(text)
+    media = next(m for m in sdp.media if m.port != 0)
+    fingerprints = media.fingerprints or sdp.fingerprints
+    parts = media.candidates[0].split()
+    return {
+        "ice_parameters": {"username_fragment": media.ice_ufrag, "password": media.ice_pwd},
+        "dtls_parameters": {
+            "fingerprints": [{"algorithm": a, "value": v} for a, v in fingerprints]
+        },
+        "ice_candidates": [{"ip": parts[4], "port": int(parts[5])}],
+    }
+
+
+class VoicePeer:
+    """One device's send or receive transport as a browser would run it, over loopback."""
+
+    def __init__(self) -> None:
+        self.certificate = Certificate.generate()
+        self.ufrag, self.pwd = new_credentials()
+        self.peer: SyntheticPeer | None = None
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._arrived = trio.Condition()
+
+    def publish_offer(self, ssrc: int) -> str:
+        """A sendonly Opus offer with the audio level extension (as Chromium sends)."""
+        fingerprint = self.certificate.fingerprint()
+        return "\r\n".join(
+            [
+                "v=0",
+                "o=- 1 1 IN IP4 127.0.0.1",
+                "s=-",
+                "t=0 0",
+                "a=group:BUNDLE 0",
+                "a=msid-semantic: WMS stream",
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                "c=IN IP4 0.0.0.0",
+                f"a=ice-ufrag:{self.ufrag}",
+                f"a=ice-pwd:{self.pwd}",
+                f"a=fingerprint:sha-256 {fingerprint}",
+                "a=setup:actpass",
+                "a=mid:0",
+                f"a=extmap:1 {AUDIO_LEVEL}",
+                "a=sendonly",
+                "a=msid:stream mic",
+                "a=rtcp-mux",
+                "a=rtpmap:111 opus/48000/2",
+                "a=fmtp:111 minptime=10;useinbandfec=1",
+                f"a=ssrc:{ssrc} cname:peer",
+                "",
+            ]
+        )
+
+    def subscribe_answer(self, offer: str) -> str:
+        """Answer the SFU's offer, receiving every active m-section (DTLS client)."""
+        sdp = SessionDescription.parse_untrusted(offer)
+        fingerprint = self.certificate.fingerprint()
+        mids = [m.mid for m in sdp.media if m.port != 0]
+        lines = [
+            "v=0",
+            "o=- 2 1 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            f"a=group:BUNDLE {' '.join(str(m) for m in mids)}",
+            f"a=fingerprint:sha-256 {fingerprint}",
+        ]
+        for media in sdp.media:
+            lines += [
+                f"m=audio {9 if media.port else 0} UDP/TLS/RTP/SAVPF {media.formats[0]}",
+                "c=IN IP4 0.0.0.0",
+                f"a=ice-ufrag:{self.ufrag}",
+                f"a=ice-pwd:{self.pwd}",
+                "a=setup:active",
+                f"a=mid:{media.mid}",
+                "a=recvonly" if media.port else "a=inactive",
+                "a=rtcp-mux",
+                f"a=rtpmap:{media.formats[0]} opus/48000/2",
+            ]
+        return "\r\n".join([*lines, ""])
+
+    async def connect(self, sfu_sdp: str) -> None:
+        """ICE and DTLS against the transport the SFU's SDP describes."""
+        self.peer = SyntheticPeer(_transport_from_sdp(sfu_sdp), self.certificate)
+        await self.sock.bind(("127.0.0.1", 0))
+        target = self.peer.remote_address
+        await self.sock.sendto(self.peer.binding_request(), target)
+        for datagram in self.peer.start_dtls(trio.current_time()):
+            await self.sock.sendto(datagram, target)
+        with trio.fail_after(10):
+            while not self.peer.connected:
+                data, _ = await self.sock.recvfrom(2048)
+                for reply in self.peer.receive(data, trio.current_time()):
+                    await self.sock.sendto(reply, target)
+
+    async def send_audio(self, ssrc: int, seq: int, level: int = 20) -> None:
+        """One SRTP-protected Opus-sized packet with an audio level (−dBov)."""
+        assert self.peer is not None
+        packet = RtpPacket(
+            111, seq & 0xFFFF, 960 * seq, ssrc, extensions={1: bytes([level])}, payload=b"x" * 80
+        )
+        await self.sock.sendto(self.peer.protect(packet.serialize()), self.peer.remote_address)
+
+    async def keep_alive(self) -> None:
+        """A consent check (RFC 7675): the SFU closes transports that stop sending them."""
+        assert self.peer is not None
+        await self.sock.sendto(self.peer.binding_request(), self.peer.remote_address)
+
+    def received(self) -> int:
+        """RTP packets received and decrypted so far."""
+        return len(self.peer.rtp) if self.peer is not None else 0
+
+    async def pump(self) -> None:
+        """Read datagrams from the SFU forever (run in a nursery)."""
+        assert self.peer is not None
+        while True:
+            data, _ = await self.sock.recvfrom(2048)
+            self.peer.receive(data, trio.current_time())
+            async with self._arrived:
+                self._arrived.notify_all()
+
+    async def wait_received(self, count: int, within: float = 5.0) -> None:
+        """Until :meth:`pump` has received ``count`` RTP packets."""
+        with trio.fail_after(within):
+            async with self._arrived:
+                while self.received() < count:
+                    await self._arrived.wait()
+
+    def rtp(self) -> list[RtpPacket]:
+        """The received packets, parsed."""
+        assert self.peer is not None
+        return [RtpPacket.parse_untrusted(p) for p in self.peer.rtp]
