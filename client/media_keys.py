@@ -43,7 +43,7 @@ from client.models import Device
 from client.notices import Notices
 from client.sessions import Sessions
 from client.trust import Trust
-from client.voice.media import FrameKeys
+from client.voice.keys import FrameKeys
 from client.voice.signalling import VoiceState
 from e2ee import DecryptedMessage, E2EEError, MessageType, pad, unpad
 from e2ee.errors import SenderIndexClaimed

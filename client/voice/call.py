@@ -62,7 +62,15 @@ from client.voice.signalling import (
 )
 from contract.gateway import EventName, Op
 
-__all__ = ["CallMedia", "Rejoin", "VoiceCall", "peer_configuration"]
+__all__ = [
+    "VOICE_EVENTS",
+    "CallMedia",
+    "Rejoin",
+    "TrackHandler",
+    "VoiceCall",
+    "peer_configuration",
+    "record_tracks",
+]
 
 #: Dispatches a call acts on.
 VOICE_EVENTS = frozenset(

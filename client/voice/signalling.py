@@ -42,6 +42,7 @@ __all__ = [
     "SpeakingChanged",
     "StartTransports",
     "VoiceState",
+    "VoiceStates",
     "decode_ice_servers_untrusted",
     "decode_voice_state_untrusted",
 ]
@@ -450,3 +451,29 @@ class CallSignalling:
         else:
             self.speaking.discard(key)
         return [SpeakingChanged(key[0], key[1], speaking)]
+
+
+class VoiceStates:
+    """Every voice state this device has been told of (READY's ``voice_states`` and each
+    VOICE_STATE_UPDATE since), in memory: who is in which voice channel, before and while
+    this device is in a call."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], VoiceState] = {}
+
+    def ready_untrusted(self, voice_states: object) -> None:
+        """Replace everything with READY's ``voice_states`` (a fresh session)."""
+        states = [decode_voice_state_untrusted(s) for s in _list(voice_states, "voice state", 4096)]
+        self._states = {(s.user_id, s.device_id): s for s in states if s.channel_id is not None}
+
+    def update(self, state: VoiceState) -> None:
+        """Apply one VOICE_STATE_UPDATE."""
+        key = (state.user_id, state.device_id)
+        if state.channel_id is None:
+            self._states.pop(key, None)
+        else:
+            self._states[key] = state
+
+    def in_channel(self, channel_id: str) -> dict[tuple[str, str], VoiceState]:
+        """The devices in ``channel_id`` now, by (user id, device id)."""
+        return {k: s for k, s in self._states.items() if s.channel_id == channel_id}
