@@ -372,6 +372,10 @@ class ControlApi:
             raise ProtocolError("the server sent a malformed channel list")
         return [Channel.from_wire_untrusted(c) for c in data]
 
+    async def moderate_voice(self, guild_id: str, user_id: str, body: dict[str, Any]) -> None:
+        """Server mute/deafen, move or disconnect a member in voice (docs/voice.md)."""
+        await self.call("PATCH", f"/guilds/{guild_id}/members/{user_id}/voice", body)
+
     async def create_invite(self, channel_id: str, max_uses: int = 0, max_age: int = 86400) -> str:
         """Create an invite; returns its code."""
         body = {"max_uses": max_uses, "max_age": max_age}

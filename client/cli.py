@@ -1,4 +1,4 @@
-"""The people's commands: ``hushroom register|login|guild|channel|send|dm|read|tail|...``.
+"""The people's commands: ``hushroom register|login|guild|channel|voice|send|dm|read|...``.
 
 ``main(argv)`` receives the command name first (``hushroom`` routes here). Every command
 takes ``--profile DIR`` (default ``$XDG_DATA_HOME/hushroom/profiles/default``) and
@@ -16,6 +16,7 @@ import argparse
 import datetime
 import getpass
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -48,6 +49,7 @@ COMMANDS = (
     "login",
     "guild",
     "channel",
+    "voice",
     "send",
     "dm",
     "read",
@@ -147,10 +149,38 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("channel", parents=[common], help="create and list channels")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    cc = csub.add_parser("create", parents=[common], help="create a text channel")
+    cc = csub.add_parser("create", parents=[common], help="create a text or voice channel")
     cc.add_argument("guild", help="guild id or name")
     cc.add_argument("name")
     cc.add_argument("--retention-days", type=int, default=None)
+    cc.add_argument("--voice", action="store_true", help="a voice channel")
+    cc.add_argument("--user-limit", type=int, default=None, help="voice: 0 = unlimited")
+    cc.add_argument("--bitrate", type=int, default=None, help="voice: bits per second")
+
+    p = sub.add_parser("voice", parents=[common], help="voice channels: join, moderate")
+    vsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    vj = vsub.add_parser("join", parents=[common], help="join a voice channel")
+    vj.add_argument("channel", help="GUILD/CHANNEL, channel id or name")
+    source = vj.add_mutually_exclusive_group()
+    source.add_argument("--play", type=Path, metavar="FILE.wav", help="publish a WAV file")
+    source.add_argument("--tone", type=float, metavar="HZ", help="publish a sine tone")
+    vj.add_argument("--record", type=Path, metavar="OUT.wav", help="record each participant")
+    vj.add_argument("--mute", action="store_true", help="join self-muted")
+    vj.add_argument("--deaf", action="store_true", help="join self-deafened")
+    vj.add_argument("--duration", type=float, default=None, metavar="S", help="leave after S")
+    vj.add_argument("--relay-only", action="store_true", help="media through TURN only")
+    for action, text in (("mute", "server-mute"), ("deafen", "server-deafen")):
+        vm = vsub.add_parser(action, parents=[common], help=f"{text} a member")
+        vm.add_argument("guild", help="guild id or name")
+        vm.add_argument("member", help="handle")
+        vm.add_argument("--off", action="store_true", help=f"undo the {text}")
+    vmv = vsub.add_parser("move", parents=[common], help="move a member to a voice channel")
+    vmv.add_argument("guild", help="guild id or name")
+    vmv.add_argument("member", help="handle")
+    vmv.add_argument("channel", help="voice channel id or name")
+    vd = vsub.add_parser("disconnect", parents=[common], help="disconnect a member from voice")
+    vd.add_argument("guild", help="guild id or name")
+    vd.add_argument("member", help="handle")
     csub.add_parser("list", parents=[common], help="channels you can see").add_argument("guild")
 
     p = sub.add_parser("send", parents=[common], help="send to a channel")
@@ -339,9 +369,17 @@ async def _cmd_channel(args: argparse.Namespace, out: _Out) -> None:
     async with await _open(args) as client:
         g = await _find_guild(client, args.guild)
         if args.action == "create":
-            fields = {}
+            fields: dict[str, Any] = {}
             if args.retention_days is not None:
                 fields["retention_days"] = args.retention_days
+            if args.voice:
+                fields["type"] = "voice"
+            elif args.user_limit is not None or args.bitrate is not None:
+                raise UsageError("--user-limit and --bitrate are for voice channels (--voice)")
+            if args.user_limit is not None:
+                fields["user_limit"] = args.user_limit
+            if args.bitrate is not None:
+                fields["bitrate"] = args.bitrate
             channel = await client.api.create_channel(str(g["id"]), args.name, **fields)
             out.emit({"id": channel.id, "name": channel.name}, f"created #{channel.name}")
         else:
@@ -578,11 +616,104 @@ async def _cmd_delete(args: argparse.Namespace, out: _Out) -> None:
     out.emit({"deleted": handle}, f"account {handle} erased from the server and this device")
 
 
+async def _cmd_voice(args: argparse.Namespace, out: _Out) -> None:
+    async with await _open(args) as client:
+        if args.action == "join":
+            await _voice_join(client, args, out)
+            return
+        g = await _find_guild(client, args.guild)
+        guild_id = str(g["id"])
+        member = await client.api.user_by_handle(args.member)
+        if args.action == "mute":
+            await client.moderate_voice(guild_id, member.id, mute=not args.off)
+        elif args.action == "deafen":
+            await client.moderate_voice(guild_id, member.id, deaf=not args.off)
+        elif args.action == "move":
+            channel = await client.find_channel(args.channel, guild_id)
+            await client.moderate_voice(guild_id, member.id, move_to=channel.id)
+        else:
+            await client.moderate_voice(guild_id, member.id, disconnect=True)
+        out.emit({"done": args.action, "user_id": member.id}, f"{args.action}: @{member.handle}")
+
+
+async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> None:
+    """Be in a voice channel, showing who is there and who speaks, until --duration or ^C."""
+    # Loaded here: aiortc is heavy, and only this command needs it.
+    from client.voice import ToneSource, WavFileSource, WavRecorder, record_track
+    from client.voice.call import record_tracks
+    from client.voice.signalling import CallFailed, ParticipantsChanged, SpeakingChanged
+
+    channel = await client.find_channel(args.channel)
+    if channel.type != "voice":
+        raise UsageError(f"#{channel.name} is not a voice channel")
+    if args.play is not None:
+        WavFileSource(args.play).stop()  # a file that cannot be read fails here, not mid-call
+    tone, play = args.tone, args.play
+
+    def source() -> Any:
+        if args.mute or (tone is None and play is None):
+            # No microphone capture yet: silence keeps the send transport alive.
+            return ToneSource(440, amplitude=0.0)
+        if play is not None:
+            return WavFileSource(play, loop=True)
+        return ToneSource(tone)
+
+    recorders: list[Any] = []
+
+    async def record(consumer: Any, track: Any) -> None:
+        if args.record is None or args.deaf:
+            return
+        who = f"{consumer.user_id}-{consumer.device_id}" if consumer else "unknown"
+        path = args.record.with_name(f"{args.record.stem}-{who}{args.record.suffix or '.wav'}")
+        recorder = WavRecorder(path)
+        recorders.append(recorder)
+        await record_track(track, recorder)
+
+    async def name(user_id: str) -> str:
+        return await client.conversation_label(f"dm:{user_id}")
+
+    try:
+        async with (
+            client.live(),
+            client.voice_call(
+                channel.guild_id,
+                channel.id,
+                source,
+                self_mute=args.mute,
+                self_deaf=args.deaf,
+                relay_only=args.relay_only,
+                on_track=record_tracks(record),
+            ) as call,
+        ):
+            out.emit({"joined": channel.id}, f"joined voice #{channel.name}")
+            with trio.move_on_after(args.duration if args.duration is not None else math.inf):
+                async for update in call.updates:
+                    if isinstance(update, ParticipantsChanged):
+                        names = [await name(u) for u, _ in update.participants]
+                        out.emit(
+                            {"participants": [list(k) for k in update.participants]},
+                            "in the channel: " + (", ".join(sorted(names)) or "nobody else"),
+                        )
+                    elif isinstance(update, SpeakingChanged):
+                        verb = "speaking" if update.speaking else "quiet"
+                        out.emit(
+                            {"speaking": update.speaking, "user_id": update.user_id},
+                            f"{await name(update.user_id)} {verb}",
+                        )
+                    elif isinstance(update, CallFailed):
+                        raise ClientError(f"voice refused ({update.code}): {update.message}")
+    finally:
+        for recorder in recorders:
+            recorder.close()
+    out.emit({"left": channel.id}, f"left voice #{channel.name}")
+
+
 _HANDLERS: dict[str, Callable[[argparse.Namespace, _Out], Awaitable[None]]] = {
     "register": _cmd_register,
     "login": _cmd_login,
     "guild": _cmd_guild,
     "channel": _cmd_channel,
+    "voice": _cmd_voice,
     "send": _cmd_send,
     "dm": _cmd_dm,
     "read": _cmd_read,

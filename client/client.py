@@ -15,6 +15,8 @@ parts below it) explicitly, and usable without a ``Client`` (docs/client.md has 
   read a channel, sender-key chains, channel messages;
 * :mod:`client.devices` — this account's devices and linking a new one;
 * :mod:`client.sync` — catching up by REST and following the gateway live;
+* :mod:`client.media_keys`, :mod:`client.voice` — voice calls: media keys over pairwise
+  sessions, signalling, SFrame-protected aiortc media;
 * :mod:`client.history`, :mod:`client.notices` — what is kept to show.
 
 Everything the server sees is ciphertext built with :mod:`e2ee`.
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -37,10 +39,11 @@ from client.channels import Channels
 from client.devices import LINK_CODE_TTL_S, Devices
 from client.devices import join_device as _join_device
 from client.dm import DirectMessages
-from client.errors import NotRegistered
+from client.errors import ClientError, NotRegistered, UsageError
 from client.gateway import GatewayClient
 from client.history import History, Message
 from client.inbox import Inbox
+from client.media_keys import MediaKeys
 from client.models import Channel, ChannelMessage, Device, Envelope, PrekeyCounts
 from client.notices import Notice, Notices
 from client.prekeys import Prekeys
@@ -49,7 +52,15 @@ from client.sessions import Sessions
 from client.store import Passphrase, Store
 from client.sync import Sync
 from client.trust import Trust
+from client.voice.calls import Voice
+from client.voice.signalling import VoiceState
+from contract.gateway import Op
 from e2ee import IdentityKeyPair, LinkingSecret, PreKeyStore
+
+if TYPE_CHECKING:
+    from aiortc import MediaStreamTrack
+
+    from client.voice.call import TrackHandler, VoiceCall
 
 __all__ = ["Client", "Message", "Notice"]
 
@@ -113,6 +124,11 @@ class Client:
         # hands it to the others over their pairwise sessions (client.trust).
         trust.hand_over = dms.hand_over_account_key
         self._sync = Sync(api, trust, prekeys, audience, inbox, channels)
+        # Voice: media keys arrive through the inbox, voice dispatches through Sync.
+        self._media_keys = MediaKeys(self.account, trust, sessions, notices)
+        inbox.on_media_key = self._media_keys.received
+        self._voice = Voice(self.user_id, self.device_id, self._media_keys)
+        self._sync.on_voice = self._voice.dispatch
 
     @property
     def prekeys(self) -> PreKeyStore:
@@ -313,6 +329,71 @@ class Client:
         """Follow the gateway: yields a channel of new messages (DMs and channels), once
         connected and caught up (:meth:`client.sync.Sync.live`)."""
         return self._sync.live()
+
+    # --- voice (client.voice, client.media_keys) ---------------------------------------
+
+    @property
+    def media_keys(self) -> MediaKeys:
+        """The media keys of the running call (:class:`client.media_keys.MediaKeys`)."""
+        return self._media_keys
+
+    def voice_states(self, channel_id: str) -> dict[tuple[str, str], VoiceState]:
+        """Who is in voice channel ``channel_id``, as the gateway said (while live)."""
+        return self._voice.states.in_channel(channel_id)
+
+    def voice_call(
+        self,
+        guild_id: str,
+        channel_id: str,
+        source: Callable[[], MediaStreamTrack],
+        *,
+        self_mute: bool = False,
+        self_deaf: bool = False,
+        relay_only: bool = False,
+        on_track: TrackHandler | None = None,
+    ) -> AbstractAsyncContextManager[VoiceCall]:
+        """Be in a voice channel for the ``async with`` block, inside :meth:`live`
+        (:meth:`client.voice.call.Voice.join`). ``source`` makes the track to publish;
+        ``on_track(participant, track)`` gets each participant's received audio."""
+        return self._voice.join(
+            self._send_gateway,
+            guild_id,
+            channel_id,
+            source,
+            self_mute=self_mute,
+            self_deaf=self_deaf,
+            relay_only=relay_only,
+            on_track=on_track,
+        )
+
+    async def _send_gateway(self, op: Op, d: dict[str, Any]) -> None:
+        gateway = self._sync.gateway
+        if gateway is None:
+            raise ClientError("voice needs the gateway: join inside client.live()")
+        await gateway.send(op, d)
+
+    async def moderate_voice(
+        self,
+        guild_id: str,
+        user_id: str,
+        *,
+        mute: bool | None = None,
+        deaf: bool | None = None,
+        move_to: str | None = None,
+        disconnect: bool = False,
+    ) -> None:
+        """Server mute/deafen, move or disconnect a member (MUTE_MEMBERS, DEAFEN_MEMBERS,
+        MOVE_MEMBERS; docs/voice.md "Moderation")."""
+        body: dict[str, Any] = {}
+        if mute is not None:
+            body["mute"] = mute
+        if deaf is not None:
+            body["deaf"] = deaf
+        if move_to is not None or disconnect:
+            body["channel_id"] = move_to
+        if not body:
+            raise UsageError("say what to change: mute, deaf, a channel to move to, or disconnect")
+        await self.api.moderate_voice(guild_id, user_id, body)
 
     # --- privacy (client.account) -------------------------------------------------------
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import msgpack
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError, open_websocket
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket
 
-from client.errors import ProtocolError, TokenRefused
+from client.errors import ProtocolError, TokenRefused, TransportError
 from client.http import split_server_url
-from contract.gateway import MAX_SERVER_FRAME, Close, EventName, Op
+from contract.gateway import MAX_CLIENT_FRAME, MAX_SERVER_FRAME, Close, EventName, Op
 
 __all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
 
@@ -154,6 +154,24 @@ class GatewayClient:
         self.core = GatewayCore(token)
         self.connections = 0
         self._connection_scope: trio.CancelScope | None = None
+        self._ws: WebSocketConnection | None = None
+
+    async def send(self, op: Op, d: Any) -> None:
+        """Send one client frame (voice ops 4, 12, 13) on the current connection.
+
+        Raises :class:`TransportError` when no session is established (the frame would be
+        lost in a reconnect; the caller acts again on the READY or RESUMED that follows).
+        """
+        frame = encode_frame(op, d)
+        if len(frame) > MAX_CLIENT_FRAME:
+            raise ProtocolError(f"a gateway frame of {len(frame)} bytes is over the limit")
+        ws = self._ws
+        if ws is None or not self.core.established:
+            raise TransportError("the gateway is not connected; try again once it is")
+        try:
+            await ws.send_message(frame)
+        except ConnectionClosed:
+            raise TransportError("the gateway connection closed while sending") from None
 
     def reconnect(self) -> None:
         """Drop the current connection now and RESUME on a new one (e.g. after the network
@@ -178,7 +196,10 @@ class GatewayClient:
             while True:
                 try:
                     with trio.CancelScope() as self._connection_scope:
-                        await self._connect_once(out)
+                        try:
+                            await self._connect_once(out)
+                        finally:
+                            self._ws = None
                     delay = 0.1
                 except* (OSError, HandshakeError, ConnectionClosed, ProtocolError):
                     # Dropped or refused: back off, then RESUME (or IDENTIFY) again.
@@ -193,6 +214,7 @@ class GatewayClient:
         ) as ws:
             self.connections += 1
             core.connection_opened()
+            self._ws = ws
             async with trio.open_nursery() as nursery:
 
                 async def heartbeat() -> None:

@@ -76,6 +76,10 @@ class Inbox:
         self._notices = notices
         self._can_read = can_read
         self._pending_acks: list[str] = []
+        #: Where MEDIA_KEY messages go (:meth:`client.media_keys.MediaKeys.received`).
+        self.on_media_key: Callable[[bytes, str, str, DecryptedMessage], Awaitable[None]] | None = (
+            None
+        )
 
     async def sync(self) -> list[Message]:
         """Fetch, decrypt, persist and ack every envelope queued for this device."""
@@ -153,6 +157,9 @@ class Inbox:
         if kind is MessageType.SENDER_KEY_DISTRIBUTION:
             await self._sender_key(conv, sender, env.sender_device_id, decrypted)
             return None
+        if kind is MessageType.MEDIA_KEY:
+            await self._media_key(conv, sender, env.sender_device_id, decrypted)
+            return None
         if kind is MessageType.TEXT and conv.startswith(b"dm:"):
             return await self._dms.received(sender, decrypted)
         if kind is MessageType.DEVICE_SYNC and conv.startswith(b"self:"):
@@ -181,3 +188,13 @@ class Inbox:
             f"{self._trust.name(user_id)} sent a key for {where}, which they cannot read: "
             "their messages there are not shown",
         )
+
+    async def _media_key(
+        self, conv: bytes, user_id: str, device_id: str, decrypted: DecryptedMessage
+    ) -> None:
+        """A voice call's media key: to the call, bound to the device that delivered it;
+        dropped when no call is running in this process (it is worthless afterwards)."""
+        if not conv.startswith(b"voice:"):
+            raise UndecryptableMessage("a media key outside a voice conversation")
+        if self.on_media_key is not None:
+            await self.on_media_key(conv, user_id, device_id, decrypted)

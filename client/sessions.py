@@ -10,8 +10,8 @@ No state is cached in memory: every ratchet step is load → step → save insid
 transaction, so two processes on one profile never encrypt with the same message key
 (with a fixed AEAD nonce that would be fatal) nor write back an older state.
 
-Everything sent pairwise — DMs, device-sync copies, sender-key distributions — goes out
-through :meth:`Sessions.fan_out`; everything received comes in through
+Everything sent pairwise — DMs, device-sync copies, sender-key distributions, media
+keys — goes out through :meth:`Sessions.fan_out`; everything received comes in through
 :meth:`Sessions.decrypt`.
 """
 
@@ -143,6 +143,8 @@ class Sessions:
         conversation_for: Callable[[str], bytes],
         plaintext_for: Callable[[str], bytes],
         message_type: Callable[[str], MessageType],
+        *,
+        device_plaintext: Callable[[str, str], bytes] | None = None,
     ) -> None:
         """Encrypt for every device of every recipient user and post the envelopes.
 
@@ -151,7 +153,9 @@ class Sessions:
         signed lists) and retries; a server that insists on a device no signed list
         names gets nothing (:class:`UntrustedDevice`). Each ratchet step is loaded,
         taken and saved inside one store transaction, so two processes on one profile
-        never encrypt with the same message key.
+        never encrypt with the same message key. ``device_plaintext(user id, device id)``,
+        when given, decides each device's plaintext instead of ``plaintext_for`` (media
+        keys go only to the devices in a call, the relay wants every device named).
         """
         for attempt in range(_STALE_RETRIES + 1):
             for user_id, devices in recipients.items():
@@ -163,8 +167,13 @@ class Sessions:
                     entries = []
                     for device in devices:
                         states = self.usable(user_id, device)
+                        plaintext = (
+                            plaintext_for(user_id)
+                            if device_plaintext is None
+                            else device_plaintext(user_id, device.id)
+                        )
                         ciphertext = states[0].encrypt(
-                            plaintext_for(user_id),
+                            plaintext,
                             message_type=message_type(user_id),
                             conversation_id=conv,
                         )

@@ -15,7 +15,7 @@ device of the account handed over, as soon as it has arrived.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -75,6 +75,8 @@ class Sync:
         #: The gateway session while :meth:`live` runs (``gateway.reconnect()`` resumes).
         self.gateway: GatewayClient | None = None
         self._set_up = False
+        #: The running voice call's dispatch handler (:meth:`client.voice.call.VoiceCall.dispatch`).
+        self.on_voice: Callable[[Dispatch], Awaitable[None]] | None = None
 
     async def set_up(self) -> None:
         """Once per process, and whenever another device handed the account key over:
@@ -145,6 +147,7 @@ class Sync:
 
     async def handle_dispatch(self, event: Dispatch) -> list[Message]:
         """The new messages one gateway dispatch brings (after acting on it)."""
+        await self._voice(event)
         d = event.data
         if event.type == EventName.READY:
             envelopes = d.get("envelopes", []) if isinstance(d, dict) else []
@@ -172,3 +175,9 @@ class Sync:
         if event.type == EventName.PREKEYS_LOW:
             await self._prekeys.maintain()
         return []
+
+    async def _voice(self, event: Dispatch) -> None:
+        """Hand a dispatch to the running voice call, if any (voice states, voice server
+        updates, SDP answers and offers, speaking; READY's voice states)."""
+        if self.on_voice is not None:
+            await self.on_voice(event)
