@@ -228,7 +228,11 @@ class Sync:
         return self._api.token
 
     async def handle_dispatch(self, event: Dispatch) -> list[Message]:
-        """The new messages one gateway dispatch brings (after acting on it)."""
+        """The new messages one gateway dispatch brings (after acting on it).
+
+        A READY saying more envelopes are queued than it lists hands them to
+        :meth:`live`'s backlog task (outside :meth:`live`, :meth:`envelopes` fetches them).
+        """
         d = event.data
         if event.type == EventName.READY:
             envelopes = d.get("envelopes", []) if isinstance(d, dict) else []
