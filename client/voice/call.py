@@ -86,6 +86,9 @@ VOICE_EVENTS = frozenset(
 
 TrackHandler = Callable[[ConsumerInfo | None, MediaStreamTrack], None]
 
+#: Seconds a replaced or final call's transports get to close before they are abandoned.
+RETIRE_WITHIN = 2.0
+
 
 def peer_configuration(
     ice_servers: tuple[IceServer, ...], *, relay_only: bool = False
@@ -244,6 +247,8 @@ class VoiceCall:
         self._updates_in, self.updates = trio.open_memory_channel[SignallingEvent](256)
         #: Set once the send transport's answer is applied (media flows from then on).
         self.published = trio.Event()
+        #: Where replaced transports close (see :meth:`_retire_media`); open while running.
+        self._retiring: trio.Nursery | None = None
 
     # --- the gateway side (Sync's task) ----------------------------------------------------
 
@@ -285,7 +290,8 @@ class VoiceCall:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join, then carry out media work until cancelled; leaves on the way out."""
-        async with trio_asyncio.open_loop():
+        async with trio_asyncio.open_loop(), trio.open_nursery() as retiring:
+            self._retiring = retiring
             try:
                 await self._send(*self.signalling.join())
                 task_status.started()
@@ -293,17 +299,17 @@ class VoiceCall:
                     await self._carry_out(action)
             finally:
                 with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await self._close_media()
+                    self._retire_media()
                     if self.signalling.state is not CallState.IDLE:
                         await self._send(*self.signalling.leave())
                 self.media_keys.end()
 
     async def _carry_out(self, action: _MediaAction) -> None:
         if isinstance(action, Rejoin):
-            await self._close_media()
+            self._retire_media()
             await self._send(*self.signalling.join())
         elif isinstance(action, StartTransports):
-            await self._close_media()
+            self._retire_media()
             keys = self.media_keys.keys
             if keys is None:
                 return
@@ -324,11 +330,25 @@ class VoiceCall:
                 )
                 await self._send(*self.signalling.subscribe_answer(answer))
         else:
-            await self._close_media()
+            self._retire_media()
 
-    async def _close_media(self) -> None:
+    def _retire_media(self) -> None:
+        """Let go of the current transports; they close in the background, so new ones
+        never wait on them. aiortc may take until ICE consent expires (about 30 s) to stop
+        a sender whose SFU died, which would hold a failover that long: the close gets
+        :data:`RETIRE_WITHIN` seconds and is then abandoned."""
         media, self.media = self.media, None
-        if media is not None:
+        if media is not None and self._retiring is not None:
+            self._retiring.start_soon(self._close_media, media)
+
+    @staticmethod
+    async def _close_media(media: CallMedia) -> None:
+        # Shielded (and bounded): the call's own end must still close them.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(RETIRE_WITHIN),
+            contextlib.suppress(Exception),
+        ):
             await trio_asyncio.aio_as_trio(media.close)()
 
     async def set_self(self, *, mute: bool, deaf: bool) -> None:
