@@ -87,6 +87,11 @@ class TransportCcRecorder:
         )
 
 
+#: DTLS datagrams a transport holds while it waits for the peer's fingerprints (a
+#: ClientHello flight is one or two).
+EARLY_DTLS_HELD = 4
+
+
 @dataclass(eq=False)
 class WebRtcTransport:
     """One peer's transport inside a router (see module docstring)."""
@@ -113,6 +118,11 @@ class WebRtcTransport:
     # loopback between the workers' ports, no ICE, no DTLS, no SRTP.
     pipe: bool = False
     pipe_address: Address | None = None
+    #: DTLS datagrams that came (from an address ICE authenticated) before the peer's
+    #: fingerprints did: a subscriber's ClientHello races its answer, which travels through
+    #: the gateway and control. Replayed once the transport is armed, so the peer does not
+    #: wait out its 1 s retransmission timer. At most :data:`EARLY_DTLS_HELD`.
+    early_dtls: list[tuple[bytes, Address]] = field(default_factory=list)
 
     @classmethod
     def create(cls, transport_id: str, router_id: str) -> WebRtcTransport:
@@ -125,13 +135,27 @@ class WebRtcTransport:
         """Where media goes: the ICE-selected address, once DTLS-SRTP is up."""
         return self.ice.selected if self.srtp is not None else None
 
-    def connect(self, context: SSL.Context, remote_fingerprints: list[tuple[str, str]]) -> None:
-        """Arm the DTLS server with the fingerprints from the peer's SDP."""
+    def connect(
+        self, context: SSL.Context, remote_fingerprints: list[tuple[str, str]], now: float
+    ) -> list[tuple[bytes, Address]]:
+        """Arm the DTLS server with the fingerprints from the peer's SDP; returns what to
+        send in answer to DTLS datagrams that arrived before (and where to)."""
         self.dtls = DtlsSession(context, remote_fingerprints)
+        early, self.early_dtls = self.early_dtls, []
+        return [
+            (reply, address)
+            for data, address in early
+            for reply in self.receive_dtls_untrusted(data, now, address)
+        ]
 
-    def receive_dtls_untrusted(self, data: bytes, now: float) -> list[bytes]:
-        """Feed a DTLS datagram; returns datagrams to send back. Keys SRTP on completion."""
+    def receive_dtls_untrusted(
+        self, data: bytes, now: float, address: Address | None = None
+    ) -> list[bytes]:
+        """Feed a DTLS datagram; returns datagrams to send back. Keys SRTP on completion.
+        Before :meth:`connect`, a datagram from ``address`` is held (a few at most)."""
         if self.dtls is None:
+            if address is not None and len(self.early_dtls) < EARLY_DTLS_HELD:
+                self.early_dtls.append((bytes(data), address))
             return []
         self.dtls.receive_untrusted(data, now)
         if self.srtp is None and self.dtls.state is DtlsState.CONNECTED:

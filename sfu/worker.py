@@ -162,7 +162,7 @@ class Worker:
             if transport is None:
                 self.dropped += 1
                 return
-            for datagram in transport.receive_dtls_untrusted(data, now):
+            for datagram in transport.receive_dtls_untrusted(data, now, address):
                 self.send(datagram, address)
         else:
             self.dropped += 1
@@ -418,7 +418,7 @@ class Worker:
             except SfuError as exc:
                 raise BadParams(str(exc)) from None
             if transport.dtls is None:
-                transport.connect(self._context, remote_fingerprints(offer))
+                self._arm_dtls(transport, remote_fingerprints(offer), now)
             created = []
             for track in tracks:
                 producer = self._add_producer(
@@ -451,8 +451,14 @@ class Worker:
             fingerprints.append((_str(item, "algorithm"), _str(item, "value")))
         if transport.dtls is not None:
             raise BadParams("transport is already connected")
-        transport.connect(self._context, fingerprints)
+        self._arm_dtls(transport, fingerprints, now)
         return {}
+
+    def _arm_dtls(
+        self, transport: WebRtcTransport, fingerprints: list[tuple[str, str]], now: float
+    ) -> None:
+        for datagram, address in transport.connect(self._context, fingerprints, now):
+            self.send(datagram, address)
 
     def transport_offer(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``transport.offer``: the SFU's offer for everything this transport consumes."""
@@ -482,7 +488,7 @@ class Worker:
         if not fingerprints:
             raise BadParams("answer carries no DTLS fingerprint")
         if transport.dtls is None:
-            transport.connect(self._context, fingerprints)
+            self._arm_dtls(transport, fingerprints, now)
         return {}
 
     def pipe_create(self, params: dict[str, Any], now: float) -> dict[str, Any]:

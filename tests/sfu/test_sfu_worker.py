@@ -791,3 +791,38 @@ def test_new_producers_appear_by_renegotiation_with_stable_mids(room) -> None:
     ]
     assert int(second["mid"]) == 1
     assert offer2.bundle == ["1"]
+
+
+def test_a_client_hello_that_beats_the_answer_is_answered_when_the_answer_comes() -> None:
+    # A subscriber's answer travels through the gateway and control while its DTLS goes
+    # straight to the SFU: the ClientHello arrives first and must not cost the client its
+    # 1 s retransmission timer.
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    created = h.call("transport.create", router_id=router_id)
+    peer = SyntheticPeer(created)
+    address = ("127.0.0.1", 5003)
+    h.peers[address] = peer
+    h.worker.datagram_received(peer.binding_request(), address, h.now)
+    for datagram in peer.start_dtls(h.now):
+        h.worker.datagram_received(datagram, address, h.now)
+    h.deliver()  # the binding response only: no DTLS answer yet
+    assert not peer.connected
+    h.call(
+        "transport.connect",
+        transport_id=created["transport_id"],
+        dtls_parameters=peer.dtls_parameters(),
+    )
+    h.deliver()  # the held ClientHello is answered now, with no retransmission
+    assert peer.connected
+
+
+def test_dtls_from_an_address_ice_never_authenticated_is_not_held() -> None:
+    h = Harness()
+    router_id = h.call("router.create")["router_id"]
+    created = h.call("transport.create", router_id=router_id)
+    peer = SyntheticPeer(created)
+    for datagram in peer.start_dtls(h.now):
+        h.worker.datagram_received(datagram, ("127.0.0.1", 5004), h.now)
+    transport = h.worker.transports[created["transport_id"]]
+    assert transport.early_dtls == []
