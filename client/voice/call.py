@@ -86,6 +86,9 @@ VOICE_EVENTS = frozenset(
 
 TrackHandler = Callable[[ConsumerInfo | None, MediaStreamTrack], None]
 
+#: How long closing a call's two transports may take before the call goes on without it.
+CLOSE_TIMEOUT_S = 2.0
+
 
 def peer_configuration(
     ice_servers: tuple[IceServer, ...], *, relay_only: bool = False
@@ -329,7 +332,10 @@ class VoiceCall:
     async def _close_media(self) -> None:
         media, self.media = self.media, None
         if media is not None:
-            await trio_asyncio.aio_as_trio(media.close)()
+            # Bounded: aiortc's close has been seen never returning (a sender's RTP task
+            # that does not end when cancelled), and a leave must not wait on it forever.
+            with trio.move_on_after(CLOSE_TIMEOUT_S):
+                await trio_asyncio.aio_as_trio(media.close)()
 
     async def set_self(self, *, mute: bool, deaf: bool) -> None:
         """Change self mute/deafen (op 4 in the same channel)."""
