@@ -101,15 +101,16 @@ def test_readme_first_call_runs_as_written(deployment: str, tmp_path: Path) -> N
         timeout=180,
     )
     assert result.returncode == 0, result.stderr
+    # Alice and Bob share the terminal: their lines may interleave mid-line.
     out = result.stdout
     # Both were in the call, each saw the other, someone was shown speaking.
-    assert out.count("joined voice #Lounge\n") == 2, out
-    assert out.count("left voice #Lounge\n") == 2, out
-    assert "in the channel: @alice\n" in out and "in the channel: @bob\n" in out, out
-    assert re.search(r"^@(alice|bob) speaking$", out, re.M), out
+    assert out.count("joined voice #Lounge") == 2, out
+    assert out.count("left voice #Lounge") == 2, out
+    assert "in the channel: @alice" in out and "in the channel: @bob" in out, out
+    assert re.search(r"@(alice|bob) speaking", out), out
     # Bob recorded Alice, and says what he heard.
     said = re.search(
-        r"^recorded @alice: (\d+\.\d) s in (\S+) \(strongest frequency (\d+) Hz\)$", out, re.M
+        r"recorded @alice: (\d+\.\d) s in (\S+?) \(strongest frequency (\d+) Hz\)", out
     )
     assert said is not None, out
     assert float(said.group(1)) >= 2.0 and said.group(2) == "call-alice.wav", out
