@@ -13,6 +13,7 @@ status 1 (2 for bad usage).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import getpass
 import json
@@ -584,9 +585,18 @@ async def _cmd_voice(args: argparse.Namespace, out: _Out) -> None:
 
 
 async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> None:
-    """Be in a voice channel, showing who is there and who speaks, until --duration or ^C."""
+    """Be in a voice channel, showing who is there and who speaks, until --duration or ^C;
+    with --record, one WAV file per participant, summed up on leaving."""
     # Loaded here: aiortc is heavy, and only this command needs it.
-    from client.voice import ToneSource, WavFileSource, WavRecorder, record_track
+    from aiortc.mediastreams import MediaStreamError
+
+    from client.voice import (
+        ToneSource,
+        WavFileSource,
+        WavRecorder,
+        dominant_frequency,
+        record_track,
+    )
     from client.voice.call import record_tracks
     from client.voice.signalling import CallFailed, ParticipantsChanged, SpeakingChanged
 
@@ -605,19 +615,49 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
             return WavFileSource(play, loop=True)
         return ToneSource(tone)
 
-    recorders: list[Any] = []
+    # Handles of the guild's members, looked up again when someone new appears: the
+    # people in a call need not be contacts of this device.
+    handles = {m.user_id: m.handle for m in await client.api.members(channel.guild_id)}
+
+    async def name(user_id: str) -> str:
+        if user_id not in handles:
+            members = await client.api.members(channel.guild_id)
+            handles.update({m.user_id: m.handle for m in members})
+        handle = handles.get(user_id)
+        return f"@{handle}" if handle else await client.conversation_label(f"dm:{user_id}")
+
+    #: (user id, device id) → (path, recorder); one file per participant's device.
+    recorders: dict[tuple[str, str], tuple[Path, Any]] = {}
+
+    def record_path(who: tuple[str, str]) -> Path:
+        base: Path = args.record
+        stem, suffix = base.stem, base.suffix or ".wav"
+        label = handles.get(who[0]) or who[0]
+        path = base.with_name(f"{stem}-{label}{suffix}")
+        if any(p == path for k, (p, _) in recorders.items() if k != who):
+            path = base.with_name(f"{stem}-{label}-{who[1]}{suffix}")
+        return path
 
     async def record(consumer: Any, track: Any) -> None:
         if args.record is None or args.deaf:
+            # Read and dropped: aiortc queues every decoded frame until someone reads it.
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    await track.recv()
             return
-        who = f"{consumer.user_id}-{consumer.device_id}" if consumer else "unknown"
-        path = args.record.with_name(f"{args.record.stem}-{who}{args.record.suffix or '.wav'}")
-        recorder = WavRecorder(path)
-        recorders.append(recorder)
+        who = (consumer.user_id, consumer.device_id) if consumer else ("unknown", "unknown")
+        if who in recorders:  # new transports (a move, a restart): a fresh file
+            recorders.pop(who)[1].close()
+        recorder = WavRecorder(record_path(who))
+        recorders[who] = (recorder.path, recorder)
         await record_track(track, recorder)
 
-    async def name(user_id: str) -> str:
-        return await client.conversation_label(f"dm:{user_id}")
+    async def show_participants(participants: Any) -> None:
+        names = [await name(u) for u, _ in participants]
+        out.emit(
+            {"participants": [list(k) for k in participants]},
+            "in the channel: " + (", ".join(sorted(names)) or "nobody else"),
+        )
 
     try:
         async with (
@@ -633,14 +673,11 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
             ) as call,
         ):
             out.emit({"joined": channel.id}, f"joined voice #{channel.name}")
+            await show_participants(dict(call.signalling.participants))
             with trio.move_on_after(args.duration if args.duration is not None else math.inf):
                 async for update in call.updates:
                     if isinstance(update, ParticipantsChanged):
-                        names = [await name(u) for u, _ in update.participants]
-                        out.emit(
-                            {"participants": [list(k) for k in update.participants]},
-                            "in the channel: " + (", ".join(sorted(names)) or "nobody else"),
-                        )
+                        await show_participants(update.participants)
                     elif isinstance(update, SpeakingChanged):
                         verb = "speaking" if update.speaking else "quiet"
                         out.emit(
@@ -650,9 +687,17 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
                     elif isinstance(update, CallFailed):
                         raise ClientError(f"voice refused ({update.code}): {update.message}")
     finally:
-        for recorder in recorders:
+        for _, recorder in recorders.values():
             recorder.close()
     out.emit({"left": channel.id}, f"left voice #{channel.name}")
+    for (user_id, _), (path, recorder) in recorders.items():
+        samples = recorder.samples()
+        hz = dominant_frequency(samples) if len(samples) > 1 else 0.0
+        out.emit(
+            {"recorded": str(path), "user_id": user_id, "seconds": recorder.seconds, "hz": hz},
+            f"recorded {await name(user_id)}: {recorder.seconds:.1f} s in {path}"
+            f" (strongest frequency {hz:.0f} Hz)",
+        )
 
 
 _HANDLERS: dict[str, Callable[[argparse.Namespace, _Out], Awaitable[None]]] = {

@@ -11,8 +11,11 @@ import enum
 
 __all__ = ["MAX_CLIENT_FRAME", "MAX_SERVER_FRAME", "Close", "EventName", "Op"]
 
-#: Largest frame a client may send (IDENTIFY, RESUME and voice signalling fit easily).
-MAX_CLIENT_FRAME = 16 * 1024
+#: Largest frame a client may send: an SDP of up to 64 KiB (the SFU's bound) in op 12/13,
+#: with room for the rest. 16 KiB was too small: the answer to the SFU's re-offer grows by
+#: an m-section per participant ever subscribed in the call (~1 KiB each), so a participant
+#: who stayed while others came and went 14 times was cut off.
+MAX_CLIENT_FRAME = 80 * 1024
 #: Largest frame a client accepts from the server (READY of a large account included).
 MAX_SERVER_FRAME = 16 * 1024 * 1024
 

@@ -320,8 +320,28 @@ class VoiceService:
             session.self_mute, session.self_deaf = self_mute, self_deaf
             await self._server_update(session)
             await self._announce(session, session.state())
+            await self._tell_speaker(channel, session)
             await self._subscribe(channel, session)
         return session
+
+    async def _tell_speaker(self, channel: VoiceChannel, session: VoiceSession) -> None:
+        """SPEAKING for the channel's current speaker, to a device that just joined:
+        SPEAKING is sent on changes only, so without it a newcomer would not know who is
+        speaking until the speaker changes."""
+        speaker = channel.sessions.get(channel.speaking) if channel.speaking is not None else None
+        if speaker is None or speaker is session:
+            return
+        await self._dispatch(
+            EventName.SPEAKING,
+            {
+                "guild_id": speaker.guild_id,
+                "channel_id": speaker.channel_id,
+                "user_id": speaker.user_id,
+                "device_id": speaker.device_id,
+                "speaking": True,
+            },
+            devices=[session.device_id],
+        )
 
     async def _place(self, exclude: frozenset[str] = frozenset()) -> tuple[str, str]:
         """Create a router on the least-loaded healthy node; ``no_sfu`` when none answers."""

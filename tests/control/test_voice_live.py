@@ -224,6 +224,20 @@ async def test_two_participants_publish_subscribe_speak_and_leave(world: World) 
     await _until(lambda: world.health()["voice_channels"] == 0)
 
 
+async def test_a_device_joining_is_told_who_is_already_speaking(world: World) -> None:
+    ann_gw, bob_gw = await world.gateway(world.ann), await world.gateway(world.bob)
+    ann_server = await join(world, ann_gw, world.voice_id)
+    publisher = await publish(ann_gw, ann_server, ssrc=7)
+    await stream(publisher, 7, 60)
+    await ann_gw.wait("SPEAKING", lambda d: d["user_id"] == world.ann["id"] and d["speaking"])
+    # SPEAKING is sent on changes; bob, arriving while ann speaks, must still be told.
+    mark = bob_gw.mark()
+    await join(world, bob_gw, world.voice_id)
+    speaking = await bob_gw.wait("SPEAKING", after=mark)
+    assert speaking["user_id"] == world.ann["id"] and speaking["device_id"] == world.ann["device"]
+    assert speaking["speaking"] is True and speaking["channel_id"] == world.voice_id
+
+
 async def test_refusals_connect_user_limit_and_not_voice(world: World) -> None:
     bob_gw, ann_gw = await world.gateway(world.bob), await world.gateway(world.ann)
     closed = await world.channel("closed")
