@@ -45,7 +45,7 @@ from aiortc import (
 
 from client.gateway import Dispatch
 from client.media_keys import MediaKeys
-from client.voice.errors import MediaError
+from client.voice.errors import MediaError, VoiceRefused
 from client.voice.media import FrameKeys, ProtectedTransceiver, protect_transceiver
 from client.voice.signalling import (
     AnswerSubscribeOffer,
@@ -83,6 +83,9 @@ VOICE_EVENTS = frozenset(
         EventName.SPEAKING,
     }
 )
+
+#: How long closing the transports and leaving may take when a call ends.
+CLOSE_TIMEOUT_S = 10.0
 
 TrackHandler = Callable[[ConsumerInfo | None, MediaStreamTrack], None]
 
@@ -244,6 +247,10 @@ class VoiceCall:
         self._updates_in, self.updates = trio.open_memory_channel[SignallingEvent](256)
         #: Set once the send transport's answer is applied (media flows from then on).
         self.published = trio.Event()
+        #: Set when the server refused or ended the call (:attr:`failure` says why).
+        self.failed = trio.Event()
+        self.failure: CallFailed | None = None
+        self._working = trio.CancelScope()
 
     # --- the gateway side (Sync's task) ----------------------------------------------------
 
@@ -276,6 +283,8 @@ class VoiceCall:
             self._updates_in.send_nowait(item)
         elif isinstance(item, CallFailed):
             keys.end()
+            self.failure = item
+            self.failed.set()
             self._actions_in.send_nowait(item)
             self._updates_in.send_nowait(item)
         else:
@@ -289,14 +298,27 @@ class VoiceCall:
             try:
                 await self._send(*self.signalling.join())
                 task_status.started()
-                async for action in self._actions_out:
-                    await self._carry_out(action)
+                with self._working:
+                    async for action in self._actions_out:
+                        await self._carry_out(action)
             finally:
-                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                # Closing runs on the asyncio loop; when the whole call was cancelled from
+                # outside, that loop is being cancelled too and aiortc may never finish
+                # closing: bounded, so a leave is never stuck.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(CLOSE_TIMEOUT_S),
+                    contextlib.suppress(Exception),
+                ):
                     await self._close_media()
                     if self.signalling.state is not CallState.IDLE:
                         await self._send(*self.signalling.leave())
                 self.media_keys.end()
+
+    def stop(self) -> None:
+        """End :meth:`run`: it closes both transports and leaves while its asyncio loop still
+        runs (cancelling :meth:`run` instead cancels that loop under aiortc's feet)."""
+        self._working.cancel()
 
     async def _carry_out(self, action: _MediaAction) -> None:
         if isinstance(action, Rejoin):
@@ -307,7 +329,8 @@ class VoiceCall:
             keys = self.media_keys.keys
             if keys is None:
                 return
-            self.published = trio.Event()
+            if self.published.is_set():
+                self.published = trio.Event()
             self.media = CallMedia(
                 keys, action.ice_servers, self._source, self._on_track, relay_only=self.relay_only
             )
@@ -330,6 +353,21 @@ class VoiceCall:
         media, self.media = self.media, None
         if media is not None:
             await trio_asyncio.aio_as_trio(media.close)()
+
+    async def wait_connected(self) -> None:
+        """Return once this device publishes (its send transport's answer applied); raise
+        :class:`~client.voice.errors.VoiceRefused` if the server refused or ended the call
+        first."""
+        async with trio.open_nursery() as nursery:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, self.published)
+            nursery.start_soon(until, self.failed)
+        if self.failure is not None:
+            raise VoiceRefused(self.failure.code, self.failure.message)
 
     async def set_self(self, *, mute: bool, deaf: bool) -> None:
         """Change self mute/deafen (op 4 in the same channel)."""

@@ -91,6 +91,6 @@ class Voice:
                 try:
                     yield call
                 finally:
-                    nursery.cancel_scope.cancel()
+                    call.stop()
         finally:
             self.call = None
