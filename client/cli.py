@@ -641,6 +641,7 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
     # Loaded here: aiortc is heavy, and only this command needs it.
     from client.voice import ToneSource, WavFileSource, WavRecorder, record_track
     from client.voice.call import record_tracks
+    from client.voice.errors import VoiceRefused
     from client.voice.signalling import CallFailed, ParticipantsChanged, SpeakingChanged
 
     channel = await client.find_channel(args.channel)
@@ -701,7 +702,7 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
                             f"{await name(update.user_id)} {verb}",
                         )
                     elif isinstance(update, CallFailed):
-                        raise ClientError(f"voice refused ({update.code}): {update.message}")
+                        raise VoiceRefused(update.code, update.message)
     finally:
         for recorder in recorders:
             recorder.close()
