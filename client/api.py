@@ -404,9 +404,11 @@ class ControlApi:
         return await self.call("POST", "/envelopes", {"recipients": recipients})
 
     async def fetch_envelopes(self, limit: int = 100) -> list[Envelope]:
-        """Envelopes queued for this device, oldest first."""
+        """Envelopes queued for this device, oldest first: at most ``limit`` (1 to 500)
+        and at most 1 MiB of ciphertext (but at least one), so a shorter page does not
+        mean no more are queued; an empty one does (:mod:`contract.relay`)."""
         data = await self.call("GET", f"/envelopes?limit={limit}")
-        if not isinstance(data, list):
+        if not isinstance(data, list) or len(data) > limit:
             raise ProtocolError("the server sent a malformed envelope list")
         return [Envelope.from_wire_untrusted(e) for e in data]
 

@@ -25,18 +25,12 @@ from typing import Any
 
 import trio
 
-from client.api import ControlApi
 from client.client import Client, Message
 from client.errors import ApiError, ClientError, UsageError
 from client.store import KEYRING, Store, write_private_file
-from contract.signing import login_message
 from e2ee import (
-    BackupContents,
     E2EEError,
     LinkingSecret,
-    SenderKeyReceiver,
-    SenderKeySender,
-    Session,
     export_backup,
     import_backup,
 )
@@ -523,22 +517,7 @@ async def _cmd_verify(args: argparse.Namespace, out: _Out) -> None:
 async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
     if args.action == "export":
         async with await _open(args) as client:
-            sessions: dict[str, Session] = {}
-            for name, blobs in client.store.names("sessions"):
-                if blobs:
-                    sessions[name] = Session.restore_untrusted(blobs[0])
-            senders = {
-                name: SenderKeySender.restore_untrusted(raw[0])
-                for name, raw in client.store.names("sender_out")
-            }
-            receivers = {
-                name: SenderKeyReceiver.restore_untrusted(raw)
-                for name, raw in client.store.names("sender_in")
-            }
-            data = export_backup(
-                BackupContents(client.identity, client.prekeys, sessions, senders, receivers),
-                _backup_passphrase(args),
-            )
+            data = export_backup(client.backup_contents(), _backup_passphrase(args))
             write_private_file(args.file, data)
             out.emit({"file": str(args.file)}, f"backup written to {args.file}")
         return
@@ -549,50 +528,18 @@ async def _cmd_backup(args: argparse.Namespace, out: _Out) -> None:
         contents = import_backup(args.file.read_bytes(), _backup_passphrase(args))
     except OSError as exc:
         raise UsageError(f"cannot read {args.file} ({exc.strerror})") from None
-    server = args.server or DEFAULT_SERVER
-    api = ControlApi(server)
-    try:
-        challenge = await api.challenge()
-        identity = contents.identity
-        answer = await api.login(
-            {
-                "identity_key": identity.public,
-                "challenge": challenge,
-                "signature": identity.sign(login_message(challenge, identity.public)),
-            }
+    async with await Client.restore_backup(
+        profile,
+        _passphrase(args),
+        args.server or DEFAULT_SERVER,
+        contents,
+        use_keyring=_use_keyring(args),
+    ) as client:
+        _show_notices(client, out)
+        out.emit(
+            {"user_id": client.user_id, "handle": client.handle},
+            f"restored {client.handle} into {profile}",
         )
-        api.token = str(answer["token"])
-        me = await api.me()
-    finally:
-        await api.aclose()
-    store = Store.open(profile, _passphrase(args), create=True, use_keyring=_use_keyring(args))
-    with store.transaction():
-        store.put("identity", "seed", identity.seed)
-        prekeys = contents.prekeys
-        if prekeys is None:
-            raise UsageError("the backup holds no prekeys")
-        store.put("identity", "prekeys", prekeys.serialize())
-        store.put(
-            "account",
-            "self",
-            {
-                "server": server,
-                "user_id": me.id,
-                "handle": me.handle,
-                "device_id": str(answer["device_id"]),
-                "token": api.token,
-            },
-        )
-        # Restored sessions only decrypt: sending on them could reuse a message key the
-        # old copy already used (docs/e2ee.md); new sessions are opened for sending.
-        for label, session in contents.sessions.items():
-            store.put("sessions_restored", label, [session.serialize()])
-        # Received sender keys keep old channel messages readable. This device's own
-        # sending keys are not reused, for the same reason: the next send starts a new key.
-        for label, receiver in contents.sender_key_receivers.items():
-            store.put("sender_in", label, receiver.serialize())
-    store.close()
-    out.emit({"user_id": me.id, "handle": me.handle}, f"restored {me.handle} into {profile}")
 
 
 async def _cmd_export(args: argparse.Namespace, out: _Out) -> None:

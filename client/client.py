@@ -14,6 +14,7 @@ parts below it) explicitly, and usable without a ``Client`` (docs/client.md has 
 * :mod:`client.audience`, :mod:`client.sender_keys`, :mod:`client.channels` — who may
   read a channel, sender-key chains, channel messages;
 * :mod:`client.devices` — this account's devices and linking a new one;
+* :mod:`client.backup` — what an encrypted key backup carries and what it restores;
 * :mod:`client.sync` — catching up by REST and following the gateway live;
 * :mod:`client.media_keys`, :mod:`client.voice` — voice calls: media keys over pairwise
   sessions, signalling, SFrame-protected aiortc media;
@@ -35,6 +36,8 @@ from client import account as _account
 from client.account import Account
 from client.api import ControlApi
 from client.audience import Audience
+from client.backup import backup_contents as _backup_contents
+from client.backup import restore_backup as _restore_backup
 from client.channels import Channels
 from client.devices import LINK_CODE_TTL_S, Devices
 from client.devices import join_device as _join_device
@@ -55,7 +58,7 @@ from client.trust import Trust
 from client.voice.calls import Voice
 from client.voice.signalling import VoiceState
 from contract.gateway import Op
-from e2ee import IdentityKeyPair, LinkingSecret, PreKeyStore
+from e2ee import BackupContents, IdentityKeyPair, LinkingSecret, PreKeyStore
 
 if TYPE_CHECKING:
     from aiortc import MediaStreamTrack
@@ -212,6 +215,30 @@ class Client:
         :meth:`link_device` (:func:`client.devices.join_device`)."""
         store, api = await _join_device(
             profile, passphrase, server, show_code, use_keyring=use_keyring, expires_in=expires_in
+        )
+        return cls(store, api)
+
+    def backup_contents(self) -> BackupContents:
+        """What an encrypted backup of this profile carries, the account key included
+        when this device holds it (:func:`client.backup.backup_contents`); encrypt it
+        with :func:`e2ee.export_backup`."""
+        return _backup_contents(self.store, self.prekeys, self._trust)
+
+    @classmethod
+    async def restore_backup(
+        cls,
+        profile: Path,
+        passphrase: Passphrase,
+        server: str,
+        contents: BackupContents,
+        *,
+        use_keyring: bool = False,
+    ) -> Client:
+        """A new profile of the backed-up device, signed in, holding the account key if
+        the backup does (:func:`client.backup.restore_backup`; decrypt the backup with
+        :func:`e2ee.import_backup`)."""
+        store, api = await _restore_backup(
+            profile, passphrase, server, contents, use_keyring=use_keyring
         )
         return cls(store, api)
 

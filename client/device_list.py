@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 _MAX_VERSION = 2**53 - 1
+# A list's bytes: MAX_LISTED_DEVICES keys and a signature, with msgpack's framing.
+_MAX_ENCODED = 8 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,29 @@ class SignedDeviceList:
         if not isinstance(signature, bytes) or len(signature) != 64:
             raise ProtocolError("the server sent a device list with a malformed signature")
         return cls(version, tuple(sorted(keys)), signature)
+
+    def encode(self) -> bytes:
+        """The list as bytes to keep (msgpack of :meth:`to_wire`), e.g. in a key backup."""
+        return msgpack.packb(self.to_wire(), use_bin_type=True)
+
+    @classmethod
+    def decode_untrusted(cls, data: bytes) -> SignedDeviceList:
+        """Decode :meth:`encode`'s bytes, bounded as :meth:`from_wire_untrusted` is;
+        anything malformed is :class:`ProtocolError`."""
+        if not isinstance(data, bytes) or len(data) > _MAX_ENCODED:
+            raise ProtocolError("a kept device list is not bytes of a bounded length")
+        try:
+            value = msgpack.unpackb(
+                data,
+                raw=False,
+                strict_map_key=True,
+                max_array_len=MAX_LISTED_DEVICES,
+                max_map_len=8,
+                max_ext_len=0,
+            )
+        except (ValueError, TypeError, RecursionError, msgpack.UnpackException):
+            raise ProtocolError("a kept device list is not msgpack") from None
+        return cls.from_wire_untrusted(value)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,12 @@ class TokenRefused(ClientError):
     """The session token is unknown, expired or revoked; the device must sign in again."""
 
 
+class SessionRevoked(TokenRefused):
+    """The server ended this device's session while connected (gateway close 4020): it was
+    signed out, the device removed or the account deleted. The gateway stops; signing in
+    again is for the user to decide (it cannot work for a removed device)."""
+
+
 class ProtocolError(ClientError):
     """The server sent something that does not decode as the API promises."""
 

@@ -8,12 +8,20 @@ clock of its own. :class:`GatewayClient` connects, identifies (or resumes after 
 heartbeats at the announced interval (the first after interval × random(), as Discord asks),
 reconnects on RECONNECT, on a missed heartbeat ACK and on a broken connection, and hands
 every event to its caller through a memory channel.
+
+How a connection ended decides what comes next (:meth:`GatewayCore.connection_closed`):
+close 4020 (SESSION_REVOKED: signed out, device removed, account deleted) ends the session
+with :class:`~client.errors.SessionRevoked`; close 4021 (SESSION_EXPIRED) signs in again
+through the ``renew`` callable and RESUMEs with the new token at once; a token refused at
+IDENTIFY or RESUME (4004, e.g. it expired while the connection was down) is renewed once
+the same way, and refused again it ends the session with
+:class:`~client.errors.TokenRefused`; anything else backs off and RESUMEs.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +30,14 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket
 
-from client.errors import ProtocolError, TokenRefused, TransportError
+from client.errors import ClientError, ProtocolError, SessionRevoked, TokenRefused, TransportError
 from client.http import split_server_url
 from contract.gateway import MAX_CLIENT_FRAME, MAX_SERVER_FRAME, Close, EventName, Op
 
 __all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
 
 _BACKOFF_MAX_S = 5.0
+_REFUSED = "the server refused this device's session token; run 'hushroom login'"
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,10 @@ class GatewayCore:
         self.interval_s: float | None = None
         self.acked = True
         self.established = False
+        #: The server expired or refused :attr:`token`: get a new one before connecting.
+        self.token_stale = False
+        #: :attr:`token` is a renewed one that has not established a session yet.
+        self.token_fresh = False
 
     def connection_opened(self) -> None:
         """A new WebSocket is open: wait for HELLO."""
@@ -117,8 +130,10 @@ class GatewayCore:
                     raise ProtocolError("READY without a session id")
                 self.session_id = sid
                 self.established = True
+                self.token_fresh = False
             elif t == EventName.RESUMED:
                 self.established = True
+                self.token_fresh = False
             return [Dispatch(t, d)]
         if op == Op.RECONNECT:
             return [Reconnect(True, "the server asked to reconnect")]
@@ -135,6 +150,32 @@ class GatewayCore:
         self.acked = False
         return encode_frame(Op.HEARTBEAT, self.seq)
 
+    def connection_closed(self, code: int | None) -> None:
+        """The connection closed with ``code`` (None: no close frame). Raises when no new
+        connection can help; marks the token stale when a new one can."""
+        self.established = False
+        if code == Close.SESSION_REVOKED:
+            # The server forgot the session: nothing to resume, and the token is dead.
+            self.session_id = None
+            self.seq = 0
+            raise SessionRevoked(
+                "the server ended this device's session (signed out, the device removed "
+                "or the account deleted)"
+            )
+        if code == Close.SESSION_EXPIRED:
+            # Still resumable: sign in again and RESUME with the new token.
+            self.token_stale = True
+        elif code == Close.AUTHENTICATION_FAILED:
+            if self.token_fresh:
+                raise TokenRefused(_REFUSED)
+            self.token_stale = True
+
+    def token_renewed(self, token: str) -> None:
+        """A new session token from signing in again, for the next IDENTIFY or RESUME."""
+        self.token = token
+        self.token_stale = False
+        self.token_fresh = True
+
 
 def _gateway_target(server_url: str) -> tuple[str, int, str]:
     host, port, prefix = split_server_url(server_url)
@@ -146,13 +187,30 @@ class GatewayClient:
 
     Use ``async with GatewayClient(url, token).events() as events: async for e in events``.
     Each (re)connection that had to IDENTIFY afresh is announced by a READY dispatch, after
-    which the caller should catch up by REST (envelopes queued beyond READY's first page).
+    which the caller should catch up by REST when READY says ``envelopes_more``.
+
+    ``renew(refused token)`` returns a valid session token (signing in again if need be);
+    without it an expired or refused token ends the session with
+    :class:`~client.errors.TokenRefused`. The session's end leaves ``events()`` as the
+    error itself (:attr:`ended`), not inside an exception group.
     """
 
-    def __init__(self, server_url: str, token: str) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        token: str,
+        renew: Callable[[str], Awaitable[str]] | None = None,
+    ) -> None:
         self.host, self.port, self.path = _gateway_target(server_url)
         self.core = GatewayCore(token)
         self.connections = 0
+        #: Tokens obtained by signing in again.
+        self.renewals = 0
+        #: The close code that ended the last connection (None: no close frame yet).
+        self.last_close_code: int | None = None
+        #: Why the session ended, once it has.
+        self.ended: ClientError | None = None
+        self._renew = renew
         self._connection_scope: trio.CancelScope | None = None
         self._ws: WebSocketConnection | None = None
 
@@ -183,29 +241,58 @@ class GatewayClient:
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[Dispatch]]:
         """Run the session in the background of the ``async with`` block."""
         send, receive = trio.open_memory_channel[Dispatch](1024)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._run, send)
-            try:
-                yield receive
-            finally:
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run, send)
+                try:
+                    yield receive
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1 and group.exceptions[0] is self.ended:
+                raise self.ended from None
+            raise
 
     async def _run(self, out: trio.MemorySendChannel[Dispatch]) -> None:
+        try:
+            await self._follow(out)
+        except ClientError as exc:
+            self.ended = exc
+            raise
+
+    async def _follow(self, out: trio.MemorySendChannel[Dispatch]) -> None:
+        core = self.core
         delay = 0.1
         async with out:
             while True:
+                closed, code = False, None
                 try:
+                    if core.token_stale:
+                        await self._renew_token()
                     with trio.CancelScope() as self._connection_scope:
                         try:
                             await self._connect_once(out)
                         finally:
                             self._ws = None
                     delay = 0.1
-                except* (OSError, HandshakeError, ConnectionClosed, ProtocolError):
-                    # Dropped or refused: back off, then RESUME (or IDENTIFY) again.
+                except* ConnectionClosed as group:
+                    closed, code = True, _close_code(group)
+                except* (OSError, HandshakeError, ProtocolError, TransportError):
+                    # Dropped, refused or unreachable: back off, then RESUME (or IDENTIFY).
                     pass
+                if closed:
+                    self.last_close_code = code
+                    core.connection_closed(code)
+                    if core.token_stale:
+                        continue  # sign in again and RESUME at once: the session waits
                 await trio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _renew_token(self) -> None:
+        if self._renew is None:
+            raise TokenRefused(_REFUSED)
+        self.core.token_renewed(await self._renew(self.core.token))
+        self.renewals += 1
 
     async def _connect_once(self, out: trio.MemorySendChannel[Dispatch]) -> None:
         core = self.core
@@ -229,17 +316,7 @@ class GatewayClient:
                         await trio.sleep(core.interval_s)
 
                 while True:
-                    try:
-                        raw = await ws.get_message()
-                    except ConnectionClosed as exc:
-                        code = exc.reason.code if exc.reason is not None else None
-                        if code == Close.AUTHENTICATION_FAILED:
-                            # Retrying with the same token cannot help.
-                            raise TokenRefused(
-                                "the server refused this device's session token; "
-                                "run 'hushroom login'"
-                            ) from None
-                        raise
+                    raw = await ws.get_message()
                     for item in core.receive_untrusted(raw):
                         if isinstance(item, bytes):
                             await ws.send_message(item)
@@ -250,3 +327,13 @@ class GatewayClient:
                         else:
                             nursery.cancel_scope.cancel()
                             return
+
+
+def _close_code(group: BaseExceptionGroup[ConnectionClosed]) -> int | None:
+    """The close code of a closed connection (None when it closed without a close frame)."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _close_code(exc)
+        if exc.reason is not None:
+            return exc.reason.code
+    return None

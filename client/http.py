@@ -19,7 +19,11 @@ from client.errors import TransportError
 
 __all__ = ["HttpClient", "HttpResponse", "split_server_url"]
 
-#: Largest response body accepted (an export of a busy account stays well below this).
+#: Largest response body accepted. It must hold the largest answer the control plane
+#: gives: a page of ``GET /envelopes`` is bounded by bytes (at most
+#: :data:`contract.relay.MAX_ENVELOPE_PAGE_ANSWER`, about 1.6 MiB), a page of channel
+#: history holds at most 100 ciphertexts of 64 KiB (8.6 MiB in JSON), and an export of a
+#: busy account stays well below this.
 MAX_RESPONSE = 32 * 1024 * 1024
 _READ = 65536
 _TIMEOUT_S = 30.0

@@ -5,8 +5,14 @@ conversation it names against its sender, decrypt it pairwise, and in **one stor
 transaction** keep what it carried (a DM, a device-sync copy, a sender key), the advanced
 session state and a "done" mark for its id; only then ack. An envelope id already done is
 acked again without being shown, so a crash between commit and ack, or an envelope seen
-both in READY and by REST, is delivered exactly once. An envelope that fails to
-authenticate is dropped, acked (so it is not fetched forever) and reported as a notice.
+both in READY and by REST, is delivered exactly once. Checking the mark and handling
+the envelope happen under one lock, so two tasks handing the inbox the same envelope
+(the gateway's ENVELOPE_CREATE and a page of the backlog) show it once and never decrypt
+it twice. An envelope that fails to authenticate is dropped, acked (so it is not fetched
+forever) and reported as a notice.
+
+REST pages (``GET /envelopes``) are bounded by count and by bytes, so a page shorter than
+asked for does not mean the queue is empty: paging goes on until a page is empty.
 
 A sender-key distribution is bound to the user and device whose pairwise session
 delivered it, and followed only when that user can read the channel by this client's own
@@ -22,6 +28,8 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
+import trio
+
 from client.account import Account
 from client.api import ControlApi
 from client.dm import DirectMessages
@@ -34,14 +42,13 @@ from client.sender_keys import SenderKeys
 from client.sessions import Sessions
 from client.store import Store
 from client.trust import Trust
+from contract.relay import ENVELOPE_PAGE_LIMIT
 from e2ee import DecryptedMessage, E2EEError, MessageType
 
 __all__ = ["ENVELOPE_MARK_TTL_S", "Inbox"]
 
 #: Envelope ids handled are remembered a little longer than the relay's 30-day TTL.
 ENVELOPE_MARK_TTL_S = 31 * 86400
-#: Envelopes fetched per request.
-_PAGE = 100
 #: What a channel id looks like (it names a URL path and a store label: no ``/``).
 _CHANNEL_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
@@ -76,6 +83,7 @@ class Inbox:
         self._notices = notices
         self._can_read = can_read
         self._pending_acks: list[str] = []
+        self._lock = trio.Lock()
         #: Where MEDIA_KEY messages go (:meth:`client.media_keys.MediaKeys.received`).
         self.on_media_key: Callable[[bytes, str, str, DecryptedMessage], Awaitable[None]] | None = (
             None
@@ -84,14 +92,14 @@ class Inbox:
     async def sync(self) -> list[Message]:
         """Fetch, decrypt, persist and ack every envelope queued for this device."""
         new: list[Message] = []
-        while True:
-            batch = await self._api.fetch_envelopes(_PAGE)
-            if not batch:
-                break
-            new += await self.receive(batch)
-            if len(batch) < _PAGE:
-                break
+        while page := await self.fetch_page():
+            new += await self.receive(page)
         return new
+
+    async def fetch_page(self) -> list[Envelope]:
+        """The oldest envelopes queued (up to 500 and 1 MiB of them); empty when none are.
+        Until acked, the same envelopes come back: handle and ack before the next page."""
+        return await self._api.fetch_envelopes(ENVELOPE_PAGE_LIMIT)
 
     async def receive(self, envelopes: list[Envelope], *, ack: bool = True) -> list[Message]:
         """Handle envelopes (from REST, READY or ENVELOPE_CREATE) and ack them.
@@ -101,38 +109,51 @@ class Inbox:
         "done" marks already make a repeat harmless.
         """
         new: list[Message] = []
-        done = self._pending_acks
         for env in envelopes:
-            if self._store.get("envelope_done", env.id) is not None:
-                done.append(env.id)
-                continue
-            # Session state, the message and the "done" mark commit together: a crash
-            # leaves either all of them (the envelope is then only acked again) or none.
-            with self._store.transaction():
-                try:
-                    message = await self._open(env)
-                except (UndecryptableMessage, E2EEError) as exc:
-                    self._notices.add(
-                        "rejected",
-                        f"a message from a device of {self._trust.name(env.sender_user_id)} "
-                        f"failed authentication and was dropped ({type(exc).__name__})",
-                    )
-                    message = None
-                except IdentityChanged:
-                    message = None
-                if message is not None and self._history.remember(message):
-                    new.append(message)
-                self._store.put("envelope_done", env.id, int(time.time()))
-            done.append(env.id)
+            async with self._lock:
+                message = await self._receive_one(env)
+            if message is not None:
+                new.append(message)
         if ack:
             await self.flush_acks()
         return new
 
+    async def _receive_one(self, env: Envelope) -> Message | None:
+        """Handle one envelope (under the lock): the message to show, if it brings one."""
+        if self._store.get("envelope_done", env.id) is not None:
+            self._pending_acks.append(env.id)
+            return None
+        shown = None
+        # Session state, the message and the "done" mark commit together: a crash
+        # leaves either all of them (the envelope is then only acked again) or none.
+        with self._store.transaction():
+            try:
+                message = await self._open(env)
+            except (UndecryptableMessage, E2EEError) as exc:
+                self._notices.add(
+                    "rejected",
+                    f"a message from a device of {self._trust.name(env.sender_user_id)} "
+                    f"failed authentication and was dropped ({type(exc).__name__})",
+                )
+                message = None
+            except IdentityChanged:
+                message = None
+            if message is not None and self._history.remember(message):
+                shown = message
+            self._store.put("envelope_done", env.id, int(time.time()))
+        self._pending_acks.append(env.id)
+        return shown
+
     async def flush_acks(self) -> None:
         """Ack every envelope handled so far."""
-        done, self._pending_acks = self._pending_acks, []
-        if done:
-            await self._api.ack_envelopes(done)
+        done = list(self._pending_acks)
+        if not done:
+            return
+        await self._api.ack_envelopes(done)
+        # Forgotten only once acked: a flush cancelled midway (or racing another) leaves
+        # them for the next one, and acking an id twice is harmless.
+        acked = set(done)
+        self._pending_acks = [i for i in self._pending_acks if i not in acked]
 
     def prune_marks(self, now: float | None = None) -> int:
         """Forget "already handled" marks older than the relay keeps envelopes."""

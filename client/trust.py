@@ -50,6 +50,12 @@ __all__ = ["DEVICE_LIST_TTL_S", "Trust"]
 #: How long a fetched device list is trusted before it is fetched again.
 DEVICE_LIST_TTL_S = 30.0
 
+# Who waits for the account key: a device of an account older than cross-signing gets it
+# once a sibling starts; a profile restored from a backup without it never does.
+_HAND_OVER_HINT = (
+    " (if your account predates cross-signing, starting hushroom there hands the key to this one)"
+)
+
 #: Called with the devices to hand the account key to, after this device set it up for
 #: an account older than cross-signing (the façade wires it to a DEVICE_SYNC fan-out).
 HandOver = Callable[[list[Device]], Awaitable[None]]
@@ -131,8 +137,8 @@ class Trust:
         key = self.account_key()
         if key is None:
             raise UsageError(
-                "this device does not hold your account key yet, so it cannot add or "
-                "remove devices — start hushroom on your other device, then try again"
+                "this device does not hold your account key, so it cannot add or remove "
+                f"devices — do that on another device of your account{_HAND_OVER_HINT}"
             )
         return key
 
@@ -147,6 +153,18 @@ class Trust:
         key = self.require_account_key()
         pinned = (self.contact(me.user_id) or {}).get("list") or {}
         return SignedDeviceList.sign(key, me.user_id, int(pinned.get("version", 0)) + 1, keys)
+
+    def own_signed_list(self) -> SignedDeviceList | None:
+        """The newest own list this device pinned, signed by the account key it holds
+        (None without the key). Ed25519 signatures are deterministic, so these are the
+        very bytes the server took; a key backup carries them."""
+        key = self.account_key()
+        pinned = (self.contact(self._account.user_id) or {}).get("list")
+        if key is None or pinned is None:
+            return None
+        return SignedDeviceList.sign(
+            key, self._account.user_id, int(pinned["version"]), list(pinned["keys"])
+        )
 
     def own_listed_keys(self) -> list[bytes]:
         """The identity keys of this account's newest signed list this device knows."""
@@ -483,8 +501,8 @@ class Trust:
         if held is not None:
             return held.public
         raise UsageError(
-            "this device does not hold your account key yet, so it has no safety number — "
-            "start hushroom on your other device, then try again"
+            "this device does not hold your account key, so it has no safety number — "
+            f"compare it on another device of your account{_HAND_OVER_HINT}"
         )
 
     async def safety_number(self, handle: str) -> tuple[str, bool]:

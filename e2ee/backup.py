@@ -9,6 +9,10 @@ so tampering fails authentication. Settings under OWASP's floor for Argon2id (Pa
 Storage Cheat Sheet: 19 MiB, 2 passes, 1 lane — libsodium always uses one lane) are refused
 on export and on import with :class:`~e2ee.errors.WeakParameters`: a backup is a copy of
 every key the device has, and its passphrase is all that guards it.
+
+The plaintext (:class:`BackupContents`, tag 11) is at version 2: version 1 lacked the
+account signing key and the account's device list (cross-signing), and still imports,
+with neither.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from e2ee.identity import IdentityKeyPair, PreKeyStore
 from e2ee.sender_keys import SenderKeyReceiver, SenderKeySender
 from e2ee.session import Session
 
-__all__ = ["MIN_MEMLIMIT", "MIN_OPSLIMIT", "BackupContents", "export_backup", "import_backup"]
+__all__ = [
+    "MAX_DEVICE_LIST_BYTES",
+    "MIN_MEMLIMIT",
+    "MIN_OPSLIMIT",
+    "BackupContents",
+    "export_backup",
+    "import_backup",
+]
 
 MAX_SESSIONS = 10_000
 MAX_LABEL = 255
@@ -37,14 +48,24 @@ MIN_OPSLIMIT = 2
 MIN_MEMLIMIT = 19 * 1024 * 1024
 _MAX_OPSLIMIT = pwhash.argon2id.OPSLIMIT_SENSITIVE
 _MAX_MEMLIMIT = pwhash.argon2id.MEMLIMIT_MODERATE
+#: The application's encoding of a signed device list (64 keys of 32 bytes and a
+#: signature fit in well under this).
+MAX_DEVICE_LIST_BYTES = 8 * 1024
+# Plaintext versions: 2 adds the account key and the device list it signed.
+_CONTENTS_V1 = 1
+_CONTENTS_V2 = 2
 
 
 @dataclass(slots=True)
 class BackupContents:
-    """What a backup restores: identity, prekey store, pairwise sessions and sender keys.
+    """What a backup restores: identity, prekey store, pairwise sessions, sender keys, and
+    the account signing key with the account's device list it signed.
 
     Each map is keyed by an application label (e.g. "<user id>/<device id>" for sessions,
-    "<channel id>" or "<channel id>/<sender device>" for sender keys).
+    "<channel id>" or "<channel id>/<sender device>" for sender keys). ``device_list`` is
+    opaque here (the application encodes it, up to :data:`MAX_DEVICE_LIST_BYTES`); it
+    travels with ``account_key`` or not at all. A backup of a device that did not hold
+    the account key, or one made before the field existed, has neither.
     """
 
     identity: IdentityKeyPair
@@ -52,32 +73,50 @@ class BackupContents:
     sessions: dict[str, Session] = field(default_factory=dict)
     sender_keys: dict[str, SenderKeySender] = field(default_factory=dict)
     sender_key_receivers: dict[str, SenderKeyReceiver] = field(default_factory=dict)
+    # The key that vouches for every device of the account: never in repr().
+    account_key: IdentityKeyPair | None = field(default=None, repr=False)
+    device_list: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.account_key is None) != (self.device_list is None):
+            raise E2EEError("a backup carries the account key and its device list together")
+        if self.device_list is not None and len(self.device_list) > MAX_DEVICE_LIST_BYTES:
+            raise E2EEError(f"a device list longer than {MAX_DEVICE_LIST_BYTES} bytes")
 
     def encode(self) -> bytes:
-        """Encode the plaintext of a backup."""
+        """Encode the plaintext of a backup (version 2)."""
         return _wire.pack(
             [
                 _wire.TAG_BACKUP_PAYLOAD,
-                _wire.VERSION,
+                _CONTENTS_V2,
                 self.identity.seed,
                 None if self.prekeys is None else self.prekeys.serialize(),
                 {label: s.serialize() for label, s in self.sessions.items()},
                 {label: s.serialize() for label, s in self.sender_keys.items()},
                 {label: r.serialize() for label, r in self.sender_key_receivers.items()},
+                None if self.account_key is None else self.account_key.seed,
+                self.device_list,
             ]
         )
 
     @classmethod
     def decode_untrusted(cls, data: bytes) -> BackupContents:
-        """Decode and validate a backup plaintext (every session is fully checked)."""
+        """Decode and validate a backup plaintext (every session is fully checked).
+
+        Version 1 (seven fields, before cross-signing) decodes without account key and
+        device list.
+        """
         f = _wire.unpack_untrusted(
             data,
             _wire.TAG_BACKUP_PAYLOAD,
             max_bytes=MAX_BACKUP_BYTES,
             max_items=MAX_SESSIONS,
             min_fields=7,
-            max_fields=7,
+            max_fields=9,
+            versions=(_CONTENTS_V1, _CONTENTS_V2),
         )
+        if len(f) != (9 if f[1] == _CONTENTS_V2 else 7):
+            raise DecodeError("wrong number of backup fields for its version")
         identity = IdentityKeyPair(_wire.get_bytes(f[2], "identity_seed", size=32))
         prekeys = None
         if f[3] is not None:
@@ -96,7 +135,15 @@ class BackupContents:
             label: SenderKeyReceiver.restore_untrusted(blob)
             for label, blob in _labelled_blobs(f[6], "sender_key_receivers").items()
         }
-        return cls(identity, prekeys, sessions, senders, receivers)
+        account_key, device_list = None, None
+        if f[1] == _CONTENTS_V2:
+            seed = _wire.get_opt_bytes(f[7], "account_key", size=32)
+            account_key = None if seed is None else IdentityKeyPair(seed)
+            if f[8] is not None:
+                device_list = _wire.get_bytes(f[8], "device_list", max_len=MAX_DEVICE_LIST_BYTES)
+            if (account_key is None) != (device_list is None):
+                raise DecodeError("a backup carries the account key and its device list together")
+        return cls(identity, prekeys, sessions, senders, receivers, account_key, device_list)
 
 
 def _labelled_blobs(value: object, name: str) -> dict[str, bytes]:

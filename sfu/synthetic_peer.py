@@ -72,6 +72,12 @@ class SyntheticPeer:
         self.dtls.start(now)
         return self.dtls.outgoing()
 
+    def handle_timeout(self, now: float) -> list[bytes]:
+        """The DTLS flight again if its retransmission timer (RFC 6347 §4.2.4) has fired:
+        a datagram lost, or sent before the SFU knew this peer, is not waited for forever."""
+        self.dtls.handle_timeout(now)
+        return self.dtls.outgoing()
+
     @property
     def connected(self) -> bool:
         """True once SRTP is keyed."""

@@ -84,10 +84,10 @@ VOICE_EVENTS = frozenset(
     }
 )
 
-#: How long closing the transports and leaving may take when a call ends.
-CLOSE_TIMEOUT_S = 10.0
-
 TrackHandler = Callable[[ConsumerInfo | None, MediaStreamTrack], None]
+
+#: Seconds a replaced or final call's transports get to close before they are abandoned.
+RETIRE_WITHIN = 2.0
 
 
 def peer_configuration(
@@ -251,6 +251,8 @@ class VoiceCall:
         self.failed = trio.Event()
         self.failure: CallFailed | None = None
         self._working = trio.CancelScope()
+        #: Where replaced transports close (see :meth:`_retire_media`); open while running.
+        self._retiring: trio.Nursery | None = None
 
     # --- the gateway side (Sync's task) ----------------------------------------------------
 
@@ -294,7 +296,8 @@ class VoiceCall:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join, then carry out media work until cancelled; leaves on the way out."""
-        async with trio_asyncio.open_loop():
+        async with trio_asyncio.open_loop(), trio.open_nursery() as retiring:
+            self._retiring = retiring
             try:
                 await self._send(*self.signalling.join())
                 task_status.started()
@@ -302,30 +305,24 @@ class VoiceCall:
                     async for action in self._actions_out:
                         await self._carry_out(action)
             finally:
-                # Closing runs on the asyncio loop; when the whole call was cancelled from
-                # outside, that loop is being cancelled too and aiortc may never finish
-                # closing: bounded, so a leave is never stuck.
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(CLOSE_TIMEOUT_S),
-                    contextlib.suppress(Exception),
-                ):
-                    await self._close_media()
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    self._retire_media()
                     if self.signalling.state is not CallState.IDLE:
                         await self._send(*self.signalling.leave())
                 self.media_keys.end()
 
     def stop(self) -> None:
-        """End :meth:`run`: it closes both transports and leaves while its asyncio loop still
-        runs (cancelling :meth:`run` instead cancels that loop under aiortc's feet)."""
+        """End :meth:`run`: it retires both transports and leaves while its asyncio loop
+        still runs (cancelling :meth:`run` instead cancels that loop under aiortc's feet, and
+        ``RTCRtpSender.stop`` could then wait forever)."""
         self._working.cancel()
 
     async def _carry_out(self, action: _MediaAction) -> None:
         if isinstance(action, Rejoin):
-            await self._close_media()
+            self._retire_media()
             await self._send(*self.signalling.join())
         elif isinstance(action, StartTransports):
-            await self._close_media()
+            self._retire_media()
             keys = self.media_keys.keys
             if keys is None:
                 return
@@ -347,11 +344,25 @@ class VoiceCall:
                 )
                 await self._send(*self.signalling.subscribe_answer(answer))
         else:
-            await self._close_media()
+            self._retire_media()
 
-    async def _close_media(self) -> None:
+    def _retire_media(self) -> None:
+        """Let go of the current transports; they close in the background, so new ones
+        never wait on them. aiortc may take until ICE consent expires (about 30 s) to stop
+        a sender whose SFU died, which would hold a failover that long: the close gets
+        :data:`RETIRE_WITHIN` seconds and is then abandoned."""
         media, self.media = self.media, None
-        if media is not None:
+        if media is not None and self._retiring is not None:
+            self._retiring.start_soon(self._close_media, media)
+
+    @staticmethod
+    async def _close_media(media: CallMedia) -> None:
+        # Shielded (and bounded): the call's own end must still close them.
+        with (
+            trio.CancelScope(shield=True),
+            trio.move_on_after(RETIRE_WITHIN),
+            contextlib.suppress(Exception),
+        ):
             await trio_asyncio.aio_as_trio(media.close)()
 
     async def wait_connected(self) -> None:

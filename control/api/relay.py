@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from contract.gateway import EventName
+from contract.relay import ENVELOPE_PAGE_BYTES, ENVELOPE_PAGE_LIMIT, MAX_CIPHERTEXT
 
 from ..bus import Event
 from ..errors import InvalidBody, NotFound, StaleDevices
@@ -26,10 +27,8 @@ from ..wire import Field, Schema
 from ._routing import Call, Router, id_field, int_field
 from .accounts import device_view
 
-__all__ = ["CIPHERTEXT", "MAX_CIPHERTEXT", "envelope_view", "router"]
+__all__ = ["CIPHERTEXT", "MAX_CIPHERTEXT", "envelope_page", "envelope_view", "router"]
 
-#: Largest single ciphertext (envelope or channel message).
-MAX_CIPHERTEXT = 64 * 1024
 CIPHERTEXT = Field("bytes", "opaque ciphertext", min=1, max=MAX_CIPHERTEXT)
 
 SEND_ENVELOPES = Schema(
@@ -80,7 +79,10 @@ ACK = Schema(
     "AckEnvelopes",
     {"ids": Field("list", "envelope ids", min=1, max=500, items=id_field("envelope"))},
 )
-FETCH = Schema("FetchEnvelopes", {"limit": int_field("at most this many", 1, 500, False)})
+FETCH = Schema(
+    "FetchEnvelopes",
+    {"limit": int_field("at most this many", 1, ENVELOPE_PAGE_LIMIT, False)},
+)
 
 
 def envelope_view(row: Any) -> dict[str, Any]:
@@ -266,23 +268,52 @@ async def send_envelope_batch(call: Call) -> dict[str, Any]:
     return {"sends": [_receipts(rows) for rows in stored]}
 
 
+def envelope_page(conn: Connection, device_id: str, limit: int) -> list[dict[str, Any]]:
+    """The oldest envelopes queued for ``device_id``, in ``seq`` order: at most ``limit``,
+    and no more than :data:`ENVELOPE_PAGE_BYTES` of ciphertext (but always the first one),
+    so a page of a stuffed queue stays far below what a client accepts in one answer."""
+    env = t.envelopes
+    of_device = env.c.recipient_device_id == device_id
+    # Sizes first, so a stuffed queue is never loaded whole to pick what fits.
+    sizes = conn.execute(
+        sa.select(env.c.seq, sa.func.length(env.c.ciphertext))
+        .where(of_device)
+        .order_by(env.c.seq)
+        .limit(limit)
+    ).all()
+    total, last_seq = 0, None
+    for seq, size in sizes:
+        total += size
+        if total > ENVELOPE_PAGE_BYTES and last_seq is not None:
+            break
+        last_seq = seq
+    if last_seq is None:
+        return []
+    rows = conn.execute(
+        sa.select(env).where(of_device, env.c.seq <= last_seq).order_by(env.c.seq).limit(limit)
+    ).all()
+    # Checked again on the rows themselves: without one snapshot for both reads (PostgreSQL
+    # READ COMMITTED), the queue may have changed in between.
+    page: list[dict[str, Any]] = []
+    total = 0
+    for row in rows:
+        total += len(row.ciphertext)
+        if total > ENVELOPE_PAGE_BYTES and page:
+            break
+        page.append(envelope_view(row))
+    return page
+
+
 @router.route(
     "GET",
     "/envelopes",
-    summary="Envelopes queued for the calling device, oldest first",
+    summary="Envelopes queued for the calling device, oldest first: at most `limit` and at "
+    "most 1 MiB of ciphertext (always at least one); an empty page means none are queued",
     query=FETCH,
 )
 async def fetch_envelopes(call: Call) -> list[dict[str, Any]]:
     device_id, limit = call.me.device_id, call.query.get("limit", 100)
-    env = t.envelopes
-    stmt = (
-        sa.select(env)
-        .where(env.c.recipient_device_id == device_id)
-        .order_by(env.c.seq)
-        .limit(limit)
-    )
-    rows = await call.state.db.read(lambda conn: conn.execute(stmt).all())
-    return [envelope_view(r) for r in rows]
+    return await call.state.db.read(lambda conn: envelope_page(conn, device_id, limit))
 
 
 @router.route(

@@ -1,4 +1,5 @@
-"""Every decoder of bytes from the server fails only with the SDK's typed errors."""
+"""Every decoder of bytes from the server (or a key backup) fails only with the SDK's
+typed errors."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client.api import decode_body_untrusted as decode_api_body_untrusted
+from client.device_list import SignedDeviceList
 from client.envelope import decode_body_untrusted, decode_envelope_untrusted
 from client.errors import ClientError
 from client.gateway import GatewayCore
 from client.models import Bundle, Channel, ChannelMessage, Device, Envelope, Guild, Member
+from e2ee import IdentityKeyPair
 
 scalars = (
     st.none()
@@ -99,6 +102,33 @@ def test_byte_decoders_raise_only_typed_errors(raw: bytes) -> None:
         decode_body_untrusted,
         decode_api_body_untrusted,
         GatewayCore("t").receive_untrusted,
+        SignedDeviceList.decode_untrusted,
     ):
         with contextlib.suppress(ClientError):
             decode(raw)
+
+
+_KEPT_LIST = SignedDeviceList.sign(
+    IdentityKeyPair.generate(), "user", 7, [bytes([i]) * 32 for i in range(3)]
+)
+
+
+def test_a_kept_device_list_roundtrips() -> None:
+    assert SignedDeviceList.decode_untrusted(_KEPT_LIST.encode()) == _KEPT_LIST
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 200),
+)
+def test_a_mutated_kept_device_list_raises_only_typed_errors(
+    flips: list[tuple[int, int]], cut: int
+) -> None:
+    """A backup's device list (client.backup), flipped and truncated."""
+    data = bytearray(_KEPT_LIST.encode())
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    for raw in (bytes(data), bytes(data[:cut]), bytes(data) + bytes(9000)):
+        with contextlib.suppress(ClientError):
+            SignedDeviceList.decode_untrusted(raw)

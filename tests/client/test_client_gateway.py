@@ -10,9 +10,9 @@ import trio
 from client_live import ControlProcess
 
 from client import Client
-from client.errors import ProtocolError
+from client.errors import ProtocolError, SessionRevoked, TokenRefused
 from client.gateway import Dispatch, GatewayClient, GatewayCore, Reconnect
-from contract.gateway import Op
+from contract.gateway import Close, Op
 
 
 def frame(op: int, d: object = None, s: int | None = None, t: str | None = None) -> bytes:
@@ -70,6 +70,51 @@ def test_invalid_session_not_resumable_forgets_the_session() -> None:
     assert core.receive_untrusted(frame(Op.RECONNECT))[0] == Reconnect(
         True, "the server asked to reconnect"
     )
+
+
+def established_core(token: str = "old") -> GatewayCore:
+    core = GatewayCore(token)
+    core.connection_opened()
+    core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    core.receive_untrusted(frame(Op.DISPATCH, {"session_id": "s"}, 4, "READY"))
+    return core
+
+
+def test_a_revoked_session_ends_and_is_not_resumed() -> None:
+    core = established_core()
+    with pytest.raises(SessionRevoked):
+        core.connection_closed(Close.SESSION_REVOKED)
+    assert core.session_id is None and not core.established
+
+
+def test_an_expired_token_is_renewed_and_the_session_resumed_with_it() -> None:
+    core = established_core()
+    core.connection_closed(Close.SESSION_EXPIRED)
+    assert core.token_stale
+    core.token_renewed("new")
+    core.connection_opened()
+    (resume,) = core.receive_untrusted(frame(Op.HELLO, {"heartbeat_interval": 1000}))
+    assert sent(resume) == {"op": 6, "d": {"token": "new", "session_id": "s", "seq": 4}}
+    core.receive_untrusted(frame(Op.DISPATCH, None, 5, "RESUMED"))
+    # Expiring again later is renewed again.
+    core.connection_closed(Close.SESSION_EXPIRED)
+    assert core.token_stale
+
+
+def test_a_refused_token_is_renewed_once_then_the_refusal_stands() -> None:
+    core = established_core()
+    core.connection_closed(Close.AUTHENTICATION_FAILED)
+    assert core.token_stale
+    core.token_renewed("new")
+    with pytest.raises(TokenRefused):
+        core.connection_closed(Close.AUTHENTICATION_FAILED)
+
+
+@pytest.mark.parametrize("code", [None, 1006, Close.UNKNOWN_ERROR, Close.SESSION_TIMED_OUT])
+def test_other_closes_resume_with_the_same_token(code: int | None) -> None:
+    core = established_core()
+    core.connection_closed(code)
+    assert not core.token_stale and core.session_id == "s" and core.token == "old"
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,11 @@ from client.envelope import (
     encode_envelope,
 )
 from client.errors import ApiError, ProtocolError, StoreError, UndecryptableMessage
+from client.http import MAX_RESPONSE
 from client.models import Bundle, Channel, Guild, Member, Overwrite, Role
 from client.permissions import VIEW_CHANNEL, readers
 from client.store import Store
+from contract.relay import MAX_ENVELOPE_PAGE_ANSWER
 from e2ee import BadSignature, IdentityKeyPair, PreKeyStore, initiate_session, pad
 
 
@@ -223,3 +225,8 @@ def test_a_429_is_waited_out_for_the_servers_retry_after_within_bounds() -> None
         assert retry_after_untrusted(limited(retry_after=odd)) == RATE_LIMIT_DEFAULT_S
     assert retry_after_untrusted(limited()) == RATE_LIMIT_DEFAULT_S
     assert retry_after_untrusted(ApiError(404, "not_found", "no", {})) is None
+
+
+def test_a_full_page_of_envelopes_fits_one_answer() -> None:
+    # The relay bounds a page of GET /envelopes in bytes so that it always fits.
+    assert MAX_ENVELOPE_PAGE_ANSWER < MAX_RESPONSE

@@ -5,12 +5,21 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgpack
+import pytest
 import sqlalchemy as sa
 import trio
 from control_harness import Harness, User, b64, make_guild
 
 from contract import signing as sig
 from contract.permissions import Permission as P
+from contract.relay import (
+    ENVELOPE_PAGE_BYTES,
+    ENVELOPE_PAGE_LIMIT,
+    MAX_CIPHERTEXT,
+    MAX_ENVELOPE_PAGE_ANSWER,
+)
+from control.api import relay
 from control.store import schema as t
 
 API = "/api/v1"
@@ -229,6 +238,85 @@ async def test_envelopes_are_fetched_acked_and_deleted(harness: Harness) -> None
     assert (await harness.call("DELETE", f"{API}/envelopes/{ids[2]}", bob))[0] == 404
     _, left = await harness.call("GET", f"{API}/envelopes", bob)
     assert left == []
+
+
+async def queue_bodies(
+    harness: Harness, sender: User, recipient: User, bodies: list[bytes]
+) -> None:
+    """One envelope per body for ``recipient``'s device, two per request (the body limit
+    holds two 64 KiB ciphertexts in base64)."""
+    for start in range(0, len(bodies), 2):
+        sends = [
+            {
+                "recipients": [
+                    {
+                        "user_id": recipient.id,
+                        "devices": [{"device_id": recipient.device_id, "ciphertext": b64(body)}],
+                    }
+                ]
+            }
+            for body in bodies[start : start + 2]
+        ]
+        status, answer = await harness.call(
+            "POST", f"{API}/envelopes/batch", sender, json={"sends": sends}
+        )
+        assert status == 201, answer
+
+
+async def fetch_page(harness: Harness, user: User, accept: str) -> tuple[int, list[Any]]:
+    """One page of ``GET /envelopes?limit=500``: its encoded size and its envelopes."""
+    response = await harness.client.open(
+        f"{API}/envelopes",
+        method="GET",
+        headers={**user.auth, "Accept": accept},
+        query_string={"limit": ENVELOPE_PAGE_LIMIT},
+    )
+    assert response.status_code == 200
+    raw = await response.get_data()
+    page = (
+        msgpack.unpackb(raw) if accept == "application/msgpack" else __import__("json").loads(raw)
+    )
+    assert isinstance(page, list)
+    return len(raw), page
+
+
+async def test_a_page_of_a_stuffed_queue_is_bounded_in_bytes(harness: Harness) -> None:
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    bodies = [bytes([i]) * MAX_CIPHERTEXT for i in range(40)]  # 2.5 MiB of ciphertext
+    await queue_bodies(harness, ann, bob, bodies)
+    # However it is encoded, the first page is the oldest 1 MiB, within what a client
+    # must accept in one answer, although 500 were asked for.
+    for accept in ("application/json", "application/msgpack"):
+        size, page = await fetch_page(harness, bob, accept)
+        assert len(page) == ENVELOPE_PAGE_BYTES // MAX_CIPHERTEXT
+        assert size <= MAX_ENVELOPE_PAGE_ANSWER
+    # Paging and acking until a page comes back empty gets each envelope once, in order.
+    seen: list[bytes] = []
+    while True:
+        _, page = await fetch_page(harness, bob, "application/msgpack")
+        if not page:
+            break
+        assert sum(len(e["ciphertext"]) for e in page) <= ENVELOPE_PAGE_BYTES
+        seen += [e["ciphertext"] for e in page]
+        status, _ = await harness.call(
+            "POST", f"{API}/envelopes/ack", bob, json={"ids": [e["id"] for e in page]}
+        )
+        assert status == 200
+    assert seen == bodies
+
+
+async def test_a_page_always_holds_the_oldest_envelope(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were one envelope above the byte bound, the queue must still drain.
+    monkeypatch.setattr(relay, "ENVELOPE_PAGE_BYTES", 100)
+    ann, bob = await harness.register("ann"), await harness.register("bob")
+    await queue_bodies(harness, ann, bob, [b"a" * 300, b"b" * 40, b"c" * 40])
+    _, page = await fetch_page(harness, bob, "application/msgpack")
+    assert [e["ciphertext"] for e in page] == [b"a" * 300]
+    await harness.call("POST", f"{API}/envelopes/ack", bob, json={"ids": [page[0]["id"]]})
+    _, page = await fetch_page(harness, bob, "application/msgpack")
+    assert [e["ciphertext"] for e in page] == [b"b" * 40, b"c" * 40]
 
 
 async def test_channel_messages_page_edit_and_delete(harness: Harness) -> None:

@@ -221,11 +221,19 @@ class VoicePeer:
         await self.sock.sendto(self.peer.binding_request(), target)
         for datagram in self.peer.start_dtls(trio.current_time()):
             await self.sock.sendto(datagram, target)
+        # The answer travels through the gateway and control to the SFU while these go
+        # straight to it: until the SFU knows this peer it drops them, so keep checking and
+        # let DTLS retransmit, as a browser's ICE agent and DTLS stack do.
         with trio.fail_after(10):
             while not self.peer.connected:
-                data, _ = await self.sock.recvfrom(2048)
-                for reply in self.peer.receive(data, trio.current_time()):
-                    await self.sock.sendto(reply, target)
+                with trio.move_on_after(0.2) as idle:
+                    data, _ = await self.sock.recvfrom(2048)
+                    for reply in self.peer.receive(data, trio.current_time()):
+                        await self.sock.sendto(reply, target)
+                if idle.cancelled_caught:
+                    await self.sock.sendto(self.peer.binding_request(), target)
+                    for datagram in self.peer.handle_timeout(trio.current_time()):
+                        await self.sock.sendto(datagram, target)
 
     async def send_audio(self, ssrc: int, seq: int, level: int = 20) -> None:
         """One SRTP-protected Opus-sized packet with an audio level (−dBov)."""

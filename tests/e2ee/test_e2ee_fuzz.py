@@ -155,6 +155,18 @@ def _build() -> dict[str, tuple[bytes, Callable[[bytes], object]]]:
             BackupContents(store.identity, store, {"b": bob}, {"c": sks}, {"c": skr}).encode(),
             BackupContents.decode_untrusted,
         ),
+        "backup_contents_account_key": (
+            BackupContents(
+                alice_id, account_key=IdentityKeyPair.generate(), device_list=b"\x83" + bytes(40)
+            ).encode(),
+            BackupContents.decode_untrusted,
+        ),
+        "backup_contents_v1": (
+            _wire.pack(
+                [_wire.TAG_BACKUP_PAYLOAD, 1, alice_id.seed, None, {"b": bob.serialize()}, {}, {}]
+            ),
+            BackupContents.decode_untrusted,
+        ),
         "provisioning": (provisioning, lambda d: LinkingSecret(parse_link_code(link.code)).open(d)),
         "provisioning_payload": (payload.encode(), ProvisioningPayload.decode_untrusted),
         "padding": (pad(b"some text"), unpad),

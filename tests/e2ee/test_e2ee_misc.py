@@ -29,7 +29,7 @@ from e2ee import (
     unpad,
 )
 from e2ee.backup import MIN_MEMLIMIT, MIN_OPSLIMIT
-from e2ee.errors import DecodeError, DecryptionFailed, StateError, WeakParameters
+from e2ee.errors import DecodeError, DecryptionFailed, E2EEError, StateError, WeakParameters
 from e2ee.linking import parse_link_code
 from e2ee.padding import bucket_size
 
@@ -189,6 +189,62 @@ def test_linking_message_for_another_code_fails_and_qr_parses() -> None:
     assert not a.consumed
     with pytest.raises(DecodeError):
         parse_link_code("not-a-code")
+
+
+def test_backup_carries_the_account_key_and_its_device_list() -> None:
+    identity, account_key = IdentityKeyPair.generate(), IdentityKeyPair.generate()
+    store = PreKeyStore.generate(identity, 1)
+    contents = BackupContents(
+        identity, store, account_key=account_key, device_list=b"the signed list's bytes"
+    )
+    restored = import_backup(export_backup(contents, "pw", **FAST_KDF), "pw")
+    assert restored.account_key is not None
+    assert restored.account_key.seed == account_key.seed
+    assert restored.device_list == b"the signed list's bytes"
+    # A device that does not hold the account key backs up neither.
+    plain = import_backup(export_backup(BackupContents(identity, store), "pw", **FAST_KDF), "pw")
+    assert plain.account_key is None and plain.device_list is None
+    # Neither half of the account key appears in repr().
+    assert not _leaks(contents, account_key.seed)
+    assert not _leaks(contents, account_key.public)
+
+
+def test_a_backup_plaintext_from_before_cross_signing_still_decodes() -> None:
+    import msgpack
+
+    _, bob, store = session_pair()
+    old = msgpack.packb(
+        [11, 1, store.identity.seed, store.serialize(), {"alice/1": bob.serialize()}, {}, {}],
+        use_bin_type=True,
+    )
+    restored = BackupContents.decode_untrusted(old)
+    assert restored.identity.public == store.identity.public
+    assert restored.sessions["alice/1"].serialize() == bob.serialize()
+    assert restored.account_key is None and restored.device_list is None
+
+
+def test_backup_fields_must_match_their_version_and_the_key_travels_with_its_list() -> None:
+    import msgpack
+
+    identity, account_key = IdentityKeyPair.generate(), IdentityKeyPair.generate()
+    seed = identity.seed
+    refused = [
+        [11, 1, seed, None, {}, {}, {}, account_key.seed, b"list"],  # v1 with v2's fields
+        [11, 2, seed, None, {}, {}, {}],  # v2 without them
+        [11, 2, seed, None, {}, {}, {}, account_key.seed, None],  # a key without its list
+        [11, 2, seed, None, {}, {}, {}, None, b"list"],  # a list without its key
+        [11, 2, seed, None, {}, {}, {}, account_key.seed[:31], b"list"],
+        [11, 2, seed, None, {}, {}, {}, account_key.seed, bytes(8 * 1024 + 1)],
+        [11, 3, seed, None, {}, {}, {}, None, None, None],
+    ]
+    for fields in refused:
+        with pytest.raises(DecodeError):
+            BackupContents.decode_untrusted(msgpack.packb(fields, use_bin_type=True))
+    accepted = [11, 2, seed, None, {}, {}, {}, account_key.seed, b"list"]
+    decoded = BackupContents.decode_untrusted(msgpack.packb(accepted, use_bin_type=True))
+    assert decoded.account_key is not None and decoded.account_key.public == account_key.public
+    with pytest.raises(E2EEError):
+        BackupContents(identity, account_key=account_key)
 
 
 def test_prekey_store_of_another_identity_is_refused_in_backup() -> None:
