@@ -598,6 +598,7 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
         record_track,
     )
     from client.voice.call import record_tracks
+    from client.voice.errors import VoiceRefused
     from client.voice.signalling import CallFailed, ParticipantsChanged, SpeakingChanged
 
     channel = await client.find_channel(args.channel)
@@ -685,7 +686,7 @@ async def _voice_join(client: Client, args: argparse.Namespace, out: _Out) -> No
                             f"{await name(update.user_id)} {verb}",
                         )
                     elif isinstance(update, CallFailed):
-                        raise ClientError(f"voice refused ({update.code}): {update.message}")
+                        raise VoiceRefused(update.code, update.message)
     finally:
         for _, recorder in recorders.values():
             recorder.close()

@@ -45,7 +45,7 @@ from aiortc import (
 
 from client.gateway import Dispatch
 from client.media_keys import MediaKeys
-from client.voice.errors import MediaError
+from client.voice.errors import MediaError, VoiceRefused
 from client.voice.media import FrameKeys, ProtectedTransceiver, protect_transceiver
 from client.voice.signalling import (
     AnswerSubscribeOffer,
@@ -247,6 +247,10 @@ class VoiceCall:
         self._updates_in, self.updates = trio.open_memory_channel[SignallingEvent](256)
         #: Set once the send transport's answer is applied (media flows from then on).
         self.published = trio.Event()
+        #: Set when the server refused or ended the call (:attr:`failure` says why).
+        self.failed = trio.Event()
+        self.failure: CallFailed | None = None
+        self._working = trio.CancelScope()
         #: Where replaced transports close (see :meth:`_retire_media`); open while running.
         self._retiring: trio.Nursery | None = None
 
@@ -281,6 +285,8 @@ class VoiceCall:
             self._updates_in.send_nowait(item)
         elif isinstance(item, CallFailed):
             keys.end()
+            self.failure = item
+            self.failed.set()
             self._actions_in.send_nowait(item)
             self._updates_in.send_nowait(item)
         else:
@@ -295,14 +301,21 @@ class VoiceCall:
             try:
                 await self._send(*self.signalling.join())
                 task_status.started()
-                async for action in self._actions_out:
-                    await self._carry_out(action)
+                with self._working:
+                    async for action in self._actions_out:
+                        await self._carry_out(action)
             finally:
                 with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                     self._retire_media()
                     if self.signalling.state is not CallState.IDLE:
                         await self._send(*self.signalling.leave())
                 self.media_keys.end()
+
+    def stop(self) -> None:
+        """End :meth:`run`: it retires both transports and leaves while its asyncio loop
+        still runs (cancelling :meth:`run` instead cancels that loop under aiortc's feet, and
+        ``RTCRtpSender.stop`` could then wait forever)."""
+        self._working.cancel()
 
     async def _carry_out(self, action: _MediaAction) -> None:
         if isinstance(action, Rejoin):
@@ -313,7 +326,8 @@ class VoiceCall:
             keys = self.media_keys.keys
             if keys is None:
                 return
-            self.published = trio.Event()
+            if self.published.is_set():
+                self.published = trio.Event()
             self.media = CallMedia(
                 keys, action.ice_servers, self._source, self._on_track, relay_only=self.relay_only
             )
@@ -350,6 +364,21 @@ class VoiceCall:
             contextlib.suppress(Exception),
         ):
             await trio_asyncio.aio_as_trio(media.close)()
+
+    async def wait_connected(self) -> None:
+        """Return once this device publishes (its send transport's answer applied); raise
+        :class:`~client.voice.errors.VoiceRefused` if the server refused or ended the call
+        first."""
+        async with trio.open_nursery() as nursery:
+
+            async def until(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until, self.published)
+            nursery.start_soon(until, self.failed)
+        if self.failure is not None:
+            raise VoiceRefused(self.failure.code, self.failure.message)
 
     async def set_self(self, *, mute: bool, deaf: bool) -> None:
         """Change self mute/deafen (op 4 in the same channel)."""

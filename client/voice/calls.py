@@ -74,6 +74,7 @@ class Voice:
             self._device_id,
             self_mute=self_mute,
             self_deaf=self_deaf,
+            roster=self.states,
         )
         signalling.participants = {
             k: s for k, s in self.states.in_channel(channel_id).items() if k[1] != self._device_id
@@ -91,6 +92,6 @@ class Voice:
                 try:
                     yield call
                 finally:
-                    nursery.cancel_scope.cancel()
+                    call.stop()
         finally:
             self.call = None

@@ -20,3 +20,14 @@ class MediaHookUnavailable(MediaError):
 
 class MediaFileError(MediaError):
     """A media file cannot be read or written (missing, not WAV, unsupported format)."""
+
+
+class VoiceRefused(MediaError):
+    """The server refused the call or ended it (a ``VOICE_ERROR``, or a moderator's
+    disconnect): ``code`` is the wire code of docs/voice.md (``forbidden``,
+    ``channel_full``, ``not_voice``, ``no_sfu``, ``sfu_error``, ...) or ``disconnected``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"voice refused ({code}): {message}")
+        self.code = code
+        self.message = message

@@ -274,6 +274,7 @@ class CallSignalling:
         *,
         self_mute: bool = False,
         self_deaf: bool = False,
+        roster: VoiceStates | None = None,
     ) -> None:
         self.guild_id = guild_id
         self.channel_id = channel_id
@@ -293,6 +294,9 @@ class CallSignalling:
         self.consumers: dict[str, ConsumerInfo] = {}
         self.speaking: set[tuple[str, str]] = set()
         self.failure: CallFailed | None = None
+        #: Every voice state seen in the guilds (the client's), to find who is already in
+        #: a channel this device is moved to.
+        self._roster = roster
 
     # --- what this device sends ----------------------------------------------------------
 
@@ -396,6 +400,11 @@ class CallSignalling:
         if channel_id != self.channel_id:
             self.channel_id = channel_id
             self.participants.clear()
+            # Those already there sent their voice states before this device arrived.
+            if self._roster is not None:
+                own = (self.user_id, self.device_id)
+                here = self._roster.in_channel(channel_id).items()
+                self.participants.update((k, v) for k, v in here if k != own)
         self.voice_session_id = session_id
         self.sender_index = sender_index
         self.ice_servers = ice_servers

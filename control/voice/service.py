@@ -281,16 +281,23 @@ class VoiceService:
         # they were (the limit is checked again under the lock).
         join_decision(facts.channel_type, facts.permissions, 0, 0)
         if current is not None:
-            await self.leave(current)
-        await self.join(
-            user_id,
-            device_id,
-            guild_id,
-            channel_id,
-            facts,
-            self_mute=self_mute,
-            self_deaf=self_deaf,
-        )
+            await self.leave(current, announce=False)
+        try:
+            await self.join(
+                user_id,
+                device_id,
+                guild_id,
+                channel_id,
+                facts,
+                self_mute=self_mute,
+                self_deaf=self_deaf,
+            )
+        except VoiceRefused:
+            if current is not None:
+                await self._announce(current, current.left())
+            raise
+        if current is not None:
+            await self._moved(current, channel_id)
 
     async def join(
         self,
@@ -515,9 +522,10 @@ class VoiceService:
 
     # -- leaving --------------------------------------------------------------------------
 
-    async def leave(self, session: VoiceSession) -> None:
+    async def leave(self, session: VoiceSession, *, announce: bool = True) -> None:
         """Take a session out of its channel: close its consumers elsewhere and its
-        transports, renegotiate the rest, close the router after the last one."""
+        transports, renegotiate the rest, close the router after the last one. A move
+        announces nothing here (:meth:`_moved`)."""
         with trio.CancelScope(shield=True):
             async with self._lock(session.channel_id):
                 if self.registry.of_device(session.device_id) is not session:
@@ -547,7 +555,18 @@ class VoiceService:
                     if link is not None:
                         with contextlib.suppress(NodeRpcError):
                             await link.request("router.close", {"router_id": channel.router_id})
-            await self._announce(session, session.left())
+            if announce:
+                await self._announce(session, session.left())
+
+    async def _moved(self, session: VoiceSession, channel_id: str) -> None:
+        """After a move: the join announced the new channel to those who see it, the device
+        included (a ``channel_id: null`` in between would end the device's call); those who
+        saw only the old channel learn that the session left it."""
+        guild_id, old = session.guild_id, session.channel_id
+        before = await self.db.read(lambda conn: _audience(conn, guild_id, old))
+        after = await self.db.read(lambda conn: _audience(conn, guild_id, channel_id))
+        if before - after:
+            await self._dispatch(EventName.VOICE_STATE_UPDATE, session.left(), users=before - after)
 
     # -- moderation -----------------------------------------------------------------------
 
@@ -581,7 +600,7 @@ class VoiceService:
         """Move a session to another channel of its guild (a moderator's MOVE_MEMBERS)."""
         with trio.CancelScope(shield=True):
             self_mute, self_deaf = session.self_mute, session.self_deaf
-            await self.leave(session)
+            await self.leave(session, announce=False)
             try:
                 await self.join(
                     session.user_id,
@@ -594,7 +613,10 @@ class VoiceService:
                     moved=True,
                 )
             except VoiceRefused as refused:
+                await self._announce(session, session.left())
                 await self._error(session.device_id, session.guild_id, channel_id, refused)
+                return
+            await self._moved(session, channel_id)
 
     # -- permission changes ---------------------------------------------------------------
 
