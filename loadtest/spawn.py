@@ -33,6 +33,7 @@ class Spawned:
 
     url: str
     nodes: list[SfuNode]
+    control_pid: int
 
     def worker_processes(self) -> list[psutil.Process]:
         """The SFU worker processes (the node's children)."""
@@ -67,7 +68,7 @@ async def spawned(root: Path, *, nodes: int = 1) -> AsyncIterator[Spawned]:
                 ]
                 await _until_nodes(control.url, nodes)
                 try:
-                    yield Spawned(control.url, started)
+                    yield Spawned(control.url, started, control.proc.pid)
                 finally:
                     nursery.cancel_scope.cancel()
         finally:

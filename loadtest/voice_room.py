@@ -184,6 +184,7 @@ class _Room:
         self.failed_joins = 0
         self.started = time.monotonic()
         self.sampler: _SfuSampler | None = None
+        self.control: psutil.Process | None = None
         self.harness = psutil.Process()
         self.harness.cpu_percent(None)
         self.timeline: list[dict[str, Any]] = []
@@ -255,6 +256,10 @@ class _Room:
                 self.sampler.sample()
                 sfu_cpu = self.sampler.latest_cpu()
             harness_cpu = self.harness.cpu_percent(None)
+            control_cpu = None
+            if self.control is not None:
+                with contextlib.suppress(psutil.Error):
+                    control_cpu = self.control.cpu_percent(None)
             point = {
                 "t": round(now - self.started, 1),
                 "joined": len(self.joined),
@@ -262,6 +267,7 @@ class _Room:
                 "pps_out": round(pps_out),
                 "sfu_cpu_pct": sfu_cpu,
                 "harness_cpu_pct": harness_cpu,
+                "control_cpu_pct": control_cpu,
             }
             self.timeline.append(point)
             self._progress(point)
@@ -373,6 +379,8 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
     async with _deployment(config) as (server_url, world):
         if world is not None:
             room.sampler = _SfuSampler(world.worker_processes())
+            room.control = psutil.Process(world.control_pid)
+            room.control.cpu_percent(None)
         accounts, guild_id, channel_id = await _set_up(server_url, config.participants, run_id)
         keys = KeyDirectory()
         bind_ip = "127.0.0.1" if world is not None else "0.0.0.0"

@@ -1,0 +1,50 @@
+"""``python -m loadtest voice-room --spawn`` at a small size: a real deployment, real
+accounts, gateway joins, ICE/DTLS/SRTP and SFrame, and the report's schema
+(docs/loadtest.md) with loss under 1 %."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from loadtest.__main__ import main
+
+pytestmark = pytest.mark.slow
+
+PARTICIPANTS, SPEAKERS, DURATION = 6, 2, 4.0
+
+
+def test_small_voice_room_reports_its_schema_and_no_loss(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["voice-room", "--spawn", "--participants", str(PARTICIPANTS)]
+    argv += ["--speakers", str(SPEAKERS), "--duration", str(DURATION), "--ramp", "1"]
+    argv += ["--json", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert "loss" in capsys.readouterr().out  # the summary table
+
+    assert report["participants"] == PARTICIPANTS and report["joined"] == PARTICIPANTS
+    assert report["errors"] == {}
+    assert report["loss_pct"] < 1.0
+    # Every receiver expects every other participant's frames: speakers every 20 ms, the
+    # silent ones a comfort update every 400 ms.
+    per_second = SPEAKERS * 50 + (PARTICIPANTS - SPEAKERS) * 2.5
+    assert report["expected"] == pytest.approx((PARTICIPANTS - 1) * per_second * DURATION, rel=0.05)
+    for key in ("p50", "p95", "p99", "max"):
+        assert 0 < report["latency_ms"][key] < 1000
+    assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert 0 < report["join_ms"]["p50"] <= report["join_ms"]["p99"] < 15000
+    sfu = report["sfu"]
+    assert sfu["cpu_pct"] > 0 and sfu["rss_mb"] > 10
+    assert sfu["pps_in"] == pytest.approx(per_second, rel=0.05)
+    assert sfu["pps_out"] == pytest.approx((PARTICIPANTS - 1) * per_second, rel=0.05)
+    assert len(sfu["workers"]) == 1
+    rows = report["per_participant"]
+    assert len(rows) == PARTICIPANTS
+    for row in rows:
+        assert row["received"] > 0 and row["loss_pct"] < 1.0 and row["duplicates"] == 0
+        assert row["speaker"] == (row["participant"] < SPEAKERS)
