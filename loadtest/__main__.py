@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
     )
     room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
+    room.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
+    )
     room.add_argument("--quiet", action="store_true", help="no progress line")
     return parser
 
@@ -89,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     print(summary_table(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot is not None:
+        from loadtest.plot import plot_report
+
+        plot_report(report, args.plot)
     return 0
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "TOC",
     "ReceiverStats",
     "Window",
+    "bump",
     "frame_bytes",
     "loss_pct",
     "percentiles",
@@ -77,6 +78,10 @@ class Window:
         """Whether a frame sent at ``sent_ns`` counts."""
         return self.start_ns <= sent_ns < self.end_ns
 
+    def second(self, sent_ns: int) -> int:
+        """Which second of the window a frame sent at ``sent_ns`` (inside it) belongs to."""
+        return int((sent_ns - self.start_ns) // 1_000_000_000)
+
     @property
     def seconds(self) -> float:
         """Length of the window."""
@@ -102,6 +107,10 @@ class ReceiverStats:
         self.window = window
         self.streams: dict[int, _Stream] = {}
         self.latencies_ms = array("d")
+        #: The window second each latency's frame was sent in (parallel to latencies_ms).
+        self.latency_seconds = array("I")
+        #: Unique frames received, by the window second they were sent in.
+        self.per_second: list[int] = []
         self.duplicates = 0
         self.first_media_ns: int | None = None
         self.frames = 0
@@ -124,6 +133,9 @@ class ReceiverStats:
             return
         stream.seqs.add(seq)
         self.latencies_ms.append((arrived_ns - sent_ns) / 1e6)
+        second = self.window.second(sent_ns)
+        self.latency_seconds.append(second)
+        bump(self.per_second, second)
         if stream.last_arrived:
             transit_change = (arrived_ns - stream.last_arrived) - (sent_ns - stream.last_sent)
             stream.jitter_ns += (abs(transit_change) - stream.jitter_ns) / 16
@@ -155,6 +167,13 @@ class ReceiverStats:
             "latency_ms": percentiles(self.latencies_ms),
             "jitter_ms": round(self.jitter_ms(), 3),
         }
+
+
+def bump(counts: list[int], index: int) -> None:
+    """``counts[index] += 1``, growing the list as needed."""
+    if index >= len(counts):
+        counts.extend([0] * (index + 1 - len(counts)))
+    counts[index] += 1
 
 
 def loss_pct(expected: int, received: int) -> float:

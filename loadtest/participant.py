@@ -44,7 +44,7 @@ from e2ee.media import (
     protect_frame,
     unprotect_frame,
 )
-from loadtest.metrics import ReceiverStats, frame_bytes, read_stamp_untrusted
+from loadtest.metrics import ReceiverStats, Window, bump, frame_bytes, read_stamp_untrusted
 from sfu.dtls import Certificate
 from sfu.errors import SrtpError
 from sfu.ice import new_credentials
@@ -293,6 +293,8 @@ class VoiceParticipant:
         self.seq = 0
         self.sent = 0
         self.sent_in_window = 0
+        #: Frames sent, by window second.
+        self.sent_per_second: list[int] = []
         self.received_datagrams = 0
         self.errors: dict[str, int] = {}
 
@@ -494,7 +496,7 @@ class VoiceParticipant:
             self.send_leg.consent()
             self.recv_leg.consent()
 
-    def send_frame(self, *, comfort: bool, window_holds: Callable[[int], bool]) -> None:
+    def send_frame(self, *, comfort: bool, window: Window) -> None:
         """One SFrame-protected, SRTP-protected frame; no await."""
         peer = self.send_leg.peer
         if peer is None or self.sender is None:
@@ -509,8 +511,9 @@ class VoiceParticipant:
         ) + _LEVEL_EXTENSION.pack(0xBEDE, 1, 0x10, level, 0)
         if self.send_leg.send(peer.protect(header + payload)):
             self.sent += 1
-            if window_holds(sent_ns):
+            if window.holds(sent_ns):
                 self.sent_in_window += 1
+                bump(self.sent_per_second, window.second(sent_ns))
         else:
             self.error("send")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import psutil
 import trio
 from trio_websocket import open_websocket_url
@@ -196,10 +197,10 @@ class _Room:
         """Frames on the participant's clock, each sent without waiting."""
         comfort = not self.speaker(participant)
         interval = COMFORT_INTERVAL_S if comfort else FRAME_INTERVAL_S
-        holds = self.window.holds
+        window = self.window
         deadline = trio.current_time()
         while True:
-            participant.send_frame(comfort=comfort, window_holds=holds)
+            participant.send_frame(comfort=comfort, window=window)
             deadline += interval
             await trio.sleep_until(deadline)
 
@@ -287,6 +288,41 @@ class _Room:
         end = "\r" if out.isatty() else "\n"
         print(line.ljust(110), end=end, file=out, flush=True)
 
+    def _per_second(self, latencies: list[float]) -> list[dict[str, Any]]:
+        """Expected and received frames, loss and latency by the window second the frames
+        were sent in (every joined participant expects every other one's frames)."""
+        seconds = math.ceil(self.window.seconds) if self.window.seconds < math.inf else 0
+        listeners = len(self.joined) - 1
+        sent = [0] * seconds
+        for p in self.joined:
+            for n, count in enumerate(p.sent_per_second[:seconds]):
+                sent[n] += count
+        received = [0] * seconds
+        for p in self.participants:
+            for n, count in enumerate(p.stats.per_second[:seconds]):
+                received[n] += count
+        values = np.asarray(latencies, dtype=np.float64)
+        which = (
+            np.concatenate(
+                [np.asarray(p.stats.latency_seconds, dtype=np.int64) for p in self.participants]
+            )
+            if self.participants
+            else np.zeros(0, dtype=np.int64)
+        )
+        rows = []
+        for n in range(seconds):
+            expected = sent[n] * listeners
+            rows.append(
+                {
+                    "second": n,
+                    "expected": expected,
+                    "received": received[n],
+                    "loss_pct": loss_pct(expected, received[n]),
+                    "latency_ms": percentiles(values[which == n]),
+                }
+            )
+        return rows
+
     def report(self, spawned_world: Spawned | None) -> dict[str, Any]:
         config = self.config
         rows = []
@@ -339,6 +375,7 @@ class _Room:
         errors = self.errors()
         if self.failed_joins:
             errors["participants_not_joined"] = self.failed_joins
+        per_second = self._per_second(latencies)
         harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
         return {
             "scenario": "voice-room",
@@ -362,6 +399,8 @@ class _Room:
             "sfu": sfu,
             "harness_cpu_pct": round(sum(harness) / len(harness), 1) if harness else None,
             "errors": errors,
+            "per_second": per_second,
+            "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
             "per_participant": rows,
             "timeline": self.timeline,
             "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,

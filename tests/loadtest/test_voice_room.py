@@ -22,7 +22,8 @@ def test_small_voice_room_reports_its_schema_and_no_loss(
     out = tmp_path / "out.json"
     argv = ["voice-room", "--spawn", "--participants", str(PARTICIPANTS)]
     argv += ["--speakers", str(SPEAKERS), "--duration", str(DURATION), "--ramp", "1"]
-    argv += ["--json", str(out), "--quiet"]
+    plot = tmp_path / "out.png"
+    argv += ["--json", str(out), "--plot", str(plot), "--quiet"]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert "loss" in capsys.readouterr().out  # the summary table
@@ -43,6 +44,12 @@ def test_small_voice_room_reports_its_schema_and_no_loss(
     assert sfu["pps_in"] == pytest.approx(per_second, rel=0.05)
     assert sfu["pps_out"] == pytest.approx((PARTICIPANTS - 1) * per_second, rel=0.05)
     assert len(sfu["workers"]) == 1
+    seconds = report["per_second"]
+    assert [row["second"] for row in seconds] == list(range(int(DURATION)))
+    assert sum(row["expected"] for row in seconds) == report["expected"]
+    assert sum(row["received"] for row in seconds) == report["received"]
+    assert all(row["latency_ms"]["p99"] is not None for row in seconds)
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     rows = report["per_participant"]
     assert len(rows) == PARTICIPANTS
     for row in rows:
