@@ -1,9 +1,10 @@
 """``python -m loadtest`` and ``hushroom loadtest``: the load-test harness (docs/loadtest.md).
 
-Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking). The
-harness starts a local deployment with ``--spawn`` or drives a running one with
-``--target URL``; it prints a progress line while it runs, a summary at the end, and writes
-the full report as JSON with ``--json FILE``.
+Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking) and
+``many-rooms`` (R such rooms at once). The harness starts a local deployment with
+``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
+it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
+draws it with ``--plot FILE.png``.
 """
 
 from __future__ import annotations
@@ -30,26 +31,18 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hushroom loadtest",
-        description="Load-test a hushroom deployment with synthetic voice participants.",
-    )
-    scenarios = parser.add_subparsers(dest="scenario", required=True)
-    room = scenarios.add_parser(
-        "voice-room",
-        help="N participants in one voice channel, S of them speaking",
-        description="N participants in one voice channel; S speak (20 ms Opus-sized "
-        "frames), the rest are silent with DTX. Real accounts, gateway, ICE/DTLS/SRTP and "
-        "SFrame; see docs/loadtest.md.",
-    )
+def _room_options(room: argparse.ArgumentParser) -> None:
     where = room.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--spawn", action="store_true", help="start a local deployment in a temporary directory"
     )
     where.add_argument("--target", metavar="URL", help="a running deployment's control URL")
-    room.add_argument("--participants", type=_positive_int, default=10)
-    room.add_argument("--speakers", type=_positive_int, default=2)
+    room.add_argument(
+        "--participants", type=_positive_int, default=10, help="participants per room"
+    )
+    room.add_argument(
+        "--speakers", type=_positive_int, default=2, help="speakers per room (the rest: DTX)"
+    )
     room.add_argument(
         "--duration", type=_non_negative, default=20.0, help="seconds measured (default 20)"
     )
@@ -64,6 +57,30 @@ def _parser() -> argparse.ArgumentParser:
         "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
     )
     room.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hushroom loadtest",
+        description="Load-test a hushroom deployment with synthetic voice participants.",
+    )
+    scenarios = parser.add_subparsers(dest="scenario", required=True)
+    room = scenarios.add_parser(
+        "voice-room",
+        help="N participants in one voice channel, S of them speaking",
+        description="N participants in one voice channel; S speak (20 ms Opus-sized "
+        "frames), the rest are silent with DTX. Real accounts, gateway, ICE/DTLS/SRTP and "
+        "SFrame; see docs/loadtest.md.",
+    )
+    _room_options(room)
+    many = scenarios.add_parser(
+        "many-rooms",
+        help="R rooms of N participants, S speaking in each",
+        description="R voice channels (each in its own guild) of N participants, S of whom "
+        "speak in each; measured as voice-room, per room and in total.",
+    )
+    many.add_argument("--rooms", type=_positive_int, default=2, help="rooms (default 2)")
+    _room_options(many)
     return parser
 
 
@@ -83,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         speakers=args.speakers,
         duration=args.duration,
         ramp=args.ramp,
+        rooms=getattr(args, "rooms", 1),
         target=args.target,
         nodes=args.nodes,
         progress=None if args.quiet else sys.stderr,

@@ -46,7 +46,7 @@ from e2ee.media import (
 )
 from loadtest.metrics import ReceiverStats, Window, bump, frame_bytes, read_stamp_untrusted
 from sfu.dtls import Certificate
-from sfu.errors import SrtpError
+from sfu.errors import SfuError, SrtpError
 from sfu.ice import new_credentials
 from sfu.rtp import AUDIO_LEVEL
 from sfu.sdp import SessionDescription
@@ -262,6 +262,9 @@ class VoiceParticipant:
         bind_ip: str,
     ) -> None:
         self.number = number
+        #: Which room of the run (``many-rooms``) and the participant's place in it.
+        self.room = 0
+        self.rank = number
         self.account = account
         self.keys = keys
         self.stats = stats
@@ -434,30 +437,41 @@ class VoiceParticipant:
         self.sending.set()
 
     async def subscribe(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, within: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Answer every ``VOICE_SUBSCRIBE_OFFER`` (the latest when several queued up); the
-        first answer connects the receive transport and starts reading it."""
+        first answer with something to consume starts connecting the receive transport
+        (bounded by ``within``) and then reading it, while later offers are answered."""
         assert self.gateway is not None
         task_status.started()
         async with trio.open_nursery() as nursery:
-            while True:
-                await self.offer_arrived.wait()
-                self.offer_arrived = trio.Event()
-                offer = self.subscribe_offer
-                assert offer is not None
-                answer, active = self.subscribe_answer(offer["sdp_offer"])
-                await self.gateway.send(
-                    Op.VOICE_SUBSCRIBE_ANSWER,
-                    {"voice_session_id": offer["voice_session_id"], "sdp_answer": answer},
-                )
-                self.consuming = active
-                if self.recv_leg.peer is None and active:
-                    self.marks["subscribe_answered"] = time.monotonic_ns()
-                    await self.recv_leg.connect(offer["sdp_offer"])
-                    self.marks["recv_connected"] = time.monotonic_ns()
-                    self.recv_connected.set()
-                    nursery.start_soon(self.read)
+            try:
+                while True:
+                    await self.offer_arrived.wait()
+                    self.offer_arrived = trio.Event()
+                    offer = self.subscribe_offer
+                    assert offer is not None
+                    answer, active = self.subscribe_answer(offer["sdp_offer"])
+                    await self.gateway.send(
+                        Op.VOICE_SUBSCRIBE_ANSWER,
+                        {"voice_session_id": offer["voice_session_id"], "sdp_answer": answer},
+                    )
+                    self.consuming = active
+                    if "subscribe_answered" not in self.marks and active:
+                        self.marks["subscribe_answered"] = time.monotonic_ns()
+                        nursery.start_soon(self._receive, offer["sdp_offer"], within)
+            except (ConnectionClosed, SfuError, ValueError, KeyError) as exc:
+                self.error(f"subscribe_failed:{type(exc).__name__}")
+
+    async def _receive(self, sfu_sdp: str, within: float) -> None:
+        try:
+            await self.recv_leg.connect(sfu_sdp, within)
+        except (trio.TooSlowError, OSError, SfuError, ValueError, KeyError) as exc:
+            self.error(f"recv_connect_failed:{type(exc).__name__}")
+            return
+        self.marks["recv_connected"] = time.monotonic_ns()
+        self.recv_connected.set()
+        await self.read()
 
     async def read(self) -> None:
         """Decrypt every datagram on the receive transport and record its stamp."""

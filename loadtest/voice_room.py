@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 import psutil
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from client.api import ControlApi
 from loadtest.metrics import ReceiverStats, Window, loss_pct, percentiles
@@ -53,6 +53,8 @@ class RoomConfig:
     speakers: int
     duration: float
     ramp: float
+    #: Rooms of ``participants`` each (``many-rooms``); 1 is ``voice-room``.
+    rooms: int = 1
     target: str | None = None
     nodes: int = 1
     join_timeout: float = 30.0
@@ -125,9 +127,13 @@ def _ws_url(server_url: str) -> str:
     return ("wss" if scheme == "https" else "ws") + "://" + rest + "/api/v1/gateway"
 
 
-async def _set_up(server_url: str, count: int, run_id: str) -> tuple[list[Account], str, str]:
-    """Register ``count`` accounts; the first creates a guild with a voice channel and an
-    invite the others accept. Returns the accounts, guild id and channel id."""
+async def _set_up(
+    server_url: str, rooms: int, per_room: int, run_id: str
+) -> list[tuple[list[Account], str, str]]:
+    """Register ``rooms × per_room`` accounts; the first of each room creates a guild with a
+    voice channel and an invite the room's others accept. Returns, per room, its accounts,
+    guild id and channel id."""
+    count = rooms * per_room
     accounts: list[Account | None] = [None] * count
     limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
 
@@ -139,26 +145,30 @@ async def _set_up(server_url: str, count: int, run_id: str) -> tuple[list[Accoun
         for n in range(count):
             nursery.start_soon(register, n)
     done = [a for a in accounts if a is not None]
-    owner = ControlApi(server_url, done[0].token)
-    try:
-        guild = await owner.create_guild(f"loadtest {run_id}")
-        channel = await owner.create_channel(guild.id, "room", type="voice")
-        invite = await owner.create_invite(guild.channels[0].id)
-    finally:
-        await owner.aclose()
+    result = []
+    for room in range(rooms):
+        members = done[room * per_room : (room + 1) * per_room]
+        owner = ControlApi(server_url, members[0].token)
+        try:
+            guild = await owner.create_guild(f"loadtest {run_id} room {room}")
+            channel = await owner.create_channel(guild.id, "room", type="voice")
+            invite = await owner.create_invite(guild.channels[0].id)
+        finally:
+            await owner.aclose()
 
-    async def accept(account: Account) -> None:
-        async with limiter:
-            api = ControlApi(server_url, account.token)
-            try:
-                await api.accept_invite(invite)
-            finally:
-                await api.aclose()
+        async def accept(account: Account, invite: str = invite) -> None:
+            async with limiter:
+                api = ControlApi(server_url, account.token)
+                try:
+                    await api.accept_invite(invite)
+                finally:
+                    await api.aclose()
 
-    async with trio.open_nursery() as nursery:
-        for account in done[1:]:
-            nursery.start_soon(accept, account)
-    return done, guild.id, channel.id
+        async with trio.open_nursery() as nursery:
+            for account in members[1:]:
+                nursery.start_soon(accept, account)
+        result.append((members, guild.id, channel.id))
+    return result
 
 
 async def _connected(
@@ -182,6 +192,7 @@ class _Room:
         self.window = Window()
         self.participants: list[VoiceParticipant] = []
         self.joined: list[VoiceParticipant] = []
+        self.joined_by_room: list[list[VoiceParticipant]] = [[] for _ in range(config.rooms)]
         self.failed_joins = 0
         self.started = time.monotonic()
         self.sampler: _SfuSampler | None = None
@@ -191,7 +202,7 @@ class _Room:
         self.timeline: list[dict[str, Any]] = []
 
     def speaker(self, participant: VoiceParticipant) -> bool:
-        return participant.number < self.config.speakers
+        return participant.rank < self.config.speakers
 
     async def send_frames(self, participant: VoiceParticipant) -> None:
         """Frames on the participant's clock, each sent without waiting."""
@@ -205,27 +216,32 @@ class _Room:
             await trio.sleep_until(deadline)
 
     async def join(self, participant: VoiceParticipant, nursery: trio.Nursery) -> None:
-        await nursery.start(participant.subscribe)
+        await nursery.start(participant.subscribe, self.config.join_timeout)
         nursery.start_soon(participant.keep_consent)
         try:
             await participant.join(self.config.join_timeout)
-        except (trio.TooSlowError, OSError, ValueError, KeyError) as exc:
+        except (trio.TooSlowError, ConnectionClosed, OSError, ValueError, KeyError) as exc:
             participant.error(f"join_failed:{type(exc).__name__}")
             self.failed_joins += 1
             return
         self.joined.append(participant)
+        self.joined_by_room[participant.room].append(participant)
         nursery.start_soon(self.send_frames, participant)
 
     def ready(self) -> bool:
-        """Everyone joined consumes everyone else and has heard every other speaker."""
-        others = len(self.joined) - 1
-        speakers = {p.number for p in self.joined if self.speaker(p)}
-        return all(
-            p.consuming >= others
-            and p.recv_connected.is_set()
-            and speakers - {p.number} <= p.stats.heard
-            for p in self.joined
-        )
+        """Everyone joined consumes everyone else in the room and has heard every other
+        speaker of it."""
+        for joined in self.joined_by_room:
+            others = len(joined) - 1
+            speakers = {p.number for p in joined if self.speaker(p)}
+            if not all(
+                p.consuming >= others
+                and p.recv_connected.is_set()
+                and speakers - {p.number} <= p.stats.heard
+                for p in joined
+            ):
+                return False
+        return True
 
     def counters(self) -> tuple[int, int]:
         """Frames sent and datagrams received by all participants so far."""
@@ -292,11 +308,11 @@ class _Room:
         """Expected and received frames, loss and latency by the window second the frames
         were sent in (every joined participant expects every other one's frames)."""
         seconds = math.ceil(self.window.seconds) if self.window.seconds < math.inf else 0
-        listeners = len(self.joined) - 1
-        sent = [0] * seconds
-        for p in self.joined:
-            for n, count in enumerate(p.sent_per_second[:seconds]):
-                sent[n] += count
+        expected_by_second = [0] * seconds
+        for joined in self.joined_by_room:
+            for p in joined:
+                for n, count in enumerate(p.sent_per_second[:seconds]):
+                    expected_by_second[n] += count * (len(joined) - 1)
         received = [0] * seconds
         for p in self.participants:
             for n, count in enumerate(p.stats.per_second[:seconds]):
@@ -311,7 +327,7 @@ class _Room:
         )
         rows = []
         for n in range(seconds):
-            expected = sent[n] * listeners
+            expected = expected_by_second[n]
             rows.append(
                 {
                     "second": n,
@@ -333,10 +349,11 @@ class _Room:
         step_times: dict[str, list[float]] = {}
         for p in self.participants:
             in_call = p in self.joined
-            expected = sum(o.sent_in_window for o in self.joined if o is not p) if in_call else 0
+            mates = self.joined_by_room[p.room]
+            expected = sum(o.sent_in_window for o in mates if o is not p) if in_call else 0
             row = p.stats.summary(expected)
             join_ms = None
-            if p.number != 0 and in_call and p.stats.first_media_ns is not None:
+            if p.rank != 0 and in_call and p.stats.first_media_ns is not None:
                 join_ms = round((p.stats.first_media_ns - p.join_started_ns) / 1e6, 1)
                 joins.append(join_ms)
             steps = {
@@ -344,12 +361,13 @@ class _Room:
                 for step, at in p.marks.items()
                 if p.join_started_ns
             }
-            if p.number != 0:
+            if p.rank != 0:
                 for step, value in steps.items():
                     step_times.setdefault(step, []).append(value)
             row.update(
                 {
                     "participant": p.number,
+                    "room": p.room,
                     "join_steps_ms": steps,
                     "speaker": self.speaker(p),
                     "joined": in_call,
@@ -376,12 +394,36 @@ class _Room:
         if self.failed_joins:
             errors["participants_not_joined"] = self.failed_joins
         per_second = self._per_second(latencies)
+        per_room = []
+        for room in range(config.rooms):
+            in_room = [row for row in rows if row["room"] == room]
+            expected = sum(row["expected"] for row in in_room)
+            received = sum(row["received"] for row in in_room)
+            per_room.append(
+                {
+                    "room": room,
+                    "joined": len(self.joined_by_room[room]),
+                    "expected": expected,
+                    "received": received,
+                    "loss_pct": loss_pct(expected, received),
+                    "latency_ms": percentiles(
+                        [
+                            v
+                            for p in self.participants
+                            if p.room == room
+                            for v in p.stats.latencies_ms
+                        ]
+                    ),
+                }
+            )
         harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
         return {
-            "scenario": "voice-room",
+            "scenario": "many-rooms" if config.rooms > 1 else "voice-room",
             "command": config.command,
             "target": config.target or "spawn",
-            "participants": config.participants,
+            "participants": config.participants * config.rooms,
+            "rooms": config.rooms,
+            "participants_per_room": config.participants,
             "joined": len(self.joined),
             "speakers": config.speakers,
             "duration_s": round(seconds, 3),
@@ -401,6 +443,7 @@ class _Room:
             "errors": errors,
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
+            "per_room": per_room,
             "per_participant": rows,
             "timeline": self.timeline,
             "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,
@@ -420,16 +463,22 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
             room.sampler = _SfuSampler(world.worker_processes())
             room.control = psutil.Process(world.control_pid)
             room.control.cpu_percent(None)
-        accounts, guild_id, channel_id = await _set_up(server_url, config.participants, run_id)
-        keys = KeyDirectory()
+        rooms = await _set_up(server_url, config.rooms, config.participants, run_id)
         bind_ip = "127.0.0.1" if world is not None else "0.0.0.0"
-        for n, account in enumerate(accounts):
-            participant = VoiceParticipant(
-                n, account, keys=keys, stats=ReceiverStats(room.window), bind_ip=bind_ip
-            )
-            participant.guild_id, participant.channel_id = guild_id, channel_id
-            keys.listeners.append(participant)
-            room.participants.append(participant)
+        for index, (accounts, guild_id, channel_id) in enumerate(rooms):
+            keys = KeyDirectory()
+            for rank, account in enumerate(accounts):
+                participant = VoiceParticipant(
+                    len(room.participants),
+                    account,
+                    keys=keys,
+                    stats=ReceiverStats(room.window),
+                    bind_ip=bind_ip,
+                )
+                participant.room, participant.rank = index, rank
+                participant.guild_id, participant.channel_id = guild_id, channel_id
+                keys.listeners.append(participant)
+                room.participants.append(participant)
         try:
             async with trio.open_nursery() as nursery:
                 ws_url = _ws_url(server_url)
@@ -438,10 +487,17 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                     async with limiter:
                         await nursery.start(_connected, ws_url, p)
                 nursery.start_soon(room.monitor)
-                first, rest = room.participants[0], room.participants[1:]
-                await room.join(first, nursery)
-                if first not in room.joined:
-                    raise RuntimeError("the first participant could not join")
+                # The first of each room joins alone; then the others of every room,
+                # interleaved, over the ramp.
+                for first in (p for p in room.participants if p.rank == 0):
+                    await room.join(first, nursery)
+                    if first not in room.joined:
+                        raise RuntimeError(
+                            f"the first participant of room {first.room} could not join"
+                        )
+                rest = sorted(
+                    (p for p in room.participants if p.rank != 0), key=lambda p: (p.rank, p.room)
+                )
                 spacing = config.ramp / len(rest) if rest else 0.0
                 start = trio.current_time()
                 async with trio.open_nursery() as joins:
@@ -456,7 +512,7 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                         await trio.sleep(0.05)
                 if not room.ready():
                     for p in room.joined:
-                        if p.consuming < len(room.joined) - 1:
+                        if p.consuming < len(room.joined_by_room[p.room]) - 1:
                             p.error("not_consuming_everyone")
                 await trio.sleep(0.5)
                 begin = time.monotonic_ns()
@@ -479,7 +535,8 @@ def summary_table(report: dict[str, Any]) -> str:
         return "-" if value is None else f"{value:.1f}"
 
     lines = [
-        f"voice-room: {report['joined']}/{report['participants']} participants, "
+        f"{report['scenario']}: {report['joined']}/{report['participants']} participants in "
+        f"{report['rooms']} room(s), "
         f"{report['speakers']} speakers, {report['duration_s']:.1f} s measured "
         f"({report['target']})",
         f"  frames       expected {report['expected']}  received {report['received']}  "

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from loadtest.__main__ import main
+from loadtest.spawn import spawned
+from loadtest.voice_room import RoomConfig, run_voice_room
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +57,39 @@ def test_small_voice_room_reports_its_schema_and_no_loss(
     for row in rows:
         assert row["received"] > 0 and row["loss_pct"] < 1.0 and row["duplicates"] == 0
         assert row["speaker"] == (row["participant"] < SPEAKERS)
+
+
+async def test_target_mode_drives_a_running_deployment(tmp_path: Path) -> None:
+    """``--target URL``: the same run against a deployment the harness did not start —
+    accounts through the API with its proofs of work, no SFU process figures (null), packet
+    rates from the participants."""
+    async with spawned(tmp_path / "deployment") as world:
+        config = RoomConfig(
+            participants=4, speakers=1, duration=2.0, ramp=0.5, target=world.url + "/"
+        )
+        report = await run_voice_room(config)
+    assert report["target"] == world.url + "/" and report["spawned_nodes"] is None
+    assert report["joined"] == 4 and report["errors"] == {}
+    assert report["loss_pct"] < 1.0 and report["received"] > 0
+    assert report["sfu"]["cpu_pct"] is None and report["sfu"]["rss_mb"] is None
+    assert report["sfu"]["pps_in"] > 0 and report["sfu"]["pps_out"] > 0
+
+
+def test_many_rooms_keeps_each_rooms_media_in_its_room(tmp_path: Path) -> None:
+    out = tmp_path / "rooms.json"
+    argv = ["many-rooms", "--rooms", "2", "--spawn", "--participants", "3", "--speakers", "1"]
+    argv += ["--duration", "2", "--ramp", "0.5", "--json", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["scenario"] == "many-rooms" and report["rooms"] == 2
+    assert report["participants"] == 6 and report["joined"] == 6 and report["errors"] == {}
+    assert [room["joined"] for room in report["per_room"]] == [3, 3]
+    assert sum(room["expected"] for room in report["per_room"]) == report["expected"]
+    assert all(room["loss_pct"] < 1.0 and room["received"] > 0 for room in report["per_room"])
+    # Each receiver expects exactly the frames its own room's others sent; a frame from the
+    # other room could not be decrypted (no key for it) and would show as an error.
+    rows = report["per_participant"]
+    for row in rows:
+        mates = [r for r in rows if r["room"] == row["room"] and r is not row]
+        assert len(mates) == 2
+        assert row["expected"] == sum(r["sent_in_window"] for r in mates)
