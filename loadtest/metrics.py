@@ -166,6 +166,7 @@ class ReceiverStats:
             "duplicates": self.duplicates,
             "latency_ms": percentiles(self.latencies_ms),
             "jitter_ms": round(self.jitter_ms(), 3),
+            "decrypted": self.frames,
         }
 
 

@@ -216,7 +216,8 @@ class Gateway:
                     if frame.get("op") == Op.DISPATCH:
                         self.on_dispatch(frame["t"], frame["d"])
             except ConnectionClosed as exc:
-                self.closed = f"gateway closed: {exc.reason}"
+                code = exc.reason.code if exc.reason is not None else "unknown"
+                self.closed = f"gateway_closed:{code}"
             nursery.cancel_scope.cancel()
 
     async def _heartbeat(self) -> None:
@@ -289,7 +290,6 @@ class VoiceParticipant:
         #: Active m-sections of the latest answered subscribe offer.
         self.consuming = 0
         self.recv_connected = trio.Event()
-        self.sending = trio.Event()
         self.join_started_ns = 0
         #: When each step of the join happened (monotonic ns), for the report's breakdown.
         self.marks: dict[str, int] = {}
@@ -434,7 +434,6 @@ class VoiceParticipant:
         assert self.publish_answer is not None
         await self.send_leg.connect(self.publish_answer["sdp_answer"], within)
         self.marks["send_connected"] = time.monotonic_ns()
-        self.sending.set()
 
     async def subscribe(
         self, within: float, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -1,4 +1,5 @@
-"""The ``voice-room`` scenario: N participants in one voice channel, S of them speaking.
+"""The ``voice-room`` scenario (N participants in one voice channel, S of them speaking) and
+``many-rooms`` (R such rooms at once).
 
 Every participant publishes its microphone as a client does; the S speakers send a 20 ms
 Opus-sized frame every 20 ms, the others are silent with DTX, i.e. a comfort-noise update
@@ -181,7 +182,7 @@ async def _connected(
         task_status.started()
         await gateway.run()
         if gateway.closed:
-            participant.error("gateway_closed")
+            participant.error(gateway.closed)
 
 
 class _Room:
