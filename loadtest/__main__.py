@@ -1,27 +1,120 @@
-"""``python -m loadtest``: the load-test harness for SFU nodes and control planes.
+"""``python -m loadtest`` and ``hushroom loadtest``: the load-test harness (docs/loadtest.md).
 
-The harness (synthetic and real participants against a running deployment) is not built
-yet; this entry point exists so the command and its place in ``hushroom`` are stable. It
-says so plainly instead of pretending to measure anything.
+Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking) and
+``many-rooms`` (R such rooms at once). The harness starts a local deployment with
+``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
+it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
+draws it with ``--plot FILE.png``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m loadtest`` and ``hushroom loadtest``."""
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _room_options(room: argparse.ArgumentParser) -> None:
+    where = room.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--spawn", action="store_true", help="start a local deployment in a temporary directory"
+    )
+    where.add_argument("--target", metavar="URL", help="a running deployment's control URL")
+    room.add_argument(
+        "--participants", type=_positive_int, default=10, help="participants per room"
+    )
+    room.add_argument(
+        "--speakers", type=_positive_int, default=2, help="speakers per room (the rest: DTX)"
+    )
+    room.add_argument(
+        "--duration", type=_non_negative, default=20.0, help="seconds measured (default 20)"
+    )
+    room.add_argument(
+        "--ramp", type=_non_negative, default=5.0, help="seconds over which participants join"
+    )
+    room.add_argument(
+        "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
+    )
+    room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
+    room.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
+    )
+    room.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hushroom loadtest",
-        description="Load-test a running hushroom deployment (not built yet).",
+        description="Load-test a hushroom deployment with synthetic voice participants.",
     )
-    parser.parse_args(argv)
-    print("hushroom loadtest: the load tester is not built yet", file=sys.stderr)
-    return 1
+    scenarios = parser.add_subparsers(dest="scenario", required=True)
+    room = scenarios.add_parser(
+        "voice-room",
+        help="N participants in one voice channel, S of them speaking",
+        description="N participants in one voice channel; S speak (20 ms Opus-sized "
+        "frames), the rest are silent with DTX. Real accounts, gateway, ICE/DTLS/SRTP and "
+        "SFrame; see docs/loadtest.md.",
+    )
+    _room_options(room)
+    many = scenarios.add_parser(
+        "many-rooms",
+        help="R rooms of N participants, S speaking in each",
+        description="R voice channels (each in its own guild) of N participants, S of whom "
+        "speak in each; measured as voice-room, per room and in total.",
+    )
+    many.add_argument("--rooms", type=_positive_int, default=2, help="rooms (default 2)")
+    _room_options(many)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m loadtest`` and ``hushroom loadtest``."""
+    args = _parser().parse_args(argv)
+    from loadtest.voice_room import RoomConfig, main_voice_room, summary_table
+
+    if args.speakers > args.participants:
+        print("hushroom loadtest: --speakers exceeds --participants", file=sys.stderr)
+        return 2
+    if args.participants < 2:
+        print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
+        return 2
+    config = RoomConfig(
+        participants=args.participants,
+        speakers=args.speakers,
+        duration=args.duration,
+        ramp=args.ramp,
+        rooms=getattr(args, "rooms", 1),
+        target=args.target,
+        nodes=args.nodes,
+        progress=None if args.quiet else sys.stderr,
+        command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
+    )
+    report = main_voice_room(config)
+    print(summary_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot is not None:
+        from loadtest.plot import plot_report
+
+        plot_report(report, args.plot)
+    return 0
 
 
 if __name__ == "__main__":

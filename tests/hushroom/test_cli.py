@@ -72,7 +72,8 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     assert "HUSHROOM_CONTROL_LISTEN" in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_loadtest_says_it_is_not_built_rather_than_pretending() -> None:
-    result = _run(HUSHROOM, "loadtest")
-    assert result.returncode == 1
-    assert "not built yet" in result.stderr
+def test_loadtest_routes_to_the_harness_scenarios() -> None:
+    bare = _run(HUSHROOM, "loadtest")
+    assert bare.returncode == 2 and "voice-room" in bare.stderr
+    room = _run(HUSHROOM, "loadtest", "voice-room", "--help")
+    assert room.returncode == 0 and "--participants" in room.stdout and "--spawn" in room.stdout

@@ -1,0 +1,568 @@
+"""The ``voice-room`` scenario (N participants in one voice channel, S of them speaking) and
+``many-rooms`` (R such rooms at once).
+
+Every participant publishes its microphone as a client does; the S speakers send a 20 ms
+Opus-sized frame every 20 ms, the others are silent with DTX, i.e. a comfort-noise update
+every 400 ms. Participant 0 joins first; the others join spread over ``--ramp`` seconds.
+Once everyone is in, consumes everyone else and has heard every speaker, the measurement
+window opens for ``--duration`` seconds (docs/loadtest.md describes every figure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import psutil
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from client.api import ControlApi
+from loadtest.metrics import ReceiverStats, Window, loss_pct, percentiles
+from loadtest.participant import (
+    Account,
+    Gateway,
+    KeyDirectory,
+    VoiceParticipant,
+    register_account,
+)
+from loadtest.spawn import Spawned, spawned
+
+__all__ = ["RoomConfig", "run_voice_room"]
+
+FRAME_INTERVAL_S = 0.020
+COMFORT_INTERVAL_S = 0.400
+#: Accounts registered (and invites accepted) at once.
+SETUP_CONCURRENCY = 8
+#: Frames sent inside the window still count if they arrive this long after it closes.
+DRAIN_S = 1.0
+
+
+@dataclass
+class RoomConfig:
+    """What ``python -m loadtest voice-room`` was asked for."""
+
+    participants: int
+    speakers: int
+    duration: float
+    ramp: float
+    #: Rooms of ``participants`` each (``many-rooms``); 1 is ``voice-room``.
+    rooms: int = 1
+    target: str | None = None
+    nodes: int = 1
+    join_timeout: float = 30.0
+    ready_timeout: float = 60.0
+    progress: TextIO | None = None
+    command: list[str] = field(default_factory=list)
+
+
+class _SfuSampler:
+    """CPU % and RSS of each spawned SFU worker, sampled every second (psutil, /proc)."""
+
+    def __init__(self, workers: list[psutil.Process]) -> None:
+        self.workers = workers
+        self.samples: list[tuple[float, list[tuple[float, int]]]] = []
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                worker.cpu_percent(None)
+
+    def sample(self) -> None:
+        now = time.monotonic_ns()
+        row: list[tuple[float, int]] = []
+        for worker in self.workers:
+            try:
+                row.append((worker.cpu_percent(None), worker.memory_info().rss))
+            except psutil.Error:
+                row.append((0.0, 0))
+        self.samples.append((now, row))
+
+    def latest_cpu(self) -> float | None:
+        if not self.samples or not self.workers:
+            return None
+        return sum(cpu for cpu, _ in self.samples[-1][1])
+
+    def summary(self, window: Window) -> dict[str, Any]:
+        # A sample covers the second before it: keep those wholly inside the window.
+        inside = [
+            row for t, row in self.samples if window.start_ns + 1e9 <= t <= window.end_ns
+        ] or [row for _, row in self.samples[-1:]]
+        workers: list[dict[str, Any]] = []
+        for n, worker in enumerate(self.workers):
+            cpus = [row[n][0] for row in inside]
+            rss = max((row[n][1] for row in inside), default=0)
+            workers.append(
+                {
+                    "pid": worker.pid,
+                    "cpu_pct": round(sum(cpus) / len(cpus), 1) if cpus else None,
+                    "cpu_pct_max": round(max(cpus), 1) if cpus else None,
+                    "rss_mb": round(rss / 2**20, 1),
+                }
+            )
+        return {
+            "cpu_pct": round(sum(w["cpu_pct"] or 0.0 for w in workers), 1),
+            "rss_mb": round(sum(w["rss_mb"] for w in workers), 1),
+            "workers": workers,
+        }
+
+
+@asynccontextmanager
+async def _deployment(config: RoomConfig) -> AsyncIterator[tuple[str, Spawned | None]]:
+    if config.target is not None:
+        yield config.target.rstrip("/"), None
+        return
+    with tempfile.TemporaryDirectory(prefix="hushroom-loadtest-") as root:
+        async with spawned(Path(root), nodes=config.nodes) as world:
+            yield world.url, world
+
+
+def _ws_url(server_url: str) -> str:
+    scheme, rest = server_url.split("://", 1)
+    return ("wss" if scheme == "https" else "ws") + "://" + rest + "/api/v1/gateway"
+
+
+async def _set_up(
+    server_url: str, rooms: int, per_room: int, run_id: str
+) -> list[tuple[list[Account], str, str]]:
+    """Register ``rooms × per_room`` accounts; the first of each room creates a guild with a
+    voice channel and an invite the room's others accept. Returns, per room, its accounts,
+    guild id and channel id."""
+    count = rooms * per_room
+    accounts: list[Account | None] = [None] * count
+    limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
+
+    async def register(n: int) -> None:
+        async with limiter:
+            accounts[n] = await register_account(server_url, f"lt{run_id}p{n}")
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            nursery.start_soon(register, n)
+    done = [a for a in accounts if a is not None]
+    result = []
+    for room in range(rooms):
+        members = done[room * per_room : (room + 1) * per_room]
+        owner = ControlApi(server_url, members[0].token)
+        try:
+            guild = await owner.create_guild(f"loadtest {run_id} room {room}")
+            channel = await owner.create_channel(guild.id, "room", type="voice")
+            invite = await owner.create_invite(guild.channels[0].id)
+        finally:
+            await owner.aclose()
+
+        async def accept(account: Account, invite: str = invite) -> None:
+            async with limiter:
+                api = ControlApi(server_url, account.token)
+                try:
+                    await api.accept_invite(invite)
+                finally:
+                    await api.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for account in members[1:]:
+                nursery.start_soon(accept, account)
+        result.append((members, guild.id, channel.id))
+    return result
+
+
+async def _connected(
+    ws_url: str, participant: VoiceParticipant, *, task_status: trio.TaskStatus[None]
+) -> None:
+    async with open_websocket_url(ws_url, max_message_size=64 * 1024 * 1024) as ws:
+        gateway = Gateway(ws, participant.on_dispatch)
+        await gateway.identify(participant.account.token)
+        participant.gateway = gateway
+        task_status.started()
+        await gateway.run()
+        if gateway.closed:
+            participant.error(gateway.closed)
+
+
+class _Room:
+    """The participants, the window, and the live counters of one run."""
+
+    def __init__(self, config: RoomConfig) -> None:
+        self.config = config
+        self.window = Window()
+        self.participants: list[VoiceParticipant] = []
+        self.joined: list[VoiceParticipant] = []
+        self.joined_by_room: list[list[VoiceParticipant]] = [[] for _ in range(config.rooms)]
+        self.failed_joins = 0
+        self.started = time.monotonic()
+        self.sampler: _SfuSampler | None = None
+        self.control: psutil.Process | None = None
+        self.harness = psutil.Process()
+        self.harness.cpu_percent(None)
+        self.timeline: list[dict[str, Any]] = []
+
+    def speaker(self, participant: VoiceParticipant) -> bool:
+        return participant.rank < self.config.speakers
+
+    async def send_frames(self, participant: VoiceParticipant) -> None:
+        """Frames on the participant's clock, each sent without waiting."""
+        comfort = not self.speaker(participant)
+        interval = COMFORT_INTERVAL_S if comfort else FRAME_INTERVAL_S
+        window = self.window
+        deadline = trio.current_time()
+        while True:
+            participant.send_frame(comfort=comfort, window=window)
+            deadline += interval
+            await trio.sleep_until(deadline)
+
+    async def join(self, participant: VoiceParticipant, nursery: trio.Nursery) -> None:
+        await nursery.start(participant.subscribe, self.config.join_timeout)
+        nursery.start_soon(participant.keep_consent)
+        try:
+            await participant.join(self.config.join_timeout)
+        except (trio.TooSlowError, ConnectionClosed, OSError, ValueError, KeyError) as exc:
+            participant.error(f"join_failed:{type(exc).__name__}")
+            self.failed_joins += 1
+            return
+        self.joined.append(participant)
+        self.joined_by_room[participant.room].append(participant)
+        nursery.start_soon(self.send_frames, participant)
+
+    def ready(self) -> bool:
+        """Everyone joined consumes everyone else in the room and has heard every other
+        speaker of it."""
+        for joined in self.joined_by_room:
+            others = len(joined) - 1
+            speakers = {p.number for p in joined if self.speaker(p)}
+            if not all(
+                p.consuming >= others
+                and p.recv_connected.is_set()
+                and speakers - {p.number} <= p.stats.heard
+                for p in joined
+            ):
+                return False
+        return True
+
+    def counters(self) -> tuple[int, int]:
+        """Frames sent and datagrams received by all participants so far."""
+        sent = sum(p.sent for p in self.participants)
+        received = sum(p.received_datagrams for p in self.participants)
+        return sent, received
+
+    def errors(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for p in self.participants:
+            for kind, count in p.errors.items():
+                total[kind] = total.get(kind, 0) + count
+        return total
+
+    async def monitor(self) -> None:
+        """Once a second: SFU and harness CPU, rates, and the progress line."""
+        last_sent, last_received = self.counters()
+        last = time.monotonic()
+        while True:
+            await trio.sleep(1.0)
+            now = time.monotonic()
+            sent, received = self.counters()
+            elapsed = now - last
+            pps_in = (sent - last_sent) / elapsed
+            pps_out = (received - last_received) / elapsed
+            last_sent, last_received, last = sent, received, now
+            sfu_cpu = None
+            if self.sampler is not None:
+                self.sampler.sample()
+                sfu_cpu = self.sampler.latest_cpu()
+            harness_cpu = self.harness.cpu_percent(None)
+            control_cpu = None
+            if self.control is not None:
+                with contextlib.suppress(psutil.Error):
+                    control_cpu = self.control.cpu_percent(None)
+            point = {
+                "t": round(now - self.started, 1),
+                "joined": len(self.joined),
+                "pps_in": round(pps_in),
+                "pps_out": round(pps_out),
+                "sfu_cpu_pct": sfu_cpu,
+                "harness_cpu_pct": harness_cpu,
+                "control_cpu_pct": control_cpu,
+            }
+            self.timeline.append(point)
+            self._progress(point)
+
+    def _progress(self, point: dict[str, Any]) -> None:
+        out = self.config.progress
+        if out is None:
+            return
+        phase = "measuring" if self.window.start_ns < math.inf else "joining"
+        sfu = "-" if point["sfu_cpu_pct"] is None else f"{point['sfu_cpu_pct']:.0f}%"
+        errors = sum(self.errors().values())
+        line = (
+            f"[{point['t']:6.1f}s] {phase:9} joined {point['joined']}/{len(self.participants)}"
+            f"  in {point['pps_in']} pps  out {point['pps_out']} pps"
+            f"  sfu cpu {sfu}  harness cpu {point['harness_cpu_pct']:.0f}%  errors {errors}"
+        )
+        end = "\r" if out.isatty() else "\n"
+        print(line.ljust(110), end=end, file=out, flush=True)
+
+    def _per_second(self, latencies: list[float]) -> list[dict[str, Any]]:
+        """Expected and received frames, loss and latency by the window second the frames
+        were sent in (every joined participant expects every other one's frames)."""
+        seconds = math.ceil(self.window.seconds) if self.window.seconds < math.inf else 0
+        expected_by_second = [0] * seconds
+        for joined in self.joined_by_room:
+            for p in joined:
+                for n, count in enumerate(p.sent_per_second[:seconds]):
+                    expected_by_second[n] += count * (len(joined) - 1)
+        received = [0] * seconds
+        for p in self.participants:
+            for n, count in enumerate(p.stats.per_second[:seconds]):
+                received[n] += count
+        values = np.asarray(latencies, dtype=np.float64)
+        which = (
+            np.concatenate(
+                [np.asarray(p.stats.latency_seconds, dtype=np.int64) for p in self.participants]
+            )
+            if self.participants
+            else np.zeros(0, dtype=np.int64)
+        )
+        rows = []
+        for n in range(seconds):
+            expected = expected_by_second[n]
+            rows.append(
+                {
+                    "second": n,
+                    "expected": expected,
+                    "received": received[n],
+                    "loss_pct": loss_pct(expected, received[n]),
+                    "latency_ms": percentiles(values[which == n]),
+                }
+            )
+        return rows
+
+    def report(self, spawned_world: Spawned | None) -> dict[str, Any]:
+        config = self.config
+        rows = []
+        expected_total = received_total = duplicates = 0
+        latencies: list[float] = []
+        jitters = []
+        joins = []
+        step_times: dict[str, list[float]] = {}
+        for p in self.participants:
+            in_call = p in self.joined
+            mates = self.joined_by_room[p.room]
+            expected = sum(o.sent_in_window for o in mates if o is not p) if in_call else 0
+            row = p.stats.summary(expected)
+            join_ms = None
+            if p.rank != 0 and in_call and p.stats.first_media_ns is not None:
+                join_ms = round((p.stats.first_media_ns - p.join_started_ns) / 1e6, 1)
+                joins.append(join_ms)
+            steps = {
+                step: round((at - p.join_started_ns) / 1e6, 1)
+                for step, at in p.marks.items()
+                if p.join_started_ns
+            }
+            if p.rank != 0:
+                for step, value in steps.items():
+                    step_times.setdefault(step, []).append(value)
+            row.update(
+                {
+                    "participant": p.number,
+                    "room": p.room,
+                    "join_steps_ms": steps,
+                    "speaker": self.speaker(p),
+                    "joined": in_call,
+                    "sent_in_window": p.sent_in_window,
+                    "join_ms": join_ms,
+                    "errors": dict(p.errors),
+                }
+            )
+            rows.append(row)
+            expected_total += expected
+            received_total += row["received"]
+            duplicates += row["duplicates"]
+            latencies.extend(p.stats.latencies_ms)
+            if in_call:
+                jitters.append(p.stats.jitter_ms())
+        seconds = self.window.seconds
+        sent_in_window = sum(p.sent_in_window for p in self.joined)
+        sfu: dict[str, Any] = {"cpu_pct": None, "rss_mb": None, "workers": []}
+        if self.sampler is not None:
+            sfu = self.sampler.summary(self.window)
+        sfu["pps_in"] = round(sent_in_window / seconds) if seconds else 0
+        sfu["pps_out"] = round(received_total / seconds) if seconds else 0
+        errors = self.errors()
+        if self.failed_joins:
+            errors["participants_not_joined"] = self.failed_joins
+        per_second = self._per_second(latencies)
+        per_room = []
+        for room in range(config.rooms):
+            in_room = [row for row in rows if row["room"] == room]
+            expected = sum(row["expected"] for row in in_room)
+            received = sum(row["received"] for row in in_room)
+            per_room.append(
+                {
+                    "room": room,
+                    "joined": len(self.joined_by_room[room]),
+                    "expected": expected,
+                    "received": received,
+                    "loss_pct": loss_pct(expected, received),
+                    "latency_ms": percentiles(
+                        [
+                            v
+                            for p in self.participants
+                            if p.room == room
+                            for v in p.stats.latencies_ms
+                        ]
+                    ),
+                }
+            )
+        harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
+        return {
+            "scenario": "many-rooms" if config.rooms > 1 else "voice-room",
+            "command": config.command,
+            "target": config.target or "spawn",
+            "participants": config.participants * config.rooms,
+            "rooms": config.rooms,
+            "participants_per_room": config.participants,
+            "joined": len(self.joined),
+            "speakers": config.speakers,
+            "duration_s": round(seconds, 3),
+            "ramp_s": config.ramp,
+            "expected": expected_total,
+            "received": received_total,
+            "loss_pct": loss_pct(expected_total, received_total),
+            "duplicates": duplicates,
+            "latency_ms": percentiles(latencies),
+            "jitter_ms": round(sum(jitters) / len(jitters), 3) if jitters else None,
+            "join_ms": percentiles(joins),
+            "join_steps_ms": {
+                step: percentiles(values)["p50"] for step, values in step_times.items()
+            },
+            "sfu": sfu,
+            "harness_cpu_pct": round(sum(harness) / len(harness), 1) if harness else None,
+            "errors": errors,
+            "per_second": per_second,
+            "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
+            "per_room": per_room,
+            "per_participant": rows,
+            "timeline": self.timeline,
+            "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,
+        }
+
+
+async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
+    """Run the scenario and return the report (the JSON of docs/loadtest.md)."""
+    if not 1 <= config.speakers <= config.participants:
+        raise ValueError("--speakers must be between 1 and --participants")
+    if config.participants < 2:
+        raise ValueError("--participants must be at least 2")
+    room = _Room(config)
+    run_id = f"{int(time.time()) % 100000:05d}"
+    async with _deployment(config) as (server_url, world):
+        if world is not None:
+            room.sampler = _SfuSampler(world.worker_processes())
+            room.control = psutil.Process(world.control_pid)
+            room.control.cpu_percent(None)
+        rooms = await _set_up(server_url, config.rooms, config.participants, run_id)
+        bind_ip = "127.0.0.1" if world is not None else "0.0.0.0"
+        for index, (accounts, guild_id, channel_id) in enumerate(rooms):
+            keys = KeyDirectory()
+            for rank, account in enumerate(accounts):
+                participant = VoiceParticipant(
+                    len(room.participants),
+                    account,
+                    keys=keys,
+                    stats=ReceiverStats(room.window),
+                    bind_ip=bind_ip,
+                )
+                participant.room, participant.rank = index, rank
+                participant.guild_id, participant.channel_id = guild_id, channel_id
+                keys.listeners.append(participant)
+                room.participants.append(participant)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws_url = _ws_url(server_url)
+                limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
+                for p in room.participants:
+                    async with limiter:
+                        await nursery.start(_connected, ws_url, p)
+                nursery.start_soon(room.monitor)
+                # The first of each room joins alone; then the others of every room,
+                # interleaved, over the ramp.
+                for first in (p for p in room.participants if p.rank == 0):
+                    await room.join(first, nursery)
+                    if first not in room.joined:
+                        raise RuntimeError(
+                            f"the first participant of room {first.room} could not join"
+                        )
+                rest = sorted(
+                    (p for p in room.participants if p.rank != 0), key=lambda p: (p.rank, p.room)
+                )
+                spacing = config.ramp / len(rest) if rest else 0.0
+                start = trio.current_time()
+                async with trio.open_nursery() as joins:
+                    for k, p in enumerate(rest):
+                        await trio.sleep_until(start + k * spacing)
+                        joins.start_soon(room.join, p, nursery)
+                with trio.move_on_after(config.ready_timeout):
+                    # Polled: readiness is spread over every participant's counters.
+                    while True:
+                        if room.ready():
+                            break
+                        await trio.sleep(0.05)
+                if not room.ready():
+                    for p in room.joined:
+                        if p.consuming < len(room.joined_by_room[p.room]) - 1:
+                            p.error("not_consuming_everyone")
+                await trio.sleep(0.5)
+                begin = time.monotonic_ns()
+                room.window.open(begin, begin + int(config.duration * 1e9))
+                await trio.sleep(config.duration + DRAIN_S)
+                nursery.cancel_scope.cancel()
+        finally:
+            for p in room.participants:
+                p.close()
+            if config.progress is not None and config.progress.isatty():
+                print(file=config.progress)
+        return room.report(world)
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """The summary a person reads at the end of a run."""
+    lat, join, sfu = report["latency_ms"], report["join_ms"], report["sfu"]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = [
+        f"{report['scenario']}: {report['joined']}/{report['participants']} participants in "
+        f"{report['rooms']} room(s), "
+        f"{report['speakers']} speakers, {report['duration_s']:.1f} s measured "
+        f"({report['target']})",
+        f"  frames       expected {report['expected']}  received {report['received']}  "
+        f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}",
+        f"  latency ms   p50 {ms(lat['p50'])}  p95 {ms(lat['p95'])}  p99 {ms(lat['p99'])}  "
+        f"max {ms(lat['max'])}  jitter {ms(report['jitter_ms'])}",
+        f"  join ms      p50 {ms(join['p50'])}  p95 {ms(join['p95'])}  p99 {ms(join['p99'])}  "
+        f"max {ms(join['max'])}",
+        f"  sfu          cpu {ms(sfu['cpu_pct'])} %  rss {ms(sfu['rss_mb'])} MB  "
+        f"in {sfu['pps_in']} pps  out {sfu['pps_out']} pps",
+    ]
+    for worker in sfu.get("workers", []):
+        lines.append(
+            f"    worker {worker['pid']}: cpu {ms(worker['cpu_pct'])} % "
+            f"(max {ms(worker['cpu_pct_max'])})  rss {worker['rss_mb']} MB"
+        )
+    lines.append(f"  harness cpu  {ms(report['harness_cpu_pct'])} %")
+    errors = report["errors"]
+    lines.append(
+        "  errors       "
+        + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "none")
+    )
+    return "\n".join(lines)
+
+
+def main_voice_room(config: RoomConfig) -> dict[str, Any]:
+    """Run from synchronous code (the CLI)."""
+    return trio.run(run_voice_room, config)
