@@ -19,6 +19,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from hushroom import node_link
+from loadtest.participant import transport_from_sdp
 from sfu.dtls import Certificate
 from sfu.ice import new_credentials
 from sfu.rtp import AUDIO_LEVEL, RtpPacket
@@ -132,21 +133,6 @@ class Gateway:
         return len(self.dispatches)
 
 
-def _transport_from_sdp(text: str) -> dict[str, Any]:
-    """What :class:`SyntheticPeer` needs, read from the SFU's SDP (its answer or offer)."""
-    sdp = SessionDescription.parse_untrusted(text)
-    media = next(m for m in sdp.media if m.port != 0)
-    fingerprints = media.fingerprints or sdp.fingerprints
-    parts = media.candidates[0].split()
-    return {
-        "ice_parameters": {"username_fragment": media.ice_ufrag, "password": media.ice_pwd},
-        "dtls_parameters": {
-            "fingerprints": [{"algorithm": a, "value": v} for a, v in fingerprints]
-        },
-        "ice_candidates": [{"ip": parts[4], "port": int(parts[5])}],
-    }
-
-
 class VoicePeer:
     """One device's send or receive transport as a browser would run it, over loopback."""
 
@@ -215,7 +201,7 @@ class VoicePeer:
 
     async def connect(self, sfu_sdp: str) -> None:
         """ICE and DTLS against the transport the SFU's SDP describes."""
-        self.peer = SyntheticPeer(_transport_from_sdp(sfu_sdp), self.certificate)
+        self.peer = SyntheticPeer(transport_from_sdp(sfu_sdp), self.certificate)
         await self.sock.bind(("127.0.0.1", 0))
         target = self.peer.remote_address
         await self.sock.sendto(self.peer.binding_request(), target)
