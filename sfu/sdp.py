@@ -34,7 +34,8 @@ __all__ = [
 ]
 
 MAX_SDP_BYTES = 64 * 1024
-MAX_MEDIA_SECTIONS = 64
+# A room of N needs N - 1 receive m-sections; MAX_SDP_BYTES bounds the work either way.
+MAX_MEDIA_SECTIONS = 512
 MAX_ATTRIBUTES_PER_SECTION = 512
 
 AUDIO_EXTENSIONS = (AUDIO_LEVEL, ABS_SEND_TIME, TRANSPORT_CC, MID)
@@ -602,8 +603,9 @@ def build_consumer_offer(
 ) -> SessionDescription:
     """An offer for a subscriber's receiving transport (RFC 8829 §5.2).
 
-    m-sections keep their position across renegotiations (a closed consumer stays as an
-    inactive section with port 0, RFC 8829 §5.2.2), so ``consumers`` is the full history.
+    m-sections keep their position across renegotiations: a closed consumer stays as an
+    inactive section with port 0 until a new consumer recycles its slot under a new mid
+    (RFC 8829 §5.2.2), so ``consumers`` is every slot, live or closed.
     """
     if not consumers:
         raise ValueError("an offer needs at least one m-section")

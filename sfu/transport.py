@@ -22,7 +22,7 @@ from sfu.ice import IceLiteResponder, new_credentials
 from sfu.producer import Producer
 from sfu.rtcp import TransportCc
 from sfu.rtp import MID, REPAIRED_RID, RID, find_extension_untrusted
-from sfu.sdp import ConsumerOffer
+from sfu.sdp import ConsumerOffer, SessionDescription
 from sfu.srtp import SrtpContext
 
 __all__ = ["TransportCcRecorder", "WebRtcTransport"]
@@ -107,6 +107,11 @@ class WebRtcTransport:
     consumers: dict[str, Consumer] = field(default_factory=dict)
     consumers_by_ssrc: dict[int, Consumer] = field(default_factory=dict)
     consumer_offers: list[ConsumerOffer] = field(default_factory=list)
+    # Closed consumers' mids whose m-section the subscriber has answered as rejected or
+    # inactive: only those slots may be recycled (RFC 8829 §5.2.2), or the subscriber
+    # would see an m-section it still uses change its mid.
+    recyclable_mids: set[str] = field(default_factory=set)
+    mids_issued: int = 0
     extension_ids: dict[str, int] = field(default_factory=dict)
     twcc: TransportCcRecorder = field(default_factory=TransportCcRecorder)
     # The publisher's available bandwidth for REMB; only when it sends abs-send-time.
@@ -224,5 +229,24 @@ class WebRtcTransport:
         return None
 
     def new_mid(self) -> str:
-        """The next m-section id for a consumer in this transport's receiving session."""
-        return str(len(self.consumer_offers))
+        """A never-used m-section id for a consumer in this transport's receiving session
+        (a recycled m-section takes a new mid too, RFC 8829 §5.2.2)."""
+        self.mids_issued += 1
+        return str(self.mids_issued - 1)
+
+    def add_consumer_offer(self, offer: ConsumerOffer) -> None:
+        """Place a consumer's m-section: in the first recyclable closed slot of its kind,
+        else at the end, so the session has as many m-sections as its peak of consumers."""
+        for index, slot in enumerate(self.consumer_offers):
+            if not slot.active and slot.kind == offer.kind and slot.mid in self.recyclable_mids:
+                self.recyclable_mids.discard(slot.mid)
+                self.consumer_offers[index] = offer
+                return
+        self.consumer_offers.append(offer)
+
+    def answered(self, answer: SessionDescription) -> None:
+        """Learn from a subscriber's answer which closed m-sections it has rejected."""
+        closed = {o.mid for o in self.consumer_offers if not o.active}
+        for media in answer.media:
+            if media.mid in closed and (media.port == 0 or media.direction == "inactive"):
+                self.recyclable_mids.add(media.mid)

@@ -487,6 +487,7 @@ class Worker:
         fingerprints = remote_fingerprints(answer)
         if not fingerprints:
             raise BadParams("answer carries no DTLS fingerprint")
+        transport.answered(answer)
         if transport.dtls is None:
             self._arm_dtls(transport, fingerprints, now)
         return {}
@@ -673,7 +674,7 @@ class Worker:
             consumer.preferred_layer = preferred
         consumer.set_bandwidth(consumer.bandwidth)
         mid = transport.new_mid()
-        transport.consumer_offers.append(
+        transport.add_consumer_offer(
             ConsumerOffer(
                 mid=mid,
                 kind=producer.kind,
@@ -708,7 +709,8 @@ class Worker:
         return {}
 
     def consumer_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
-        """``consumer.close``: its m-section stays in the next offer, inactive."""
+        """``consumer.close``: its m-section stays in the next offer, inactive, until the
+        subscriber has answered it so and a new consumer of its kind recycles it."""
         consumer = self._consumer(params)
         transport = self.transports.get(consumer.transport_id)
         if transport is not None:

@@ -12,6 +12,10 @@ then decodes the first audio track for SECONDS of sound and prints
 ``{"first_audio_s": t, "frequency": f, "frames": n}`` — the delay from answering until the
 first decoded frame, and the dominant frequency of what was heard; with ``--video`` also
 ``"video_frames"`` decoded from the first video track.
+
+``follow SECONDS``: a subscriber across renegotiations. Each ``{"offer": sdp}`` is answered
+with ``{"answer": sdp}``; ``{"hear": mid}`` decodes the audio track that arrived under that
+mid for SECONDS of sound and prints ``{"first_audio_s": t, "frequency": f, "frames": n}``.
 """
 
 from __future__ import annotations
@@ -121,6 +125,63 @@ async def publish(frequency: float, video: bool) -> None:
     await pc.close()
 
 
+async def hear(audio: MediaStreamTrack, seconds: float, since: float) -> dict[str, Any]:
+    """Decode SECONDS of sound from ``audio``: the delay from ``since`` until the first
+    audible frame, and the dominant frequency."""
+    samples: list[np.ndarray] = []
+    first_audio: float | None = None
+    frames = 0
+
+    async def decode() -> None:
+        nonlocal first_audio, frames
+        while sum(len(s) for s in samples) < seconds * RATE:
+            frame = await audio.recv()
+            pcm = frame.to_ndarray().astype(np.float64)
+            mono = pcm.reshape(-1, len(frame.layout.channels))[:, 0]
+            if first_audio is None and np.abs(mono).max() > 1000:
+                first_audio = time.monotonic() - since
+            if first_audio is not None:
+                samples.append(mono)
+                frames += 1
+
+    with contextlib.suppress(asyncio.TimeoutError, MediaStreamError):
+        await asyncio.wait_for(decode(), seconds + 20)
+    frequency = 0.0
+    if samples:
+        sound = np.concatenate(samples)
+        spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
+        frequency = float(np.fft.rfftfreq(len(sound), 1 / RATE)[int(np.argmax(spectrum))])
+    return {"first_audio_s": first_audio, "frequency": frequency, "frames": frames}
+
+
+async def follow(seconds: float) -> None:
+    """Answer offer after offer; hear the audio track of a mid when asked."""
+    pc = RTCPeerConnection()
+    # By the mid it arrived under: aiortc may later give a stale transceiver of a recycled
+    # m-section the same mid, but the track event names the transceiver that was created.
+    audio: dict[str, MediaStreamTrack] = {}
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.receiver.track is track and transceiver.mid is not None:
+                audio[transceiver.mid] = track
+
+    answered = time.monotonic()
+    with contextlib.suppress(EOFError):
+        while True:
+            message = await read_message()
+            if "offer" in message:
+                offer = RTCSessionDescription(sdp=message["offer"], type="offer")
+                await pc.setRemoteDescription(offer)
+                await pc.setLocalDescription(await pc.createAnswer())
+                answered = time.monotonic()
+                emit({"answer": pc.localDescription.sdp})
+            else:
+                emit(await hear(audio[message["hear"]], seconds, answered))
+    await pc.close()
+
+
 async def subscribe(seconds: float, video: bool) -> None:
     pc = RTCPeerConnection()
     tracks: dict[str, asyncio.Future[MediaStreamTrack]] = {
@@ -139,22 +200,7 @@ async def subscribe(seconds: float, video: bool) -> None:
     answered = time.monotonic()
     emit({"answer": pc.localDescription.sdp})
     audio = await asyncio.wait_for(tracks["audio"], 10)
-    samples: list[np.ndarray] = []
-    first_audio: float | None = None
-    frames = 0
-
-    async def hear() -> None:
-        nonlocal first_audio, frames
-        while sum(len(s) for s in samples) < seconds * RATE:
-            frame = await audio.recv()
-            pcm = frame.to_ndarray().astype(np.float64)
-            mono = pcm.reshape(-1, len(frame.layout.channels))[:, 0]
-            if first_audio is None and np.abs(mono).max() > 1000:
-                first_audio = time.monotonic() - answered
-            if first_audio is not None:
-                samples.append(mono)
-                frames += 1
-
+    heard = asyncio.ensure_future(hear(audio, seconds, answered))
     video_frames = 0
 
     async def watch() -> None:
@@ -165,20 +211,9 @@ async def subscribe(seconds: float, video: bool) -> None:
             video_frames += 1
 
     watcher = asyncio.ensure_future(watch()) if video else None
-    with contextlib.suppress(asyncio.TimeoutError, MediaStreamError):
-        await asyncio.wait_for(hear(), seconds + 20)
+    result = await heard
     if watcher is not None:
         watcher.cancel()
-    frequency = 0.0
-    if samples:
-        sound = np.concatenate(samples)
-        spectrum = np.abs(np.fft.rfft(sound * np.hanning(len(sound))))
-        frequency = float(np.fft.rfftfreq(len(sound), 1 / RATE)[int(np.argmax(spectrum))])
-    result: dict[str, Any] = {
-        "first_audio_s": first_audio,
-        "frequency": frequency,
-        "frames": frames,
-    }
     if video:
         result["video_frames"] = video_frames
     emit(result)
@@ -218,7 +253,7 @@ async def watch(seconds: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["publish", "subscribe", "watch"])
+    parser.add_argument("mode", choices=["publish", "subscribe", "watch", "follow"])
     parser.add_argument("value", type=float)
     parser.add_argument("--video", action="store_true")
     args = parser.parse_args()
@@ -226,6 +261,8 @@ def main() -> None:
         asyncio.run(publish(args.value, args.video))
     elif args.mode == "watch":
         asyncio.run(watch(args.value))
+    elif args.mode == "follow":
+        asyncio.run(follow(args.value))
     else:
         asyncio.run(subscribe(args.value, args.video))
 

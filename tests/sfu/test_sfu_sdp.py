@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sfu.errors import MalformedSdp, UnsupportedOffer
 from sfu.rtp import AUDIO_LEVEL, MID, RID, TRANSPORT_CC
 from sfu.sdp import (
+    MAX_MEDIA_SECTIONS,
     ConsumerOffer,
     IceDtlsParameters,
     SessionDescription,
@@ -230,3 +231,12 @@ def test_sdp_parser_never_crashes(text: str) -> None:
 def test_mutated_offers_give_typed_errors_only(lines: list[str]) -> None:
     with contextlib.suppress(MalformedSdp):
         answer_offer(SessionDescription.parse_untrusted("\n".join(["v=0", *lines])), LOCAL, 1)
+
+
+def test_large_rooms_fit_and_the_m_section_count_is_still_bounded() -> None:
+    section = "m=audio 0 UDP/TLS/RTP/SAVPF 100\r\na=mid:{}\r\n"
+    big = "v=0\r\n" + "".join(section.format(i) for i in range(MAX_MEDIA_SECTIONS))
+    assert MAX_MEDIA_SECTIONS > 100
+    assert len(SessionDescription.parse_untrusted(big).media) == MAX_MEDIA_SECTIONS
+    with pytest.raises(MalformedSdp, match="too many m-sections"):
+        SessionDescription.parse_untrusted(big + section.format(MAX_MEDIA_SECTIONS))

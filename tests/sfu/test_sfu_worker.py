@@ -826,3 +826,77 @@ def test_dtls_from_an_address_ice_never_authenticated_is_not_held() -> None:
         h.worker.datagram_received(datagram, ("127.0.0.1", 5004), h.now)
     transport = h.worker.transports[created["transport_id"]]
     assert transport.early_dtls == []
+
+
+def _renegotiate(h: Harness, transport_id: str) -> SessionDescription:
+    """One offer and the subscriber's answer: what it accepts, and closed sections rejected."""
+    offer = SessionDescription.parse_untrusted(
+        h.call("transport.offer", transport_id=transport_id)["sdp_offer"]
+    )
+    h.call("transport.answer", transport_id=transport_id, sdp_answer=offer.serialize())
+    return offer
+
+
+def test_join_leave_cycles_recycle_m_sections_under_new_mids(room) -> None:
+    # In a long call, every leave used to leave an inactive m-section behind for good: the
+    # session grew until the client's answer outgrew the gateway's frame.
+    h, router_id, producer_id, sub_id = room
+    pub2_id, _ = h.join(router_id, 5003)
+    video = h.call(
+        "producer.create", transport_id=pub2_id, kind="video", payload_type=96, ssrcs={"4444": 0}
+    )["producer_id"]
+    h.call("consumer.create", transport_id=sub_id, producer_id=video)
+    mids_seen: set[str] = set()
+    for _ in range(100):
+        created = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+        assert created["mid"] not in mids_seen  # a recycled slot takes a new mid
+        mids_seen.add(created["mid"])
+        offer = _renegotiate(h, sub_id)
+        assert [(m.kind, m.port != 0) for m in offer.media] == [
+            ("video", True),
+            ("audio", True),
+        ]
+        assert offer.media[1].mid == created["mid"]
+        h.call("consumer.close", consumer_id=created["consumer_id"])
+        offer = _renegotiate(h, sub_id)
+        assert [(m.kind, m.port != 0) for m in offer.media] == [
+            ("video", True),
+            ("audio", False),
+        ]
+    assert len(h.worker.transports[sub_id].consumer_offers) == 2
+
+
+def test_a_closed_m_section_is_recycled_only_once_answered_and_only_for_its_kind(room) -> None:
+    h, router_id, producer_id, sub_id = room
+    first = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    _renegotiate(h, sub_id)
+    h.call("consumer.close", consumer_id=first["consumer_id"])
+    # The subscriber still has mid 0 live until it answers the offer that closes it.
+    second = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    offer = _renegotiate(h, sub_id)
+    assert [(m.mid, m.port != 0) for m in offer.media] == [("0", False), ("1", True)]
+    pub2_id, _ = h.join(router_id, 5003)
+    video = h.call(
+        "producer.create", transport_id=pub2_id, kind="video", payload_type=96, ssrcs={"4444": 0}
+    )["producer_id"]
+    h.call("consumer.create", transport_id=sub_id, producer_id=video)
+    offer = _renegotiate(h, sub_id)
+    assert [(m.mid, m.kind, m.port != 0) for m in offer.media] == [
+        ("0", "audio", False),
+        ("1", "audio", True),
+        ("2", "video", True),
+    ]
+    third = h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    offer = _renegotiate(h, sub_id)
+    assert [(m.mid, m.kind, m.port != 0) for m in offer.media] == [
+        ("3", "audio", True),
+        ("1", "audio", True),
+        ("2", "video", True),
+    ]
+    assert third["mid"] == "3" and offer.bundle == ["3", "1", "2"]
+    assert offer.media[0].ssrcs.keys() == {third["ssrc"]}
+    sub = h.peers[("127.0.0.1", 5002)]
+    h.send(5001, h.peers[("127.0.0.1", 5001)].protect(_audio(100, 30)))
+    h.deliver()
+    arrived = {RtpPacket.parse_untrusted(p).ssrc for p in sub.rtp}
+    assert arrived == {second["ssrc"], third["ssrc"]}
