@@ -1,6 +1,7 @@
 """Interop with headless Chromium, all through the SFU on loopback: Chromium publishes its
 (fake) microphone to an aiortc subscriber, plays an aiortc publisher's tone and decodes its
-VP8, and sends VP8 simulcast that an aiortc subscriber decodes."""
+VP8, sends VP8 simulcast that an aiortc subscriber decodes, and plays a new speaker in a
+recycled m-section."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 import trio
-from interop_peers import publish, subscribe
+from interop_peers import Peer, publish, subscribe
+
+from sfu.sdp import SessionDescription
 
 pytestmark = pytest.mark.slow
 
@@ -101,6 +104,49 @@ async function post(path, body) {
     await post("/result", JSON.stringify({layers, bwe, state: pub.connectionState}));
   } catch (error) {
     await post("/result", JSON.stringify({error: String(error)}));
+  }
+})();
+</script>
+"""
+
+
+RECYCLE_PAGE = b"""<!doctype html><meta charset="utf-8"><title>hushroom sfu recycling</title>
+<script>
+async function post(path, body) {
+  const response = await fetch(path, {method: "POST", body});
+  return response.text();
+}
+(async () => {
+  const rounds = [];
+  try {
+    const sub = new RTCPeerConnection();
+    sub.ontrack = (event) => {
+      const audio = new Audio();
+      audio.srcObject = new MediaStream([event.track]);
+      audio.play().catch(() => {});
+    };
+    for (;;) {
+      const step = JSON.parse(await post("/offer", ""));
+      if (step.done) break;
+      await sub.setRemoteDescription({type: "offer", sdp: step.sdp});
+      await sub.setLocalDescription(await sub.createAnswer());
+      await post("/answer", sub.localDescription.sdp);
+      const round = {mids: sub.getTransceivers().map((t) => t.mid), heard: 0};
+      const listening = sub.getTransceivers().find((t) => t.mid === step.listen);
+      for (let i = 0; listening && i < 100 && !round.heard; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        (await listening.receiver.getStats()).forEach((s) => {
+          if (s.type === "inbound-rtp") {
+            round.stats = [s.packetsReceived, s.totalAudioEnergy];
+            if (s.packetsReceived > 30 && s.totalAudioEnergy > 0) round.heard = s.packetsReceived;
+          }
+        });
+      }
+      rounds.push(round);
+    }
+    await post("/result", JSON.stringify({rounds}));
+  } catch (error) {
+    await post("/result", JSON.stringify({error: String(error), rounds}));
   }
 })();
 </script>
@@ -290,3 +336,86 @@ async def test_chromium_vp8_simulcast_is_forwarded_and_decoded(
     # key frame, and aiortc decoded it.
     assert seen["video_frames"] > 10, seen
     assert set(seen["widths"]) <= {320, 640}
+
+
+class RecyclingServer(PageServer):
+    """Drives a Chromium subscriber through a speaker leaving and another one arriving,
+    while a third speaks throughout."""
+
+    def __init__(self, control: Any, router_id: str, nursery: trio.Nursery) -> None:
+        super().__init__(control, router_id, [], RECYCLE_PAGE)
+        self.nursery = nursery
+        self.publishers: list[Peer] = []
+        self.consumers: list[dict[str, Any]] = []
+        self.producers: list[dict[str, Any]] = []
+        self.offers: list[SessionDescription] = []
+
+    async def _speaker_arrives(self, frequency: str) -> str:
+        publisher, producers = await publish(self.control, self.nursery, self.router_id, frequency)
+        self.publishers.append(publisher)
+        self.producers.append(producers[0])
+        consumer = await self.control.call(
+            "consumer.create",
+            transport_id=self._subscriber_transport,
+            producer_id=producers[0]["producer_id"],
+        )
+        self.consumers.append(consumer)
+        return str(consumer["mid"])
+
+    async def route(self, method: str, path: str, body: bytes) -> tuple[bytes, bytes]:
+        if path != "/offer":
+            return await super().route(method, path, body)
+        listen = None
+        if not self.offers:
+            transport = await self.control.call("transport.create", router_id=self.router_id)
+            self._subscriber_transport = transport["transport_id"]
+            # Someone stays throughout: with every m-section rejected, Chromium would drop
+            # the BUNDLE transport itself.
+            await self._speaker_arrives("880")
+            listen = await self._speaker_arrives("440")
+        elif len(self.offers) == 1:
+            await self.control.call("consumer.close", consumer_id=self.consumers[1]["consumer_id"])
+            await self.control.call("producer.close", producer_id=self.producers[1]["producer_id"])
+            await self.publishers[1].close()
+        elif len(self.offers) == 2:
+            listen = await self._speaker_arrives("660")
+        else:
+            return b"application/json", b'{"done": true}'
+        offer = await self.control.call("transport.offer", transport_id=self._subscriber_transport)
+        self.offers.append(SessionDescription.parse_untrusted(offer["sdp_offer"]))
+        step = {"sdp": offer["sdp_offer"], "listen": listen}
+        return b"application/json", json.dumps(step).encode()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+async def test_chromium_plays_a_new_speaker_in_a_recycled_m_section(
+    control: Any, sfu_node: list[str], nursery: trio.Nursery
+) -> None:
+    router_id = (await control.call("router.create"))["router_id"]
+    server = RecyclingServer(control, router_id, nursery)
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    # Chromium's helper processes may still be writing as it dies; don't fail on cleanup.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        browser = await trio.lowlevel.open_process(
+            _chromium(profile, port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            with trio.fail_after(90):
+                await server.finished.wait()
+        finally:
+            browser.kill()
+            await browser.wait()
+            for publisher in server.publishers:
+                await publisher.close()
+    assert "error" not in server.result, server.result
+    steady, first, second = (c["mid"] for c in server.consumers)
+    assert first != second
+    assert [[(m.mid, m.port != 0) for m in o.media] for o in server.offers] == [
+        [(steady, True), (first, True)],
+        [(steady, True), (first, False)],
+        [(steady, True), (second, True)],  # the recycled slot, under its new mid
+    ]
+    rounds = server.result["rounds"]
+    assert rounds[0]["heard"] > 30 and rounds[2]["heard"] > 30, rounds
+    assert second in rounds[2]["mids"], rounds
