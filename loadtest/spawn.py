@@ -22,7 +22,7 @@ import psutil
 import trio
 
 from control.process import ControlProcess
-from loadtest.voice_call import SfuNode, _start_sfu_node, _write_secrets
+from loadtest.voice_call import SfuNode, _write_secrets, start_sfu_node
 
 __all__ = ["Spawned", "spawned"]
 
@@ -61,7 +61,7 @@ async def spawned(root: Path, *, nodes: int = 1) -> AsyncIterator[Spawned]:
         try:
             async with trio.open_nursery() as nursery:
                 started = [
-                    await _start_sfu_node(
+                    await start_sfu_node(
                         nursery, control.url, node_secret, f"node-{n}", root / f"node-{n}.log"
                     )
                     for n in range(nodes)

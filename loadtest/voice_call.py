@@ -48,6 +48,7 @@ __all__ = [
     "in_call",
     "node_of_call",
     "resume_times",
+    "start_sfu_node",
     "until_all_hear",
 ]
 
@@ -129,9 +130,15 @@ class VoiceDeployment:
                 await trio.sleep(0.05)
 
 
-async def _start_sfu_node(
-    nursery: trio.Nursery, control_url: str, secret_file: Path, node_id: str, log: Path
+async def start_sfu_node(
+    nursery: trio.Nursery,
+    control_url: str,
+    secret_file: Path,
+    node_id: str,
+    log: Path | None = None,
 ) -> SfuNode:
+    """``python -m sfu`` with one worker on loopback, dialling control; returns once it is
+    ready (its stderr appended to ``log``, or inherited)."""
     command = [
         sys.executable,
         "-m",
@@ -147,7 +154,7 @@ async def _start_sfu_node(
         "--node-id",
         node_id,
     ]
-    with log.open("ab") as stderr:
+    with log.open("ab") if log is not None else contextlib.nullcontext() as stderr:
         process: trio.Process = await nursery.start(
             partial(
                 trio.run_process,
@@ -248,7 +255,7 @@ async def deployment(
                 started = {}
                 for n in range(nodes):
                     node_id = f"node-{chr(ord('a') + n)}"
-                    started[node_id] = await _start_sfu_node(
+                    started[node_id] = await start_sfu_node(
                         nursery, control.url, node_secret, node_id, root / f"{node_id}.log"
                     )
                 world = VoiceDeployment(root, control, started, relay)

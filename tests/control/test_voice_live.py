@@ -17,10 +17,11 @@ import trio
 from control_live import LiveControl
 from test_live import register
 from trio_websocket import open_websocket_url
-from voice_live import Gateway, VoicePeer, start_sfu_node
+from voice_live import Gateway, VoicePeer
 
 from contract.gateway import Op
 from contract.permissions import Permission
+from loadtest.voice_call import start_sfu_node
 from turn.auth import RestCredentials
 from turn.stun import PasswordAlgorithm, long_term_key
 

@@ -5,12 +5,8 @@ does ICE, DTLS and SRTP; this module writes and reads the SDP around it)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +14,6 @@ import msgpack
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from hushroom import node_link
 from loadtest.participant import transport_from_sdp
 from sfu.dtls import Certificate
 from sfu.ice import new_credentials
@@ -27,53 +22,6 @@ from sfu.sdp import SessionDescription
 from sfu.synthetic_peer import SyntheticPeer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def start_sfu_node(
-    nursery: trio.Nursery, control_url: str, secret_file: Path, node_id: str
-) -> trio.Process:
-    """``python -m sfu`` with one worker, dialling control; returns once it is ready."""
-    ws_url = control_url.replace("http://", "ws://", 1) + node_link.PATH
-    command = [
-        sys.executable,
-        "-m",
-        "sfu",
-        "--control-url",
-        ws_url,
-        "--node-secret-file",
-        str(secret_file),
-        "--workers",
-        "1",
-        "--listen-ip",
-        "127.0.0.1",
-        "--node-id",
-        node_id,
-    ]
-    process: trio.Process = await nursery.start(
-        partial(
-            trio.run_process,
-            command,
-            stdout=subprocess.PIPE,
-            check=False,
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    )
-    assert process.stdout is not None
-    seen = b""
-    with trio.fail_after(60):
-        while b"sfu ready" not in seen:
-            chunk = await process.stdout.receive_some(4096)
-            assert chunk, f"sfu exited early: {seen!r}"
-            seen += chunk
-
-    async def drain() -> None:
-        assert process.stdout is not None
-        while await process.stdout.receive_some(4096):
-            pass
-
-    nursery.start_soon(drain)
-    return process
 
 
 class Gateway:
