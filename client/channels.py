@@ -31,7 +31,7 @@ import time
 from client.account import Account
 from client.api import ControlApi
 from client.audience import Audience
-from client.envelope import Body, decode_body_untrusted, encode_body
+from client.envelope import Body, decode_body_untrusted, encode_body, require_sendable
 from client.errors import ApiError, ForgedAuthor, UndecryptableMessage, UsageError
 from client.history import History, Message
 from client.inbox import Inbox
@@ -80,6 +80,7 @@ class Channels:
 
     async def send(self, channel_id: str, text: str, expires_in: int | None = None) -> Message:
         """Encrypt with this device's sender key and post to the channel."""
+        require_sendable(text, expires_in)
         me = self._account
         keys = self._sender_keys
         audience = await self._audience.of(channel_id)

@@ -27,6 +27,7 @@ from client.envelope import (
     decode_body_untrusted,
     dm_conversation,
     encode_body,
+    require_sendable,
     self_conversation,
 )
 from client.errors import UndecryptableMessage, UsageError
@@ -52,6 +53,7 @@ class DirectMessages:
 
     async def send(self, handle: str, text: str, expires_in: int | None = None) -> Message:
         """Send an end-to-end encrypted direct message to every device of ``handle``."""
+        require_sendable(text, expires_in)
         me = self._account
         user_id, name = await self._trust.resolve(handle)
         if user_id == me.user_id:

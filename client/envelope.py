@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from client.errors import UndecryptableMessage
+from client.errors import UndecryptableMessage, UsageError
 from e2ee import E2EEError, pad, unpad
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "dm_conversation",
     "encode_body",
     "encode_envelope",
+    "require_sendable",
     "self_conversation",
 ]
 
@@ -40,6 +41,25 @@ _VERSION = 1
 MAX_TEXT = 16 * 1024
 #: Longest disappearing timer accepted (a year).
 MAX_EXPIRY_S = 365 * 86400
+
+
+def require_sendable(text: str, expires_in: int | None) -> None:
+    """Refuse, before anything is encrypted or sent, a message every receiver would drop
+    as not well-formed (:func:`decode_body_untrusted`): a text longer than ``MAX_TEXT``
+    characters, one that is not valid Unicode (a lone surrogate cannot be encoded as
+    UTF-8), or a disappearing timer outside ``1 … MAX_EXPIRY_S`` seconds."""
+    if len(text) > MAX_TEXT:
+        raise UsageError(f"a message is at most {MAX_TEXT} characters; this one has {len(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("a message must be valid Unicode text") from None
+    if expires_in is not None and (
+        isinstance(expires_in, bool)
+        or not isinstance(expires_in, int)
+        or not 0 < expires_in <= MAX_EXPIRY_S
+    ):
+        raise UsageError(f"a disappearing timer is 1 to {MAX_EXPIRY_S} seconds")
 
 
 def dm_conversation(a: str, b: str) -> bytes:
