@@ -497,8 +497,7 @@ async def run_janus(config: RoomConfig) -> dict[str, Any]:
         result = await trio.run_process(
             [*command, str(spec), str(out)],
             check=False,
-            stdout=None,
-            stderr=None if config.progress is not None else subprocess.PIPE,
+            capture_stderr=config.progress is None,
         )
         if result.returncode != 0:
             detail = (result.stderr or b"").decode(errors="replace")[-2000:]
