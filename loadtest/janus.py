@@ -48,7 +48,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from e2ee.media import MediaKeySender
 from loadtest.metrics import ReceiverStats
 from loadtest.participant import Account, KeyDirectory, Leg, VoiceParticipant
-from loadtest.voice_room import DRAIN_S, RoomConfig, _Room, _SfuSampler
+from loadtest.voice_room import RoomConfig, _Room, _SfuSampler
 
 __all__ = ["JanusError", "JanusUnavailable", "janus_missing", "run_janus"]
 
@@ -225,22 +225,25 @@ class JanusSession:
     async def message(
         self, handle: int, body: dict[str, Any], jsep: dict[str, str] | None = None
     ) -> dict[str, Any]:
-        """A VideoRoom request on ``handle``; returns ``(data, jsep)`` of its answer."""
+        """A VideoRoom request on ``handle`` (with a JSEP offer or answer); its answer, whose
+        ``plugindata`` and ``jsep`` the caller reads."""
         request: dict[str, Any] = {"janus": "message", "handle_id": handle, "body": body}
         if jsep is not None:
             request["jsep"] = jsep
         return await self.request(request)
 
     async def keepalive(self) -> None:
-        """A keepalive every :data:`KEEPALIVE_S`, as janus.js does."""
+        """A keepalive every :data:`KEEPALIVE_S`, as janus.js does (Janus answers it with
+        an ``ack`` only, so nothing waits for the answer)."""
         while True:
             await trio.sleep(KEEPALIVE_S)
-            await self.request({"janus": "keepalive"})
+            body = {"janus": "keepalive", "session_id": self.session_id}
+            await self.ws.send_message(json.dumps({**body, "transaction": secrets.token_hex(8)}))
 
 
 def _with_candidate(sdp: str, leg: Leg) -> str:
-    """``sdp`` with the leg's host candidate in it (not trickled: janus.js may trickle, but
-    an offer carrying its candidates is what a non-trickle client sends)."""
+    """``sdp`` with the leg's host candidate and end-of-candidates, as a client that does
+    not trickle sends it (Janus half-trickles: it waits for the remote's candidates)."""
     ip, port = leg.sock.getsockname()
     return sdp + f"a=candidate:1 1 udp 2130706431 {ip} {port} typ host\r\na=end-of-candidates\r\n"
 
@@ -393,29 +396,11 @@ async def _run_room(config: RoomConfig, ws_url: str, janus: psutil.Process) -> d
             await room.join(first, nursery)
             if first not in room.joined:
                 raise RuntimeError(f"the first participant could not join Janus: {first.errors}")
-            spacing = config.ramp / len(rest) if rest else 0.0
-            start = trio.current_time()
-            async with trio.open_nursery() as joins:
-                for k, p in enumerate(rest):
-                    await trio.sleep_until(start + k * spacing)
-                    joins.start_soon(room.join, p, nursery)
+            await room.ramp(rest, nursery)
             async with trio.open_nursery() as subscriptions:
                 for p in room.joined:
                     subscriptions.start_soon(room.subscribe, p, nursery)
-            with trio.move_on_after(config.ready_timeout):
-                # Polled: readiness is spread over every participant's counters.
-                while True:
-                    if room.ready():
-                        break
-                    await trio.sleep(0.05)
-            if not room.ready():
-                for p in room.joined:
-                    if p.consuming < len(room.joined) - 1:
-                        p.error("not_consuming_everyone")
-            await trio.sleep(0.5)
-            begin = time.monotonic_ns()
-            room.window.open(begin, begin + int(config.duration * 1e9))
-            await trio.sleep(config.duration + DRAIN_S)
+            await room.measure()
             nursery.cancel_scope.cancel()
     finally:
         for p in room.participants:
