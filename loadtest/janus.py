@@ -386,10 +386,8 @@ async def _run_room(config: RoomConfig, ws_url: str, janus: psutil.Process) -> d
     _participants(room)
     try:
         async with trio.open_nursery() as nursery:
-            limiter = trio.CapacityLimiter(8)
             for p in room.participants:
-                async with limiter:
-                    await nursery.start(room.connect, ws_url, p)
+                await nursery.start(room.connect, ws_url, p)
             nursery.start_soon(room.monitor)
             first, *rest = room.participants
             await room.create_room(first)
