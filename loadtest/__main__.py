@@ -4,7 +4,8 @@ Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaki
 ``many-rooms`` (R such rooms at once). The harness starts a local deployment with
 ``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
 it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
-draws it with ``--plot FILE.png``.
+draws it with ``--plot FILE.png``. ``voice-room --compare janus`` then runs the same load
+against Janus's VideoRoom plugin and reports both side by side.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "SFrame; see docs/loadtest.md.",
     )
     _room_options(room)
+    room.add_argument(
+        "--compare",
+        choices=["janus"],
+        help="then run the same load against Janus's VideoRoom and compare (with --spawn)",
+    )
     many = scenarios.add_parser(
         "many-rooms",
         help="R rooms of N participants, S speaking in each",
@@ -95,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.participants < 2:
         print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
         return 2
+    compare = getattr(args, "compare", None)
+    if compare is not None:
+        from loadtest.janus import janus_missing
+
+        if args.target is not None:
+            print("hushroom loadtest: --compare needs --spawn (SFU CPU)", file=sys.stderr)
+            return 2
+        missing = janus_missing()
+        if missing is not None:
+            print(f"hushroom loadtest: --compare janus: {missing}", file=sys.stderr)
+            return 2
     config = RoomConfig(
         participants=args.participants,
         speakers=args.speakers,
@@ -106,8 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )
-    report = main_voice_room(config)
-    print(summary_table(report))
+    if compare is not None:
+        import trio
+
+        from loadtest.compare import compare_table, run_compare
+
+        report = trio.run(run_compare, config)
+        print(summary_table(report))
+        print(compare_table(report["compare"]))
+    else:
+        report = main_voice_room(config)
+        print(summary_table(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot is not None:

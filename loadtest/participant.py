@@ -148,12 +148,17 @@ class Leg:
             except (BlockingIOError, InterruptedError):
                 return out
 
-    async def connect(self, sfu_sdp: str, within: float = 15.0) -> None:
+    async def connect(
+        self, sfu_sdp: str, within: float = 15.0, *, dtls_server: bool = False
+    ) -> None:
         """ICE, then DTLS, against the transport the SFU's SDP describes, as a browser
         does: connectivity checks paced every :data:`CHECK_INTERVAL_S` until one succeeds
         (until the SFU has our answer, which travels through control, it ignores them),
-        then the DTLS handshake with its retransmission timer."""
-        peer = self.peer = SyntheticPeer(transport_from_sdp(sfu_sdp), self.certificate)
+        then the DTLS handshake with its retransmission timer (as the server when the
+        SFU answered ``a=setup:active``)."""
+        peer = self.peer = SyntheticPeer(
+            transport_from_sdp(sfu_sdp), self.certificate, dtls_server=dtls_server
+        )
         # The SDP carries our ICE credentials; SyntheticPeer draws its own for the checks'
         # USERNAME, which must be the ones the SFU was told.
         peer.ufrag, peer.pwd = self.ufrag, self.pwd
@@ -164,7 +169,10 @@ class Leg:
                 with trio.move_on_after(CHECK_INTERVAL_S):
                     await trio.lowlevel.wait_readable(self.sock)
                 for data in self.drain():
-                    peer.receive(data, trio.current_time())
+                    # As the DTLS server, the remote's ClientHello may come with the check's
+                    # answer.
+                    for reply in peer.receive(data, trio.current_time()):
+                        self.send(reply)
             for datagram in peer.start_dtls(trio.current_time()):
                 self.send(datagram)
             while not peer.connected:

@@ -229,6 +229,15 @@ class _Room:
         self.joined_by_room[participant.room].append(participant)
         nursery.start_soon(self.send_frames, participant)
 
+    async def ramp(self, rest: list[VoiceParticipant], nursery: trio.Nursery) -> None:
+        """Join ``rest`` spread evenly over ``--ramp``; returns once every join is done."""
+        spacing = self.config.ramp / len(rest) if rest else 0.0
+        start = trio.current_time()
+        async with trio.open_nursery() as joins:
+            for k, p in enumerate(rest):
+                await trio.sleep_until(start + k * spacing)
+                joins.start_soon(self.join, p, nursery)
+
     def ready(self) -> bool:
         """Everyone joined consumes everyone else in the room and has heard every other
         speaker of it."""
@@ -243,6 +252,24 @@ class _Room:
             ):
                 return False
         return True
+
+    async def measure(self) -> None:
+        """Once everyone is ready (or ``ready_timeout`` passed), the window: opens 0.5 s
+        later, lasts ``duration``, and its frames may still arrive for :data:`DRAIN_S`."""
+        with trio.move_on_after(self.config.ready_timeout):
+            # Polled: readiness is spread over every participant's counters.
+            while True:
+                if self.ready():
+                    break
+                await trio.sleep(0.05)
+        if not self.ready():
+            for p in self.joined:
+                if p.consuming < len(self.joined_by_room[p.room]) - 1:
+                    p.error("not_consuming_everyone")
+        await trio.sleep(0.5)
+        begin = time.monotonic_ns()
+        self.window.open(begin, begin + int(self.config.duration * 1e9))
+        await trio.sleep(self.config.duration + DRAIN_S)
 
     def counters(self) -> tuple[int, int]:
         """Frames sent and datagrams received by all participants so far."""
@@ -499,26 +526,8 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                 rest = sorted(
                     (p for p in room.participants if p.rank != 0), key=lambda p: (p.rank, p.room)
                 )
-                spacing = config.ramp / len(rest) if rest else 0.0
-                start = trio.current_time()
-                async with trio.open_nursery() as joins:
-                    for k, p in enumerate(rest):
-                        await trio.sleep_until(start + k * spacing)
-                        joins.start_soon(room.join, p, nursery)
-                with trio.move_on_after(config.ready_timeout):
-                    # Polled: readiness is spread over every participant's counters.
-                    while True:
-                        if room.ready():
-                            break
-                        await trio.sleep(0.05)
-                if not room.ready():
-                    for p in room.joined:
-                        if p.consuming < len(room.joined_by_room[p.room]) - 1:
-                            p.error("not_consuming_everyone")
-                await trio.sleep(0.5)
-                begin = time.monotonic_ns()
-                room.window.open(begin, begin + int(config.duration * 1e9))
-                await trio.sleep(config.duration + DRAIN_S)
+                await room.ramp(rest, nursery)
+                await room.measure()
                 nursery.cancel_scope.cancel()
         finally:
             for p in room.participants:

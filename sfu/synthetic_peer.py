@@ -22,6 +22,7 @@ from turn.stun import (
     Message,
     MessageClass,
     Method,
+    encode_xor_address,
     new_transaction_id,
     parse_message_untrusted,
     short_term_key,
@@ -33,7 +34,13 @@ __all__ = ["SyntheticPeer"]
 class SyntheticPeer:
     """One client transport, configured from the SFU's ``transport.create`` result."""
 
-    def __init__(self, transport: dict[str, Any], certificate: Certificate | None = None) -> None:
+    def __init__(
+        self,
+        transport: dict[str, Any],
+        certificate: Certificate | None = None,
+        *,
+        dtls_server: bool = False,
+    ) -> None:
         ice = transport["ice_parameters"]
         self.remote_ufrag: str = ice["username_fragment"]
         self.remote_pwd: str = ice["password"]
@@ -44,7 +51,9 @@ class SyntheticPeer:
         ]
         self.certificate = certificate or Certificate.generate()
         self.ufrag, self.pwd = new_credentials()
-        self.dtls = DtlsSession(self.certificate.context(), fingerprints, server=False)
+        # A browser is the DTLS client towards an SFU that answers ``a=setup:passive``; an
+        # SFU that answers ``a=setup:active`` (Janus) makes the peer the server.
+        self.dtls = DtlsSession(self.certificate.context(), fingerprints, server=dtls_server)
         self.srtp: SrtpContext | None = None
         self.rtp: list[bytes] = []
         self.rtcp: list[bytes] = []
@@ -68,7 +77,7 @@ class SyntheticPeer:
         return message.serialize(integrity_key=short_term_key(self.remote_pwd), fingerprint=True)
 
     def start_dtls(self, now: float) -> list[bytes]:
-        """The ClientHello flight."""
+        """The ClientHello flight (nothing as the server: it waits for the remote's)."""
         self.dtls.start(now)
         return self.dtls.outgoing()
 
@@ -92,7 +101,10 @@ class SyntheticPeer:
                 self.srtp = SrtpContext(self.dtls.require_keys())
             return self.dtls.outgoing()
         if kind is Kind.STUN:
-            self.stun.append(parse_message_untrusted(data))
+            message = parse_message_untrusted(data)
+            if message.message_class == MessageClass.REQUEST:
+                return self._answer_check(message)
+            self.stun.append(message)
         elif kind is Kind.RTP and self.srtp is not None:
             with contextlib.suppress(SrtpError):
                 self.rtp.append(self.srtp.unprotect_untrusted(data))
@@ -100,6 +112,28 @@ class SyntheticPeer:
             with contextlib.suppress(SrtpError):
                 self.rtcp.append(self.srtp.unprotect_rtcp_untrusted(data))
         return []
+
+    def _answer_check(self, request: Message) -> list[bytes]:
+        """The remote's own connectivity check (a full agent, or a lite one's triggered
+        check, as libnice sends): answered when it carries our credentials (RFC 8445
+        §7.3), so the remote can select the pair too."""
+        username = request.get(Attr.USERNAME)
+        key = short_term_key(self.pwd)
+        if (
+            request.method != Method.BINDING
+            or username is None
+            or username.partition(b":")[0] != self.ufrag.encode()
+            or not request.check_integrity(key)
+        ):
+            return []
+        response = Message(Method.BINDING, MessageClass.SUCCESS, request.transaction_id)
+        # The remote checks from the address it gave as its candidate: that is where the
+        # request came from.
+        host, port = self.remote_address
+        response.add(
+            Attr.XOR_MAPPED_ADDRESS, encode_xor_address(host, port, request.transaction_id)
+        )
+        return [response.serialize(integrity_key=key, fingerprint=True)]
 
     def protect(self, packet: bytes) -> bytes:
         """SRTP-protect one clear RTP packet for the SFU."""
