@@ -133,6 +133,8 @@ class _VideoRoom(_Room):
                     "loss_pct": loss_pct(expected, received),
                     "duplicates": summary["duplicates"],
                     "broken_frames": p.broken_frames,
+                    "sequence_gaps": p.sequence_gaps,
+                    "picture_id_jumps": p.picture_id_jumps,
                     "latency_ms": summary["latency_ms"],
                     "jitter_ms": summary["jitter_ms"],
                     "decrypted": summary["decrypted"],
@@ -184,6 +186,8 @@ class _VideoRoom(_Room):
                 seconds, expected_total, received_total, duplicates, latencies, jitters, joins
             ),
             "broken_frames": broken,
+            "sequence_gaps": sum(p.sequence_gaps for p in videos),
+            "picture_id_jumps": sum(p.picture_id_jumps for p in videos),
             "join_steps_ms": {
                 step: percentiles(values)["p50"] for step, values in step_times.items()
             },
@@ -244,6 +248,8 @@ def video_summary_table(report: dict[str, Any]) -> str:
         f"  frames       expected {report['expected']}  received {report['received']}  "
         f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}  "
         f"broken {report['broken_frames']}",
+        f"  continuity   sequence gaps {report['sequence_gaps']}  "
+        f"picture id jumps {report['picture_id_jumps']}",
         "  layers       subscribers receiving "
         + ", ".join(f"layer {k}: {v}" for k, v in report["subscribers_by_layer"].items())
         + f"  (key-frame requests {report['keyframe_requests']})",

@@ -125,16 +125,30 @@ class FrameAssembler:
     A frame starts at a packet with S=1 and PID 0 and ends at the marker bit; its packets
     must have consecutive sequence numbers and one timestamp. A frame with a packet missing
     is dropped (the harness does not NACK: loss is what it measures), counted in
-    :attr:`broken`.
+    :attr:`broken`. What the SFU must keep continuous on a consumer's stream across layer
+    switches is checked too: a frame whose first sequence number does not follow the last
+    packet's counts in :attr:`sequence_gaps`, one whose picture id or TL0PICIDX does not
+    follow the previous frame's in :attr:`picture_id_jumps` (on a lossless path both stay 0).
     """
 
-    __slots__ = ("_next_seq", "_parts", "_timestamp", "broken")
+    __slots__ = (
+        "_last_picture",
+        "_next_seq",
+        "_parts",
+        "_timestamp",
+        "broken",
+        "picture_id_jumps",
+        "sequence_gaps",
+    )
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._next_seq = -1
         self._timestamp = -1
+        self._last_picture: tuple[int | None, int | None] | None = None
         self.broken = 0
+        self.sequence_gaps = 0
+        self.picture_id_jumps = 0
 
     def push_untrusted(
         self, seq: int, timestamp: int, marker: bool, payload: bytes
@@ -149,6 +163,18 @@ class FrameAssembler:
         if descriptor.start_of_partition and descriptor.partition_index == 0:
             if self._parts:
                 self._drop()
+            if self._next_seq >= 0 and seq != self._next_seq:
+                self.sequence_gaps += 1
+            picture = (descriptor.picture_id, descriptor.tl0_pic_idx)
+            last = self._last_picture
+            if (
+                last is not None
+                and last[0] is not None
+                and last[1] is not None
+                and picture != ((last[0] + 1) & 0x7FFF, (last[1] + 1) & 0xFF)
+            ):
+                self.picture_id_jumps += 1
+            self._last_picture = picture
             self._parts = [body]
             self._timestamp = timestamp
         elif self._parts and seq == self._next_seq and timestamp == self._timestamp:
@@ -156,6 +182,7 @@ class FrameAssembler:
         else:
             if self._parts:
                 self._drop()
+            self._next_seq = (seq + 1) & 0xFFFF
             return None
         self._next_seq = (seq + 1) & 0xFFFF
         if not marker:

@@ -304,3 +304,13 @@ class VideoParticipant(VoiceParticipant):
     def broken_frames(self) -> int:
         """Frames dropped at reassembly (a packet missing)."""
         return sum(a.broken for a in self.assemblers.values())
+
+    @property
+    def sequence_gaps(self) -> int:
+        """Frames whose first RTP sequence number did not follow the stream's last one."""
+        return sum(a.sequence_gaps for a in self.assemblers.values())
+
+    @property
+    def picture_id_jumps(self) -> int:
+        """Frames whose VP8 picture id or TL0PICIDX did not follow the previous frame's."""
+        return sum(a.picture_id_jumps for a in self.assemblers.values())
