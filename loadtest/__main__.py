@@ -91,7 +91,10 @@ def _parser() -> argparse.ArgumentParser:
         "publisher on a layer the SFU picks by its REMB; see docs/loadtest.md.",
     )
     video.add_argument(
-        "--publishers", type=_positive_int, default=2, help="participants publishing video"
+        "--publishers",
+        type=_positive_int,
+        default=2,
+        help="participants publishing video (default 2)",
     )
     _room_options(video, speakers=False)
     return parser
