@@ -96,6 +96,14 @@ def _parser() -> argparse.ArgumentParser:
         default=2,
         help="participants publishing video (default 2)",
     )
+    video.add_argument(
+        "--switch",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="every SECONDS of the window each subscriber asks for another layer (default 0: "
+        "never)",
+    )
     _room_options(video, speakers=False)
     return parser
 
@@ -114,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.participants < 2:
         print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
         return 2
-    config = RoomConfig(
+    from loadtest.video import VideoConfig
+
+    config = (VideoConfig if video else RoomConfig)(
         participants=args.participants,
         speakers=speakers,
         duration=args.duration,
@@ -125,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )
+    if isinstance(config, VideoConfig):
+        config.switch = args.switch
     if video:
         from loadtest.video import main_video, video_summary_table
 

@@ -14,6 +14,8 @@ docs/loadtest.md describes every figure.
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from loadtest.video_frames import FPS, LAYERS
 from loadtest.video_participant import VideoParticipant, stream_key
 from loadtest.voice_room import RoomConfig, _Room, run_voice_room, summary_figures
 
-__all__ = ["main_video", "run_video", "video_summary_table"]
+__all__ = ["VideoConfig", "main_video", "run_video", "video_summary_table", "wanted_layer"]
 
 
 def wanted_layer(rank: int) -> int:
@@ -34,8 +36,20 @@ def wanted_layer(rank: int) -> int:
     return len(LAYERS) - 1 - rank % len(LAYERS)
 
 
+@dataclass
+class VideoConfig(RoomConfig):
+    """``RoomConfig`` (``speakers`` is the number of publishers) and ``--switch``."""
+
+    switch: float = 0.0
+
+
 class _VideoRoom(_Room):
     """``voice-room``'s bookkeeping with video publishers, readiness and report."""
+
+    def __init__(self, config: RoomConfig) -> None:
+        super().__init__(config)
+        #: Layer changes asked for by ``--switch``, one per subscriber and publisher.
+        self.switches_requested = 0
 
     def publishers(self, participant: VoiceParticipant) -> list[VideoParticipant]:
         """The joined publishers ``participant`` should receive."""
@@ -48,7 +62,7 @@ class _VideoRoom(_Room):
     async def join(self, participant: VoiceParticipant, nursery: trio.Nursery) -> None:
         assert isinstance(participant, VideoParticipant)
         participant.publishing = self.speaker(participant)
-        participant.wanted_layer = wanted_layer(participant.rank)
+        participant.wanted_layer = participant.initial_layer = wanted_layer(participant.rank)
         await super().join(participant, nursery)
 
     async def send_frames(self, participant: VoiceParticipant) -> None:
@@ -65,6 +79,41 @@ class _VideoRoom(_Room):
                 deadline += 1 / FPS
                 await trio.sleep_until(deadline)
 
+    @property
+    def switch(self) -> float:
+        """``--switch``: seconds between layer changes inside the window (0: none)."""
+        return self.config.switch if isinstance(self.config, VideoConfig) else 0.0
+
+    async def monitor(self) -> None:
+        """``voice-room``'s monitor, and the layer changes of ``--switch``."""
+        async with trio.open_nursery() as nursery:
+            if self.switch > 0:
+                nursery.start_soon(self._switch_layers)
+            await super().monitor()
+
+    async def _switch_layers(self) -> None:
+        """Every ``--switch`` seconds of the window, each subscriber asks for the next layer
+        down (from the lowest: the highest), at once by REMB."""
+        window = self.window
+        while True:
+            # Polled, as readiness is: the window opens inside run_voice_room.
+            if window.start_ns < math.inf:
+                break
+            await trio.sleep(0.05)
+        step = 1
+        while True:
+            at = window.start_ns / 1e9 + step * self.switch
+            if at >= window.end_ns / 1e9:
+                return
+            await trio.sleep(max(0.0, at - time.monotonic()))
+            for p in self.joined:
+                assert isinstance(p, VideoParticipant)
+                if self.publishers(p):
+                    p.wanted_layer = (p.wanted_layer - 1) % len(LAYERS)
+                    p.send_remb()
+                    self.switches_requested += len(self.publishers(p))
+            step += 1
+
     def consumes_everyone(self, participant: VoiceParticipant) -> bool:
         return participant.consuming >= len(self.publishers(participant))
 
@@ -80,7 +129,7 @@ class _VideoRoom(_Room):
                 if not (self.consumes_everyone(p) and p.recv_connected.is_set()):
                     return False
                 if any(
-                    stream_key(q.number, p.wanted_layer) not in p.stats.heard for q in publishers
+                    stream_key(q.number, p.wanted_layer) not in p.heard_layers for q in publishers
                 ):
                     return False
         return True
@@ -104,17 +153,14 @@ class _VideoRoom(_Room):
             chosen: list[int] = []
             for q in publishers:
                 counts = [
-                    len(s.seqs) if (s := p.stats.streams.get(stream_key(q.number, n))) else 0
-                    for n in range(len(LAYERS))
+                    p.frames_by_layer.get(stream_key(q.number, n), 0) for n in range(len(LAYERS))
                 ]
                 for n, count in enumerate(counts):
                     layers_received[str(n)] += count
-                # The layer most of the window came on; frames of another (a switch inside
-                # the window) do not make up for those missing on it.
-                layer = int(np.argmax(counts))
-                chosen.append(layer)
+                chosen.append(int(np.argmax(counts)))
                 expected += q.sent_in_window
-                received += counts[layer]
+                stream = p.stats.streams.get(q.number)
+                received += len(stream.seqs) if stream is not None else 0
             layer_of_p = max(set(chosen), key=chosen.count) if chosen else None
             if layer_of_p is not None:
                 by_layer[str(layer_of_p)] += 1
@@ -125,13 +171,15 @@ class _VideoRoom(_Room):
                     "participant": p.number,
                     "publisher": p.publishing,
                     "joined": in_call,
-                    "wanted_layer": p.wanted_layer,
+                    "wanted_layer": p.initial_layer,
                     "layer": layer_of_p,
                     "layers_received": layers_received,
                     "expected": expected,
                     "received": received,
                     "loss_pct": loss_pct(expected, received),
                     "duplicates": summary["duplicates"],
+                    "layer_switches": p.layer_switches,
+                    "switch_repeats": p.switch_repeats,
                     "broken_frames": p.broken_frames,
                     "sequence_gaps": p.sequence_gaps,
                     "picture_id_jumps": p.picture_id_jumps,
@@ -192,6 +240,10 @@ class _VideoRoom(_Room):
                 step: percentiles(values)["p50"] for step, values in step_times.items()
             },
             "subscribers_by_layer": by_layer,
+            "switch_s": self.switch,
+            "layer_switches_requested": self.switches_requested,
+            "layer_switches": sum(p.layer_switches for p in videos),
+            "switch_repeats": sum(p.switch_repeats for p in videos),
             "keyframe_requests": sum(p.keyframe_requests for p in videos),
             "sfu": sfu,
             "harness_cpu_pct": self.harness_cpu(seconds),
@@ -252,7 +304,9 @@ def video_summary_table(report: dict[str, Any]) -> str:
         f"picture id jumps {report['picture_id_jumps']}",
         "  layers       subscribers receiving "
         + ", ".join(f"layer {k}: {v}" for k, v in report["subscribers_by_layer"].items())
-        + f"  (key-frame requests {report['keyframe_requests']})",
+        + f"  (key-frame requests {report['keyframe_requests']}, layer switches "
+        f"{report['layer_switches']} seen / {report['layer_switches_requested']} asked for, "
+        f"{report['switch_repeats']} repeating a frame)",
     ]
     return "\n".join(lines + summary_figures(report))
 

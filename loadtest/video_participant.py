@@ -80,7 +80,7 @@ class VideoParticipant(VoiceParticipant):
         super().__init__(*args, **kwargs)
         #: Set by the scenario before the join.
         self.publishing = False
-        self.wanted_layer = len(LAYERS) - 1
+        self.wanted_layer = self.initial_layer = len(LAYERS) - 1
         self.layer_ssrcs = [secrets.randbits(32) or 1 for _ in LAYERS]
         self.ssrc_layer = {ssrc: layer for layer, ssrc in enumerate(self.layer_ssrcs)}
         self.layer_seqs = [secrets.randbits(16) for _ in LAYERS]
@@ -104,6 +104,14 @@ class VideoParticipant(VoiceParticipant):
         #: VP8 payload types the SFU's offers use (its RTX ones are told apart by these).
         self.vp8_payload_types: set[int] = set()
         self.rtcp_ssrc = secrets.randbits(32) or 1
+        #: :func:`stream_key` of every (sender, layer) a frame arrived on.
+        self.heard_layers: set[int] = set()
+        #: Frames sent inside the window that arrived, by :func:`stream_key`.
+        self.frames_by_layer: dict[int, int] = {}
+        #: Frames of the window that arrived on another layer than the sender's previous.
+        self.layer_switches = 0
+        #: Switches whose first frame had already arrived on the old layer.
+        self.switch_repeats = 0
 
     # --- signalling ------------------------------------------------------------------
 
@@ -245,18 +253,22 @@ class VideoParticipant(VoiceParticipant):
             nursery.cancel_scope.cancel()
 
     async def _announce_bandwidth(self) -> None:
-        peer = self.recv_leg.peer
-        assert peer is not None
         while True:
-            count = len(self.video_ssrcs)
-            if count:
-                remb = ReceiverEstimatedMaxBitrate(
-                    sender_ssrc=self.rtcp_ssrc,
-                    bitrate=LAYER_BUDGETS[self.wanted_layer] * count,
-                    ssrcs=self.video_ssrcs,
-                )
-                self.recv_leg.send(peer.protect_rtcp([remb]))
+            self.send_remb()
             await trio.sleep(REMB_INTERVAL_S)
+
+    def send_remb(self) -> None:
+        """A REMB asking for :attr:`wanted_layer` of every video consumer (once connected)."""
+        peer = self.recv_leg.peer
+        count = len(self.video_ssrcs)
+        if peer is None or peer.srtp is None or not count:
+            return
+        remb = ReceiverEstimatedMaxBitrate(
+            sender_ssrc=self.rtcp_ssrc,
+            bitrate=LAYER_BUDGETS[self.wanted_layer] * count,
+            ssrcs=self.video_ssrcs,
+        )
+        self.recv_leg.send(peer.protect_rtcp([remb]))
 
     async def _read_frames(self) -> None:
         leg = self.recv_leg
@@ -264,6 +276,8 @@ class VideoParticipant(VoiceParticipant):
         assert peer is not None and peer.srtp is not None
         srtp, receiver, stats, window = peer.srtp, self.receiver, self.stats, self.stats.window
         assemblers, sock, vp8_types = self.assemblers, leg.sock, self.vp8_payload_types
+        heard, frames_by_layer = self.heard_layers, self.frames_by_layer
+        last_layer: dict[int, int] = {}
         while True:
             await trio.lowlevel.wait_readable(sock)
             datagrams = leg.drain()
@@ -298,7 +312,24 @@ class VideoParticipant(VoiceParticipant):
                 except (E2EEError, ValueError, struct.error):
                     self.error("undecryptable")
                 else:
-                    stats.record(stream_key(sender, layer), number, sent_ns, arrived)
+                    # Frames are numbered alike on every layer: one counts once whichever
+                    # layer brought it, so a layer switch that drops frames shows as loss
+                    # and one that forwards two layers at once as duplicates.
+                    key = stream_key(sender, layer)
+                    heard.add(key)
+                    switched = key != last_layer.get(sender, key)
+                    last_layer[sender] = key
+                    if window.holds(sent_ns):
+                        frames_by_layer[key] = frames_by_layer.get(key, 0) + 1
+                        if switched:
+                            self.layer_switches += 1
+                            stream = stats.streams.get(sender)
+                            if stream is not None and number in stream.seqs:
+                                # The new layer's key frame is the same picture the old
+                                # layer brought just before: shown again, not duplicated.
+                                self.switch_repeats += 1
+                                continue
+                    stats.record(sender, number, sent_ns, arrived)
 
     @property
     def broken_frames(self) -> int:

@@ -72,6 +72,24 @@ def test_small_video_room_reports_its_schema_layers_and_no_loss(
     assert all(row["keyframes_sent"] >= 3 for row in publishers)  # one per layer at the start
 
 
+def test_layer_switches_inside_the_window_lose_no_frame(tmp_path: Path) -> None:
+    """``--switch``: every subscriber asks for another layer each second; the SFU switches
+    at key frames, keeps each consumer's stream continuous and loses no frame."""
+    out = tmp_path / "switch.json"
+    argv = ["video", "--spawn", "--participants", "4", "--publishers", "2", "--duration", "3"]
+    argv += ["--ramp", "0.5", "--switch", "1", "--json", str(out), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["errors"] == {} and report["switch_s"] == 1
+    # Two changes (at 1 s and 2 s) for each of the 6 subscriber-publisher pairs.
+    assert report["layer_switches_requested"] == 12
+    assert report["layer_switches"] == report["layer_switches_requested"]
+    assert report["loss_pct"] < 1.0 and report["duplicates"] == 0
+    assert report["sequence_gaps"] == 0 and report["picture_id_jumps"] == 0
+    for row in report["per_participant"]:
+        assert sum(1 for v in row["layers_received"].values() if v) == 3  # all three seen
+
+
 def test_publishers_beyond_participants_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["video", "--spawn", "--participants", "2", "--publishers", "3"]) == 2
     assert "--publishers exceeds --participants" in capsys.readouterr().err
