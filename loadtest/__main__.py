@@ -1,7 +1,8 @@
 """``python -m loadtest`` and ``hushroom loadtest``: the load-test harness (docs/loadtest.md).
 
-Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking) and
-``many-rooms`` (R such rooms at once). The harness starts a local deployment with
+Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking),
+``many-rooms`` (R such rooms at once) and ``video`` (P of N participants publishing
+simulcast video). The harness starts a local deployment with
 ``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
 it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
 draws it with ``--plot FILE.png``. ``voice-room --compare janus`` then runs the same load
@@ -32,7 +33,7 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _room_options(room: argparse.ArgumentParser) -> None:
+def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> None:
     where = room.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--spawn", action="store_true", help="start a local deployment in a temporary directory"
@@ -41,9 +42,10 @@ def _room_options(room: argparse.ArgumentParser) -> None:
     room.add_argument(
         "--participants", type=_positive_int, default=10, help="participants per room"
     )
-    room.add_argument(
-        "--speakers", type=_positive_int, default=2, help="speakers per room (the rest: DTX)"
-    )
+    if speakers:
+        room.add_argument(
+            "--speakers", type=_positive_int, default=2, help="speakers per room (the rest: DTX)"
+        )
     room.add_argument(
         "--duration", type=_non_negative, default=20.0, help="seconds measured (default 20)"
     )
@@ -87,6 +89,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     many.add_argument("--rooms", type=_positive_int, default=2, help="rooms (default 2)")
     _room_options(many)
+    video = scenarios.add_parser(
+        "video",
+        help="P publishers with three simulcast layers, N participants receiving them",
+        description="N participants in one voice channel; P of them publish VP8 video with "
+        "three simulcast layers (180p/360p/720p), every participant receives every other "
+        "publisher on a layer the SFU picks by its REMB; see docs/loadtest.md.",
+    )
+    video.add_argument(
+        "--publishers",
+        type=_positive_int,
+        default=2,
+        help="participants publishing video (default 2)",
+    )
+    video.add_argument(
+        "--switch",
+        type=_non_negative,
+        default=0.0,
+        metavar="SECONDS",
+        help="every SECONDS of the window each subscriber asks for another layer (default 0: "
+        "never)",
+    )
+    _room_options(video, speakers=False)
     return parser
 
 
@@ -95,8 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from loadtest.voice_room import RoomConfig, main_voice_room, summary_table
 
-    if args.speakers > args.participants:
-        print("hushroom loadtest: --speakers exceeds --participants", file=sys.stderr)
+    video = args.scenario == "video"
+    speakers = args.publishers if video else args.speakers
+    if speakers > args.participants:
+        option = "--publishers" if video else "--speakers"
+        print(f"hushroom loadtest: {option} exceeds --participants", file=sys.stderr)
         return 2
     if args.participants < 2:
         print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
@@ -112,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         if missing is not None:
             print(f"hushroom loadtest: --compare janus: {missing}", file=sys.stderr)
             return 2
-    config = RoomConfig(
+    from loadtest.video import VideoConfig
+
+    config = (VideoConfig if video else RoomConfig)(
         participants=args.participants,
-        speakers=args.speakers,
+        speakers=speakers,
         duration=args.duration,
         ramp=args.ramp,
         rooms=getattr(args, "rooms", 1),
@@ -123,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )
-    if compare is not None:
+    if isinstance(config, VideoConfig):
+        config.switch = args.switch
+    if video:
+        from loadtest.video import main_video, video_summary_table
+
+        report = main_video(config)
+        print(video_summary_table(report))
+    elif compare is not None:
         import trio
 
         from loadtest.compare import compare_table, run_compare

@@ -364,23 +364,30 @@ class VoiceParticipant:
 
     # --- the join flow --------------------------------------------------------------
 
+    def offer_head(self, kind: str, formats: str) -> list[str]:
+        """The start of a publish offer with one m-section (mid 0) of ``kind``: session
+        lines, the m-line and the send transport's ICE and DTLS parameters."""
+        return [
+            "v=0",
+            f"o=- {self.number + 1} 1 IN IP4 127.0.0.1",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0",
+            "a=msid-semantic: WMS stream",
+            f"m={kind} 9 UDP/TLS/RTP/SAVPF {formats}",
+            "c=IN IP4 0.0.0.0",
+            f"a=ice-ufrag:{self.send_leg.ufrag}",
+            f"a=ice-pwd:{self.send_leg.pwd}",
+            f"a=fingerprint:sha-256 {self.certificate.fingerprint()}",
+            "a=setup:actpass",
+            "a=mid:0",
+        ]
+
     def publish_offer(self) -> str:
         """A sendonly Opus offer with the audio level extension (as Chromium sends)."""
         return "\r\n".join(
             [
-                "v=0",
-                f"o=- {self.number + 1} 1 IN IP4 127.0.0.1",
-                "s=-",
-                "t=0 0",
-                "a=group:BUNDLE 0",
-                "a=msid-semantic: WMS stream",
-                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
-                "c=IN IP4 0.0.0.0",
-                f"a=ice-ufrag:{self.send_leg.ufrag}",
-                f"a=ice-pwd:{self.send_leg.pwd}",
-                f"a=fingerprint:sha-256 {self.certificate.fingerprint()}",
-                "a=setup:actpass",
-                "a=mid:0",
+                *self.offer_head("audio", "111"),
                 f"a=extmap:1 {AUDIO_LEVEL}",
                 "a=sendonly",
                 "a=msid:stream mic",
@@ -393,8 +400,8 @@ class VoiceParticipant:
         )
 
     def subscribe_answer(self, offer: str) -> tuple[str, int]:
-        """The answer to the SFU's offer, receiving every active m-section (DTLS client),
-        and how many m-sections are active."""
+        """The answer to the SFU's offer, receiving every active m-section with the codecs
+        it offers (DTLS client), and how many m-sections are active."""
         sdp = SessionDescription.parse_untrusted(offer)
         active = [m for m in sdp.media if m.port != 0]
         lines = [
@@ -407,7 +414,8 @@ class VoiceParticipant:
         ]
         for media in sdp.media:
             lines += [
-                f"m=audio {9 if media.port else 0} UDP/TLS/RTP/SAVPF {media.formats[0]}",
+                f"m={media.kind} {9 if media.port else 0} UDP/TLS/RTP/SAVPF "
+                + " ".join(media.formats),
                 "c=IN IP4 0.0.0.0",
                 f"a=ice-ufrag:{self.recv_leg.ufrag}",
                 f"a=ice-pwd:{self.recv_leg.pwd}",
@@ -415,12 +423,18 @@ class VoiceParticipant:
                 f"a=mid:{media.mid}",
                 "a=recvonly" if media.port else "a=inactive",
                 "a=rtcp-mux",
-                f"a=rtpmap:{media.formats[0]} opus/48000/2",
             ]
+            for codec in media.codecs:
+                channels = f"/{codec.channels}" if codec.channels else ""
+                lines.append(
+                    f"a=rtpmap:{codec.payload_type} {codec.name}/{codec.clock_rate}{channels}"
+                )
+                if "apt" in codec.parameters:
+                    lines.append(f"a=fmtp:{codec.payload_type} apt={codec.parameters['apt']}")
         return "\r\n".join([*lines, ""]), len(active)
 
-    async def join(self, within: float) -> None:
-        """op 4, then publish: returns once the send transport is connected."""
+    async def enter(self, within: float, *, self_mute: bool = False) -> None:
+        """op 4 into the channel; returns at its ``VOICE_SERVER_UPDATE``."""
         assert self.gateway is not None
         self.join_started_ns = time.monotonic_ns()
         await self.gateway.send(
@@ -428,12 +442,18 @@ class VoiceParticipant:
             {
                 "guild_id": self.guild_id,
                 "channel_id": self.channel_id,
-                "self_mute": False,
+                "self_mute": self_mute,
                 "self_deaf": False,
             },
         )
         with trio.fail_after(within):
             await self.server_update.wait()
+
+    async def join(self, within: float) -> None:
+        """op 4, then publish: returns once the send transport is connected."""
+        assert self.gateway is not None
+        await self.enter(within)
+        with trio.fail_after(within):
             await self.gateway.send(
                 Op.VOICE_PUBLISH,
                 {"voice_session_id": self.voice_session_id, "sdp_offer": self.publish_offer()},

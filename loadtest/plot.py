@@ -21,7 +21,12 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     figure, (latency, loss, cpu) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     figure.suptitle(
         f"{report['scenario']}: {report['joined']}/{report['participants']} participants, "
-        f"{report['speakers']} speakers ({report['target']})"
+        + (
+            f"{report['publishers']} video publishers"
+            if "publishers" in report
+            else f"{report['speakers']} speakers"
+        )
+        + f" ({report['target']})"
     )
     x = [start + row["second"] + 0.5 for row in seconds]
     for key, style in (("p50", "-"), ("p95", "--"), ("p99", ":")):

@@ -238,6 +238,10 @@ class _Room:
                 await trio.sleep_until(start + k * spacing)
                 joins.start_soon(self.join, p, nursery)
 
+    def consumes_everyone(self, participant: VoiceParticipant) -> bool:
+        """Whether ``participant``'s latest subscribe answer has every other one's track."""
+        return participant.consuming >= len(self.joined_by_room[participant.room]) - 1
+
     def ready(self) -> bool:
         """Everyone joined consumes everyone else in the room and has heard every other
         speaker of it."""
@@ -264,7 +268,7 @@ class _Room:
                 await trio.sleep(0.05)
         if not self.ready():
             for p in self.joined:
-                if p.consuming < len(self.joined_by_room[p.room]) - 1:
+                if not self.consumes_everyone(p):
                     p.error("not_consuming_everyone")
         await trio.sleep(0.5)
         begin = time.monotonic_ns()
@@ -367,31 +371,71 @@ class _Room:
             )
         return rows
 
+    @staticmethod
+    def join_figures(
+        p: VoiceParticipant,
+        in_call: bool,
+        joins: list[float],
+        step_times: dict[str, list[float]],
+    ) -> tuple[float | None, dict[str, float]]:
+        """``p``'s join time (op 4 → first frame decrypted) and the time to each join step,
+        ms; also added to ``joins`` and ``step_times`` unless ``p`` is its room's first."""
+        join_ms = None
+        if p.rank != 0 and in_call and p.stats.first_media_ns is not None:
+            join_ms = round((p.stats.first_media_ns - p.join_started_ns) / 1e6, 1)
+            joins.append(join_ms)
+        steps = {
+            step: round((at - p.join_started_ns) / 1e6, 1)
+            for step, at in p.marks.items()
+            if p.join_started_ns
+        }
+        if p.rank != 0:
+            for step, value in steps.items():
+                step_times.setdefault(step, []).append(value)
+        return join_ms, steps
+
+    def totals(
+        self,
+        seconds: float,
+        expected: int,
+        received: int,
+        duplicates: int,
+        latencies: list[float],
+        jitters: list[float],
+        joins: list[float],
+    ) -> dict[str, Any]:
+        """The report's figures over all receivers (docs/loadtest.md)."""
+        return {
+            "duration_s": round(seconds, 3),
+            "ramp_s": self.config.ramp,
+            "expected": expected,
+            "received": received,
+            "loss_pct": loss_pct(expected, received),
+            "duplicates": duplicates,
+            "latency_ms": percentiles(latencies),
+            "jitter_ms": round(sum(jitters) / len(jitters), 3) if jitters else None,
+            "join_ms": percentiles(joins),
+        }
+
+    def harness_cpu(self, seconds: float) -> float | None:
+        """The harness's mean CPU % over the last ``seconds`` of the timeline."""
+        harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
+        return round(sum(harness) / len(harness), 1) if harness else None
+
     def report(self, spawned_world: Spawned | None) -> dict[str, Any]:
         config = self.config
         rows = []
         expected_total = received_total = duplicates = 0
         latencies: list[float] = []
-        jitters = []
-        joins = []
+        jitters: list[float] = []
+        joins: list[float] = []
         step_times: dict[str, list[float]] = {}
         for p in self.participants:
             in_call = p in self.joined
             mates = self.joined_by_room[p.room]
             expected = sum(o.sent_in_window for o in mates if o is not p) if in_call else 0
             row = p.stats.summary(expected)
-            join_ms = None
-            if p.rank != 0 and in_call and p.stats.first_media_ns is not None:
-                join_ms = round((p.stats.first_media_ns - p.join_started_ns) / 1e6, 1)
-                joins.append(join_ms)
-            steps = {
-                step: round((at - p.join_started_ns) / 1e6, 1)
-                for step, at in p.marks.items()
-                if p.join_started_ns
-            }
-            if p.rank != 0:
-                for step, value in steps.items():
-                    step_times.setdefault(step, []).append(value)
+            join_ms, steps = self.join_figures(p, in_call, joins, step_times)
             row.update(
                 {
                     "participant": p.number,
@@ -444,7 +488,6 @@ class _Room:
                     ),
                 }
             )
-        harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
         return {
             "scenario": "many-rooms" if config.rooms > 1 else "voice-room",
             "command": config.command,
@@ -454,20 +497,14 @@ class _Room:
             "participants_per_room": config.participants,
             "joined": len(self.joined),
             "speakers": config.speakers,
-            "duration_s": round(seconds, 3),
-            "ramp_s": config.ramp,
-            "expected": expected_total,
-            "received": received_total,
-            "loss_pct": loss_pct(expected_total, received_total),
-            "duplicates": duplicates,
-            "latency_ms": percentiles(latencies),
-            "jitter_ms": round(sum(jitters) / len(jitters), 3) if jitters else None,
-            "join_ms": percentiles(joins),
+            **self.totals(
+                seconds, expected_total, received_total, duplicates, latencies, jitters, joins
+            ),
             "join_steps_ms": {
                 step: percentiles(values)["p50"] for step, values in step_times.items()
             },
             "sfu": sfu,
-            "harness_cpu_pct": round(sum(harness) / len(harness), 1) if harness else None,
+            "harness_cpu_pct": self.harness_cpu(seconds),
             "errors": errors,
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
@@ -478,13 +515,21 @@ class _Room:
         }
 
 
-async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
-    """Run the scenario and return the report (the JSON of docs/loadtest.md)."""
+async def run_voice_room(
+    config: RoomConfig,
+    room_type: type[_Room] | None = None,
+    participant_type: type[VoiceParticipant] = VoiceParticipant,
+) -> dict[str, Any]:
+    """Run the scenario and return the report (the JSON of docs/loadtest.md).
+
+    ``room_type`` and ``participant_type`` let another scenario (``video``) run the same
+    set-up, join ramp and window with its own participants, readiness and report.
+    """
     if not 1 <= config.speakers <= config.participants:
         raise ValueError("--speakers must be between 1 and --participants")
     if config.participants < 2:
         raise ValueError("--participants must be at least 2")
-    room = _Room(config)
+    room = (room_type or _Room)(config)
     run_id = f"{int(time.time()) % 100000:05d}"
     async with _deployment(config) as (server_url, world):
         if world is not None:
@@ -496,7 +541,7 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
         for index, (accounts, guild_id, channel_id) in enumerate(rooms):
             keys = KeyDirectory()
             for rank, account in enumerate(accounts):
-                participant = VoiceParticipant(
+                participant = participant_type(
                     len(room.participants),
                     account,
                     keys=keys,
@@ -539,11 +584,6 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
 
 def summary_table(report: dict[str, Any]) -> str:
     """The summary a person reads at the end of a run."""
-    lat, join, sfu = report["latency_ms"], report["join_ms"], report["sfu"]
-
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value:.1f}"
-
     lines = [
         f"{report['scenario']}: {report['joined']}/{report['participants']} participants in "
         f"{report['rooms']} room(s), "
@@ -551,6 +591,19 @@ def summary_table(report: dict[str, Any]) -> str:
         f"({report['target']})",
         f"  frames       expected {report['expected']}  received {report['received']}  "
         f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}",
+    ]
+    return "\n".join(lines + summary_figures(report))
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def summary_figures(report: dict[str, Any]) -> list[str]:
+    """The summary's lines every scenario shares: latency, join, SFU, harness, errors."""
+    lat, join, sfu = report["latency_ms"], report["join_ms"], report["sfu"]
+    ms = _ms
+    lines = [
         f"  latency ms   p50 {ms(lat['p50'])}  p95 {ms(lat['p95'])}  p99 {ms(lat['p99'])}  "
         f"max {ms(lat['max'])}  jitter {ms(report['jitter_ms'])}",
         f"  join ms      p50 {ms(join['p50'])}  p95 {ms(join['p95'])}  p99 {ms(join['p99'])}  "
@@ -569,7 +622,7 @@ def summary_table(report: dict[str, Any]) -> str:
         "  errors       "
         + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "none")
     )
-    return "\n".join(lines)
+    return lines
 
 
 def main_voice_room(config: RoomConfig) -> dict[str, Any]:
