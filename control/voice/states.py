@@ -21,6 +21,7 @@ from .turn_credentials import new_turn_id
 
 __all__ = [
     "ConsumerEntry",
+    "ConsumptionPlan",
     "ErrorCode",
     "Review",
     "VoiceChannel",
@@ -171,6 +172,19 @@ class VoiceSession:
         self.consumers.clear()
 
 
+@dataclass(frozen=True)
+class ConsumptionPlan:
+    """One renegotiation of a subscriber (:meth:`VoiceChannel.plan`)."""
+
+    #: (publishing session, producer id, kind) to consume.
+    consume: list[tuple[VoiceSession, str, str]]
+    #: consumer ids to close.
+    close: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.consume or self.close)
+
+
 @dataclass(eq=False)
 class VoiceChannel:
     """A voice channel with a router on an SFU node and its participants (by device)."""
@@ -200,6 +214,30 @@ class VoiceChannel:
     def devices(self) -> frozenset[str]:
         """The participants' devices (the audience of SPEAKING)."""
         return frozenset(self.sessions)
+
+    def plan(self, session: VoiceSession) -> ConsumptionPlan:
+        """What ``session``'s receive transport must change to consume every producer of
+        the others in the channel: producers to consume, and consumers to close (of
+        producers that are gone)."""
+        wanted = {
+            producer_id: (other, kind)
+            for other in self.sessions.values()
+            if other is not session
+            for producer_id, kind in other.producers.items()
+        }
+        consumed = {entry.producer_id for entry in session.consumers.values()}
+        return ConsumptionPlan(
+            consume=[
+                (other, producer_id, kind)
+                for producer_id, (other, kind) in wanted.items()
+                if producer_id not in consumed
+            ],
+            close=[
+                consumer_id
+                for consumer_id, entry in session.consumers.items()
+                if entry.producer_id not in wanted
+            ],
+        )
 
 
 class VoiceRegistry:
@@ -348,21 +386,13 @@ class VoiceRegistry:
         session.producers[producer_id] = kind
         self._by_producer[producer_id] = session
 
-    def drop_producers(self, session: VoiceSession) -> list[tuple[VoiceSession, str]]:
-        """Forget the session's producers; returns ``(subscriber, consumer id)`` of every
-        consumer of them, which are forgotten too."""
-        gone = set(session.producers)
-        for producer_id in gone:
+    def forget_producers(self, session: VoiceSession) -> None:
+        """Forget the session's producers (closed on the SFU, which closes their consumers
+        with them). Other sessions' entries of those consumers stay until their next
+        :meth:`VoiceChannel.plan` names them for closing and a new offer goes out."""
+        for producer_id in session.producers:
             self._by_producer.pop(producer_id, None)
         session.producers.clear()
-        closed: list[tuple[VoiceSession, str]] = []
-        channel = self.channels.get(session.channel_id)
-        for other in channel.sessions.values() if channel is not None else ():
-            for consumer_id, entry in list(other.consumers.items()):
-                if entry.producer_id in gone:
-                    del other.consumers[consumer_id]
-                    closed.append((other, consumer_id))
-        return closed
 
     def forget_media(self, session: VoiceSession) -> None:
         """Drop the session's SFU objects from the indexes and the session."""

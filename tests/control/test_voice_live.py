@@ -3,7 +3,9 @@ synthetic WebRTC endpoints (ICE, DTLS, SRTP) carrying the SDP (docs/voice.md).""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -73,6 +75,12 @@ async def _open_ws(url: str, *, task_status: trio.TaskStatus[Any]) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with _world(tmp_path) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _world(tmp_path: Path, *control_args: str) -> AsyncIterator[World]:
     data_dir, log_path = tmp_path / "data", tmp_path / "control.log"
     node_secret, turn_secret = tmp_path / "node-secret", tmp_path / "turn-secret"
     node_secret.write_text("voice-test-node-secret\n")
@@ -88,6 +96,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         TURN_URL,
         "--voice-grace-s",
         "1",
+        *control_args,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -431,3 +440,68 @@ async def test_store_and_logs_hold_no_voice_state(world: World) -> None:
     # The log never names who was in which channel.
     for value in (world.voice_id, world.ann["id"], world.bob["id"]):
         assert value.encode() not in log, value
+
+
+async def test_concurrent_publishes_do_not_queue_behind_each_others_renegotiations(
+    tmp_path: Path,
+) -> None:
+    """Every publish renegotiates every other participant. Those renegotiations must not
+    hold up the next publish (a join's answer once waited for every earlier publish's
+    round trips to every other participant, one after another: O(N²) serial round trips
+    for N joining at once), and each subscriber must still get its offers in order."""
+    crowd = 32
+    async with _world(
+        tmp_path, "--rate-per-s", "100000", "--rate-burst", "100000", "--pow-target-per-s", "100000"
+    ) as world:
+        _, invite = await world.live.call(
+            "POST", f"{API}/channels/{world.voice_id}/invites", world.ann["token"], {}
+        )
+        users = []
+        for index in range(crowd):
+            user = await register(world.live, f"crowd{index}")
+            await world.live.call("POST", f"{API}/invites/{invite['code']}", user["token"], {})
+            users.append(user)
+        gateways = [await world.gateway(user) for user in users]
+        servers = [await join(world, gateway, world.voice_id) for gateway in gateways]
+        marks = [gateway.mark() for gateway in gateways]
+        waited: list[float] = []
+
+        async def publish_one(index: int) -> None:
+            started = trio.current_time()
+            await gateways[index].send(
+                Op.VOICE_PUBLISH,
+                {
+                    "voice_session_id": servers[index]["voice_session_id"],
+                    "sdp_offer": VoicePeer().publish_offer(1000 + index),
+                },
+            )
+            await gateways[index].wait("VOICE_PUBLISH_ANSWER", after=marks[index])
+            waited.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(crowd):
+                nursery.start_soon(publish_one, index)
+        # Each publish costs its own session's round trips only (the old code needed about
+        # crowd² of them here before the last answer).
+        assert max(waited) < 1.0, sorted(waited)
+
+        for index, gateway in enumerate(gateways):
+            last = await gateway.wait(
+                "VOICE_SUBSCRIBE_OFFER",
+                lambda d: len(d["consumers"]) == crowd - 1,
+                after=marks[index],
+                within=30,
+            )
+            others = {c["device_id"] for c in last["consumers"]}
+            assert others == {u["device"] for u in users} - {users[index]["device"]}
+            assert len({c["mid"] for c in last["consumers"]}) == crowd - 1
+            offers = [
+                d["sdp_offer"]
+                for t, d in gateway.dispatches[marks[index] :]
+                if t == "VOICE_SUBSCRIBE_OFFER"
+            ]
+            # In order: the SDP session versions the SFU gave them only ever rise (RFC 8866
+            # §5.2), and the newest offer is the one that consumes everyone.
+            versions = [int(re.search(r"^o=\S+ \d+ (\d+) ", o, re.M).group(1)) for o in offers]  # type: ignore[union-attr]
+            assert versions == sorted(set(versions)) and offers[-1] == last["sdp_offer"]
+            assert not [d for t, d in gateway.dispatches if t == "VOICE_ERROR"]

@@ -90,8 +90,16 @@ def test_registry_indexes_and_forgets_a_session() -> None:
     with pytest.raises(VoiceRefused) as caught:
         registry.require("bob-dev", ann.id)
     assert caught.value.code is ErrorCode.BAD_SESSION
-    assert registry.drop_producers(ann) == [(bob, "k1")]
-    assert not bob.consumers and registry.by_producer("p1") is None
+    assert channel.plan(bob).consume == [] and channel.plan(ann).consume == []
+    registry.add_producer(ann, "p2", "audio")
+    assert channel.plan(bob).consume == [(ann, "p2", "audio")]
+    registry.forget_producers(ann)
+    assert registry.by_producer("p1") is None and registry.by_producer("p2") is None
+    # bob's consumer of the closed producer is named for closing at his next renegotiation.
+    plan = channel.plan(bob)
+    assert plan.close == ["k1"] and plan.consume == [] and plan
+    bob.consumers.clear()
+    assert not channel.plan(bob)
     registry.remove(ann)
     assert registry.of_device("ann-dev") is None and registry.by_transport("t-send") is None
     assert channel.other_users("ann") == 1
