@@ -231,6 +231,13 @@ class Worker:
             self._next_twcc = now + TWCC_INTERVAL
             for transport in self.transports.values():
                 self._send_twcc(transport)
+        for router in self.routers.values():
+            # Every tick, not every speaker poll: a new speaker's first words wait for
+            # this event before any large channel's subscriber consumes them.
+            for producer_id, voiced in router.speaker.voice_activity(now):
+                self.emit(
+                    "voice", {"router_id": router.id, "producer_id": producer_id, "active": voiced}
+                )
         if now >= self._next_speaker:
             self._next_speaker = now + SPEAKER_INTERVAL
             for router in self.routers.values():

@@ -164,6 +164,8 @@ class VoiceService:
         self._due: dict[str, dict[VoiceSession, None]] = {}
         #: channel id -> renegotiators running for it
         self._renegotiators: dict[str, int] = {}
+        #: audible producer id -> the token of its pending drop (it fell silent)
+        self._quiet: dict[str, object] = {}
         self._nursery: trio.Nursery | None = None
         self._sweep_wake = trio.Event()
         self._recheck_pending: set[str] = set()
@@ -374,7 +376,9 @@ class VoiceService:
             suppress = join_decision(facts.channel_type, permissions, facts.user_limit, others)
             if channel is None:
                 node_id, router_id = await self._place()
-                channel = self.registry.open_channel(guild_id, channel_id, node_id, router_id)
+                channel = self.registry.open_channel(
+                    guild_id, channel_id, node_id, router_id, self.config.voice_large_channel
+                )
             session = self.registry.add(channel, user_id, device_id, suppress=suppress)
             session.self_mute, session.self_deaf = self_mute, self_deaf
             # Held from before anyone can see the session until its first offer is out, so
@@ -501,8 +505,9 @@ class VoiceService:
             session.consumers[entry.consumer_id] = entry
 
     def _renegotiate_others(self, channel: VoiceChannel, session: VoiceSession) -> None:
-        """The channel's producers changed because of ``session``: everyone else is due a
-        renegotiation. They wait in the channel's queue for one of at most
+        """Producers of ``session`` that others consume came or went (see :meth:`_heard`):
+        everyone else is due a renegotiation. They wait in the channel's queue for one of
+        at most
         :data:`RENEGOTIATIONS_IN_FLIGHT` renegotiators; a subscriber already waiting keeps
         its place, and its plan is made when its turn comes, so it then takes in every
         change made while it waited."""
@@ -516,6 +521,12 @@ class VoiceService:
         ):
             running += 1
         self._renegotiators[channel.channel_id] = running
+
+    @staticmethod
+    def _heard(channel: VoiceChannel, producers: dict[str, str]) -> bool:
+        """Whether any of these producers (id -> kind) is consumed: in a large channel a
+        silent member's coming and going then costs the others no renegotiation."""
+        return any(channel.consumed(p, kind) for p, kind in producers.items())
 
     async def _renegotiator(self, channel_id: str) -> None:
         """Renegotiate the channel's due subscribers one after another until none is left."""
@@ -549,6 +560,7 @@ class VoiceService:
             channel = self.registry.channels[session.channel_id]
             router_id = channel.router_id
             link = self._link(channel)
+            heard = self._heard(channel, session.producers)
             changed = False
             if session.send_transport is None:
                 created = await link.request("transport.create", {"router_id": router_id})
@@ -564,7 +576,7 @@ class VoiceService:
                     {"transport_id": session.send_transport, "sdp_offer": sdp_offer},
                 )
             except NodeRefused as exc:
-                if changed:
+                if changed and heard:
                     self._renegotiate_others(channel, session)
                 raise VoiceRefused(ErrorCode.SFU_ERROR, exc.message) from None
             if not self._current(session, router_id):
@@ -580,7 +592,8 @@ class VoiceService:
                 {"voice_session_id": session.id, "sdp_answer": result["sdp_answer"]},
                 devices=[device_id],
             )
-        self._renegotiate_others(channel, session)
+        if heard or self._heard(channel, session.producers):
+            self._renegotiate_others(channel, session)
 
     async def _close_producers(self, link: NodeLink, session: VoiceSession) -> bool:
         """Close the session's producers (the SFU closes their consumers with them and
@@ -634,7 +647,7 @@ class VoiceService:
                 channel = self.registry.channels.get(session.channel_id)
                 link = self._maybe_link(channel)
                 async with self._session_lock(session):
-                    published = bool(session.producers)
+                    heard = self._heard(channel, session.producers) if channel else False
                     self.registry.forget_producers(session)
                     if link is not None and not link.closed:
                         # Closing the send transport closes its producers, and those their
@@ -653,7 +666,7 @@ class VoiceService:
                     if link is not None:
                         with contextlib.suppress(NodeRpcError):
                             await link.request("router.close", {"router_id": channel.router_id})
-                elif channel is not None and published and link is not None:
+                elif channel is not None and heard and link is not None:
                     self._renegotiate_others(channel, session)
             if announce:
                 await self._announce(session, session.left())
@@ -797,6 +810,11 @@ class VoiceService:
             router_id, producer_id = data.get("router_id"), data.get("producer_id")
             if isinstance(router_id, str) and isinstance(producer_id, str):
                 self._spawn(self._speaker, router_id, producer_id)
+        elif event == "voice":
+            router_id, producer_id = data.get("router_id"), data.get("producer_id")
+            active = data.get("active")
+            if isinstance(router_id, str) and isinstance(producer_id, str):
+                self._voice(router_id, producer_id, active is True)
         elif event == "transport.closed":
             transport_id = data.get("transport_id")
             if isinstance(transport_id, str):
@@ -826,6 +844,35 @@ class VoiceService:
                     devices=audience,
                 )
 
+    def _voice(self, router_id: str, producer_id: str, active: bool) -> None:
+        """Voice activity of a producer (the SFU's ``voice`` event): it becomes audible at
+        once; it stops being audible after ``--voice-silent-drop-s`` of silence (a large
+        channel's subscribers then stop consuming it)."""
+        channel = self.registry.by_router(router_id)
+        session = self.registry.by_producer(producer_id)
+        if channel is None or session is None or session.channel_id != channel.channel_id:
+            return
+        if active:
+            self._quiet.pop(producer_id, None)
+            if channel.voiced(producer_id) and channel.large:
+                self._renegotiate_others(channel, session)
+        elif producer_id in channel.audible:
+            token = self._quiet[producer_id] = object()
+            self._spawn(self._drop_when_silent, channel, producer_id, token)
+
+    async def _drop_when_silent(
+        self, channel: VoiceChannel, producer_id: str, token: object
+    ) -> None:
+        await trio.sleep(self.config.voice_silent_drop_s)
+        if self._quiet.get(producer_id) is not token:
+            return  # it spoke again meanwhile
+        del self._quiet[producer_id]
+        session = self.registry.by_producer(producer_id)
+        if producer_id in channel.audible and session is not None:
+            del channel.audible[producer_id]
+            if channel.large:
+                self._renegotiate_others(channel, session)
+
     async def _transport_closed(self, transport_id: str) -> None:
         """A transport died on the SFU (ICE consent lost, never connected): the session's
         media starts over — its other transport closes, its consumers elsewhere go, and the
@@ -838,14 +885,15 @@ class VoiceService:
                 return
             channel = self.registry.channels[session.channel_id]
             link = self._link(channel)
-            changed = await self._close_producers(link, session)
+            heard = self._heard(channel, session.producers)
+            await self._close_producers(link, session)
             for other_id in (session.send_transport, session.recv_transport):
                 if other_id is not None and other_id != transport_id:
                     with contextlib.suppress(NodeRefused):
                         await link.request("transport.close", {"transport_id": other_id})
             self.registry.forget_media(session)
             await self._server_update(session)
-        if changed:
+        if heard:
             self._renegotiate_others(channel, session)
 
     def node_lost(self, node_id: str) -> None:

@@ -32,6 +32,12 @@ __all__ = [
     "review",
 ]
 
+#: Audio producers a large channel's subscriber consumes at most (the most recently voiced):
+#: an audio m-section of the SFU's offer is ≈ 650 bytes, so even with as many closed
+#: m-sections not yet recycled the offer and the client's answer stay well inside
+#: ``sfu.sdp.MAX_SDP_BYTES`` and ``client.voice.signalling.MAX_SDP`` (64 KiB) and the
+#: gateway's ``MAX_CLIENT_FRAME`` (80 KiB), however many members the channel has.
+MAX_AUDIBLE = 32
 #: The largest SFrame sender index (``e2ee.media.MAX_SENDER_INDEX``).
 MAX_SENDER_INDEX = (1 << 31) - 1
 P = Permission
@@ -196,6 +202,11 @@ class VoiceChannel:
     sessions: dict[str, VoiceSession] = field(default_factory=dict)
     #: The device whose producer the SFU last named the active speaker.
     speaking: str | None = None
+    #: Participants above which the channel is large (0: never), docs/voice.md.
+    large_above: int = 0
+    #: Audio producers subscribers of a large channel consume: those voiced lately, the
+    #: most recently voiced last, at most :data:`MAX_AUDIBLE`.
+    audible: dict[str, None] = field(default_factory=dict)
     _next_index: int = field(default_factory=lambda: secrets.randbelow(1 << 16) + 1)
 
     def allocate_index(self) -> int:
@@ -215,15 +226,36 @@ class VoiceChannel:
         """The participants' devices (the audience of SPEAKING)."""
         return frozenset(self.sessions)
 
+    @property
+    def large(self) -> bool:
+        """Whether subscribers consume only audible audio (docs/voice.md, "Large
+        channels")."""
+        return 0 < self.large_above < len(self.sessions)
+
+    def consumed(self, producer_id: str, kind: str) -> bool:
+        """Whether subscribers consume this producer now."""
+        return kind != "audio" or not self.large or producer_id in self.audible
+
+    def voiced(self, producer_id: str) -> bool:
+        """A producer began to speak: it is audible, as the most recent; returns whether
+        it was not audible before (the oldest one goes beyond :data:`MAX_AUDIBLE`)."""
+        new = producer_id not in self.audible
+        self.audible.pop(producer_id, None)
+        self.audible[producer_id] = None
+        while len(self.audible) > MAX_AUDIBLE:
+            del self.audible[next(iter(self.audible))]
+        return new
+
     def plan(self, session: VoiceSession) -> ConsumptionPlan:
-        """What ``session``'s receive transport must change to consume every producer of
-        the others in the channel: producers to consume, and consumers to close (of
-        producers that are gone)."""
+        """What ``session``'s receive transport must change to consume the producers of the
+        others in the channel it should (:meth:`consumed`): producers to consume, and
+        consumers to close (of producers that are gone or no longer consumed)."""
         wanted = {
             producer_id: (other, kind)
             for other in self.sessions.values()
             if other is not session
             for producer_id, kind in other.producers.items()
+            if self.consumed(producer_id, kind)
         }
         consumed = {entry.producer_id for entry in session.consumers.values()}
         return ConsumptionPlan(
@@ -320,10 +352,10 @@ class VoiceRegistry:
     # -- changes ------------------------------------------------------------------------
 
     def open_channel(
-        self, guild_id: str, channel_id: str, node_id: str, router_id: str
+        self, guild_id: str, channel_id: str, node_id: str, router_id: str, large_above: int = 0
     ) -> VoiceChannel:
         """Record a channel whose router was just created."""
-        channel = VoiceChannel(guild_id, channel_id, node_id, router_id)
+        channel = VoiceChannel(guild_id, channel_id, node_id, router_id, large_above=large_above)
         self.channels[channel_id] = channel
         self._by_router[router_id] = channel
         return channel
@@ -332,6 +364,7 @@ class VoiceRegistry:
         """The channel's router was re-created on ``node_id`` (its old node failed)."""
         self._by_router.pop(channel.router_id, None)
         channel.node_id, channel.router_id, channel.speaking = node_id, router_id, None
+        channel.audible.clear()
         self._by_router[router_id] = channel
         for session in channel.sessions.values():
             self.forget_media(session)
@@ -390,8 +423,11 @@ class VoiceRegistry:
         """Forget the session's producers (closed on the SFU, which closes their consumers
         with them). Other sessions' entries of those consumers stay until their next
         :meth:`VoiceChannel.plan` names them for closing and a new offer goes out."""
+        channel = self.channels.get(session.channel_id)
         for producer_id in session.producers:
             self._by_producer.pop(producer_id, None)
+            if channel is not None:
+                channel.audible.pop(producer_id, None)
         session.producers.clear()
 
     def forget_media(self, session: VoiceSession) -> None:
@@ -399,8 +435,7 @@ class VoiceRegistry:
         for transport_id in (session.send_transport, session.recv_transport):
             if transport_id is not None and self._by_transport.get(transport_id) is session:
                 del self._by_transport[transport_id]
-        for producer_id in session.producers:
-            self._by_producer.pop(producer_id, None)
+        self.forget_producers(session)
         session.forget_media()
 
     def set_server_mute(

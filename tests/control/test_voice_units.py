@@ -21,6 +21,7 @@ from control.gateway.session import (
 from control.node_rpc import NodeGone, NodeLink, NodeRefused, NodeTimeout
 from control.voice.placement import NodeLoad, choose_node, node_load
 from control.voice.states import (
+    MAX_AUDIBLE,
     ConsumerEntry,
     ErrorCode,
     Review,
@@ -237,3 +238,23 @@ def test_voice_ops_are_decoded_and_bounded() -> None:
         with pytest.raises(GatewayProtocolError) as caught:
             decode_voice_untrusted(op, d)
         assert caught.value.code == Close.DECODE_ERROR
+
+
+def test_a_large_channel_plans_only_audible_audio() -> None:
+    registry = VoiceRegistry()
+    channel = registry.open_channel("g", "c", "node", "router", large_above=2)
+    sessions = [registry.add(channel, f"u{i}", f"d{i}", suppress=False) for i in range(3)]
+    for index, session in enumerate(sessions):
+        registry.add_producer(session, f"p{index}", "audio")
+    registry.add_producer(sessions[2], "v2", "video")
+    assert channel.large
+    # Video is always consumed; audio only once voiced, the most recent MAX_AUDIBLE of it.
+    assert channel.plan(sessions[0]).consume == [(sessions[2], "v2", "video")]
+    assert channel.voiced("p1") and not channel.voiced("p1")
+    assert [p for _, p, _ in channel.plan(sessions[0]).consume] == ["p1", "v2"]
+    for index in range(MAX_AUDIBLE):
+        channel.voiced(f"other{index}")
+    assert "p1" not in channel.audible and len(channel.audible) == MAX_AUDIBLE
+    registry.remove(sessions[2])
+    assert not channel.large  # two left: everyone consumes everyone again
+    assert channel.plan(sessions[0]).consume == [(sessions[1], "p1", "audio")]
