@@ -389,10 +389,16 @@ class VoiceService:
             await self._server_update(session)
             # The announcement (a store read) and the first offer (node round trips) do not
             # wait for each other: the device may see them in either order.
+            failure: NodeRpcError | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._announce, session, session.state())
                 nursery.start_soon(self._tell_speaker, channel, session)
-                await self._renegotiate_locked(session)
+                try:
+                    await self._renegotiate_locked(session)
+                except NodeRpcError as exc:
+                    failure = exc  # raised as itself, not in the nursery's exception group
+            if failure is not None:
+                raise failure
         finally:
             media.release()
         return session
