@@ -863,6 +863,7 @@ class VoiceService:
             if channel.voiced(producer_id) and channel.large:
                 self._renegotiate_others(channel, session)
         elif producer_id in channel.audible:
+            channel.unvoiced(producer_id)
             token = self._quiet[producer_id] = object()
             self._spawn(self._drop_when_silent, channel, producer_id, token)
 
@@ -875,7 +876,7 @@ class VoiceService:
         del self._quiet[producer_id]
         session = self.registry.by_producer(producer_id)
         if producer_id in channel.audible and session is not None:
-            del channel.audible[producer_id]
+            channel.forget_audible(producer_id)
             if channel.large:
                 self._renegotiate_others(channel, session)
 

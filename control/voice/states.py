@@ -207,6 +207,8 @@ class VoiceChannel:
     #: Audio producers subscribers of a large channel consume: those voiced lately, the
     #: most recently voiced last, at most :data:`MAX_AUDIBLE`.
     audible: dict[str, None] = field(default_factory=dict)
+    #: Audible producers the SFU reports voiced right now (between onset and offset).
+    talking: set[str] = field(default_factory=set)
     _next_index: int = field(default_factory=lambda: secrets.randbelow(1 << 16) + 1)
 
     def allocate_index(self) -> int:
@@ -238,13 +240,25 @@ class VoiceChannel:
 
     def voiced(self, producer_id: str) -> bool:
         """A producer began to speak: it is audible, as the most recent; returns whether
-        it was not audible before (the oldest one goes beyond :data:`MAX_AUDIBLE`)."""
+        it was not audible before. Beyond :data:`MAX_AUDIBLE` the one that fell silent
+        longest ago goes (one still talking only if all are)."""
         new = producer_id not in self.audible
         self.audible.pop(producer_id, None)
         self.audible[producer_id] = None
+        self.talking.add(producer_id)
         while len(self.audible) > MAX_AUDIBLE:
-            del self.audible[next(iter(self.audible))]
+            oldest = next((p for p in self.audible if p not in self.talking), None)
+            self.forget_audible(oldest if oldest is not None else next(iter(self.audible)))
         return new
+
+    def unvoiced(self, producer_id: str) -> None:
+        """The SFU reports the producer silent (it stays audible for now)."""
+        self.talking.discard(producer_id)
+
+    def forget_audible(self, producer_id: str) -> None:
+        """The producer is no longer audible (silent too long, evicted or closed)."""
+        self.audible.pop(producer_id, None)
+        self.talking.discard(producer_id)
 
     def plan(self, session: VoiceSession) -> ConsumptionPlan:
         """What ``session``'s receive transport must change to consume the producers of the
@@ -365,6 +379,7 @@ class VoiceRegistry:
         self._by_router.pop(channel.router_id, None)
         channel.node_id, channel.router_id, channel.speaking = node_id, router_id, None
         channel.audible.clear()
+        channel.talking.clear()
         self._by_router[router_id] = channel
         for session in channel.sessions.values():
             self.forget_media(session)
@@ -427,7 +442,7 @@ class VoiceRegistry:
         for producer_id in session.producers:
             self._by_producer.pop(producer_id, None)
             if channel is not None:
-                channel.audible.pop(producer_id, None)
+                channel.forget_audible(producer_id)
         session.producers.clear()
 
     def forget_media(self, session: VoiceSession) -> None:

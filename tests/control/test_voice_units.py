@@ -252,8 +252,13 @@ def test_a_large_channel_plans_only_audible_audio() -> None:
     assert channel.plan(sessions[0]).consume == [(sessions[2], "v2", "video")]
     assert channel.voiced("p1") and not channel.voiced("p1")
     assert [p for _, p, _ in channel.plan(sessions[0]).consume] == ["p1", "v2"]
-    for index in range(MAX_AUDIBLE):
+    channel.voiced("p0")
+    channel.unvoiced("p0")  # p1 talks on; p0 fell silent after it began
+    for index in range(MAX_AUDIBLE - 1):
         channel.voiced(f"other{index}")
+    # Full: the one that fell silent goes first, though p1 began to talk before it.
+    assert "p0" not in channel.audible and "p1" in channel.audible
+    channel.voiced("one-more")
     assert "p1" not in channel.audible and len(channel.audible) == MAX_AUDIBLE
     registry.remove(sessions[2])
     assert not channel.large  # two left: everyone consumes everyone again
