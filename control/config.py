@@ -183,6 +183,19 @@ class ControlConfig:
         "channel before it is removed",
         check=_positive,
     )
+    voice_large_channel: int = option(
+        50,
+        help="participants above which a voice channel is large: each subscriber then "
+        "consumes only the audio of members who have spoken lately, not everyone's "
+        "(docs/voice.md, 'Large channels'); 0 never",
+        check=_not_negative,
+    )
+    voice_silent_drop_s: float = option(
+        20.0,
+        help="in a large voice channel, seconds a member must have been silent before the "
+        "others stop consuming their audio",
+        check=_positive,
+    )
     sfu_request_timeout_s: float = option(
         5.0, help="seconds an SFU node has to answer one request", check=_positive
     )

@@ -6,6 +6,12 @@ the SFU can tell who is talking without hearing anything. Levels are −dBov (0 
 packets that stop arriving (Opus DTX during silence) count as silence. The active speaker
 changes only when a challenger has been louder by ``margin_db`` for ``hold`` seconds, so a
 cough or crosstalk does not flip the spotlight.
+
+Separately, voice activity per producer (what a large channel's subscribers consume, see
+docs/voice.md "Large channels"): a producer turns voiced with its first packet at speech
+level — at once, so a new speaker's first words cost as little as possible — and unvoiced
+once it has sent no such packet for ``voice_hold`` seconds, so pauses between words and
+sentences do not flap.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ class ActiveSpeakerDetector:
         "_last_seen",
         "_loudness",
         "_margin",
+        "_onsets",
         "_silence_after",
         "_threshold",
+        "_voice_hold",
+        "_voiced_at",
         "active",
     )
 
@@ -37,6 +46,7 @@ class ActiveSpeakerDetector:
         speech_dbov: float = -50.0,
         silence_after: float = 0.3,
         smoothing: float = 0.15,
+        voice_hold: float = 1.0,
     ) -> None:
         self._margin = margin_db
         self._hold = hold
@@ -48,17 +58,38 @@ class ActiveSpeakerDetector:
         self._challenger: str | None = None
         self._challenger_since = 0.0
         self.active: str | None = None
+        self._voice_hold = voice_hold
+        #: voiced producer id -> when its last packet at speech level came
+        self._voiced_at: dict[str, float] = {}
+        self._onsets: list[str] = []
 
     def observe(self, producer_id: str, level: int, now: float) -> None:
         """Account one packet's audio level (−dBov) for a producer."""
         loudness = self._loudness.get(producer_id, 0.0)
         self._loudness[producer_id] = loudness + self._alpha * ((127 - level) - loudness)
         self._last_seen[producer_id] = now
+        if 127 - level >= self._threshold:
+            if producer_id not in self._voiced_at:
+                self._onsets.append(producer_id)
+            self._voiced_at[producer_id] = now
+
+    def voice_activity(self, now: float) -> list[tuple[str, bool]]:
+        """Changes of voice activity since the last call: ``(producer id, voiced)``."""
+        changes = [(producer_id, True) for producer_id in self._onsets]
+        self._onsets = []
+        for producer_id, voiced_at in list(self._voiced_at.items()):
+            if now - voiced_at > self._voice_hold:
+                del self._voiced_at[producer_id]
+                changes.append((producer_id, False))
+        return changes
 
     def remove(self, producer_id: str) -> None:
         """Forget a closed producer; if it was the active speaker, nobody is until re-elected."""
         self._loudness.pop(producer_id, None)
         self._last_seen.pop(producer_id, None)
+        self._voiced_at.pop(producer_id, None)
+        if producer_id in self._onsets:
+            self._onsets.remove(producer_id)
         if self.active == producer_id:
             self.active = None
         if self._challenger == producer_id:

@@ -301,6 +301,11 @@ class Node:
                 self._producers[str(result["producer_id"])] = (worker, transport_id)
             if method == "consumer.create":
                 self._consumers[str(result["consumer_id"])] = (worker, transport_id)
+            if method == "transport.consume":
+                for consumer_id in params.get("close", []):
+                    self._consumers.pop(consumer_id, None)
+                for consumer in result.get("consumers", []):
+                    self._consumers[str(consumer["consumer_id"])] = (worker, transport_id)
             return result
         if method == "producer.pipe":
             return await self._pipe_producer(params)

@@ -159,6 +159,9 @@ class Router:
         consumer, transport = entry
         transport.consumers.pop(consumer_id, None)
         transport.consumers_by_ssrc.pop(consumer.ssrc, None)
+        # However it closes (by name, with its producer or its transport), its m-section
+        # goes inactive, so the subscriber's next offer says so.
+        transport.retire_consumer_offer(consumer.ssrc)
         route = self._routes.get(consumer.producer.id)
         if route is not None:
             route[:] = [(c, t) for c, t in route if c is not consumer]

@@ -10,6 +10,7 @@ the publisher sends abs-send-time, estimates its bandwidth for REMB (:mod:`sfu.b
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 
@@ -243,6 +244,14 @@ class WebRtcTransport:
                 self.consumer_offers[index] = offer
                 return
         self.consumer_offers.append(offer)
+
+    def retire_consumer_offer(self, ssrc: int) -> None:
+        """A consumer closed: its m-section turns inactive in the next offer (and stays,
+        until the subscriber has answered it so and a new consumer recycles the slot)."""
+        for index, slot in enumerate(self.consumer_offers):
+            if slot.ssrc == ssrc and slot.active:
+                self.consumer_offers[index] = dataclasses.replace(slot, active=False)
+                return
 
     def answered(self, answer: SessionDescription) -> None:
         """Learn from a subscriber's answer which closed m-sections it has rejected."""

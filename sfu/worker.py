@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import secrets
@@ -43,6 +42,7 @@ from sfu.router import Router, SendRtpFunction
 from sfu.rtcp import ReceiverEstimatedMaxBitrate, ReceiverReport, RtcpPacket, serialize_compound
 from sfu.rtp import ABS_SEND_TIME
 from sfu.sdp import (
+    MAX_MEDIA_SECTIONS,
     ConsumerOffer,
     IceDtlsParameters,
     SessionDescription,
@@ -231,6 +231,13 @@ class Worker:
             self._next_twcc = now + TWCC_INTERVAL
             for transport in self.transports.values():
                 self._send_twcc(transport)
+        for router in self.routers.values():
+            # Every tick, not every speaker poll: a new speaker's first words wait for
+            # this event before any large channel's subscriber consumes them.
+            for producer_id, voiced in router.speaker.voice_activity(now):
+                self.emit(
+                    "voice", {"router_id": router.id, "producer_id": producer_id, "active": voiced}
+                )
         if now >= self._next_speaker:
             self._next_speaker = now + SPEAKER_INTERVAL
             for router in self.routers.values():
@@ -465,14 +472,16 @@ class Worker:
         transport = self._transport(params)
         if not transport.consumer_offers:
             raise BadParams("transport has no consumers to offer")
+        return {"sdp_offer": self._offer(transport)}
+
+    def _offer(self, transport: WebRtcTransport) -> str:
         transport.offer_version += 1
-        offer = build_consumer_offer(
+        return build_consumer_offer(
             self._local(transport),
             transport.consumer_offers,
             session_id=int(transport.id, 16) >> 2,
             version=transport.offer_version,
-        )
-        return {"sdp_offer": offer.serialize()}
+        ).serialize()
 
     def transport_answer(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``transport.answer``: a subscriber's answer to :meth:`transport_offer`."""
@@ -652,9 +661,55 @@ class Worker:
         """``consumer.create``: forward a producer of the same router to a transport."""
         transport = self._transport(params)
         producer = self._producer(params)
-        router = self.routers[transport.router_id]
-        if producer.id not in router.producers:
+        if producer.id not in self.routers[transport.router_id].producers:
             raise BadParams("producer is in another router")
+        return self._add_consumer(
+            transport, producer, bool(params.get("paused", False)), params.get("preferred_layer")
+        )
+
+    def transport_consume(self, params: dict[str, Any], now: float) -> dict[str, Any]:
+        """``transport.consume``: one subscriber's renegotiation in one round trip — close
+        the consumers named in ``close`` (their m-sections turn inactive), create one
+        consumer per ``{producer_id, paused}`` in ``consume``, and return the transport's
+        new offer (``sdp_offer``, absent when it has nothing to offer). Producers that are
+        gone or in another router are listed in ``missing`` rather than failing the rest:
+        control's view may trail a producer that closed a moment ago."""
+        transport = self._transport(params)
+        router = self.routers[transport.router_id]
+        close, consume = params.get("close", []), params.get("consume", [])
+        if not isinstance(close, list) or not isinstance(consume, list):
+            raise BadParams("'close' and 'consume' must be lists")
+        if len(close) + len(consume) > MAX_MEDIA_SECTIONS:
+            raise BadParams(f"at most {MAX_MEDIA_SECTIONS} consumers per request")
+        for consumer_id in close:
+            consumer = self.consumers.get(consumer_id) if isinstance(consumer_id, str) else None
+            if consumer is not None and consumer.transport_id == transport.id:
+                self._close_consumer(consumer)
+        created, missing = [], []
+        for item in consume:
+            if not isinstance(item, dict):
+                raise BadParams("'consume' holds maps")
+            producer = self.producers.get(_str(item, "producer_id"))
+            if producer is None or producer.id not in router.producers:
+                missing.append(item["producer_id"])
+                continue
+            created.append(
+                self._add_consumer(
+                    transport,
+                    producer,
+                    bool(item.get("paused", False)),
+                    item.get("preferred_layer"),
+                )
+            )
+        result: dict[str, Any] = {"consumers": created, "missing": missing}
+        if transport.consumer_offers:
+            result["sdp_offer"] = self._offer(transport)
+        return result
+
+    def _add_consumer(
+        self, transport: WebRtcTransport, producer: Producer, paused: bool, preferred: object
+    ) -> dict[str, Any]:
+        router = self.routers[transport.router_id]
         ssrc = secrets.randbits(32) or 1
         consumer = Consumer(
             id=secrets.token_hex(8),
@@ -663,13 +718,12 @@ class Worker:
             ssrc=ssrc,
             payload_type=100 if producer.kind == "audio" else 101,
             rewriter=RtpRewriter(producer.clock_rate, secrets.randbits(16), secrets.randbits(32)),
-            paused=bool(params.get("paused", False)),
+            paused=paused,
         )
         if producer.kind == "video":
             consumer.rtx_ssrc = secrets.randbits(32) or 2
             consumer.rtx_payload_type = 102
             consumer.rtx_sequence = secrets.randbits(16)
-        preferred = params.get("preferred_layer")
         if isinstance(preferred, int) and not isinstance(preferred, bool):
             consumer.preferred_layer = preferred
         consumer.set_bandwidth(consumer.bandwidth)
@@ -691,6 +745,7 @@ class Worker:
         self.consumers[consumer.id] = consumer
         return {
             "consumer_id": consumer.id,
+            "producer_id": producer.id,
             "kind": producer.kind,
             "ssrc": ssrc,
             "payload_type": consumer.payload_type,
@@ -711,16 +766,15 @@ class Worker:
     def consumer_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``consumer.close``: its m-section stays in the next offer, inactive, until the
         subscriber has answered it so and a new consumer of its kind recycles it."""
-        consumer = self._consumer(params)
+        self._close_consumer(self._consumer(params))
+        return {}
+
+    def _close_consumer(self, consumer: Consumer) -> None:
         transport = self.transports.get(consumer.transport_id)
         if transport is not None:
+            # The router retires the m-section (as for consumers a closing producer takes).
             self.routers[transport.router_id].close_consumer(consumer.id)
-            transport.consumer_offers = [
-                dataclasses.replace(o, active=False) if o.ssrc == consumer.ssrc else o
-                for o in transport.consumer_offers
-            ]
-        del self.consumers[consumer.id]
-        return {}
+        self.consumers.pop(consumer.id, None)
 
     def stats(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``stats``: counters of this worker (rates are computed by the node)."""
@@ -756,6 +810,7 @@ _METHODS: dict[str, Callable[[Worker, dict[str, Any], float], dict[str, Any]]] =
     "transport.offer": Worker.transport_offer,
     "transport.answer": Worker.transport_answer,
     "transport.close": Worker.transport_close,
+    "transport.consume": Worker.transport_consume,
     "pipe.create": Worker.pipe_create,
     "pipe.connect": Worker.pipe_connect,
     "pipe.consume": Worker.pipe_consume,

@@ -1,8 +1,26 @@
 """The voice service: the trio shell that carries out joins, leaves, publishing,
 subscribing, moderation and failures with RPCs to the SFU nodes (docs/voice.md).
 
-Every change to a channel runs under that channel's lock, so the renegotiations of one
-channel never interleave (an offer is always built from a settled set of consumers).
+Two kinds of lock, so that joins do not queue behind each other's SFU round trips:
+
+* a channel's lock covers who is in it and where its router lives (join, leave, failover):
+  short sections, a node round trip or two at most;
+* a session's lock covers its own media (send transport and producers, receive transport
+  and consumers): its publishing, its moderation, and each renegotiation of its receive
+  transport. A renegotiation is one ``transport.consume`` round trip that closes and
+  creates the consumers :meth:`VoiceChannel.plan` asks for and returns the new offer, which
+  is dispatched before the lock is let go — so a subscriber's offers leave in the order
+  the SFU made them, and a renegotiation that waited for the lock picks up every change
+  made meanwhile (several joins cost a waiting subscriber one offer, not one each).
+
+A change of the channel's producers (a publish, a leave, a dead transport) marks the other
+participants due and returns at once; a few renegotiators per channel in the service's
+nursery work through them (:data:`RENEGOTIATIONS_IN_FLIGHT`). An op 13 answer needs no lock
+at all (the SFU only learns from it which closed m-sections may be recycled, which an answer
+to an older offer cannot get wrong). The channel's lock is always taken before a session's,
+never the other way. After each round trip a sequence checks that its session and router
+are still current (a leave or a failover may have overtaken it) before recording anything.
+
 Operations run shielded from the caller's cancellation: a gateway connection that drops
 mid-join must not leave a router or transport half made; each RPC is bounded by
 ``--sfu-request-timeout-s`` instead.
@@ -41,6 +59,7 @@ from ..store import schema as t
 from .placement import choose_node, node_load
 from .states import (
     ConsumerEntry,
+    ConsumptionPlan,
     ErrorCode,
     Review,
     VoiceChannel,
@@ -55,6 +74,14 @@ from .turn_credentials import ice_servers
 __all__ = ["ChannelFacts", "VoiceService", "channel_facts"]
 
 log = logging.getLogger("control.voice")
+
+#: Renegotiations of one channel's subscribers in flight at once. Each costs the SFU worker
+#: an offer of every m-section the subscriber has (and the subscriber's answer a parse of
+#: as many), so a join into a channel of N is O(N²) worker work if every subscriber is
+#: renegotiated for every join: a few at a time keep the worker's request queue short (a
+#: joiner's own round trips do not wait behind a fan-out) and let a subscriber whose turn
+#: comes late take several joins into one offer.
+RENEGOTIATIONS_IN_FLIGHT = 2
 
 #: Bus events after which the voice permissions of a guild's participants are re-decided.
 PERMISSION_EVENTS = frozenset(
@@ -131,6 +158,14 @@ class VoiceService:
         self.registry = VoiceRegistry()
         self._turn_secret = turn_secret
         self._locks: dict[str, trio.Lock] = {}
+        #: voice session id -> the lock of its media (see module docstring)
+        self._session_locks: dict[str, trio.Lock] = {}
+        #: channel id -> subscribers due a renegotiation, in the order they became due
+        self._due: dict[str, dict[VoiceSession, None]] = {}
+        #: channel id -> renegotiators running for it
+        self._renegotiators: dict[str, int] = {}
+        #: audible producer id -> the token of its pending drop (it fell silent)
+        self._quiet: dict[str, object] = {}
         self._nursery: trio.Nursery | None = None
         self._sweep_wake = trio.Event()
         self._recheck_pending: set[str] = set()
@@ -145,9 +180,12 @@ class VoiceService:
             nursery.start_soon(self._sweep)
             task_status.started()
 
-    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
-        if self._nursery is not None:
-            self._nursery.start_soon(self._guarded, fn, *args)
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bool:
+        """Run ``fn`` in the service's nursery; False before :meth:`run` has started."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(self._guarded, fn, *args)
+        return True
 
     async def _guarded(self, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
         with contextlib.suppress(NodeRpcError, VoiceRefused):
@@ -158,6 +196,22 @@ class VoiceService:
         if lock is None:
             lock = self._locks[channel_id] = trio.Lock()
         return lock
+
+    def _session_lock(self, session: VoiceSession) -> trio.Lock:
+        lock = self._session_locks.get(session.id)
+        if lock is None:
+            lock = self._session_locks[session.id] = trio.Lock()
+        return lock
+
+    def _current(self, session: VoiceSession, router_id: str) -> bool:
+        """Whether ``session`` is still its device's and its channel's router still
+        ``router_id``: false once a leave or a failover overtook a round trip."""
+        channel = self.registry.channels.get(session.channel_id)
+        return (
+            self.registry.of_device(session.device_id) is session
+            and channel is not None
+            and channel.router_id == router_id
+        )
 
     # -- dispatch helpers ----------------------------------------------------------------
 
@@ -322,13 +376,31 @@ class VoiceService:
             suppress = join_decision(facts.channel_type, permissions, facts.user_limit, others)
             if channel is None:
                 node_id, router_id = await self._place()
-                channel = self.registry.open_channel(guild_id, channel_id, node_id, router_id)
+                channel = self.registry.open_channel(
+                    guild_id, channel_id, node_id, router_id, self.config.voice_large_channel
+                )
             session = self.registry.add(channel, user_id, device_id, suppress=suppress)
             session.self_mute, session.self_deaf = self_mute, self_deaf
+            # Held from before anyone can see the session until its first offer is out, so
+            # no renegotiation of it overtakes its VOICE_SERVER_UPDATE.
+            media = self._session_lock(session)
+            await media.acquire()
+        try:
             await self._server_update(session)
-            await self._announce(session, session.state())
-            await self._tell_speaker(channel, session)
-            await self._subscribe(channel, session)
+            # The announcement (a store read) and the first offer (node round trips) do not
+            # wait for each other: the device may see them in either order.
+            failure: NodeRpcError | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._announce, session, session.state())
+                nursery.start_soon(self._tell_speaker, channel, session)
+                try:
+                    await self._renegotiate_locked(session)
+                except NodeRpcError as exc:
+                    failure = exc  # raised as itself, not in the nursery's exception group
+            if failure is not None:
+                raise failure
+        finally:
+            media.release()
         return session
 
     async def _tell_speaker(self, channel: VoiceChannel, session: VoiceSession) -> None:
@@ -370,33 +442,63 @@ class VoiceService:
                 continue
             return node_id, str(created["router_id"])
 
-    async def _subscribe(self, channel: VoiceChannel, session: VoiceSession) -> None:
-        """Consume every producer of the channel the session does not consume yet, and send
-        it a fresh offer when anything was added. Runs under the channel's lock."""
-        consumed = {entry.producer_id for entry in session.consumers.values()}
-        wanted = [
-            (other, producer_id, kind)
-            for other in channel.sessions.values()
-            if other is not session
-            for producer_id, kind in other.producers.items()
-            if producer_id not in consumed
-        ]
-        if not wanted:
+    async def _renegotiate(self, session: VoiceSession) -> None:
+        """Bring the session's consumers in line with the channel's producers and send it
+        the new offer (see module docstring)."""
+        async with self._session_lock(session):
+            await self._renegotiate_locked(session)
+
+    async def _renegotiate_locked(self, session: VoiceSession) -> None:
+        channel = self.registry.channels.get(session.channel_id)
+        if channel is None or self.registry.of_device(session.device_id) is not session:
             return
+        plan = channel.plan(session)
+        if not plan or (session.recv_transport is None and not plan.consume):
+            return
+        router_id = channel.router_id
         link = self._link(channel)
         if session.recv_transport is None:
-            created = await link.request("transport.create", {"router_id": channel.router_id})
+            created = await link.request("transport.create", {"router_id": router_id})
+            if not self._current(session, router_id):
+                return
             self.registry.set_transport(session, str(created["transport_id"]), send=False)
         assert session.recv_transport is not None
-        for other, producer_id, kind in wanted:
-            consumer = await link.request(
-                "consumer.create",
+        result = await link.request(
+            "transport.consume",
+            {
+                "transport_id": session.recv_transport,
+                "close": plan.close,
+                "consume": [
+                    {"producer_id": producer_id, "paused": session.deaf}
+                    for _, producer_id, _ in plan.consume
+                ],
+            },
+        )
+        if not self._current(session, router_id):
+            return
+        self._record(session, plan, result["consumers"])
+        if "sdp_offer" in result:
+            await self._dispatch(
+                EventName.VOICE_SUBSCRIBE_OFFER,
                 {
-                    "transport_id": session.recv_transport,
-                    "producer_id": producer_id,
-                    "paused": session.deaf,
+                    "voice_session_id": session.id,
+                    "sdp_offer": result["sdp_offer"],
+                    "consumers": [entry.wire() for entry in session.consumers.values()],
                 },
+                devices=[session.device_id],
             )
+
+    @staticmethod
+    def _record(
+        session: VoiceSession, plan: ConsumptionPlan, created: list[dict[str, Any]]
+    ) -> None:
+        """Note what a ``transport.consume`` closed and created (in the plan's order)."""
+        for consumer_id in plan.close:
+            session.consumers.pop(consumer_id, None)
+        owners = {producer_id: (other, kind) for other, producer_id, kind in plan.consume}
+        for consumer in created:
+            producer_id = str(consumer["producer_id"])
+            other, kind = owners[producer_id]
             entry = ConsumerEntry(
                 str(consumer["consumer_id"]),
                 producer_id,
@@ -407,25 +509,45 @@ class VoiceService:
                 other.sender_index,
             )
             session.consumers[entry.consumer_id] = entry
-        await self._offer(link, session)
 
-    async def _offer(self, link: NodeLink, session: VoiceSession) -> None:
-        """VOICE_SUBSCRIBE_OFFER for the session's receive transport as it stands."""
-        if session.recv_transport is None:
-            return
+    def _renegotiate_others(self, channel: VoiceChannel, session: VoiceSession) -> None:
+        """Producers of ``session`` that others consume came or went (see :meth:`_heard`):
+        everyone else is due a renegotiation. They wait in the channel's queue for one of
+        at most
+        :data:`RENEGOTIATIONS_IN_FLIGHT` renegotiators; a subscriber already waiting keeps
+        its place, and its plan is made when its turn comes, so it then takes in every
+        change made while it waited."""
+        due = self._due.setdefault(channel.channel_id, {})
+        for other in channel.sessions.values():
+            if other is not session:
+                due[other] = None
+        running = self._renegotiators.get(channel.channel_id, 0)
+        while running < min(RENEGOTIATIONS_IN_FLIGHT, len(due)) and self._spawn(
+            self._renegotiator, channel.channel_id
+        ):
+            running += 1
+        self._renegotiators[channel.channel_id] = running
+
+    @staticmethod
+    def _heard(channel: VoiceChannel, producers: dict[str, str]) -> bool:
+        """Whether any of these producers (id -> kind) is consumed: in a large channel a
+        silent member's coming and going then costs the others no renegotiation."""
+        return any(channel.consumed(p, kind) for p, kind in producers.items())
+
+    async def _renegotiator(self, channel_id: str) -> None:
+        """Renegotiate the channel's due subscribers one after another until none is left."""
         try:
-            offer = await link.request("transport.offer", {"transport_id": session.recv_transport})
-        except NodeRefused:
-            return  # nothing to offer (never consumed anything)
-        await self._dispatch(
-            EventName.VOICE_SUBSCRIBE_OFFER,
-            {
-                "voice_session_id": session.id,
-                "sdp_offer": offer["sdp_offer"],
-                "consumers": [entry.wire() for entry in session.consumers.values()],
-            },
-            devices=[session.device_id],
-        )
+            while due := self._due.get(channel_id):
+                session = next(iter(due))
+                del due[session]
+                with contextlib.suppress(NodeRpcError, VoiceRefused):
+                    await self._renegotiate(session)
+        finally:
+            running = self._renegotiators.pop(channel_id, 1) - 1
+            if running:
+                self._renegotiators[channel_id] = running
+            elif not self._due.get(channel_id):
+                self._due.pop(channel_id, None)
 
     async def publish(self, device_id: str, voice_session_id: str, sdp_offer: str) -> None:
         """Op 12: the send transport's offer; producers are made and others subscribed."""
@@ -438,27 +560,33 @@ class VoiceService:
                 await self._device_error(device_id, VoiceRefused(ErrorCode.SFU_ERROR, str(exc)))
 
     async def _publish(self, device_id: str, voice_session_id: str, sdp_offer: str) -> None:
-        channel_id = self.registry.require(device_id, voice_session_id).channel_id
-        async with self._lock(channel_id):
+        session = self.registry.require(device_id, voice_session_id)
+        async with self._session_lock(session):
             session = self.registry.require(device_id, voice_session_id)
-            channel = self.registry.channels[channel_id]
+            channel = self.registry.channels[session.channel_id]
+            router_id = channel.router_id
             link = self._link(channel)
-            affected: set[VoiceSession] = set()
+            heard = self._heard(channel, session.producers)
+            changed = False
             if session.send_transport is None:
-                created = await link.request("transport.create", {"router_id": channel.router_id})
+                created = await link.request("transport.create", {"router_id": router_id})
+                if not self._current(session, router_id):
+                    return
                 self.registry.set_transport(session, str(created["transport_id"]), send=True)
             else:
                 # A new offer describes every track again: the old producers go first.
-                affected = await self._close_producers(link, session)
+                changed = await self._close_producers(link, session)
             try:
                 result = await link.request(
                     "transport.connect",
                     {"transport_id": session.send_transport, "sdp_offer": sdp_offer},
                 )
             except NodeRefused as exc:
-                for other in affected:
-                    await self._offer(link, other)
+                if changed and heard:
+                    self._renegotiate_others(channel, session)
                 raise VoiceRefused(ErrorCode.SFU_ERROR, exc.message) from None
+            if not self._current(session, router_id):
+                return
             for producer in result.get("producers", []):
                 producer_id = str(producer["producer_id"])
                 self.registry.add_producer(session, producer_id, str(producer["kind"]))
@@ -470,26 +598,19 @@ class VoiceService:
                 {"voice_session_id": session.id, "sdp_answer": result["sdp_answer"]},
                 devices=[device_id],
             )
-            for other in list(channel.sessions.values()):
-                if other is not session:
-                    await self._subscribe(channel, other)
-                    affected.discard(other)
-            for other in affected:
-                await self._offer(link, other)
+        if heard or self._heard(channel, session.producers):
+            self._renegotiate_others(channel, session)
 
-    async def _close_producers(self, link: NodeLink, session: VoiceSession) -> set[VoiceSession]:
-        """Close the session's producers and their consumers (each consumer closed by name,
-        so its m-section turns inactive in the subscriber's next offer); returns the
-        subscribers to renegotiate."""
+    async def _close_producers(self, link: NodeLink, session: VoiceSession) -> bool:
+        """Close the session's producers (the SFU closes their consumers with them and
+        turns those m-sections inactive); returns whether there were any, i.e. whether the
+        others need renegotiating."""
         producers = list(session.producers)
-        closed = self.registry.drop_producers(session)
-        for _, consumer_id in closed:
-            with contextlib.suppress(NodeRefused):
-                await link.request("consumer.close", {"consumer_id": consumer_id})
+        self.registry.forget_producers(session)
         for producer_id in producers:
             with contextlib.suppress(NodeRefused):
                 await link.request("producer.close", {"producer_id": producer_id})
-        return {other for other, _ in closed}
+        return bool(producers)
 
     async def subscribe_answer(
         self, device_id: str, voice_session_id: str, sdp_answer: str
@@ -506,19 +627,18 @@ class VoiceService:
     async def _subscribe_answer(
         self, device_id: str, voice_session_id: str, sdp_answer: str
     ) -> None:
-        channel_id = self.registry.require(device_id, voice_session_id).channel_id
-        async with self._lock(channel_id):
-            session = self.registry.require(device_id, voice_session_id)
-            if session.recv_transport is None:
-                raise VoiceRefused(ErrorCode.BAD_SESSION, "no subscribe offer is outstanding")
-            link = self._link(self.registry.channels[channel_id])
-            try:
-                await link.request(
-                    "transport.answer",
-                    {"transport_id": session.recv_transport, "sdp_answer": sdp_answer},
-                )
-            except NodeRefused as exc:
-                raise VoiceRefused(ErrorCode.SFU_ERROR, exc.message) from None
+        # No lock (module docstring): the answer goes to the receive transport as it is now.
+        session = self.registry.require(device_id, voice_session_id)
+        if session.recv_transport is None:
+            raise VoiceRefused(ErrorCode.BAD_SESSION, "no subscribe offer is outstanding")
+        link = self._link(self.registry.channels[session.channel_id])
+        try:
+            await link.request(
+                "transport.answer",
+                {"transport_id": session.recv_transport, "sdp_answer": sdp_answer},
+            )
+        except NodeRefused as exc:
+            raise VoiceRefused(ErrorCode.SFU_ERROR, exc.message) from None
 
     # -- leaving --------------------------------------------------------------------------
 
@@ -532,29 +652,28 @@ class VoiceService:
                     return
                 channel = self.registry.channels.get(session.channel_id)
                 link = self._maybe_link(channel)
-                affected: set[VoiceSession] = set()
-                if link is not None and not link.closed:
-                    with contextlib.suppress(NodeRpcError):
-                        affected = await self._close_producers(link, session)
+                async with self._session_lock(session):
+                    heard = self._heard(channel, session.producers) if channel else False
+                    self.registry.forget_producers(session)
+                    if link is not None and not link.closed:
+                        # Closing the send transport closes its producers, and those their
+                        # consumers: the others' m-sections of them turn inactive.
                         for transport_id in (session.send_transport, session.recv_transport):
                             if transport_id is not None:
-                                with contextlib.suppress(NodeRefused):
+                                with contextlib.suppress(NodeRpcError):
                                     await link.request(
                                         "transport.close", {"transport_id": transport_id}
                                     )
-                else:
-                    affected = {other for other, _ in self.registry.drop_producers(session)}
-                self.registry.remove(session)
-                if link is not None:
-                    for other in affected:
-                        with contextlib.suppress(NodeRpcError):
-                            await self._offer(link, other)
+                    self.registry.remove(session)
+                self._session_locks.pop(session.id, None)
                 if channel is not None and not channel.sessions:
                     self.registry.close_channel(channel)
                     self._locks.pop(channel.channel_id, None)
                     if link is not None:
                         with contextlib.suppress(NodeRpcError):
                             await link.request("router.close", {"router_id": channel.router_id})
+                elif channel is not None and heard and link is not None:
+                    self._renegotiate_others(channel, session)
             if announce:
                 await self._announce(session, session.left())
 
@@ -582,7 +701,7 @@ class VoiceService:
 
     async def _apply_silence(self, session: VoiceSession) -> None:
         """Bring the SFU in line with the session's mute, suppress and deaf, and announce."""
-        async with self._lock(session.channel_id):
+        async with self._session_lock(session):
             if self.registry.of_device(session.device_id) is not session:
                 return
             link = self._link(self.registry.channels[session.channel_id])
@@ -697,6 +816,11 @@ class VoiceService:
             router_id, producer_id = data.get("router_id"), data.get("producer_id")
             if isinstance(router_id, str) and isinstance(producer_id, str):
                 self._spawn(self._speaker, router_id, producer_id)
+        elif event == "voice":
+            router_id, producer_id = data.get("router_id"), data.get("producer_id")
+            active = data.get("active")
+            if isinstance(router_id, str) and isinstance(producer_id, str):
+                self._voice(router_id, producer_id, active is True)
         elif event == "transport.closed":
             transport_id = data.get("transport_id")
             if isinstance(transport_id, str):
@@ -726,6 +850,36 @@ class VoiceService:
                     devices=audience,
                 )
 
+    def _voice(self, router_id: str, producer_id: str, active: bool) -> None:
+        """Voice activity of a producer (the SFU's ``voice`` event): it becomes audible at
+        once; it stops being audible after ``--voice-silent-drop-s`` of silence (a large
+        channel's subscribers then stop consuming it)."""
+        channel = self.registry.by_router(router_id)
+        session = self.registry.by_producer(producer_id)
+        if channel is None or session is None or session.channel_id != channel.channel_id:
+            return
+        if active:
+            self._quiet.pop(producer_id, None)
+            if channel.voiced(producer_id) and channel.large:
+                self._renegotiate_others(channel, session)
+        elif producer_id in channel.audible:
+            channel.unvoiced(producer_id)
+            token = self._quiet[producer_id] = object()
+            self._spawn(self._drop_when_silent, channel, producer_id, token)
+
+    async def _drop_when_silent(
+        self, channel: VoiceChannel, producer_id: str, token: object
+    ) -> None:
+        await trio.sleep(self.config.voice_silent_drop_s)
+        if self._quiet.get(producer_id) is not token:
+            return  # it spoke again meanwhile
+        del self._quiet[producer_id]
+        session = self.registry.by_producer(producer_id)
+        if producer_id in channel.audible and session is not None:
+            channel.forget_audible(producer_id)
+            if channel.large:
+                self._renegotiate_others(channel, session)
+
     async def _transport_closed(self, transport_id: str) -> None:
         """A transport died on the SFU (ICE consent lost, never connected): the session's
         media starts over — its other transport closes, its consumers elsewhere go, and the
@@ -733,20 +887,21 @@ class VoiceService:
         session = self.registry.by_transport(transport_id)
         if session is None:
             return
-        async with self._lock(session.channel_id):
+        async with self._session_lock(session):
             if self.registry.by_transport(transport_id) is not session:
                 return
             channel = self.registry.channels[session.channel_id]
             link = self._link(channel)
-            affected = await self._close_producers(link, session)
+            heard = self._heard(channel, session.producers)
+            await self._close_producers(link, session)
             for other_id in (session.send_transport, session.recv_transport):
                 if other_id is not None and other_id != transport_id:
                     with contextlib.suppress(NodeRefused):
                         await link.request("transport.close", {"transport_id": other_id})
             self.registry.forget_media(session)
-            for other in affected:
-                await self._offer(link, other)
             await self._server_update(session)
+        if heard:
+            self._renegotiate_others(channel, session)
 
     def node_lost(self, node_id: str) -> None:
         """A node's link closed: its channels are placed elsewhere."""

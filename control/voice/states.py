@@ -21,6 +21,7 @@ from .turn_credentials import new_turn_id
 
 __all__ = [
     "ConsumerEntry",
+    "ConsumptionPlan",
     "ErrorCode",
     "Review",
     "VoiceChannel",
@@ -31,6 +32,12 @@ __all__ = [
     "review",
 ]
 
+#: Audio producers a large channel's subscriber consumes at most (the most recently voiced):
+#: an audio m-section of the SFU's offer is ≈ 650 bytes, so even with as many closed
+#: m-sections not yet recycled the offer and the client's answer stay well inside
+#: ``sfu.sdp.MAX_SDP_BYTES`` and ``client.voice.signalling.MAX_SDP`` (64 KiB) and the
+#: gateway's ``MAX_CLIENT_FRAME`` (80 KiB), however many members the channel has.
+MAX_AUDIBLE = 32
 #: The largest SFrame sender index (``e2ee.media.MAX_SENDER_INDEX``).
 MAX_SENDER_INDEX = (1 << 31) - 1
 P = Permission
@@ -171,6 +178,19 @@ class VoiceSession:
         self.consumers.clear()
 
 
+@dataclass(frozen=True)
+class ConsumptionPlan:
+    """One renegotiation of a subscriber (:meth:`VoiceChannel.plan`)."""
+
+    #: (publishing session, producer id, kind) to consume.
+    consume: list[tuple[VoiceSession, str, str]]
+    #: consumer ids to close.
+    close: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.consume or self.close)
+
+
 @dataclass(eq=False)
 class VoiceChannel:
     """A voice channel with a router on an SFU node and its participants (by device)."""
@@ -182,6 +202,13 @@ class VoiceChannel:
     sessions: dict[str, VoiceSession] = field(default_factory=dict)
     #: The device whose producer the SFU last named the active speaker.
     speaking: str | None = None
+    #: Participants above which the channel is large (0: never), docs/voice.md.
+    large_above: int = 0
+    #: Audio producers subscribers of a large channel consume: those voiced lately, the
+    #: most recently voiced last, at most :data:`MAX_AUDIBLE`.
+    audible: dict[str, None] = field(default_factory=dict)
+    #: Audible producers the SFU reports voiced right now (between onset and offset).
+    talking: set[str] = field(default_factory=set)
     _next_index: int = field(default_factory=lambda: secrets.randbelow(1 << 16) + 1)
 
     def allocate_index(self) -> int:
@@ -200,6 +227,63 @@ class VoiceChannel:
     def devices(self) -> frozenset[str]:
         """The participants' devices (the audience of SPEAKING)."""
         return frozenset(self.sessions)
+
+    @property
+    def large(self) -> bool:
+        """Whether subscribers consume only audible audio (docs/voice.md, "Large
+        channels")."""
+        return 0 < self.large_above < len(self.sessions)
+
+    def consumed(self, producer_id: str, kind: str) -> bool:
+        """Whether subscribers consume this producer now."""
+        return kind != "audio" or not self.large or producer_id in self.audible
+
+    def voiced(self, producer_id: str) -> bool:
+        """A producer began to speak: it is audible, as the most recent; returns whether
+        it was not audible before. Beyond :data:`MAX_AUDIBLE` the one that fell silent
+        longest ago goes (one still talking only if all are)."""
+        new = producer_id not in self.audible
+        self.audible.pop(producer_id, None)
+        self.audible[producer_id] = None
+        self.talking.add(producer_id)
+        while len(self.audible) > MAX_AUDIBLE:
+            oldest = next((p for p in self.audible if p not in self.talking), None)
+            self.forget_audible(oldest if oldest is not None else next(iter(self.audible)))
+        return new
+
+    def unvoiced(self, producer_id: str) -> None:
+        """The SFU reports the producer silent (it stays audible for now)."""
+        self.talking.discard(producer_id)
+
+    def forget_audible(self, producer_id: str) -> None:
+        """The producer is no longer audible (silent too long, evicted or closed)."""
+        self.audible.pop(producer_id, None)
+        self.talking.discard(producer_id)
+
+    def plan(self, session: VoiceSession) -> ConsumptionPlan:
+        """What ``session``'s receive transport must change to consume the producers of the
+        others in the channel it should (:meth:`consumed`): producers to consume, and
+        consumers to close (of producers that are gone or no longer consumed)."""
+        wanted = {
+            producer_id: (other, kind)
+            for other in self.sessions.values()
+            if other is not session
+            for producer_id, kind in other.producers.items()
+            if self.consumed(producer_id, kind)
+        }
+        consumed = {entry.producer_id for entry in session.consumers.values()}
+        return ConsumptionPlan(
+            consume=[
+                (other, producer_id, kind)
+                for producer_id, (other, kind) in wanted.items()
+                if producer_id not in consumed
+            ],
+            close=[
+                consumer_id
+                for consumer_id, entry in session.consumers.items()
+                if entry.producer_id not in wanted
+            ],
+        )
 
 
 class VoiceRegistry:
@@ -282,10 +366,10 @@ class VoiceRegistry:
     # -- changes ------------------------------------------------------------------------
 
     def open_channel(
-        self, guild_id: str, channel_id: str, node_id: str, router_id: str
+        self, guild_id: str, channel_id: str, node_id: str, router_id: str, large_above: int = 0
     ) -> VoiceChannel:
         """Record a channel whose router was just created."""
-        channel = VoiceChannel(guild_id, channel_id, node_id, router_id)
+        channel = VoiceChannel(guild_id, channel_id, node_id, router_id, large_above=large_above)
         self.channels[channel_id] = channel
         self._by_router[router_id] = channel
         return channel
@@ -294,6 +378,8 @@ class VoiceRegistry:
         """The channel's router was re-created on ``node_id`` (its old node failed)."""
         self._by_router.pop(channel.router_id, None)
         channel.node_id, channel.router_id, channel.speaking = node_id, router_id, None
+        channel.audible.clear()
+        channel.talking.clear()
         self._by_router[router_id] = channel
         for session in channel.sessions.values():
             self.forget_media(session)
@@ -348,29 +434,23 @@ class VoiceRegistry:
         session.producers[producer_id] = kind
         self._by_producer[producer_id] = session
 
-    def drop_producers(self, session: VoiceSession) -> list[tuple[VoiceSession, str]]:
-        """Forget the session's producers; returns ``(subscriber, consumer id)`` of every
-        consumer of them, which are forgotten too."""
-        gone = set(session.producers)
-        for producer_id in gone:
-            self._by_producer.pop(producer_id, None)
-        session.producers.clear()
-        closed: list[tuple[VoiceSession, str]] = []
+    def forget_producers(self, session: VoiceSession) -> None:
+        """Forget the session's producers (closed on the SFU, which closes their consumers
+        with them). Other sessions' entries of those consumers stay until their next
+        :meth:`VoiceChannel.plan` names them for closing and a new offer goes out."""
         channel = self.channels.get(session.channel_id)
-        for other in channel.sessions.values() if channel is not None else ():
-            for consumer_id, entry in list(other.consumers.items()):
-                if entry.producer_id in gone:
-                    del other.consumers[consumer_id]
-                    closed.append((other, consumer_id))
-        return closed
+        for producer_id in session.producers:
+            self._by_producer.pop(producer_id, None)
+            if channel is not None:
+                channel.forget_audible(producer_id)
+        session.producers.clear()
 
     def forget_media(self, session: VoiceSession) -> None:
         """Drop the session's SFU objects from the indexes and the session."""
         for transport_id in (session.send_transport, session.recv_transport):
             if transport_id is not None and self._by_transport.get(transport_id) is session:
                 del self._by_transport[transport_id]
-        for producer_id in session.producers:
-            self._by_producer.pop(producer_id, None)
+        self.forget_producers(session)
         session.forget_media()
 
     def set_server_mute(

@@ -3,7 +3,9 @@ synthetic WebRTC endpoints (ICE, DTLS, SRTP) carrying the SDP (docs/voice.md).""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -22,6 +24,7 @@ from voice_live import Gateway, VoicePeer
 from contract.gateway import Op
 from contract.permissions import Permission
 from loadtest.voice_call import start_sfu_node
+from sfu.sdp import SessionDescription
 from turn.auth import RestCredentials
 from turn.stun import PasswordAlgorithm, long_term_key
 
@@ -73,6 +76,12 @@ async def _open_ws(url: str, *, task_status: trio.TaskStatus[Any]) -> None:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
+    async with _world(tmp_path) as made:
+        yield made
+
+
+@contextlib.asynccontextmanager
+async def _world(tmp_path: Path, *control_args: str) -> AsyncIterator[World]:
     data_dir, log_path = tmp_path / "data", tmp_path / "control.log"
     node_secret, turn_secret = tmp_path / "node-secret", tmp_path / "turn-secret"
     node_secret.write_text("voice-test-node-secret\n")
@@ -88,6 +97,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         TURN_URL,
         "--voice-grace-s",
         "1",
+        *control_args,
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -431,3 +441,151 @@ async def test_store_and_logs_hold_no_voice_state(world: World) -> None:
     # The log never names who was in which channel.
     for value in (world.voice_id, world.ann["id"], world.bob["id"]):
         assert value.encode() not in log, value
+
+
+async def test_concurrent_publishes_do_not_queue_behind_each_others_renegotiations(
+    tmp_path: Path,
+) -> None:
+    """Every publish renegotiates every other participant. Those renegotiations must not
+    hold up the next publish (a join's answer once waited for every earlier publish's
+    round trips to every other participant, one after another: O(N²) serial round trips
+    for N joining at once), and each subscriber must still get its offers in order."""
+    crowd = 32
+    async with _world(
+        tmp_path, "--rate-per-s", "100000", "--rate-burst", "100000", "--pow-target-per-s", "100000"
+    ) as world:
+        _, invite = await world.live.call(
+            "POST", f"{API}/channels/{world.voice_id}/invites", world.ann["token"], {}
+        )
+        users = []
+        for index in range(crowd):
+            user = await register(world.live, f"crowd{index}")
+            await world.live.call("POST", f"{API}/invites/{invite['code']}", user["token"], {})
+            users.append(user)
+        gateways = [await world.gateway(user) for user in users]
+        servers = [await join(world, gateway, world.voice_id) for gateway in gateways]
+        marks = [gateway.mark() for gateway in gateways]
+        waited: list[float] = []
+
+        async def publish_one(index: int) -> None:
+            started = trio.current_time()
+            await gateways[index].send(
+                Op.VOICE_PUBLISH,
+                {
+                    "voice_session_id": servers[index]["voice_session_id"],
+                    "sdp_offer": VoicePeer().publish_offer(1000 + index),
+                },
+            )
+            await gateways[index].wait("VOICE_PUBLISH_ANSWER", after=marks[index])
+            waited.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(crowd):
+                nursery.start_soon(publish_one, index)
+        # Each publish costs its own session's round trips only (the old code needed about
+        # crowd² of them here before the last answer).
+        assert max(waited) < 1.0, sorted(waited)
+
+        for index, gateway in enumerate(gateways):
+            last = await gateway.wait(
+                "VOICE_SUBSCRIBE_OFFER",
+                lambda d: len(d["consumers"]) == crowd - 1,
+                after=marks[index],
+                within=30,
+            )
+            others = {c["device_id"] for c in last["consumers"]}
+            assert others == {u["device"] for u in users} - {users[index]["device"]}
+            assert len({c["mid"] for c in last["consumers"]}) == crowd - 1
+            offers = [
+                d["sdp_offer"]
+                for t, d in gateway.dispatches[marks[index] :]
+                if t == "VOICE_SUBSCRIBE_OFFER"
+            ]
+            # In order: the SDP session versions the SFU gave them only ever rise (RFC 8866
+            # §5.2), and the newest offer is the one that consumes everyone.
+            versions = [int(re.search(r"^o=\S+ \d+ (\d+) ", o, re.M).group(1)) for o in offers]  # type: ignore[union-attr]
+            assert versions == sorted(set(versions)) and offers[-1] == last["sdp_offer"]
+            assert not [d for t, d in gateway.dispatches if t == "VOICE_ERROR"]
+
+
+async def test_a_large_channel_consumes_only_members_who_speak(tmp_path: Path) -> None:
+    """Above ``--voice-large-channel`` participants a subscriber consumes only the audio of
+    members who have spoken lately: a silent member costs the others no m-section and no
+    renegotiation; a new speaker is consumed as soon as the SFU hears speech, and dropped
+    again after ``--voice-silent-drop-s`` of silence (docs/voice.md, "Large channels")."""
+    async with _world(
+        tmp_path, "--voice-large-channel", "2", "--voice-silent-drop-s", "1"
+    ) as world:
+        carl, dora = await register(world.live, "carl"), await register(world.live, "dora")
+        _, invite = await world.live.call(
+            "POST", f"{API}/channels/{world.voice_id}/invites", world.ann["token"], {}
+        )
+        for user in (carl, dora):
+            await world.live.call("POST", f"{API}/invites/{invite['code']}", user["token"], {})
+        users = [world.ann, world.bob, carl, dora]
+        gateways = [await world.gateway(user) for user in users]
+        servers = [await join(world, gateway, world.voice_id) for gateway in gateways]
+        ann_gw, bob_gw, _, _ = gateways
+        mark = bob_gw.mark()
+        publishers = [
+            await publish(gateway, server, ssrc=100 + i)
+            for i, (gateway, server) in enumerate(zip(gateways, servers, strict=True))
+        ]
+        # Four members, all silent: nobody consumes anybody, so nobody is renegotiated.
+        for peer in publishers:
+            await peer.send_audio(100 + publishers.index(peer), 0, level=127)
+        await trio.sleep(0.5)
+        assert not [t for t, _ in bob_gw.dispatches[mark:] if t == "VOICE_SUBSCRIBE_OFFER"]
+
+        # ann speaks: bob consumes her (and only her).
+        async def talk(index: int, seconds: float, level: int = 20) -> None:
+            for seq in range(1, int(seconds / 0.02)):
+                await publishers[index].send_audio(100 + index, seq, level)
+                await trio.sleep(0.02)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(talk, 0, 1.5)
+            offer = await bob_gw.wait("VOICE_SUBSCRIBE_OFFER", after=mark)
+            assert [c["user_id"] for c in offer["consumers"]] == [world.ann["id"]]
+            subscriber = await subscribe(world, bob_gw, servers[1], offer)
+            await until_received(subscriber, 10)
+
+        # carl starts to speak while bob listens: the delay from carl's first word to bob
+        # hearing it is the onset cost of a large channel (one renegotiation).
+        mark = bob_gw.mark()
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(talk, 2, 1.5)
+            offer = await bob_gw.wait("VOICE_SUBSCRIBE_OFFER", after=mark)
+            assert {c["user_id"] for c in offer["consumers"]} == {world.ann["id"], carl["id"]}
+            await bob_gw.send(
+                Op.VOICE_SUBSCRIBE_ANSWER,
+                {
+                    "voice_session_id": servers[1]["voice_session_id"],
+                    "sdp_answer": subscriber.subscribe_answer(offer["sdp_offer"]),
+                },
+            )
+            carl_ssrc = next(
+                next(iter(m.ssrcs))
+                for m in SessionDescription.parse_untrusted(offer["sdp_offer"]).media
+                if m.mid == next(c["mid"] for c in offer["consumers"] if c["user_id"] == carl["id"])
+            )
+            while not any(p.ssrc == carl_ssrc for p in subscriber.rtp()):
+                await subscriber.wait_received(subscriber.received() + 1)
+            onset = trio.current_time() - started
+        print(f"large channel: speech onset to a subscriber receiving it {onset * 1000:.0f} ms")
+        assert onset < 1.0
+
+        # Both fall silent: after the SFU's 1 s hold and the 1 s drop, bob consumes nobody.
+        mark = bob_gw.mark()
+        offer = await bob_gw.wait(
+            "VOICE_SUBSCRIBE_OFFER", lambda d: not d["consumers"], after=mark, within=10
+        )
+        assert dora["id"] not in {
+            c["user_id"]
+            for t, d in bob_gw.dispatches
+            if t == "VOICE_SUBSCRIBE_OFFER"
+            for c in d["consumers"]
+        }
+        assert not [d for g in gateways for t, d in g.dispatches if t == "VOICE_ERROR"]
+        await ann_gw.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": None})

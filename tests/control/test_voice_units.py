@@ -21,6 +21,7 @@ from control.gateway.session import (
 from control.node_rpc import NodeGone, NodeLink, NodeRefused, NodeTimeout
 from control.voice.placement import NodeLoad, choose_node, node_load
 from control.voice.states import (
+    MAX_AUDIBLE,
     ConsumerEntry,
     ErrorCode,
     Review,
@@ -90,8 +91,16 @@ def test_registry_indexes_and_forgets_a_session() -> None:
     with pytest.raises(VoiceRefused) as caught:
         registry.require("bob-dev", ann.id)
     assert caught.value.code is ErrorCode.BAD_SESSION
-    assert registry.drop_producers(ann) == [(bob, "k1")]
-    assert not bob.consumers and registry.by_producer("p1") is None
+    assert channel.plan(bob).consume == [] and channel.plan(ann).consume == []
+    registry.add_producer(ann, "p2", "audio")
+    assert channel.plan(bob).consume == [(ann, "p2", "audio")]
+    registry.forget_producers(ann)
+    assert registry.by_producer("p1") is None and registry.by_producer("p2") is None
+    # bob's consumer of the closed producer is named for closing at his next renegotiation.
+    plan = channel.plan(bob)
+    assert plan.close == ["k1"] and plan.consume == [] and plan
+    bob.consumers.clear()
+    assert not channel.plan(bob)
     registry.remove(ann)
     assert registry.of_device("ann-dev") is None and registry.by_transport("t-send") is None
     assert channel.other_users("ann") == 1
@@ -229,3 +238,28 @@ def test_voice_ops_are_decoded_and_bounded() -> None:
         with pytest.raises(GatewayProtocolError) as caught:
             decode_voice_untrusted(op, d)
         assert caught.value.code == Close.DECODE_ERROR
+
+
+def test_a_large_channel_plans_only_audible_audio() -> None:
+    registry = VoiceRegistry()
+    channel = registry.open_channel("g", "c", "node", "router", large_above=2)
+    sessions = [registry.add(channel, f"u{i}", f"d{i}", suppress=False) for i in range(3)]
+    for index, session in enumerate(sessions):
+        registry.add_producer(session, f"p{index}", "audio")
+    registry.add_producer(sessions[2], "v2", "video")
+    assert channel.large
+    # Video is always consumed; audio only once voiced, the most recent MAX_AUDIBLE of it.
+    assert channel.plan(sessions[0]).consume == [(sessions[2], "v2", "video")]
+    assert channel.voiced("p1") and not channel.voiced("p1")
+    assert [p for _, p, _ in channel.plan(sessions[0]).consume] == ["p1", "v2"]
+    channel.voiced("p0")
+    channel.unvoiced("p0")  # p1 talks on; p0 fell silent after it began
+    for index in range(MAX_AUDIBLE - 1):
+        channel.voiced(f"other{index}")
+    # Full: the one that fell silent goes first, though p1 began to talk before it.
+    assert "p0" not in channel.audible and "p1" in channel.audible
+    channel.voiced("one-more")
+    assert "p1" not in channel.audible and len(channel.audible) == MAX_AUDIBLE
+    registry.remove(sessions[2])
+    assert not channel.large  # two left: everyone consumes everyone again
+    assert channel.plan(sessions[0]).consume == [(sessions[1], "p1", "audio")]

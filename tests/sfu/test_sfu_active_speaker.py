@@ -50,3 +50,17 @@ def test_similar_levels_within_the_margin_do_not_switch() -> None:
     detector = ActiveSpeakerDetector(margin_db=6.0)
     _talk(detector, {"alice": 30}, 0.0, 1.0)
     assert _talk(detector, {"alice": 30, "bob": 27}, 1.0, 4.0) == []
+
+
+def test_voice_activity_starts_with_the_first_word_and_outlasts_pauses() -> None:
+    detector = ActiveSpeakerDetector(voice_hold=1.0)
+    detector.observe("silent", 127, 0.0)  # DTX comfort noise is never speech
+    detector.observe("talker", 30, 0.0)
+    assert detector.voice_activity(0.0) == [("talker", True)]
+    detector.observe("talker", 30, 0.5)
+    detector.observe("talker", 127, 1.2)  # a pause shorter than the hold
+    assert detector.voice_activity(1.4) == []
+    assert detector.voice_activity(1.6) == [("talker", False)]
+    detector.observe("talker", 30, 2.0)
+    detector.remove("talker")  # closed before anyone heard the onset
+    assert detector.voice_activity(2.0) == []

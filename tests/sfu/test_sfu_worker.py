@@ -837,14 +837,25 @@ def _renegotiate(h: Harness, transport_id: str) -> SessionDescription:
     return offer
 
 
+def _second_producer(h: Harness, router_id: str, kind: str, payload_type: int) -> str:
+    """A producer of another publisher in the room (SSRC 4444)."""
+    transport_id, _ = h.join(router_id, 5003)
+    return str(
+        h.call(
+            "producer.create",
+            transport_id=transport_id,
+            kind=kind,
+            payload_type=payload_type,
+            ssrcs={"4444": 0},
+        )["producer_id"]
+    )
+
+
 def test_join_leave_cycles_recycle_m_sections_under_new_mids(room) -> None:
     # In a long call, every leave used to leave an inactive m-section behind for good: the
     # session grew until the client's answer outgrew the gateway's frame.
     h, router_id, producer_id, sub_id = room
-    pub2_id, _ = h.join(router_id, 5003)
-    video = h.call(
-        "producer.create", transport_id=pub2_id, kind="video", payload_type=96, ssrcs={"4444": 0}
-    )["producer_id"]
+    video = _second_producer(h, router_id, "video", 96)
     h.call("consumer.create", transport_id=sub_id, producer_id=video)
     mids_seen: set[str] = set()
     for _ in range(100):
@@ -900,3 +911,37 @@ def test_a_closed_m_section_is_recycled_only_once_answered_and_only_for_its_kind
     h.deliver()
     arrived = {RtpPacket.parse_untrusted(p).ssrc for p in sub.rtp}
     assert arrived == {second["ssrc"], third["ssrc"]}
+
+
+def test_one_consume_request_renegotiates_a_subscriber(room) -> None:
+    # transport.consume: what control needs for one subscriber's renegotiation in one round
+    # trip — consumers closed and created, a producer that closed meanwhile skipped, and
+    # the new offer.
+    h, router_id, producer_id, sub_id = room
+    second = _second_producer(h, router_id, "audio", 111)
+    result = h.call(
+        "transport.consume",
+        transport_id=sub_id,
+        consume=[{"producer_id": producer_id}, {"producer_id": "gone"}, {"producer_id": second}],
+    )
+    assert [c["producer_id"] for c in result["consumers"]] == [producer_id, second]
+    assert result["missing"] == ["gone"]
+    offer = SessionDescription.parse_untrusted(result["sdp_offer"])
+    assert [(m.mid, m.port != 0) for m in offer.media] == [("0", True), ("1", True)]
+    first_id = result["consumers"][0]["consumer_id"]
+    result = h.call("transport.consume", transport_id=sub_id, close=[first_id], consume=[])
+    assert result["consumers"] == [] and first_id not in h.worker.consumers
+    offer = SessionDescription.parse_untrusted(result["sdp_offer"])
+    assert [(m.mid, m.port != 0) for m in offer.media] == [("0", False), ("1", True)]
+
+
+def test_a_closing_producer_turns_its_consumers_m_sections_inactive(room) -> None:
+    # Control closes a leaver's producers (or transport) without naming every consumer of
+    # them: the subscribers' next offers must still mark those m-sections inactive.
+    h, _, producer_id, sub_id = room
+    h.call("consumer.create", transport_id=sub_id, producer_id=producer_id)
+    h.call("producer.close", producer_id=producer_id)
+    offer = SessionDescription.parse_untrusted(
+        h.call("transport.offer", transport_id=sub_id)["sdp_offer"]
+    )
+    assert [(m.mid, m.port != 0) for m in offer.media] == [("0", False)]
