@@ -255,12 +255,10 @@ class _Room:
         consumes is settled: it consumes everyone else (the full mode), or nobody in the
         room got a subscribe offer for :data:`SETTLE_S` (the SFU forwards only some, e.g.
         a large channel's voice-active participants)."""
-        now = time.monotonic_ns()
         for joined in self.joined_by_room:
             everyone = {p.number for p in joined}
             speakers = {p.number for p in joined if self.speaker(p)}
-            last_offer = max((p.last_offer_ns for p in joined), default=0)
-            quiet = now - last_offer >= SETTLE_S * 1e9
+            quiet = self._quiet(joined)
             for p in joined:
                 consumes = self.consumes(p)
                 others_speaking = speakers - {p.number}
@@ -273,10 +271,17 @@ class _Room:
                     return False
         return True
 
+    @staticmethod
+    def _quiet(joined: list[VoiceParticipant]) -> bool:
+        """Whether none of ``joined`` got a subscribe offer for :data:`SETTLE_S`."""
+        last_offer = max((p.last_offer_ns for p in joined), default=0)
+        return time.monotonic_ns() - last_offer >= SETTLE_S * 1e9
+
     def blame_not_ready(self) -> None:
         """At the ready timeout: an error on each participant that held the window up."""
         for joined in self.joined_by_room:
             speakers = {p.number for p in joined if self.speaker(p)}
+            quiet = self._quiet(joined)
             for p in joined:
                 others_speaking = speakers - {p.number}
                 if not others_speaking <= self.consumes(p):
@@ -285,7 +290,7 @@ class _Room:
                     p.measured and not others_speaking <= p.stats.heard
                 ):
                     p.error("not_hearing_speakers")
-                elif not {q.number for q in joined} - {p.number} <= self.consumes(p):
+                elif not quiet and not {q.number for q in joined} - {p.number} <= self.consumes(p):
                     p.error("not_consuming_everyone")  # nor did the room's offers settle
 
     def open_window(self, start_ns: int, end_ns: int) -> None:
