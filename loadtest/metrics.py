@@ -9,9 +9,9 @@ ciphertext, so the SFU cannot read or alter it, and a receiver learns it only by
 decrypting — every figure below is about frames that were decrypted.
 
 The measurement window is ``[start, end)`` in send time: a frame counts when it was *sent*
-inside the window, so every receiver expects exactly the frames every other participant sent
-inside it, and a frame sent inside and arriving after the window closed (plus a drain) is
-lost.
+inside the window, so every receiver expects exactly the frames that the senders it consumes
+(:attr:`ReceiverStats.expects`) sent inside it, and a frame sent inside and arriving after
+the window closed (plus a drain) is lost.
 """
 
 from __future__ import annotations

@@ -4,8 +4,11 @@
 Every participant publishes its microphone as a client does; the S speakers send a 20 ms
 Opus-sized frame every 20 ms, the others are silent with DTX, i.e. a comfort-noise update
 every 400 ms. Participant 0 joins first; the others join spread over ``--ramp`` seconds.
-Once everyone is in, consumes everyone else and has heard every speaker, the measurement
-window opens for ``--duration`` seconds (docs/loadtest.md describes every figure).
+Once everyone is in, consumes every speaker (and everyone else, or what it consumes has
+settled) and has heard every speaker, the measurement window opens for ``--duration``
+seconds; each receiver expects the frames of those it consumes (the ``consumers`` of its
+subscribe offer). With ``--measure K`` only K receivers per room decrypt and measure
+(docs/loadtest.md describes every figure).
 """
 
 from __future__ import annotations
