@@ -209,6 +209,8 @@ class _Room:
         self.joined_by_room: list[list[VoiceParticipant]] = [[] for _ in range(config.rooms)]
         self.failed_joins = 0
         self.started = time.monotonic()
+        #: Seconds from the deployment being up to every gateway identified.
+        self.setup_s: float | None = None
         self.sampler: _SfuSampler | None = None
         self.control: psutil.Process | None = None
         self.harness = psutil.Process()
@@ -531,6 +533,7 @@ class _Room:
             "errors": errors,
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
+            "setup_s": None if self.setup_s is None else round(self.setup_s, 3),
             "per_room": per_room,
             "per_participant": rows,
             "timeline": self.timeline,
@@ -590,6 +593,7 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
             room.sampler = _SfuSampler(world.worker_processes())
             room.control = psutil.Process(world.control_pid)
             room.control.cpu_percent(None)
+        setup_began = time.monotonic()
         rooms = await _set_up(server_url, config.rooms, config.participants, run_id)
         bind_ip = "127.0.0.1" if world is not None else "0.0.0.0"
         for index, (accounts, guild_id, channel_id) in enumerate(rooms):
@@ -612,6 +616,7 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
         try:
             async with trio.open_nursery() as nursery:
                 await _connect_all(nursery, _ws_url(server_url), room.participants)
+                room.setup_s = time.monotonic() - setup_began
                 nursery.start_soon(room.monitor)
                 # The first of each room joins alone; then the others of every room,
                 # interleaved, over the ramp.

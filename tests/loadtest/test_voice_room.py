@@ -104,6 +104,7 @@ def test_measure_and_workers_options_on_a_spawned_node(tmp_path: Path) -> None:
     assert main([*argv, "--json", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
     assert report["joined"] == 5 and report["errors"] == {} and report["measured"] == 2
+    assert 0 < report["setup_s"] < report["window_start_s"]
     workers = report["sfu"]["workers"]
     assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
     rows = report["per_participant"]
