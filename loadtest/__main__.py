@@ -33,6 +33,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
 def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> None:
     where = room.add_mutually_exclusive_group(required=True)
     where.add_argument(
@@ -54,6 +61,31 @@ def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> No
     )
     room.add_argument(
         "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
+    )
+    room.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="SFU worker processes per spawned node (default 1)",
+    )
+    room.add_argument(
+        "--measure",
+        type=_positive_int,
+        metavar="K",
+        help="receivers per room that decrypt and measure, spread over the room (default "
+        "all); the others join and keep their transports up but do not read media",
+    )
+    room.add_argument(
+        "--join-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds one participant's join may take (default 30)",
+    )
+    room.add_argument(
+        "--ready-timeout",
+        type=_positive_float,
+        default=60.0,
+        help="seconds after the last join to wait for the window's condition (default 60)",
     )
     room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
     room.add_argument(
@@ -128,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.participants < 2:
         print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
         return 2
+    if args.target is not None and (args.workers != 1 or args.nodes != 1):
+        print("hushroom loadtest: --workers and --nodes are for --spawn", file=sys.stderr)
+        return 2
     compare = getattr(args, "compare", None)
     if compare is not None:
         from loadtest.janus import janus_missing
@@ -149,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         rooms=getattr(args, "rooms", 1),
         target=args.target,
         nodes=args.nodes,
+        workers=args.workers,
+        measure=args.measure,
+        join_timeout=args.join_timeout,
+        ready_timeout=args.ready_timeout,
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )

@@ -353,6 +353,10 @@ class _JanusRoom(_Room):
             p.error(f"subscribe_failed:{type(exc).__name__}")
             return
         p.consuming = active
+        # What the hushroom run reads from VOICE_SUBSCRIBE_OFFER's consumers list: here
+        # every feed subscribed to, once Janus offered an active stream for each.
+        if active >= len(streams):
+            p.consumed_devices = frozenset(o.account.device_id for o in self.joined if o is not p)
         p.marks["subscribe_answered"] = time.monotonic_ns()
         nursery.start_soon(p._receive, sdp, self.config.join_timeout)
 
@@ -368,6 +372,7 @@ def _participants(room: _JanusRoom) -> None:
         )
         # The sender index hushroom's control plane would assign (1-based, unique in the room).
         p.sender = MediaKeySender(n + 1)
+        room.device_numbers[account.device_id] = p.number
         room.participants.append(p)
     for p in room.participants:
         assert p.sender is not None

@@ -9,9 +9,9 @@ ciphertext, so the SFU cannot read or alter it, and a receiver learns it only by
 decrypting — every figure below is about frames that were decrypted.
 
 The measurement window is ``[start, end)`` in send time: a frame counts when it was *sent*
-inside the window, so every receiver expects exactly the frames every other participant sent
-inside it, and a frame sent inside and arriving after the window closed (plus a drain) is
-lost.
+inside the window, so every receiver expects exactly the frames that the senders it consumes
+(:attr:`ReceiverStats.expects`) sent inside it, and a frame sent inside and arriving after
+the window closed (plus a drain) is lost.
 """
 
 from __future__ import annotations
@@ -116,6 +116,10 @@ class ReceiverStats:
         self.frames = 0
         #: Senders heard from at all (inside the window or not).
         self.heard: set[int] = set()
+        #: The senders this receiver consumes, fixed when the window opens: frames from
+        #: others inside the window are counted in :attr:`unexpected`, not as received.
+        self.expects: frozenset[int] | None = None
+        self.unexpected = 0
 
     def record(self, sender: int, seq: int, sent_ns: int, arrived_ns: int) -> None:
         """One decrypted frame."""
@@ -124,6 +128,9 @@ class ReceiverStats:
         if self.first_media_ns is None:
             self.first_media_ns = arrived_ns
         if not self.window.holds(sent_ns):
+            return
+        if self.expects is not None and sender not in self.expects:
+            self.unexpected += 1
             return
         stream = self.streams.get(sender)
         if stream is None:

@@ -12,7 +12,10 @@ decrypted with its :class:`e2ee.media.MediaKeyReceiver` (``e2ee.media.protect_fr
 
 Sockets are plain non-blocking sockets: a send is one ``sendto`` without an await, and a
 reader waits for readability once and then drains every queued datagram, so one process
-can carry hundreds of participants.
+can carry hundreds of participants. A participant that is not *measured* (``--measure``)
+does everything up to a connected receive transport and its consent checks, and then never
+reads that socket: the kernel drops what overflows its minimal receive buffer, so the
+harness spends no CPU on media nobody measures.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ CHECK_INTERVAL_S = 0.05
 _RTP_HEADER = struct.Struct("!BBHII")
 #: One-byte header extension (RFC 8285) holding the audio level (RFC 6464) under id 1.
 _LEVEL_EXTENSION = struct.Struct("!HHBBH")
+#: Receive buffer of a measured receiver's socket (the kernel doubles it, capped by
+#: ``net.core.rmem_max``): bursts while the harness is busy with others wait here.
+MEASURED_RCVBUF = 1 << 20
 
 
 @dataclass
@@ -114,14 +120,16 @@ def transport_from_sdp(text: str) -> dict[str, Any]:
 class Leg:
     """One transport (send or receive) on its own non-blocking UDP socket."""
 
-    def __init__(self, certificate: Certificate, bind_ip: str) -> None:
+    def __init__(
+        self, certificate: Certificate, bind_ip: str, rcvbuf: int = MEASURED_RCVBUF
+    ) -> None:
         self.certificate = certificate
         self.ufrag, self.pwd = new_credentials()
         self.peer: SyntheticPeer | None = None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.bind((bind_ip, 0))
         self.target: tuple[str, int] = ("", 0)
         self.send_errors = 0
@@ -129,6 +137,13 @@ class Leg:
     def close(self) -> None:
         """Close the socket."""
         self.sock.close()
+
+    def stop_reading(self) -> None:
+        """Shrink the receive buffer to the kernel's minimum: from now on the socket is not
+        read, and the kernel drops what does not fit (it costs this process nothing)."""
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+        self.drain()
 
     def send(self, datagram: bytes) -> bool:
         """One datagram to the SFU, without waiting; ``False`` if the kernel refused it."""
@@ -269,8 +284,11 @@ class VoiceParticipant:
         keys: KeyDirectory,
         stats: ReceiverStats,
         bind_ip: str,
+        measured: bool = True,
     ) -> None:
         self.number = number
+        #: Whether this participant decrypts and measures what it receives (``--measure``).
+        self.measured = measured
         #: Which room of the run (``many-rooms``) and the participant's place in it.
         self.room = 0
         self.rank = number
@@ -295,8 +313,12 @@ class VoiceParticipant:
         self.answered = trio.Event()
         self.subscribe_offer: dict[str, Any] | None = None
         self.offer_arrived = trio.Event()
-        #: Active m-sections of the latest answered subscribe offer.
+        #: Active m-sections of the latest answered subscribe offer, and the devices its
+        #: ``consumers`` list says they carry.
         self.consuming = 0
+        self.consumed_devices: frozenset[str] = frozenset()
+        #: When the latest subscribe offer arrived (monotonic ns; 0: none yet).
+        self.last_offer_ns = 0
         self.recv_connected = trio.Event()
         self.join_started_ns = 0
         #: When each step of the join happened (monotonic ns), for the report's breakdown.
@@ -334,7 +356,8 @@ class VoiceParticipant:
             self.answered.set()
         elif t == "VOICE_SUBSCRIBE_OFFER":
             self.subscribe_offer = d
-            self.marks.setdefault("subscribe_offer", time.monotonic_ns())
+            self.last_offer_ns = time.monotonic_ns()
+            self.marks.setdefault("subscribe_offer", self.last_offer_ns)
             self.offer_arrived.set()
         elif t == "VOICE_ERROR":
             self.error(f"voice_error:{d.get('code')}")
@@ -351,6 +374,8 @@ class VoiceParticipant:
 
     def try_install(self, device_id: str) -> None:
         """Install ``device_id``'s key if both its voice state and its key are known."""
+        if not self.measured:
+            return  # it decrypts nothing
         state = self.states.get(device_id)
         key = self.keys.keys.get(device_id)
         if state is None or key is None or device_id in self.installed:
@@ -484,6 +509,7 @@ class VoiceParticipant:
                         {"voice_session_id": offer["voice_session_id"], "sdp_answer": answer},
                     )
                     self.consuming = active
+                    self.consumed_devices = _consumed_devices_untrusted(offer.get("consumers"))
                     if "subscribe_answered" not in self.marks and active:
                         self.marks["subscribe_answered"] = time.monotonic_ns()
                         nursery.start_soon(self._receive, offer["sdp_offer"], within)
@@ -498,7 +524,10 @@ class VoiceParticipant:
             return
         self.marks["recv_connected"] = time.monotonic_ns()
         self.recv_connected.set()
-        await self.read()
+        if self.measured:
+            await self.read()
+        else:
+            self.recv_leg.stop_reading()
 
     async def read(self) -> None:
         """Decrypt every datagram on the receive transport and record its stamp."""
@@ -562,6 +591,22 @@ class VoiceParticipant:
         """Close both sockets."""
         self.send_leg.close()
         self.recv_leg.close()
+
+
+def _consumed_devices_untrusted(consumers: Any) -> frozenset[str]:
+    """The device ids a ``VOICE_SUBSCRIBE_OFFER``'s ``consumers`` list names (absent: none,
+    as docs/voice.md allows)."""
+    if consumers is None:
+        return frozenset()
+    if not isinstance(consumers, list):
+        raise ValueError("consumers must be a list")
+    devices = set()
+    for entry in consumers:
+        device_id = entry.get("device_id") if isinstance(entry, dict) else None
+        if not isinstance(device_id, str):
+            raise ValueError("a consumer without a device id")
+        devices.add(device_id)
+    return frozenset(devices)
 
 
 def _decode(message: str | bytes) -> Any:

@@ -1,12 +1,12 @@
 """``--spawn``: a local deployment in a temporary directory for one load-test run.
 
-``python -m control`` and ``python -m sfu`` nodes (one worker each) on loopback ports the OS
-picks, started with :mod:`loadtest.voice_call`'s machinery, torn down at the end. What
-differs from an operator's defaults is said here: the per-token request rate is raised (the
-harness's owner account creates an invite for hundreds of members, and each member's
-gateway ops are its own), and the proof-of-work target rate is raised so that registering
-hundreds of accounts in seconds does not drive the difficulty to its maximum — every
-registration still solves a puzzle at the base difficulty.
+``python -m control`` and ``python -m sfu`` nodes (``workers`` worker processes each) on
+loopback ports the OS picks, started with :mod:`loadtest.voice_call`'s machinery, torn
+down at the end. What differs from an operator's defaults is said here: the per-token
+request rate is raised (the harness's owner account creates an invite for hundreds of
+members, and each member's gateway ops are its own), and the proof-of-work target rate is
+raised so that registering hundreds of accounts in seconds does not drive the difficulty
+to its maximum — every registration still solves a puzzle at the base difficulty.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class Spawned:
 
 
 @asynccontextmanager
-async def spawned(root: Path, *, nodes: int = 1) -> AsyncIterator[Spawned]:
-    """Start control and ``nodes`` SFU nodes under ``root``; stop them all at the end."""
+async def spawned(root: Path, *, nodes: int = 1, workers: int = 1) -> AsyncIterator[Spawned]:
+    """Start control and ``nodes`` SFU nodes of ``workers`` workers each under ``root``;
+    stop them all at the end."""
     node_secret, turn_secret = root / "node-secret", root / "turn-secret"
     await trio.to_thread.run_sync(_write_secrets, root, node_secret, turn_secret)
     extra = ["--node-secret-file", str(node_secret), "--log-level", "info"]
@@ -62,7 +63,12 @@ async def spawned(root: Path, *, nodes: int = 1) -> AsyncIterator[Spawned]:
             async with trio.open_nursery() as nursery:
                 started = [
                     await start_sfu_node(
-                        nursery, control.url, node_secret, f"node-{n}", root / f"node-{n}.log"
+                        nursery,
+                        control.url,
+                        node_secret,
+                        f"node-{n}",
+                        root / f"node-{n}.log",
+                        workers=workers,
                     )
                     for n in range(nodes)
                 ]

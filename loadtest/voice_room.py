@@ -4,14 +4,18 @@
 Every participant publishes its microphone as a client does; the S speakers send a 20 ms
 Opus-sized frame every 20 ms, the others are silent with DTX, i.e. a comfort-noise update
 every 400 ms. Participant 0 joins first; the others join spread over ``--ramp`` seconds.
-Once everyone is in, consumes everyone else and has heard every speaker, the measurement
-window opens for ``--duration`` seconds (docs/loadtest.md describes every figure).
+Once everyone is in, consumes every speaker (and everyone else, or what it consumes has
+settled) and has heard every speaker, the measurement window opens for ``--duration``
+seconds; each receiver expects the frames of those it consumes (the ``consumers`` of its
+subscribe offer). With ``--measure K`` only K receivers per room decrypt and measure
+(docs/loadtest.md describes every figure).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import resource
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -36,12 +40,17 @@ from loadtest.participant import (
 )
 from loadtest.spawn import Spawned, spawned
 
-__all__ = ["RoomConfig", "run_voice_room"]
+__all__ = ["RoomConfig", "measured_ranks", "run_voice_room"]
 
 FRAME_INTERVAL_S = 0.020
 COMFORT_INTERVAL_S = 0.400
-#: Accounts registered (and invites accepted) at once.
-SETUP_CONCURRENCY = 8
+#: Accounts registered, invites accepted and gateways connected at once.
+SETUP_CONCURRENCY = 16
+#: With consumption short of everyone, the window waits until no subscribe offer came for
+#: this long (docs/loadtest.md, "The measurement window").
+SETTLE_S = 1.0
+#: File descriptors per participant: two UDP sockets and the gateway's TCP connection.
+FDS_PER_PARTICIPANT = 3
 #: Frames sent inside the window still count if they arrive this long after it closes.
 DRAIN_S = 1.0
 
@@ -58,6 +67,10 @@ class RoomConfig:
     rooms: int = 1
     target: str | None = None
     nodes: int = 1
+    #: SFU worker processes per spawned node.
+    workers: int = 1
+    #: Receivers per room that decrypt and measure (spread over the room); None: all.
+    measure: int | None = None
     join_timeout: float = 30.0
     ready_timeout: float = 60.0
     progress: TextIO | None = None
@@ -119,7 +132,7 @@ async def _deployment(config: RoomConfig) -> AsyncIterator[tuple[str, Spawned | 
         yield config.target.rstrip("/"), None
         return
     with tempfile.TemporaryDirectory(prefix="hushroom-loadtest-") as root:
-        async with spawned(Path(root), nodes=config.nodes) as world:
+        async with spawned(Path(root), nodes=config.nodes, workers=config.workers) as world:
             yield world.url, world
 
 
@@ -196,11 +209,17 @@ class _Room:
         self.joined_by_room: list[list[VoiceParticipant]] = [[] for _ in range(config.rooms)]
         self.failed_joins = 0
         self.started = time.monotonic()
+        #: Seconds from the deployment being up to every gateway identified.
+        self.setup_s: float | None = None
         self.sampler: _SfuSampler | None = None
         self.control: psutil.Process | None = None
         self.harness = psutil.Process()
         self.harness.cpu_percent(None)
         self.timeline: list[dict[str, Any]] = []
+        #: Device id → participant number, for reading subscribe offers' ``consumers``.
+        self.device_numbers: dict[str, int] = {}
+        #: What each joined participant consumed when the window opened.
+        self.window_consumes: dict[int, frozenset[int]] = {}
 
     def speaker(self, participant: VoiceParticipant) -> bool:
         return participant.rank < self.config.speakers
@@ -242,19 +261,32 @@ class _Room:
         """Whether ``participant``'s latest subscribe answer has every other one's track."""
         return participant.consuming >= len(self.joined_by_room[participant.room]) - 1
 
+    def consumes(self, participant: VoiceParticipant) -> frozenset[int]:
+        """The participants whose frames ``participant`` receives: the devices the
+        ``consumers`` list of its latest answered subscribe offer names."""
+        numbers = self.device_numbers
+        return frozenset(numbers[d] for d in participant.consumed_devices if d in numbers)
+
     def ready(self) -> bool:
-        """Everyone joined consumes everyone else in the room and has heard every other
-        speaker of it."""
+        """Everyone joined consumes every other speaker of its room, has its receive
+        transport connected and (if measured) has heard every other speaker, and what it
+        consumes is settled: it consumes everyone else (the full mode), or nobody in the
+        room got a subscribe offer for :data:`SETTLE_S` (the SFU forwards only some, e.g.
+        a large channel's voice-active participants)."""
         for joined in self.joined_by_room:
-            others = len(joined) - 1
+            everyone = {p.number for p in joined}
             speakers = {p.number for p in joined if self.speaker(p)}
-            if not all(
-                p.consuming >= others
-                and p.recv_connected.is_set()
-                and speakers - {p.number} <= p.stats.heard
-                for p in joined
-            ):
-                return False
+            quiet = self._quiet(joined)
+            for p in joined:
+                consumes = self.consumes(p)
+                others_speaking = speakers - {p.number}
+                if not (
+                    p.recv_connected.is_set()
+                    and others_speaking <= consumes
+                    and (not p.measured or others_speaking <= p.stats.heard)
+                    and (quiet or everyone - {p.number} <= consumes)
+                ):
+                    return False
         return True
 
     async def measure(self) -> None:
@@ -267,13 +299,49 @@ class _Room:
                     break
                 await trio.sleep(0.05)
         if not self.ready():
-            for p in self.joined:
-                if not self.consumes_everyone(p):
-                    p.error("not_consuming_everyone")
+            self.blame_not_ready()
         await trio.sleep(0.5)
         begin = time.monotonic_ns()
-        self.window.open(begin, begin + int(self.config.duration * 1e9))
+        self.open_window(begin, begin + int(self.config.duration * 1e9))
         await trio.sleep(self.config.duration + DRAIN_S)
+
+    @staticmethod
+    def _quiet(joined: list[VoiceParticipant]) -> bool:
+        """Whether none of ``joined`` got a subscribe offer for :data:`SETTLE_S`."""
+        last_offer = max((p.last_offer_ns for p in joined), default=0)
+        return time.monotonic_ns() - last_offer >= SETTLE_S * 1e9
+
+    def blame_not_ready(self) -> None:
+        """At the ready timeout: an error on each participant that held the window up."""
+        for joined in self.joined_by_room:
+            speakers = {p.number for p in joined if self.speaker(p)}
+            quiet = self._quiet(joined)
+            for p in joined:
+                others_speaking = speakers - {p.number}
+                if not others_speaking <= self.consumes(p):
+                    p.error("not_consuming_speakers")
+                elif not p.recv_connected.is_set() or (
+                    p.measured and not others_speaking <= p.stats.heard
+                ):
+                    p.error("not_hearing_speakers")
+                elif not quiet and not {q.number for q in joined} - {p.number} <= self.consumes(p):
+                    p.error("not_consuming_everyone")  # nor did the room's offers settle
+
+    def open_window(self, start_ns: int, end_ns: int) -> None:
+        """Open the window; each receiver from now on expects the frames of the joined
+        participants it consumes at this moment."""
+        for joined in self.joined_by_room:
+            in_room = {p.number for p in joined}
+            for p in joined:
+                p.stats.expects = self.consumes(p) & in_room - {p.number}
+                self.window_consumes[p.number] = p.stats.expects
+        self.window.open(start_ns, end_ns)
+
+    def expects(self, p: VoiceParticipant) -> frozenset[int]:
+        """Whose window frames ``p`` counts: none unless it joined and is measured."""
+        if not p.measured or p not in self.joined:
+            return frozenset()
+        return self.window_consumes.get(p.number, frozenset())
 
     def counters(self) -> tuple[int, int]:
         """Frames sent and datagrams received by all participants so far."""
@@ -338,13 +406,13 @@ class _Room:
 
     def _per_second(self, latencies: list[float]) -> list[dict[str, Any]]:
         """Expected and received frames, loss and latency by the window second the frames
-        were sent in (every joined participant expects every other one's frames)."""
+        were sent in (each measured receiver expects the frames of those it consumes)."""
         seconds = math.ceil(self.window.seconds) if self.window.seconds < math.inf else 0
         expected_by_second = [0] * seconds
-        for joined in self.joined_by_room:
-            for p in joined:
-                for n, count in enumerate(p.sent_per_second[:seconds]):
-                    expected_by_second[n] += count * (len(joined) - 1)
+        receivers = self._receivers_of()
+        for p in self.joined:
+            for n, count in enumerate(p.sent_per_second[:seconds]):
+                expected_by_second[n] += count * receivers.get(p.number, 0)
         received = [0] * seconds
         for p in self.participants:
             for n, count in enumerate(p.stats.per_second[:seconds]):
@@ -422,6 +490,14 @@ class _Room:
         harness = [p["harness_cpu_pct"] for p in self.timeline[-int(seconds) :]] if seconds else []
         return round(sum(harness) / len(harness), 1) if harness else None
 
+    def _receivers_of(self) -> dict[int, int]:
+        """Sender number → how many measured receivers expect its frames."""
+        counts: dict[int, int] = {}
+        for p in self.joined:
+            for sender in self.expects(p):
+                counts[sender] = counts.get(sender, 0) + 1
+        return counts
+
     def report(self, spawned_world: Spawned | None) -> dict[str, Any]:
         config = self.config
         rows = []
@@ -430,10 +506,17 @@ class _Room:
         jitters: list[float] = []
         joins: list[float] = []
         step_times: dict[str, list[float]] = {}
+        sent = {p.number: p.sent_in_window for p in self.joined}
+        due = 0
         for p in self.participants:
             in_call = p in self.joined
-            mates = self.joined_by_room[p.room]
-            expected = sum(o.sent_in_window for o in mates if o is not p) if in_call else 0
+            consumes = self.window_consumes.get(p.number, frozenset()) if in_call else None
+            expected = sum(sent[o] for o in self.expects(p))
+            due += sum(sent[o] for o in consumes or ())
+            if consumes is not None and self.consumes(p) & set(sent) - {p.number} != consumes:
+                p.error("consumption_changed")
+            if p.stats.unexpected:
+                p.errors["unexpected_sender"] = p.stats.unexpected
             row = p.stats.summary(expected)
             join_ms, steps = self.join_figures(p, in_call, joins, step_times)
             row.update(
@@ -443,6 +526,8 @@ class _Room:
                     "join_steps_ms": steps,
                     "speaker": self.speaker(p),
                     "joined": in_call,
+                    "measured": p.measured,
+                    "consumes": None if consumes is None else len(consumes),
                     "sent_in_window": p.sent_in_window,
                     "join_ms": join_ms,
                     "errors": dict(p.errors),
@@ -453,7 +538,7 @@ class _Room:
             received_total += row["received"]
             duplicates += row["duplicates"]
             latencies.extend(p.stats.latencies_ms)
-            if in_call:
+            if in_call and p.measured:
                 jitters.append(p.stats.jitter_ms())
         seconds = self.window.seconds
         sent_in_window = sum(p.sent_in_window for p in self.joined)
@@ -462,6 +547,7 @@ class _Room:
             sfu = self.sampler.summary(self.window)
         sfu["pps_in"] = round(sent_in_window / seconds) if seconds else 0
         sfu["pps_out"] = round(received_total / seconds) if seconds else 0
+        sfu["pps_out_due"] = round(due / seconds) if seconds else 0
         errors = self.errors()
         if self.failed_joins:
             errors["participants_not_joined"] = self.failed_joins
@@ -497,6 +583,7 @@ class _Room:
             "participants_per_room": config.participants,
             "joined": len(self.joined),
             "speakers": config.speakers,
+            "measured": sum(1 for p in self.joined if p.measured),
             **self.totals(
                 seconds, expected_total, received_total, duplicates, latencies, jitters, joins
             ),
@@ -508,11 +595,47 @@ class _Room:
             "errors": errors,
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
+            "setup_s": None if self.setup_s is None else round(self.setup_s, 3),
             "per_room": per_room,
             "per_participant": rows,
             "timeline": self.timeline,
             "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,
         }
+
+
+def measured_ranks(participants: int, measure: int | None) -> frozenset[int]:
+    """The ranks in a room that measure: ``measure`` of them spread evenly over the join
+    order (rank 0, a speaker, first), or all."""
+    if measure is None or measure >= participants:
+        return frozenset(range(participants))
+    return frozenset(n * participants // measure for n in range(measure))
+
+
+def _raise_fd_limit(needed: int) -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit if ``needed`` descriptors would not
+    fit; refuse clearly if even the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if needed <= soft:
+        return
+    if hard != resource.RLIM_INFINITY and needed > hard:
+        raise ValueError(f"{needed} file descriptors needed, the hard limit is {hard} (ulimit -Hn)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _connect_all(
+    nursery: trio.Nursery, ws_url: str, participants: list[VoiceParticipant]
+) -> None:
+    """Every participant's gateway, :data:`SETUP_CONCURRENCY` identifying at once; each
+    connection lives in ``nursery``."""
+    limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
+
+    async def connect(p: VoiceParticipant) -> None:
+        async with limiter:
+            await nursery.start(_connected, ws_url, p)
+
+    async with trio.open_nursery() as connecting:
+        for p in participants:
+            connecting.start_soon(connect, p)
 
 
 async def run_voice_room(
@@ -529,13 +652,18 @@ async def run_voice_room(
         raise ValueError("--speakers must be between 1 and --participants")
     if config.participants < 2:
         raise ValueError("--participants must be at least 2")
+    if config.measure is not None and config.measure < 1:
+        raise ValueError("--measure must be at least 1")
+    _raise_fd_limit(FDS_PER_PARTICIPANT * config.participants * config.rooms + 256)
     room = (room_type or _Room)(config)
+    measuring = measured_ranks(config.participants, config.measure)
     run_id = f"{int(time.time()) % 100000:05d}"
     async with _deployment(config) as (server_url, world):
         if world is not None:
             room.sampler = _SfuSampler(world.worker_processes())
             room.control = psutil.Process(world.control_pid)
             room.control.cpu_percent(None)
+        setup_began = time.monotonic()
         rooms = await _set_up(server_url, config.rooms, config.participants, run_id)
         bind_ip = "127.0.0.1" if world is not None else "0.0.0.0"
         for index, (accounts, guild_id, channel_id) in enumerate(rooms):
@@ -547,18 +675,18 @@ async def run_voice_room(
                     keys=keys,
                     stats=ReceiverStats(room.window),
                     bind_ip=bind_ip,
+                    measured=rank in measuring,
                 )
                 participant.room, participant.rank = index, rank
                 participant.guild_id, participant.channel_id = guild_id, channel_id
-                keys.listeners.append(participant)
+                if participant.measured:
+                    keys.listeners.append(participant)
+                room.device_numbers[account.device_id] = participant.number
                 room.participants.append(participant)
         try:
             async with trio.open_nursery() as nursery:
-                ws_url = _ws_url(server_url)
-                limiter = trio.CapacityLimiter(SETUP_CONCURRENCY)
-                for p in room.participants:
-                    async with limiter:
-                        await nursery.start(_connected, ws_url, p)
+                await _connect_all(nursery, _ws_url(server_url), room.participants)
+                room.setup_s = time.monotonic() - setup_began
                 nursery.start_soon(room.monitor)
                 # The first of each room joins alone; then the others of every room,
                 # interleaved, over the ramp.
@@ -587,8 +715,8 @@ def summary_table(report: dict[str, Any]) -> str:
     lines = [
         f"{report['scenario']}: {report['joined']}/{report['participants']} participants in "
         f"{report['rooms']} room(s), "
-        f"{report['speakers']} speakers, {report['duration_s']:.1f} s measured "
-        f"({report['target']})",
+        f"{report['speakers']} speakers, {report['duration_s']:.1f} s measured by "
+        f"{report['measured']} receivers ({report['target']})",
         f"  frames       expected {report['expected']}  received {report['received']}  "
         f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}",
     ]
@@ -609,7 +737,8 @@ def summary_figures(report: dict[str, Any]) -> list[str]:
         f"  join ms      p50 {ms(join['p50'])}  p95 {ms(join['p95'])}  p99 {ms(join['p99'])}  "
         f"max {ms(join['max'])}",
         f"  sfu          cpu {ms(sfu['cpu_pct'])} %  rss {ms(sfu['rss_mb'])} MB  "
-        f"in {sfu['pps_in']} pps  out {sfu['pps_out']} pps",
+        f"in {sfu['pps_in']} pps  out {sfu['pps_out']} pps measured"
+        + (f", {sfu['pps_out_due']} pps due" if "pps_out_due" in sfu else ""),
     ]
     for worker in sfu.get("workers", []):
         lines.append(

@@ -93,3 +93,29 @@ def test_many_rooms_keeps_each_rooms_media_in_its_room(tmp_path: Path) -> None:
         mates = [r for r in rows if r["room"] == row["room"] and r is not row]
         assert len(mates) == 2
         assert row["expected"] == sum(r["sent_in_window"] for r in mates)
+
+
+def test_measure_and_workers_options_on_a_spawned_node(tmp_path: Path) -> None:
+    """``--workers 2 --measure 2``: a node of two workers, two receivers that decrypt and
+    measure (ranks 0 and 2 of 5) while the others join, connect and never read media."""
+    out = tmp_path / "measure.json"
+    argv = ["voice-room", "--spawn", "--participants", "5", "--speakers", "2"]
+    argv += ["--duration", "2", "--ramp", "0.5", "--workers", "2", "--measure", "2"]
+    assert main([*argv, "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["joined"] == 5 and report["errors"] == {} and report["measured"] == 2
+    assert 0 < report["setup_s"] < report["window_start_s"]
+    workers = report["sfu"]["workers"]
+    assert len(workers) == 2 and len({w["pid"] for w in workers}) == 2
+    rows = report["per_participant"]
+    assert [row["measured"] for row in rows] == [True, False, True, False, False]
+    for row in rows:
+        others = sum(r["sent_in_window"] for r in rows if r is not row)
+        assert row["consumes"] == 4
+        if row["measured"]:
+            assert row["expected"] == others and row["loss_pct"] < 1.0
+        else:
+            assert row["expected"] == row["received"] == row["decrypted"] == 0
+            assert row["join_ms"] is None and "recv_connected" in row["join_steps_ms"]
+    assert report["expected"] == sum(row["expected"] for row in rows)
+    assert report["sfu"]["pps_out_due"] == pytest.approx(4 * report["sfu"]["pps_in"], rel=0.05)
