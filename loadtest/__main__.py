@@ -52,6 +52,13 @@ def _room_options(room: argparse.ArgumentParser) -> None:
     room.add_argument(
         "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
     )
+    room.add_argument(
+        "--aiortc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N full aiortc participants (SDK clients, real Opus) to each room",
+    )
     room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
     room.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         rooms=getattr(args, "rooms", 1),
         target=args.target,
         nodes=args.nodes,
+        aiortc=max(0, args.aiortc),
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )

@@ -26,6 +26,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from client.api import ControlApi
+from loadtest.aiortc_peers import AiortcPeers, aiortc_report, aiortc_summary
 from loadtest.metrics import ReceiverStats, Window, loss_pct, percentiles
 from loadtest.participant import (
     Account,
@@ -60,6 +61,8 @@ class RoomConfig:
     nodes: int = 1
     join_timeout: float = 30.0
     ready_timeout: float = 60.0
+    #: Full aiortc participants (SDK clients, own processes) added to each room.
+    aiortc: int = 0
     progress: TextIO | None = None
     command: list[str] = field(default_factory=list)
 
@@ -201,6 +204,8 @@ class _Room:
         self.harness = psutil.Process()
         self.harness.cpu_percent(None)
         self.timeline: list[dict[str, Any]] = []
+        #: ``--aiortc``: each room's full aiortc participants.
+        self.aiortc: list[AiortcPeers] = []
 
     def speaker(self, participant: VoiceParticipant) -> bool:
         return participant.rank < self.config.speakers
@@ -242,7 +247,9 @@ class _Room:
                 for p in joined
             ):
                 return False
-        return True
+        return all(
+            peers.ready(self.joined_by_room[peers.room], self.speaker) for peers in self.aiortc
+        )
 
     def counters(self) -> tuple[int, int]:
         """Frames sent and datagrams received by all participants so far."""
@@ -394,6 +401,9 @@ class _Room:
         errors = self.errors()
         if self.failed_joins:
             errors["participants_not_joined"] = self.failed_joins
+        failed_aiortc = sum(1 for peers in self.aiortc for peer in peers.peers if peer.error)
+        if failed_aiortc:
+            errors["aiortc_failed"] = failed_aiortc
         per_second = self._per_second(latencies)
         per_room = []
         for room in range(config.rooms):
@@ -448,6 +458,11 @@ class _Room:
             "per_participant": rows,
             "timeline": self.timeline,
             "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,
+            **(
+                {"aiortc": aiortc_report(self.aiortc, self.window, self.joined_by_room)}
+                if self.aiortc
+                else {}
+            ),
         }
 
 
@@ -480,6 +495,20 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                 participant.guild_id, participant.channel_id = guild_id, channel_id
                 keys.listeners.append(participant)
                 room.participants.append(participant)
+            if config.aiortc:
+                room.aiortc.append(
+                    AiortcPeers(
+                        config.aiortc,
+                        server_url=server_url,
+                        owner_token=accounts[0].token,
+                        guild_id=guild_id,
+                        channel_id=channel_id,
+                        participants=room.participants[-len(accounts) :],
+                        keys=keys,
+                        run_id=run_id,
+                        room=index,
+                    )
+                )
         try:
             async with trio.open_nursery() as nursery:
                 ws_url = _ws_url(server_url)
@@ -487,6 +516,8 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                 for p in room.participants:
                     async with limiter:
                         await nursery.start(_connected, ws_url, p)
+                for peers in room.aiortc:
+                    await nursery.start(peers.run)
                 nursery.start_soon(room.monitor)
                 # The first of each room joins alone; then the others of every room,
                 # interleaved, over the ramp.
@@ -496,6 +527,8 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                         raise RuntimeError(
                             f"the first participant of room {first.room} could not join"
                         )
+                for peers in room.aiortc:
+                    await peers.join()
                 rest = sorted(
                     (p for p in room.participants if p.rank != 0), key=lambda p: (p.rank, p.room)
                 )
@@ -518,7 +551,14 @@ async def run_voice_room(config: RoomConfig) -> dict[str, Any]:
                 await trio.sleep(0.5)
                 begin = time.monotonic_ns()
                 room.window.open(begin, begin + int(config.duration * 1e9))
-                await trio.sleep(config.duration + DRAIN_S)
+                for peers in room.aiortc:
+                    await peers.open_window(room.window)
+                await trio.sleep(max(0.0, (room.window.end_ns - time.monotonic_ns()) / 1e9))
+                for peers in room.aiortc:
+                    await peers.close_window()
+                await trio.sleep(DRAIN_S)
+                for peers in room.aiortc:
+                    await peers.stop()
                 nursery.cancel_scope.cancel()
         finally:
             for p in room.participants:
@@ -555,6 +595,8 @@ def summary_table(report: dict[str, Any]) -> str:
             f"(max {ms(worker['cpu_pct_max'])})  rss {worker['rss_mb']} MB"
         )
     lines.append(f"  harness cpu  {ms(report['harness_cpu_pct'])} %")
+    if "aiortc" in report:
+        lines.extend(aiortc_summary(report["aiortc"], ms))
     errors = report["errors"]
     lines.append(
         "  errors       "
