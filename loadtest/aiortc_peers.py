@@ -442,7 +442,7 @@ def aiortc_summary(aiortc: dict[str, Any], ms: Callable[[float | None], str]) ->
     for row in aiortc["per_participant"]:
         heard = row["received_by_synthetic"]
         lines.append(
-            f"    {row['participant']}: join {ms(row['join_ms'])} ms  "
+            f"    {row['participant']} (room {row['room']}): join {ms(row['join_ms'])} ms  "
             f"opened {row['opened']} from {len(row['senders'])} senders  "
             f"sent {row['sent_in_window']}, synthetic got {heard['frames']}/{heard['expected']}"
             f"  cpu {ms(row['cpu_pct'])} %" + (f"  error {row['error']}" if row["error"] else "")
