@@ -150,8 +150,13 @@ class AiortcPeers:
                     if peer.error is not None:
                         log = Path(logs) / f"{peer.label}.log"
                         with contextlib.suppress(OSError):
-                            tail = log.read_text(errors="replace").strip().splitlines()[-1:]
-                            peer.error += "".join(f" ({line})" for line in tail)
+                            # The last line that is not a traceback's frame or border.
+                            tail = [
+                                line
+                                for line in log.read_text(errors="replace").splitlines()
+                                if line.strip() and not line.lstrip().startswith(("+", "|", "^"))
+                            ][-1:]
+                            peer.error += "".join(f" ({line.strip()})" for line in tail)
 
     async def _start(self, peer: _Peer, invite: str, logs: Path, nursery: trio.Nursery) -> None:
         with (logs / f"{peer.label}.log").open("wb") as log:
@@ -196,10 +201,14 @@ class AiortcPeers:
             peer.registered.set()
         elif kind == "key":
             key = MediaKey.decode_untrusted(bytes.fromhex(event["key"]))
+            new_session = peer.key is not None and peer.key.sender_index != key.sender_index
             peer.key = key
-            # Told apart before anyone can open its frames.
             for p in self.participants:
+                # Told apart before anyone can open its frames.
                 p.foreign.setdefault(key.sender_index, 0)
+                if new_session:
+                    # The call started over under a new sender index: install afresh.
+                    p.installed.discard(peer.device_id)
             self.keys.publish(peer.device_id, key)
         elif kind == "joined":
             peer.joined = True
@@ -343,6 +352,7 @@ class AiortcPeers:
                     "joined": peer.joined,
                     "join_ms": join_ms,
                     "measured_s": _measured_s(peer),
+                    "voice_sessions": (peer.final or {}).get("counters", {}).get("voice_sessions"),
                     "sent_in_window": sent[peer.device_id],
                     "opened": sum(s["opened"] for s in senders),
                     "decoded": sum(s["decoded"] for s in senders),

@@ -101,6 +101,10 @@ class Participant:
         self.pending: dict[tuple[str, str], MediaKey] = {}
         self.delivered: set[tuple[str, str, int]] = set()
         self.own_key: tuple[int, int] | None = None
+        #: The SDK's keys of the current voice session, and how many sessions there were
+        #: (more than one: the call started over, e.g. after a gateway reconnection).
+        self.frame_keys: object | None = None
+        self.voice_sessions = 0
         self.join_started_ns = 0
         #: Audio frames aiortc decoded, per sending device.
         self.decoded: dict[str, int] = {}
@@ -144,6 +148,11 @@ class Participant:
             own = media_keys.keys
             if own is None or media_keys.channel_id != self.channel_id:
                 continue
+            if own is not self.frame_keys:
+                # A new voice session starts with no one's keys: give them all again.
+                self.frame_keys = own
+                self.voice_sessions += 1
+                self.delivered.clear()
             for (user_id, device_id), key in list(self.pending.items()):
                 mark = (user_id, device_id, key.generation)
                 if mark in self.delivered:
@@ -186,7 +195,12 @@ class Participant:
                         entry["rtp_lost"] += int(value.packetsLost)
         for device_id, count in self.decoded.items():
             senders.setdefault(device_id, {})["decoded"] = count
-        return {"at_ns": time.monotonic_ns(), "protected": protected, "senders": senders}
+        return {
+            "at_ns": time.monotonic_ns(),
+            "protected": protected,
+            "voice_sessions": self.voice_sessions,
+            "senders": senders,
+        }
 
     async def measure(self, start_ns: int, end_ns: int) -> None:
         """The counters at the window's start and at its end, each as a ``mark`` event."""
@@ -290,8 +304,15 @@ async def _main() -> None:
     try:
         await serve(config, lines)
     except Exception as exc:
-        emit("failed", error=f"{type(exc).__name__}: {exc}")
+        emit("failed", error="; ".join(_leaves(exc)))
         raise
+
+
+def _leaves(exc: BaseException) -> list[str]:
+    """What went wrong, with the nurseries' exception groups unwrapped."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [f"{type(exc).__name__}: {exc}"]
 
 
 def main() -> None:
