@@ -201,14 +201,16 @@ class AiortcPeers:
             peer.registered.set()
         elif kind == "key":
             key = MediaKey.decode_untrusted(bytes.fromhex(event["key"]))
-            new_session = peer.key is not None and peer.key.sender_index != key.sender_index
             peer.key = key
             for p in self.participants:
                 # Told apart before anyone can open its frames.
                 p.foreign.setdefault(key.sender_index, 0)
-                if new_session:
-                    # The call started over under a new sender index: install afresh.
-                    p.installed.discard(peer.device_id)
+                # Every generation goes to every synthetic participant (the SDK sends a
+                # join ratchet's key to the joiner only, and the others follow by
+                # themselves; but a synthetic participant installs a key as soon as it
+                # sees the voice state, before it joins, and could not follow more than
+                # e2ee.media.MAX_RATCHET_AHEAD join ratchets by the time frames reach it).
+                p.installed.discard(peer.device_id)
             self.keys.publish(peer.device_id, key)
         elif kind == "joined":
             peer.joined = True
