@@ -65,6 +65,7 @@ def voice_conversation(channel_id: str) -> bytes:
 class _Call:
     channel_id: str
     keys: FrameKeys
+    voice_session_id: str | None = None
     #: (user id, device id) → the voice state the key distribution last acted on.
     participants: dict[tuple[str, str], VoiceState] = field(default_factory=dict)
     distributed: bool = False
@@ -105,11 +106,28 @@ class MediaKeys:
         """The channel of the current call."""
         return self._call.channel_id if self._call is not None else None
 
-    def begin(self, channel_id: str, sender_index: int) -> FrameKeys:
+    def begin(
+        self, channel_id: str, sender_index: int, voice_session_id: str | None = None
+    ) -> FrameKeys:
         """Start (or restart, after a move or a new voice session) a call: a fresh own key
-        under ``sender_index`` and no one else's yet."""
+        under ``sender_index`` and no one else's yet.
+
+        The same ``voice_session_id`` again (the server restarting this session's media,
+        e.g. after the SFU closed a transport that never connected) keeps the keys: nobody
+        joined or left, so the others keep theirs and send nothing new, and a fresh own key
+        would start again at generation 0, which every receiver already holds for this
+        sender index and ignores."""
+        call = self._call
+        if (
+            call is not None
+            and voice_session_id is not None
+            and call.voice_session_id == voice_session_id
+            and call.channel_id == channel_id
+            and call.keys.sender_index == sender_index
+        ):
+            return call.keys
         keys = FrameKeys(MediaKeySender(sender_index), MediaKeyReceiver(), clock=self._clock)
-        self._call = _Call(channel_id, keys)
+        self._call = _Call(channel_id, keys, voice_session_id)
         return keys
 
     def end(self) -> None:

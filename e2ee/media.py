@@ -56,6 +56,7 @@ __all__ = [
     "MediaKeyReceiver",
     "MediaKeySender",
     "clear_prefix_length",
+    "frame_sender_index",
     "make_kid",
     "protect_frame",
     "split_kid",
@@ -121,6 +122,13 @@ def unprotect_frame(
     else:
         _, _, plaintext = receiver.decrypt(data[n:], clear)
     return clear + plaintext
+
+
+def frame_sender_index(codec: Codec, data: bytes) -> int:
+    """The sender index in a protected frame's KID, read from its clear SFrame header
+    (not authenticated: only :func:`unprotect_frame` succeeding says who sealed it)."""
+    kid, _, _ = decode_header_untrusted(data[clear_prefix_length(codec, data) :])
+    return split_kid(kid)[0]
 
 
 def make_kid(sender_index: int, generation: int) -> int:

@@ -87,6 +87,13 @@ def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> No
         default=60.0,
         help="seconds after the last join to wait for the window's condition (default 60)",
     )
+    room.add_argument(
+        "--aiortc",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N full aiortc participants (SDK clients, real Opus) to each room",
+    )
     room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
     room.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
@@ -160,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.participants < 2:
         print("hushroom loadtest: --participants must be at least 2", file=sys.stderr)
         return 2
+    if video and args.aiortc:
+        print("hushroom loadtest: --aiortc is for voice-room and many-rooms", file=sys.stderr)
+        return 2
     if args.target is not None and (args.workers != 1 or args.nodes != 1):
         print("hushroom loadtest: --workers and --nodes are for --spawn", file=sys.stderr)
         return 2
@@ -188,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         measure=args.measure,
         join_timeout=args.join_timeout,
         ready_timeout=args.ready_timeout,
+        aiortc=max(0, args.aiortc),
         progress=None if args.quiet else sys.stderr,
         command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
     )

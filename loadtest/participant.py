@@ -35,6 +35,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from client import _prekeys
 from client.api import ControlApi
+from client.device_list import SignedDeviceList
 from contract.gateway import Op
 from contract.signing import register_message
 from e2ee import IdentityKeyPair, PreKeyStore
@@ -44,6 +45,7 @@ from e2ee.media import (
     MediaKey,
     MediaKeyReceiver,
     MediaKeySender,
+    frame_sender_index,
     protect_frame,
     unprotect_frame,
 )
@@ -83,7 +85,9 @@ class Account:
 
 async def register_account(server_url: str, handle: str) -> Account:
     """Register ``handle`` as a client does (``client.account``), with a real identity and
-    signed prekeys but no one-time prekeys (nobody opens a pairwise session with it)."""
+    signed prekeys but no one-time prekeys (the participant reads no pairwise message), and
+    the one-device list its account key signs, as ``client.trust`` uploads it (so an SDK
+    client in the room, ``--aiortc``, trusts the device and sends it its media key)."""
     identity = IdentityKeyPair.generate()
     prekeys = PreKeyStore.generate(identity)
     api = ControlApi(server_url)
@@ -97,9 +101,14 @@ async def register_account(server_url: str, handle: str) -> Account:
             **_prekeys.directory_prekeys(identity, prekeys, [], []),
         }
         answer = await api.register(body)
+        user_id, token = answer["user"]["id"], answer["token"]
+        api.token = token
+        account_key = IdentityKeyPair.generate()
+        signed = SignedDeviceList.sign(account_key, user_id, 1, [identity.public])
+        await api.put_device_list(signed, account_key.public)
     finally:
         await api.aclose()
-    return Account(handle, answer["user"]["id"], answer["device"]["id"], answer["token"])
+    return Account(handle, user_id, answer["device"]["id"], token)
 
 
 def transport_from_sdp(text: str) -> dict[str, Any]:
@@ -330,6 +339,9 @@ class VoiceParticipant:
         self.sent_per_second: list[int] = []
         self.received_datagrams = 0
         self.errors: dict[str, int] = {}
+        #: Frames from full aiortc participants (``--aiortc``; real Opus, no stamp), by
+        #: their sender index: the harness adds an index before its key is published.
+        self.foreign: dict[int, int] = {}
 
     # --- gateway ------------------------------------------------------------------
 
@@ -534,7 +546,7 @@ class VoiceParticipant:
         leg = self.recv_leg
         peer = leg.peer
         assert peer is not None and peer.srtp is not None
-        srtp, receiver, stats = peer.srtp, self.receiver, self.stats
+        srtp, receiver, stats, foreign = peer.srtp, self.receiver, self.stats, self.foreign
         sock = leg.sock
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -549,6 +561,11 @@ class VoiceParticipant:
                 try:
                     payload = _rtp_payload(srtp.unprotect_untrusted(data))
                     frame = unprotect_frame(receiver, Codec.OPUS, payload, now=now)
+                    if foreign:
+                        index = frame_sender_index(Codec.OPUS, payload)
+                        if index in foreign:
+                            foreign[index] += 1
+                            continue
                     sender, seq, sent_ns = read_stamp_untrusted(frame)
                 except SrtpError:
                     self.error("srtp")

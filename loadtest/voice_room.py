@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from client.api import ControlApi
+from loadtest.aiortc_peers import AiortcPeers, aiortc_report, aiortc_summary
 from loadtest.metrics import ReceiverStats, Window, loss_pct, percentiles
 from loadtest.participant import (
     Account,
@@ -73,6 +74,8 @@ class RoomConfig:
     measure: int | None = None
     join_timeout: float = 30.0
     ready_timeout: float = 60.0
+    #: Full aiortc participants (SDK clients, own processes) added to each room.
+    aiortc: int = 0
     progress: TextIO | None = None
     command: list[str] = field(default_factory=list)
 
@@ -220,6 +223,8 @@ class _Room:
         self.device_numbers: dict[str, int] = {}
         #: What each joined participant consumed when the window opened.
         self.window_consumes: dict[int, frozenset[int]] = {}
+        #: ``--aiortc``: each room's full aiortc participants.
+        self.aiortc: list[AiortcPeers] = []
 
     def speaker(self, participant: VoiceParticipant) -> bool:
         return participant.rank < self.config.speakers
@@ -287,7 +292,9 @@ class _Room:
                     and (quiet or everyone - {p.number} <= consumes)
                 ):
                     return False
-        return True
+        return all(
+            peers.ready(self.joined_by_room[peers.room], self.speaker) for peers in self.aiortc
+        )
 
     async def measure(self) -> None:
         """Once everyone is ready (or ``ready_timeout`` passed), the window: opens 0.5 s
@@ -303,7 +310,14 @@ class _Room:
         await trio.sleep(0.5)
         begin = time.monotonic_ns()
         self.open_window(begin, begin + int(self.config.duration * 1e9))
-        await trio.sleep(self.config.duration + DRAIN_S)
+        for peers in self.aiortc:
+            await peers.open_window(self.window)
+        await trio.sleep(max(0.0, (self.window.end_ns - time.monotonic_ns()) / 1e9))
+        for peers in self.aiortc:
+            await peers.close_window()
+        await trio.sleep(DRAIN_S)
+        for peers in self.aiortc:
+            await peers.stop()
 
     @staticmethod
     def _quiet(joined: list[VoiceParticipant]) -> bool:
@@ -551,6 +565,9 @@ class _Room:
         errors = self.errors()
         if self.failed_joins:
             errors["participants_not_joined"] = self.failed_joins
+        failed_aiortc = sum(1 for peers in self.aiortc for peer in peers.peers if peer.error)
+        if failed_aiortc:
+            errors["aiortc_failed"] = failed_aiortc
         per_second = self._per_second(latencies)
         per_room = []
         for room in range(config.rooms):
@@ -600,6 +617,11 @@ class _Room:
             "per_participant": rows,
             "timeline": self.timeline,
             "spawned_nodes": len(spawned_world.nodes) if spawned_world is not None else None,
+            **(
+                {"aiortc": aiortc_report(self.aiortc, self.window, self.joined_by_room)}
+                if self.aiortc
+                else {}
+            ),
         }
 
 
@@ -683,10 +705,26 @@ async def run_voice_room(
                     keys.listeners.append(participant)
                 room.device_numbers[account.device_id] = participant.number
                 room.participants.append(participant)
+            if config.aiortc:
+                room.aiortc.append(
+                    AiortcPeers(
+                        config.aiortc,
+                        server_url=server_url,
+                        owner_token=accounts[0].token,
+                        guild_id=guild_id,
+                        channel_id=channel_id,
+                        participants=room.participants[-len(accounts) :],
+                        keys=keys,
+                        run_id=run_id,
+                        room=index,
+                    )
+                )
         try:
             async with trio.open_nursery() as nursery:
                 await _connect_all(nursery, _ws_url(server_url), room.participants)
                 room.setup_s = time.monotonic() - setup_began
+                for peers in room.aiortc:
+                    await nursery.start(peers.run)
                 nursery.start_soon(room.monitor)
                 # The first of each room joins alone; then the others of every room,
                 # interleaved, over the ramp.
@@ -696,6 +734,8 @@ async def run_voice_room(
                         raise RuntimeError(
                             f"the first participant of room {first.room} could not join"
                         )
+                for peers in room.aiortc:
+                    await peers.join()
                 rest = sorted(
                     (p for p in room.participants if p.rank != 0), key=lambda p: (p.rank, p.room)
                 )
@@ -746,6 +786,8 @@ def summary_figures(report: dict[str, Any]) -> list[str]:
             f"(max {ms(worker['cpu_pct_max'])})  rss {worker['rss_mb']} MB"
         )
     lines.append(f"  harness cpu  {ms(report['harness_cpu_pct'])} %")
+    if "aiortc" in report:
+        lines.extend(aiortc_summary(report["aiortc"], ms))
     errors = report["errors"]
     lines.append(
         "  errors       "

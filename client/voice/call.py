@@ -160,6 +160,13 @@ class CallMedia:
     async def answer(self, sdp_offer: str, consumers: tuple[ConsumerInfo, ...]) -> str:
         """Answer the SFU's (re)offer for the receive transport, protecting every new
         transceiver before the answer lets media flow."""
+        if self.receive_pc is not None and self.receive_pc.signalingState == "closed":
+            # aiortc closes a peer connection by itself once all its DTLS transports have
+            # closed (the SFU closed the transport: it never connected, or consent was
+            # lost). The server restarts this session's media; until then an offer is
+            # answered on a new connection rather than failing the call.
+            self.receive_pc = None
+            self.receiving.clear()
         if self.receive_pc is None:
             self.receive_pc = RTCPeerConnection(self._configuration)
         pc = self.receive_pc
@@ -275,7 +282,7 @@ class VoiceCall:
     async def _act(self, item: SignallingEvent) -> None:
         keys = self.media_keys
         if isinstance(item, StartTransports):
-            keys.begin(self.signalling.channel_id, item.sender_index)
+            keys.begin(self.signalling.channel_id, item.sender_index, item.voice_session_id)
             await keys.update(self.signalling.participants)
             self._actions_in.send_nowait(item)
         elif isinstance(item, ParticipantsChanged):

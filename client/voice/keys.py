@@ -13,12 +13,11 @@ from e2ee.media import (
     MediaKey,
     MediaKeyReceiver,
     MediaKeySender,
-    clear_prefix_length,
+    frame_sender_index,
     protect_frame,
-    split_kid,
     unprotect_frame,
 )
-from e2ee.sframe import AES_128_GCM_SHA256_128, decode_header_untrusted
+from e2ee.sframe import AES_128_GCM_SHA256_128
 
 __all__ = ["FrameKeys"]
 
@@ -103,6 +102,4 @@ class FrameKeys:
         """
         with self._lock:
             frame = unprotect_frame(self._others, codec, data, now=self._clock())
-        kid, _, _ = decode_header_untrusted(data[clear_prefix_length(codec, data) :])
-        sender_index, _ = split_kid(kid)
-        return sender_index, frame
+        return frame_sender_index(codec, data), frame

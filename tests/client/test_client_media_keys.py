@@ -114,3 +114,33 @@ async def test_media_keys_follow_joins_and_leaves_between_real_clients(
     finally:
         for client in (alice, bob, carol):
             await client.aclose()
+
+
+async def test_media_restarting_in_the_same_voice_session_keeps_the_keys(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    # The server sends VOICE_SERVER_UPDATE again for the same voice session when the SFU
+    # closed one of its transports (never connected, consent lost): the media starts over,
+    # nobody joined or left, so the others send no key. Frames must still open both ways.
+    url = control.url
+    alice = await Client.register(tmp_path / "alice", PASS, url, "alice")
+    bob = await Client.register(tmp_path / "bob", PASS, url, "bob")
+    try:
+        alice.media_keys.begin(CHANNEL, 1, "session-a")
+        await alice.media_keys.update({})
+        bob.media_keys.begin(CHANNEL, 2, "session-b")
+        both = participants((alice, 1), (bob, 2))
+        await bob.media_keys.update({k: v for k, v in both.items() if k[0] != bob.user_id})
+        await alice.media_keys.update({k: v for k, v in both.items() if k[0] != alice.user_id})
+        assert await opens(bob, alice) and await opens(alice, bob)
+
+        kept = alice.media_keys.begin(CHANNEL, 1, "session-a")
+        await alice.media_keys.update({k: v for k, v in both.items() if k[0] != alice.user_id})
+        assert kept is alice.media_keys.keys
+        assert await opens(bob, alice) and await opens(alice, bob)
+
+        # A new voice session is a new start: fresh keys.
+        assert alice.media_keys.begin(CHANNEL, 1, "session-c") is not kept
+    finally:
+        for client in (alice, bob):
+            await client.aclose()

@@ -604,3 +604,27 @@ async def test_vp8_encoder_refuses_to_send_a_frame_its_hook_did_not_seal() -> No
     frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
     with pytest.raises(MediaHookUnavailable):
         encoder.encode(frame)
+
+
+async def test_an_offer_after_aiortc_closed_the_receive_transport_is_answered_anew() -> None:
+    # aiortc closes a peer connection itself when its DTLS transports close (the SFU closed
+    # the transport); the next SFU offer must not fail the call.
+    from client.voice.call import CallMedia
+    from client.voice.signalling import ConsumerInfo
+
+    async def scenario() -> None:
+        keys = FrameKeys.create(1)
+        media = CallMedia(keys, (), lambda: ToneSource(440), lambda _c, _t: None)
+        for _ in range(2):
+            sfu = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            sfu.addTransceiver(ToneSource(660), direction="sendonly")
+            await sfu.setLocalDescription(await sfu.createOffer())
+            consumer = ConsumerInfo("0", "audio", "bob", "device-b", 2)
+            answer = await media.answer(sfu.localDescription.sdp, (consumer,))
+            assert "a=recvonly" in answer
+            assert media.receive_pc is not None
+            await media.receive_pc.close()  # as aiortc does once DTLS closed
+            await sfu.close()
+        await media.close()
+
+    await run_on_asyncio(scenario)
