@@ -1,7 +1,8 @@
 """``python -m loadtest`` and ``hushroom loadtest``: the load-test harness (docs/loadtest.md).
 
-Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking) and
-``many-rooms`` (R such rooms at once). The harness starts a local deployment with
+Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking),
+``many-rooms`` (R such rooms at once) and ``churn`` (participants joining and leaving at a
+rate, with media keys sent pairwise as clients do). The harness starts a local deployment with
 ``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
 it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
 draws it with ``--plot FILE.png``.
@@ -31,12 +32,32 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _room_options(room: argparse.ArgumentParser) -> None:
-    where = room.add_mutually_exclusive_group(required=True)
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _where_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--spawn", action="store_true", help="start a local deployment in a temporary directory"
     )
     where.add_argument("--target", metavar="URL", help="a running deployment's control URL")
+
+
+def _output_options(parser: argparse.ArgumentParser, plot: str) -> None:
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help=plot)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _room_options(room: argparse.ArgumentParser) -> None:
+    _where_options(room)
     room.add_argument(
         "--participants", type=_positive_int, default=10, help="participants per room"
     )
@@ -49,14 +70,7 @@ def _room_options(room: argparse.ArgumentParser) -> None:
     room.add_argument(
         "--ramp", type=_non_negative, default=5.0, help="seconds over which participants join"
     )
-    room.add_argument(
-        "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
-    )
-    room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
-    room.add_argument(
-        "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
-    )
-    room.add_argument("--quiet", action="store_true", help="no progress line")
+    _output_options(room, "draw latency, loss and CPU over time")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,12 +95,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     many.add_argument("--rooms", type=_positive_int, default=2, help="rooms (default 2)")
     _room_options(many)
+    churn = scenarios.add_parser(
+        "churn",
+        help="participants join and leave a voice channel at a rate",
+        description="Participants (full SDK clients) join and leave one voice channel, "
+        "alternately, at a rate; media keys go pairwise (PQXDH sessions, Double Ratchet, "
+        "MEDIA_KEY envelopes through the relay). Reports per join and per leave the keys "
+        "and envelopes sent, their bytes, and the time until everyone decrypted the new "
+        "keys; see docs/loadtest.md.",
+    )
+    _where_options(churn)
+    churn.add_argument(
+        "--participants", type=_positive_int, default=10, help="participants in the call"
+    )
+    churn.add_argument(
+        "--rate", type=_positive, default=0.5, help="joins and leaves per second (default 0.5)"
+    )
+    churn.add_argument(
+        "--joins", type=_positive_int, help="joins (and as many leaves); default rate × duration"
+    )
+    churn.add_argument(
+        "--duration", type=_non_negative, default=20.0, help="seconds of churn (default 20)"
+    )
+    _output_options(churn, "draw the cost and settle time per event")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m loadtest`` and ``hushroom loadtest``."""
     args = _parser().parse_args(argv)
+    command = ["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)]
+    if args.scenario == "churn":
+        from loadtest.churn import main_churn
+
+        return main_churn(args, command)
     from loadtest.voice_room import RoomConfig, main_voice_room, summary_table
 
     if args.speakers > args.participants:
@@ -104,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         target=args.target,
         nodes=args.nodes,
         progress=None if args.quiet else sys.stderr,
-        command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
+        command=command,
     )
     report = main_voice_room(config)
     print(summary_table(report))
