@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 import tempfile
 import time
@@ -73,6 +74,11 @@ PASSPHRASE = "hushroom-loadtest-churn"
 PROBE = b"\xfc" + b"churn probe"
 #: Accounts registered (and invites accepted) at once.
 SETUP_CONCURRENCY = 8
+#: Participants joining at once during the fill. A receiver follows a sender's join
+#: ratchets by itself only up to ``e2ee.media.MAX_RATCHET_AHEAD`` (16) generations past the
+#: key it was given, and nothing but a later fresh key brings it back: a burst of more
+#: joins than that before one's keys arrive would leave it deaf to those senders.
+FILL_BATCH = 8
 #: How often the harness looks whether an event has settled (the figures come from the
 #: confirmation times, not from this poll).
 POLL_S = 0.05
@@ -89,8 +95,10 @@ class ChurnConfig:
     joins: int | None = None
     target: str | None = None
     nodes: int = 1
-    settle_timeout: float = 120.0
-    fill_timeout: float = 900.0
+    #: Bounds on one event, and on the fill (at 200 participants a leave alone is about
+    #: 40,000 keys sent through one harness process).
+    settle_timeout: float = 900.0
+    fill_timeout: float = 3600.0
     progress: TextIO | None = None
     command: list[str] = field(default_factory=list)
 
@@ -313,6 +321,17 @@ class _Churn:
             return
         receiver.confirmed[sender.device_id] = (probe[1], at_ns)
 
+    def unconfirmed(self) -> int:
+        """Pairs (receiver, sender) in the call whose current key is not decrypted yet."""
+        members = self.in_call()
+        return sum(
+            1
+            for m in members
+            for s in members
+            if s is not m
+            and (s.probe is None or m.confirmed.get(s.device_id, (-1, 0))[0] != s.probe[1])
+        )
+
     def settled(self) -> bool:
         """Everyone in the call has acted on who is in it and decrypted every other
         participant's current key."""
@@ -429,7 +448,7 @@ class _Churn:
         harness, control = self.cpu_seconds()
         delivered = envelopes - event.envelopes_before
         if not settled:
-            event.member.error("not_settled")
+            event.member.error(f"not_settled:{self.unconfirmed()}_pairs")
         self.events.append(
             {
                 "event": event.index,
@@ -535,9 +554,7 @@ async def run_churn(config: ChurnConfig) -> dict[str, Any]:
                             await members.start(member.live)
                         run.phase = "filling"
                         fill_started = time.monotonic()
-                        for member in run.members[: config.participants]:
-                            await member.join(guild_id, channel_id)
-                        filled = await run.until_settled(config.fill_timeout)
+                        filled = await _fill(run, guild_id, channel_id)
                         fill_s = time.monotonic() - fill_started
                         if filled:
                             run.phase = "churning"
@@ -551,6 +568,20 @@ async def run_churn(config: ChurnConfig) -> dict[str, Any]:
         if config.progress is not None and config.progress.isatty():
             print(file=config.progress)
     return _report(run, world, setup_s, fill_s, filled)
+
+
+async def _fill(run: _Churn, guild_id: str, channel_id: str) -> bool:
+    """The first ``participants`` join, :data:`FILL_BATCH` at a time, each batch once the
+    one before has settled; false if that took longer than the fill timeout."""
+    config = run.config
+    with trio.move_on_after(config.fill_timeout):
+        for start in range(0, config.participants, FILL_BATCH):
+            for member in run.members[start : min(start + FILL_BATCH, config.participants)]:
+                await member.join(guild_id, channel_id)
+            await run.until_settled(math.inf)
+        return True
+    run.members[0].error(f"fill_not_settled:{run.unconfirmed()}_pairs")
+    return False
 
 
 async def _churn(run: _Churn, guild_id: str, channel_id: str, total: int) -> None:
@@ -599,8 +630,6 @@ def _report(
 ) -> dict[str, Any]:
     config = run.config
     errors = run.errors()
-    if not filled:
-        errors["fill_not_settled"] = 1
     return {
         "scenario": "churn",
         "command": config.command,
