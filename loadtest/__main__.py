@@ -117,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     churn.add_argument(
         "--duration", type=_non_negative, default=20.0, help="seconds of churn (default 20)"
     )
+    churn.add_argument(
+        "--settle-timeout",
+        type=_positive,
+        default=900.0,
+        help="seconds an event (or a batch of the fill) may take to settle (default 900)",
+    )
     _output_options(churn, "draw the cost and settle time per event")
     return parser
 
