@@ -531,7 +531,6 @@ async def run_churn(config: ChurnConfig) -> dict[str, Any]:
     joins = (total_events + 1) // 2
     run_id = f"{int(time.time()) % 100000:05d}"
     setup_s = fill_s = 0.0
-    filled = False
     with tempfile.TemporaryDirectory(prefix="hushroom-churn-") as tmp:
         root = Path(tmp)
         async with _deployment(config, root) as (server_url, world):
@@ -566,7 +565,7 @@ async def run_churn(config: ChurnConfig) -> dict[str, Any]:
                 nursery.cancel_scope.cancel()
         if config.progress is not None and config.progress.isatty():
             print(file=config.progress)
-    return _report(run, world, setup_s, fill_s, filled)
+    return _report(run, world, setup_s, fill_s)
 
 
 async def _fill(run: _Churn, guild_id: str, channel_id: str) -> bool:
@@ -623,9 +622,7 @@ def _by_kind(events: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     }
 
 
-def _report(
-    run: _Churn, world: Spawned | None, setup_s: float, fill_s: float, filled: bool
-) -> dict[str, Any]:
+def _report(run: _Churn, world: Spawned | None, setup_s: float, fill_s: float) -> dict[str, Any]:
     config = run.config
     errors = run.errors()
     return {
