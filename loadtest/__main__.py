@@ -1,8 +1,9 @@
 """``python -m loadtest`` and ``hushroom loadtest``: the load-test harness (docs/loadtest.md).
 
 Scenarios: ``voice-room`` (N participants in one voice channel, S of them speaking),
-``many-rooms`` (R such rooms at once) and ``video`` (P of N participants publishing
-simulcast video). The harness starts a local deployment with
+``many-rooms`` (R such rooms at once), ``video`` (P of N participants publishing
+simulcast video) and ``churn`` (participants joining and leaving at a rate, with media keys
+sent pairwise as clients do). The harness starts a local deployment with
 ``--spawn`` or drives a running one with ``--target URL``; it prints a progress line while
 it runs, a summary at the end, writes the full report as JSON with ``--json FILE`` and
 draws it with ``--plot FILE.png``. ``voice-room --compare janus`` then runs the same load
@@ -40,12 +41,25 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> None:
-    where = room.add_mutually_exclusive_group(required=True)
+def _where_options(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--spawn", action="store_true", help="start a local deployment in a temporary directory"
     )
     where.add_argument("--target", metavar="URL", help="a running deployment's control URL")
+
+
+def _output_options(parser: argparse.ArgumentParser, plot: str) -> None:
+    parser.add_argument(
+        "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help=plot)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> None:
+    _where_options(room)
     room.add_argument(
         "--participants", type=_positive_int, default=10, help="participants per room"
     )
@@ -58,9 +72,6 @@ def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> No
     )
     room.add_argument(
         "--ramp", type=_non_negative, default=5.0, help="seconds over which participants join"
-    )
-    room.add_argument(
-        "--nodes", type=_positive_int, default=1, help="SFU nodes to spawn (with --spawn)"
     )
     room.add_argument(
         "--workers",
@@ -94,11 +105,7 @@ def _room_options(room: argparse.ArgumentParser, *, speakers: bool = True) -> No
         metavar="N",
         help="add N full aiortc participants (SDK clients, real Opus) to each room",
     )
-    room.add_argument("--json", type=Path, metavar="FILE", help="write the report here")
-    room.add_argument(
-        "--plot", type=Path, metavar="FILE.png", help="draw latency, loss and CPU over time"
-    )
-    room.add_argument("--quiet", action="store_true", help="no progress line")
+    _output_options(room, "draw latency, loss and CPU over time")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -150,12 +157,49 @@ def _parser() -> argparse.ArgumentParser:
         "never)",
     )
     _room_options(video, speakers=False)
+    churn = scenarios.add_parser(
+        "churn",
+        help="participants join and leave a voice channel at a rate",
+        description="Participants (full SDK clients) join and leave one voice channel, "
+        "alternately, at a rate; media keys go pairwise (PQXDH sessions, Double Ratchet, "
+        "MEDIA_KEY envelopes through the relay). Reports per join and per leave the keys "
+        "and envelopes sent, their bytes, and the time until everyone decrypted the new "
+        "keys; see docs/loadtest.md.",
+    )
+    _where_options(churn)
+    churn.add_argument(
+        "--participants", type=_positive_int, default=10, help="participants in the call"
+    )
+    churn.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=0.5,
+        help="joins and leaves per second (default 0.5)",
+    )
+    churn.add_argument(
+        "--joins", type=_positive_int, help="joins (and as many leaves); default rate × duration"
+    )
+    churn.add_argument(
+        "--duration", type=_non_negative, default=20.0, help="seconds of churn (default 20)"
+    )
+    churn.add_argument(
+        "--settle-timeout",
+        type=_positive_float,
+        default=900.0,
+        help="seconds an event (or a batch of the fill) may take to settle (default 900)",
+    )
+    _output_options(churn, "draw the cost and settle time per event")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m loadtest`` and ``hushroom loadtest``."""
     args = _parser().parse_args(argv)
+    command = ["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)]
+    if args.scenario == "churn":
+        from loadtest.churn import main_churn
+
+        return main_churn(args, command)
     from loadtest.voice_room import RoomConfig, main_voice_room, summary_table
 
     video = args.scenario == "video"
@@ -200,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         ready_timeout=args.ready_timeout,
         aiortc=max(0, args.aiortc),
         progress=None if args.quiet else sys.stderr,
-        command=["python", "-m", "loadtest", *(sys.argv[1:] if argv is None else argv)],
+        command=command,
     )
     if isinstance(config, VideoConfig):
         config.switch = args.switch
