@@ -34,14 +34,16 @@ SFU_TIMEOUT_S = "20"
 
 @contextlib.contextmanager
 def stopped(node_id: str) -> Iterator[None]:
-    """SIGSTOP the ``python -m sfu --node-id NODE_ID`` process and its workers: its link
-    stays open, requests to it go unanswered until SIGCONT."""
+    """SIGSTOP this test's ``python -m sfu --node-id NODE_ID`` process and its workers: its
+    link stays open, requests to it go unanswered until SIGCONT. Only among this process's
+    own children: other test runs on the machine have nodes of the same name."""
     processes = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if "sfu" in cmdline and node_id in cmdline:
-            processes = [process, *process.children(recursive=True)]
-            break
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            cmdline = process.cmdline()
+            if "sfu" in cmdline and node_id in cmdline:
+                processes = [process, *process.children(recursive=True)]
+                break
     assert processes, f"no node {node_id}"
     for process in processes:
         process.suspend()
