@@ -7,7 +7,8 @@ Limits on hostile clients live here, not in the shell: a new connection has
 ``identify_timeout_s`` to IDENTIFY or RESUME (heartbeats do not buy more time) and a
 process holds at most ``limit`` such connections at once; a connection may send
 ``frame_limit`` frames per ``frame_window_s`` (Discord's 120 per 60 s; heartbeats count, and
-the heartbeats HELLO asks for come on top);
+the heartbeats HELLO asks for come on top) and have at most ``voice_limit`` voice ops
+(4, 12, 13) waiting for their SFU round trips;
 a session's token expiry is a deadline of its connection, so an expired token is cut
 without reading the store per frame.
 """
@@ -38,6 +39,7 @@ __all__ = [
     "PresenceUpdate",
     "Resume",
     "SendFrame",
+    "VoiceAction",
     "VoicePublish",
     "VoiceStateRequest",
     "VoiceSubscribeAnswer",
@@ -52,6 +54,12 @@ IDENTIFY_TIMEOUT_S = 10.0
 #: its interval calls for; heartbeats beyond those count.
 FRAME_LIMIT = 120
 FRAME_WINDOW_S = 60.0
+#: Voice ops (4, 12, 13) one connection may have received and not yet finished, at most.
+#: They wait for SFU round trips, so the shell runs them apart from the reader, one at a
+#: time in arrival order; a client sending more than this before they are done is closed
+#: (4008) instead of having them queued without bound. A well-behaved client has an op 4,
+#: an op 12 and an answer or two in flight (up to ~80 KiB each: a frame's bound).
+VOICE_LIMIT = 16
 #: Connections of one process that have not identified yet, at most.
 PENDING_LIMIT = 1000
 _TOKEN_MAX = 128
@@ -124,6 +132,9 @@ class VoiceSubscribeAnswer:
     sdp_answer: str
 
 
+#: The ops that wait for the voice service (and so for SFU round trips).
+VoiceAction = VoiceStateRequest | VoicePublish | VoiceSubscribeAnswer
+
 Action = (
     SendFrame
     | CloseConnection
@@ -154,7 +165,7 @@ def _flag_untrusted(d: dict[Any, Any], key: str) -> bool:
 
 def decode_voice_untrusted(op: Op, d: Any) -> Action:
     """The action of a voice op's payload; :class:`GatewayProtocolError` when malformed
-    (the frame bound already limits an SDP to 16 KiB)."""
+    (the frame bound already limits an SDP to ~80 KiB)."""
     if not isinstance(d, dict):
         raise GatewayProtocolError(Close.DECODE_ERROR, "d must be a map")
     if op is Op.VOICE_STATE:
@@ -188,7 +199,7 @@ class Phase(enum.Enum):
 
 class ConnectionCore:
     """The protocol state of one gateway WebSocket (HELLO, IDENTIFY/RESUME, heartbeats,
-    frame rate, token expiry)."""
+    frame rate, voice ops in flight, token expiry)."""
 
     def __init__(
         self,
@@ -198,6 +209,7 @@ class ConnectionCore:
         identify_timeout_s: float = IDENTIFY_TIMEOUT_S,
         frame_limit: int = FRAME_LIMIT,
         frame_window_s: float = FRAME_WINDOW_S,
+        voice_limit: int = VOICE_LIMIT,
     ) -> None:
         self.interval = heartbeat_interval_s
         self.identify_timeout_s = identify_timeout_s
@@ -212,6 +224,9 @@ class ConnectionCore:
         self.token_deadline = math.inf
         self._window_start = now
         self._window_frames = 0
+        self.voice_limit = voice_limit
+        #: Voice ops handed to the shell and not yet reported done (:meth:`voice_done`).
+        self.voice_pending = 0
 
     @property
     def wake_at(self) -> float:
@@ -284,10 +299,20 @@ class ConnectionCore:
             assert isinstance(status, str)
             return [PresenceUpdate(status)]
         if frame.op in (Op.VOICE_STATE, Op.VOICE_PUBLISH, Op.VOICE_SUBSCRIBE_ANSWER):
-            return [decode_voice_untrusted(frame.op, d)]
+            if self.voice_pending >= self.voice_limit:
+                raise GatewayProtocolError(
+                    Close.RATE_LIMITED, f"more than {self.voice_limit} voice ops in flight"
+                )
+            action = decode_voice_untrusted(frame.op, d)
+            self.voice_pending += 1
+            return [action]
         raise GatewayProtocolError(
             Close.UNKNOWN_OPCODE, f"op {int(frame.op)} is not sent by clients"
         )
+
+    def voice_done(self) -> None:
+        """The shell finished one voice op it was handed (in the order they came)."""
+        self.voice_pending -= 1
 
     def established(self, now: float, token_expires_in_s: float) -> None:
         """IDENTIFY or RESUME succeeded with a token valid for ``token_expires_in_s`` more."""

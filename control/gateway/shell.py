@@ -2,8 +2,10 @@
 
 One task reads client frames and feeds :class:`ConnectionCore`; one writes the connection's
 outbox (filled by the hub, without blocking); one wakes the core at its deadline (identify
-timeout, heartbeat, token expiry). Database reads for IDENTIFY and READY go through the
-store like every request.
+timeout, heartbeat, token expiry); one runs the voice ops (4, 12, 13), one at a time in the
+order they came — each waits for SFU round trips (seconds when a node is loaded), and the
+reader must meanwhile go on answering heartbeats. The core bounds how many wait. Database
+reads for IDENTIFY and READY go through the store like every request.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .session import (
     PresenceUpdate,
     Resume,
     SendFrame,
+    VoiceAction,
     VoicePublish,
     VoiceStateRequest,
     VoiceSubscribeAnswer,
@@ -213,149 +216,166 @@ async def _serve(state: ControlState, identified: Callable[[], None]) -> None:
     outbox_send, outbox_recv = trio.open_memory_channel[bytes](OUTBOX_FRAMES)
     live: LiveSession | None = None
     hub = state.hub
+    # Bounded by the core (past ``voice_limit`` ops in flight it closes the connection),
+    # so handing an op over never blocks the reader.
+    voice_send, voice_recv = trio.open_memory_channel[VoiceAction](core.voice_limit)
     timer = trio.CancelScope()
 
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def close(code: int, reason: str) -> None:
-            with trio.CancelScope(shield=True), trio.move_on_after(2):
-                await websocket.close(code, reason)
-            nursery.cancel_scope.cancel()
+            async def close(code: int, reason: str) -> None:
+                with trio.CancelScope(shield=True), trio.move_on_after(2):
+                    await websocket.close(code, reason)
+                nursery.cancel_scope.cancel()
 
-        # The hub closes a connection from whatever task publishes the event (another
-        # request's): it only posts the close here, and this connection's task performs it.
-        close_send, close_recv = trio.open_memory_channel[tuple[int, str]](1)
+            # The hub closes a connection from whatever task publishes the event (another
+            # request's): it only posts the close here, and this connection's task performs it.
+            close_send, close_recv = trio.open_memory_channel[tuple[int, str]](1)
 
-        def on_close(code: int, reason: str) -> None:
-            with contextlib.suppress(trio.WouldBlock):
-                close_send.send_nowait((code, reason))
+            def on_close(code: int, reason: str) -> None:
+                with contextlib.suppress(trio.WouldBlock):
+                    close_send.send_nowait((code, reason))
 
-        async def closer() -> None:
-            await close(*await close_recv.receive())
+            async def closer() -> None:
+                await close(*await close_recv.receive())
 
-        def established(expires_at: int) -> None:
-            core.established(trio.current_time(), expires_at - time.time())
-            timer.deadline = core.wake_at
-            identified()
+            def established(expires_at: int) -> None:
+                core.established(trio.current_time(), expires_at - time.time())
+                timer.deadline = core.wake_at
+                identified()
 
-        async def writer() -> None:
-            async for frame in outbox_recv:
-                await websocket.send(frame)
+            async def writer() -> None:
+                async for frame in outbox_recv:
+                    await websocket.send(frame)
 
-        async def watchdog() -> None:
-            nonlocal timer
-            while True:
-                timer = trio.CancelScope(deadline=core.wake_at)
-                with timer:
-                    await trio.sleep_forever()
-                timeout = core.check_timeout(trio.current_time())
-                if timeout is not None:
-                    await close(timeout.code, timeout.reason)
+            async def watchdog() -> None:
+                nonlocal timer
+                while True:
+                    timer = trio.CancelScope(deadline=core.wake_at)
+                    with timer:
+                        await trio.sleep_forever()
+                    timeout = core.check_timeout(trio.current_time())
+                    if timeout is not None:
+                        await close(timeout.code, timeout.reason)
+                        return
+
+            async def refuse() -> None:
+                for refusal in core.refused(trio.current_time()):
+                    assert isinstance(refusal, SendFrame)
+                    await outbox_send.send(refusal.frame)
+                timer.deadline = core.wake_at
+
+            async def identify(action: Identify) -> None:
+                nonlocal live
+                revocations = state.sessions.generation
+                found = await _authenticate(state, action.token)
+                if found is None:
+                    await close(Close.AUTHENTICATION_FAILED, "authentication failed")
                     return
+                caller, expires_at = found
+                hub.expire(trio.current_time())
+                session_id = new_id()
+                live = hub.create(
+                    GatewaySession(session_id, caller.user_id, caller.device_id), caller.token_hash
+                )
+                hub.attach(live, outbox_send, on_close, caller.token_hash)
+                if not await _still_valid(state, action.token, revocations):
+                    hub.end(live, Close.SESSION_REVOKED, "session revoked")
+                    return
+                limit = state.config.presence_guild_limit
+                ready = await state.db.read(lambda conn: _ready(conn, session_id, caller, limit))
+                await _touch_device(state, caller.device_id)
+                ready["presences"] = [
+                    {"user_id": u, "status": hub.presence[u]}
+                    for u in ready.pop("co_members")
+                    if u in hub.presence
+                ]
+                visible = {c["id"] for g in ready["guilds"] for c in g["channels"]}
+                ready["voice_states"] = state.voice.states(visible)
+                state.voice.gateway_attached(caller.device_id)
+                established(expires_at)
+                live.release(EventName.READY, _pack(ready))
+                hub.presence[caller.user_id] = action.status
+                await _publish_presence(state, caller.user_id, action.status)
 
-        async def refuse() -> None:
-            for refusal in core.refused(trio.current_time()):
-                assert isinstance(refusal, SendFrame)
-                await outbox_send.send(refusal.frame)
-            timer.deadline = core.wake_at
+            async def resume(action: Resume) -> None:
+                nonlocal live
+                revocations = state.sessions.generation
+                found = await _authenticate(state, action.token)
+                session = hub.sessions.get(action.session_id)
+                frames = session.core.replay_after(action.seq) if session is not None else None
+                if (
+                    found is None
+                    or session is None
+                    or session.core.device_id != found[0].device_id
+                    or frames is None
+                ):
+                    await refuse()
+                    return
+                caller, expires_at = found
+                live = session
+                live.held = []
+                hub.attach(live, outbox_send, on_close, caller.token_hash)
+                if not await _still_valid(state, action.token, revocations):
+                    hub.end(live, Close.SESSION_REVOKED, "session revoked")
+                    return
+                for frame in frames:
+                    await outbox_send.send(frame)
+                state.voice.gateway_attached(caller.device_id)
+                established(expires_at)
+                live.release(EventName.RESUMED, _pack(live.core.snapshot()))
+                if caller.user_id not in hub.presence:
+                    hub.presence[caller.user_id] = "online"
+                    await _publish_presence(state, caller.user_id, "online")
 
-        async def identify(action: Identify) -> None:
-            nonlocal live
-            revocations = state.sessions.generation
-            found = await _authenticate(state, action.token)
-            if found is None:
-                await close(Close.AUTHENTICATION_FAILED, "authentication failed")
-                return
-            caller, expires_at = found
-            hub.expire(trio.current_time())
-            session_id = new_id()
-            live = hub.create(
-                GatewaySession(session_id, caller.user_id, caller.device_id), caller.token_hash
-            )
-            hub.attach(live, outbox_send, on_close, caller.token_hash)
-            if not await _still_valid(state, action.token, revocations):
-                hub.end(live, Close.SESSION_REVOKED, "session revoked")
-                return
-            limit = state.config.presence_guild_limit
-            ready = await state.db.read(lambda conn: _ready(conn, session_id, caller, limit))
-            await _touch_device(state, caller.device_id)
-            ready["presences"] = [
-                {"user_id": u, "status": hub.presence[u]}
-                for u in ready.pop("co_members")
-                if u in hub.presence
-            ]
-            visible = {c["id"] for g in ready["guilds"] for c in g["channels"]}
-            ready["voice_states"] = state.voice.states(visible)
-            state.voice.gateway_attached(caller.device_id)
-            established(expires_at)
-            live.release(EventName.READY, _pack(ready))
-            hub.presence[caller.user_id] = action.status
-            await _publish_presence(state, caller.user_id, action.status)
+            async def voice_state(action: VoiceStateRequest) -> None:
+                assert live is not None
+                await state.voice.voice_state_update(
+                    live.core.user_id,
+                    live.core.device_id,
+                    action.guild_id,
+                    action.channel_id,
+                    action.self_mute,
+                    action.self_deaf,
+                )
 
-        async def resume(action: Resume) -> None:
-            nonlocal live
-            revocations = state.sessions.generation
-            found = await _authenticate(state, action.token)
-            session = hub.sessions.get(action.session_id)
-            frames = session.core.replay_after(action.seq) if session is not None else None
-            if (
-                found is None
-                or session is None
-                or session.core.device_id != found[0].device_id
-                or frames is None
-            ):
-                await refuse()
-                return
-            caller, expires_at = found
-            live = session
-            live.held = []
-            hub.attach(live, outbox_send, on_close, caller.token_hash)
-            if not await _still_valid(state, action.token, revocations):
-                hub.end(live, Close.SESSION_REVOKED, "session revoked")
-                return
-            for frame in frames:
-                await outbox_send.send(frame)
-            state.voice.gateway_attached(caller.device_id)
-            established(expires_at)
-            live.release(EventName.RESUMED, _pack(live.core.snapshot()))
-            if caller.user_id not in hub.presence:
-                hub.presence[caller.user_id] = "online"
-                await _publish_presence(state, caller.user_id, "online")
+            async def voice_publish(action: VoicePublish) -> None:
+                assert live is not None
+                await state.voice.publish(
+                    live.core.device_id, action.voice_session_id, action.sdp_offer
+                )
 
-        async def voice_state(action: VoiceStateRequest) -> None:
-            assert live is not None
-            await state.voice.voice_state_update(
-                live.core.user_id,
-                live.core.device_id,
-                action.guild_id,
-                action.channel_id,
-                action.self_mute,
-                action.self_deaf,
-            )
+            async def voice_answer(action: VoiceSubscribeAnswer) -> None:
+                assert live is not None
+                await state.voice.subscribe_answer(
+                    live.core.device_id, action.voice_session_id, action.sdp_answer
+                )
 
-        async def voice_publish(action: VoicePublish) -> None:
-            assert live is not None
-            await state.voice.publish(
-                live.core.device_id, action.voice_session_id, action.sdp_offer
-            )
+            handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+                Identify: identify,
+                Resume: resume,
+            }
+            voice_handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
+                VoiceStateRequest: voice_state,
+                VoicePublish: voice_publish,
+                VoiceSubscribeAnswer: voice_answer,
+            }
 
-        async def voice_answer(action: VoiceSubscribeAnswer) -> None:
-            assert live is not None
-            await state.voice.subscribe_answer(
-                live.core.device_id, action.voice_session_id, action.sdp_answer
-            )
+            async def voice_ops() -> None:
+                # One at a time, in the order they came: the voice contract needs a device's
+                # ops in order (its op 4 before its op 12, its answers in turn). An op that
+                # started runs to its end even when the connection closes (the voice service
+                # shields it, bounded by the SFU request timeout); ops still queued are
+                # dropped with the connection, as unread frames are.
+                async for action in voice_recv:
+                    await voice_handlers[type(action)](action)
+                    core.voice_done()
 
-        handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
-            Identify: identify,
-            Resume: resume,
-            VoiceStateRequest: voice_state,
-            VoicePublish: voice_publish,
-            VoiceSubscribeAnswer: voice_answer,
-        }
-        nursery.start_soon(writer)
-        nursery.start_soon(watchdog)
-        nursery.start_soon(closer)
-        try:
+            nursery.start_soon(writer)
+            nursery.start_soon(watchdog)
+            nursery.start_soon(closer)
+            nursery.start_soon(voice_ops)
             while True:
                 raw = await websocket.receive()
                 for action in core.receive_untrusted(raw, trio.current_time()):
@@ -369,14 +389,19 @@ async def _serve(state: ControlState, identified: Callable[[], None]) -> None:
                         if state.limiter.acquire(("presence", live.core.device_id)) == 0:
                             hub.presence[user_id] = action.status
                             await _publish_presence(state, user_id, action.status)
+                    elif isinstance(action, VoiceAction):
+                        voice_send.send_nowait(action)
                     else:
                         await handlers[type(action)](action)
-        finally:
-            with trio.CancelScope(shield=True):
-                if live is not None:
-                    hub.detach(live, outbox_send, trio.current_time())
-                    if not hub.device_online(live.core.device_id):
-                        state.voice.gateway_detached(live.core.device_id, trio.current_time())
-                    user_id = live.core.user_id
-                    if not hub.online(user_id) and hub.presence.pop(user_id, None) is not None:
-                        await _publish_presence(state, user_id, "offline")
+    finally:
+        # After the nursery, so after a voice op that was running when the connection
+        # closed: a join finishing later would otherwise leave a voice session that the
+        # detach below never marked for the grace sweep.
+        with trio.CancelScope(shield=True):
+            if live is not None:
+                hub.detach(live, outbox_send, trio.current_time())
+                if not hub.device_online(live.core.device_id):
+                    state.voice.gateway_detached(live.core.device_id, trio.current_time())
+                user_id = live.core.user_id
+                if not hub.online(user_id) and hub.presence.pop(user_id, None) is not None:
+                    await _publish_presence(state, user_id, "offline")

@@ -270,6 +270,32 @@ def test_core_frame_window_starts_again_after_a_minute() -> None:
     assert [type(a).__name__ for a in fresh.receive_untrusted(frame(1), 60.0)] == ["SendFrame"]
 
 
+def test_core_bounds_the_voice_ops_in_flight() -> None:
+    """Voice ops wait for the SFU apart from the reader; past ``voice_limit`` received and
+    not done the connection is closed with 4008 (a real control process:
+    test_gateway_voice.py)."""
+    core = ConnectionCore(10.0, now=0.0, voice_limit=3)
+    core.established(0.0, 3600.0)
+    ops = [
+        frame(4, {"guild_id": "g", "channel_id": "c"}),
+        frame(12, {"voice_session_id": "v", "sdp_offer": "o"}),
+        frame(13, {"voice_session_id": "v", "sdp_answer": "a"}),
+    ]
+    names = [type(a).__name__ for op in ops for a in core.receive_untrusted(op, 1.0)]
+    assert names == ["VoiceStateRequest", "VoicePublish", "VoiceSubscribeAnswer"]
+    assert core.voice_pending == 3
+    # Heartbeats and presence are not voice ops: still answered with three in flight.
+    assert [type(a).__name__ for a in core.receive_untrusted(frame(1), 1.0)] == ["SendFrame"]
+    # One done makes room for exactly one more.
+    core.voice_done()
+    assert [type(a).__name__ for a in core.receive_untrusted(ops[2], 2.0)] == [
+        "VoiceSubscribeAnswer"
+    ]
+    more = core.receive_untrusted(ops[2], 2.0)
+    assert [getattr(a, "code", None) for a in more] == [4008]
+    assert core.receive_untrusted(frame(1), 2.0) == [], "closed: nothing more is read"
+
+
 async def test_a_connection_that_never_identifies_is_closed_with_4003(tmp_path: Path) -> None:
     app = create_app(make_config(tmp_path, gateway_identify_timeout_s=0.5))
     async with app.test_app():

@@ -30,6 +30,9 @@ class Gateway:
     def __init__(self, ws: WebSocketConnection) -> None:
         self.ws = ws
         self.dispatches: list[tuple[str, dict[str, Any]]] = []
+        #: HEARTBEAT_ACKs received so far, and the server's close code once it closed.
+        self.acks = 0
+        self.close_code: int | None = None
         self.ready: dict[str, Any] = {}
         self._changed = trio.Condition()
 
@@ -44,8 +47,12 @@ class Gateway:
         return gateway
 
     async def _read(self) -> None:
-        with contextlib.suppress(ConnectionClosed):
+        try:
             await self._read_frames()
+        except ConnectionClosed as closed:
+            async with self._changed:
+                self.close_code = closed.reason.code
+                self._changed.notify_all()
 
     async def _read_frames(self) -> None:
         while True:
@@ -54,6 +61,24 @@ class Gateway:
                 async with self._changed:
                     self.dispatches.append((frame["t"], frame["d"]))
                     self._changed.notify_all()
+            elif frame.get("op") == 11:
+                async with self._changed:
+                    self.acks += 1
+                    self._changed.notify_all()
+
+    async def heartbeats(self, every: float) -> None:
+        """Send HEARTBEAT every ``every`` seconds until the connection closes."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.send_message(msgpack.packb({"op": 1, "d": None}))
+                await trio.sleep(every)
+
+    async def until(self, condition: Callable[[], bool], within: float = 15.0) -> None:
+        """Until ``condition`` holds (checked at each frame received, and at the close)."""
+        with trio.fail_after(within):
+            async with self._changed:
+                while not condition():
+                    await self._changed.wait()
 
     async def send(self, op: int, d: dict[str, Any]) -> None:
         """Send one client frame."""
