@@ -136,9 +136,11 @@ async def start_sfu_node(
     secret_file: Path,
     node_id: str,
     log: Path | None = None,
+    *,
+    workers: int = 1,
 ) -> SfuNode:
-    """``python -m sfu`` with one worker on loopback, dialling control; returns once it is
-    ready (its stderr appended to ``log``, or inherited)."""
+    """``python -m sfu`` with ``workers`` worker processes on loopback, dialling control;
+    returns once it is ready (its stderr appended to ``log``, or inherited)."""
     command = [
         sys.executable,
         "-m",
@@ -148,7 +150,7 @@ async def start_sfu_node(
         "--node-secret-file",
         str(secret_file),
         "--workers",
-        "1",
+        str(workers),
         "--listen-ip",
         "127.0.0.1",
         "--node-id",
