@@ -32,6 +32,12 @@ def _check_workers(value: int) -> int:
     return value
 
 
+def _check_spread(value: int) -> int:
+    if not 0 <= value <= 100_000:
+        raise ValueError("must be 0 (always) to 100000 transports")
+    return value
+
+
 def _check_consent(value: float) -> float:
     if not 1.0 <= value <= 300.0:
         raise ValueError("must be 1 to 300 seconds (RFC 7675 recommends 30)")
@@ -69,6 +75,12 @@ class SfuConfig:
         check=_check_ip,
     )
     workers: int = option(0, help="worker processes, 0 = one per core", check=_check_workers)
+    spread_above: int = option(
+        8,
+        help="transports a channel holds on its first worker before it spreads over the "
+        "node's workers (0 = always; docs/sfu.md, 'One channel across cores')",
+        check=_check_spread,
+    )
     node_id: str | None = option(
         None, help="stable node id (default: random per start)", check=_check_node_id
     )

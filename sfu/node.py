@@ -10,6 +10,15 @@ Control's requests ``{id, method, params}`` are answered by routing them to the 
 owns the named router, transport, producer or consumer (``router.create`` places a new
 router on the least-loaded worker); workers' events (``speaker``, ``transport.closed``) are
 relayed, and a ``stats`` event with per-worker rates, loss, CPU and RSS goes out every 5 s.
+
+A channel spreads over the node's workers here, not in control (docs/sfu.md, "One channel
+across cores"): control knows one router per channel, the one ``router.create`` returned;
+once the channel holds ``--spread-above`` transports, ``transport.create`` puts each new
+transport on the least-loaded worker, in a router of the channel made there on demand, and
+every producer of the channel is piped into each of the channel's routers, so any
+transport can consume any producer under its own id. Workers, their loads and the pipes
+between them are the node's business; control's view (one router, producer and consumer
+ids, events naming that router) does not change.
 """
 
 from __future__ import annotations
@@ -58,6 +67,21 @@ class WorkerError(RpcError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(eq=False)
+class ChannelRouters:
+    """One channel's routers on this node: the one control knows (``home``, what
+    ``router.create`` returned) and one more per worker the channel spread to."""
+
+    home: str
+    #: worker index -> the channel's router on that worker
+    routers: dict[int, str]
+
+    def __post_init__(self) -> None:
+        # Serialises adding a router (and piping everything into it) with piping a new
+        # producer into every router, so each producer reaches each router exactly once.
+        self.lock = trio.Lock()
 
 
 @dataclass(eq=False)
@@ -136,7 +160,9 @@ class Node:
         # (source router, target router) -> (pipe id there, pipe id here); and each piped
         # producer's copies, so closing the original closes them too.
         self._pipes: dict[tuple[str, str], tuple[str, str]] = {}
-        self._piped: dict[str, list[WorkerHandle]] = {}
+        self._piped: dict[str, dict[str, WorkerHandle]] = {}
+        # Channels by any of their routers (docs: module docstring).
+        self._channels: dict[str, ChannelRouters] = {}
         self._events_in, self._events_out = trio.open_memory_channel[tuple[str, dict[str, Any]]](
             EVENT_QUEUE
         )
@@ -215,6 +241,17 @@ class Node:
     def _on_worker_event(self, handle: WorkerHandle, event: str, data: dict[str, Any]) -> None:
         if event == "transport.closed":
             self._forget_transport(str(data.get("transport_id")))
+        router_id = data.get("router_id")
+        channel = self._channels.get(router_id) if isinstance(router_id, str) else None
+        if channel is not None and len(channel.routers) > 1:
+            # Every router of a spread channel holds every producer: relay one report per
+            # producer, under the router control knows. The speaker as the home router sees
+            # it; voice activity as the producer's own router (where it arrives) sees it.
+            if event == "speaker" and router_id != channel.home:
+                return
+            if event == "voice" and self._origin_router(data.get("producer_id")) != router_id:
+                return
+            data = {**data, "router_id": channel.home}
         data = {**data, "worker": handle.index}
         try:
             self._events_in.send_nowait((event, data))
@@ -234,6 +271,12 @@ class Node:
             raise NotFound(f"no such {key.removesuffix('_id')}")
         return entry[0]
 
+    def _origin_router(self, producer_id: object) -> str | None:
+        """The router of the transport that publishes ``producer_id`` (not a copy's)."""
+        entry = self._producers.get(producer_id) if isinstance(producer_id, str) else None
+        transport = self._transports.get(entry[1]) if entry is not None else None
+        return transport[1] if transport is not None else None
+
     def _forget_transport(self, transport_id: str) -> None:
         self._transports.pop(transport_id, None)
         for table in (self._producers, self._consumers):
@@ -248,9 +291,12 @@ class Node:
     async def _close_orphaned_copies(self) -> None:
         """Close the piped copies of producers whose transport closed (left or timed out)."""
         async for producer_id in self._orphans_out:
-            for copy in self._piped.pop(producer_id, []):
-                with contextlib.suppress(RpcError):
-                    await copy.request("producer.close", {"producer_id": producer_id})
+            await self._close_copies(producer_id)
+
+    async def _close_copies(self, producer_id: str) -> None:
+        for copy in self._piped.pop(producer_id, {}).values():
+            with contextlib.suppress(RpcError):
+                await copy.request("producer.close", {"producer_id": producer_id})
 
     def _load(self, worker: WorkerHandle) -> tuple[int, int, int]:
         """Placement order for a new router: fewest transports (participants), then fewest
@@ -264,30 +310,29 @@ class Node:
             return {"workers": [await w.request("stats", {}) for w in self.workers]}
         if method == "router.create":
             worker = min(self.workers, key=self._load)
-            result = await worker.request(method, params)
-            self._routers[str(result["router_id"])] = worker
-            worker.routers += 1
-            return result
+            home = await self._create_router(worker)
+            self._channels[home] = ChannelRouters(home, {worker.index: home})
+            return {"router_id": home}
         if method == "router.close":
             router_id = params.get("router_id")
-            owner = self._routers.get(router_id) if isinstance(router_id, str) else None
-            if owner is None:
+            channel = self._channels.get(router_id) if isinstance(router_id, str) else None
+            if channel is None or channel.home != router_id:
                 raise NotFound("no such router")
-            result = await owner.request(method, params)
-            del self._routers[str(router_id)]
-            owner.routers -= 1
-            for pair in [pair for pair in self._pipes if router_id in pair]:
-                del self._pipes[pair]
-            for transport_id in [t for t, (_, r) in self._transports.items() if r == router_id]:
-                self._forget_transport(transport_id)
-            return result
+            # The copies in the other routers go with them; the home router goes last, so
+            # a failure on the way leaves the channel closable again by the same request.
+            for other in [r for r in channel.routers.values() if r != channel.home]:
+                with contextlib.suppress(RpcError):
+                    await self._close_router(other)
+            return await self._close_router(channel.home)
         if method == "transport.create":
             router_id = params.get("router_id")
-            owner = self._routers.get(router_id) if isinstance(router_id, str) else None
-            if owner is None:
+            channel = self._channels.get(router_id) if isinstance(router_id, str) else None
+            if channel is None or channel.home != router_id:
                 raise NotFound("no such router")
-            result = await owner.request(method, params)
-            self._transports[str(result["transport_id"])] = (owner, str(router_id))
+            placed = await self._place_transport(channel, params.get("near"))
+            owner = self._routers[placed]
+            result = await owner.request(method, {"router_id": placed})
+            self._transports[str(result["transport_id"])] = (owner, placed)
             return result
         if method.startswith("transport.") or method in ("producer.create", "consumer.create"):
             worker = self._owner(self._transports, params, "transport_id")
@@ -295,10 +340,15 @@ class Node:
             transport_id = str(params["transport_id"])
             if method == "transport.close":
                 self._forget_transport(transport_id)
-            for producer in result.get("producers", []):
-                self._producers[str(producer["producer_id"])] = (worker, transport_id)
+            created = [str(producer["producer_id"]) for producer in result.get("producers", [])]
             if method == "producer.create":
-                self._producers[str(result["producer_id"])] = (worker, transport_id)
+                created.append(str(result["producer_id"]))
+            for producer_id in created:
+                self._producers[producer_id] = (worker, transport_id)
+            if created:
+                # Before the reply: once control hears of a producer, every router of the
+                # channel can be asked for consumers of it.
+                await self._spread_producers(transport_id, created)
             if method == "consumer.create":
                 self._consumers[str(result["consumer_id"])] = (worker, transport_id)
             if method == "transport.consume":
@@ -315,9 +365,7 @@ class Node:
             if method == "producer.close":
                 producer_id = str(params["producer_id"])
                 self._producers.pop(producer_id, None)
-                for copy in self._piped.pop(producer_id, []):
-                    with contextlib.suppress(RpcError):
-                        await copy.request("producer.close", {"producer_id": producer_id})
+                await self._close_copies(producer_id)
             return result
         if method.startswith("consumer."):
             worker = self._owner(self._consumers, params, "consumer_id")
@@ -327,6 +375,72 @@ class Node:
             return result
         raise BadParams(f"unknown method {method!r}")
 
+    async def _create_router(self, worker: WorkerHandle) -> str:
+        result = await worker.request("router.create", {})
+        router_id = str(result["router_id"])
+        self._routers[router_id] = worker
+        worker.routers += 1
+        return router_id
+
+    async def _close_router(self, router_id: str) -> dict[str, Any]:
+        owner = self._routers[router_id]
+        result = await owner.request("router.close", {"router_id": router_id})
+        del self._routers[router_id]
+        owner.routers -= 1
+        channel = self._channels.pop(router_id, None)
+        if channel is not None:
+            channel.routers.pop(owner.index, None)
+        for pair in [pair for pair in self._pipes if router_id in pair]:
+            del self._pipes[pair]
+        for copies in self._piped.values():
+            copies.pop(router_id, None)
+        for transport_id in [t for t, (_, r) in self._transports.items() if r == router_id]:
+            self._forget_transport(transport_id)
+        return result
+
+    async def _place_transport(self, channel: ChannelRouters, near: object) -> str:
+        """The router of ``channel`` a new transport goes in: next to the transport ``near``
+        names (a participant's other transport: its media stays on one worker) if that is
+        the channel's; the home router until the channel holds ``spread_above``
+        transports; then the router on the worker with the fewest transports (made there,
+        with every producer of the channel piped in, if the channel has none yet)."""
+        beside = self._transports.get(near) if isinstance(near, str) else None
+        if beside is not None and self._channels.get(beside[1]) is channel:
+            return beside[1]
+        held = sum(1 for _, r in self._transports.values() if self._channels.get(r) is channel)
+        if len(self.workers) == 1 or held < self.config.spread_above:
+            return channel.home
+        worker = min(
+            self.workers, key=lambda w: (self._load(w)[0], w.index not in channel.routers, w.index)
+        )
+        if worker.index in channel.routers:
+            return channel.routers[worker.index]
+        async with channel.lock:
+            if worker.index not in channel.routers:
+                router_id = await self._create_router(worker)
+                channel.routers[worker.index] = router_id
+                self._channels[router_id] = channel
+                for producer_id, (_, transport_id) in list(self._producers.items()):
+                    if self._channels.get(self._transports[transport_id][1]) is channel:
+                        with contextlib.suppress(RpcError):
+                            await self._pipe(producer_id, router_id)
+            return channel.routers[worker.index]
+
+    async def _spread_producers(self, transport_id: str, producer_ids: list[str]) -> None:
+        """Pipe new producers of a spread channel into the channel's other routers."""
+        source_router = self._transports[transport_id][1]
+        channel = self._channels.get(source_router)
+        if channel is None or len(channel.routers) == 1:
+            return
+        async with channel.lock:
+            for router_id in list(channel.routers.values()):
+                if router_id == source_router:
+                    continue
+                for producer_id in producer_ids:
+                    # Closed meanwhile (its transport left): nothing to copy.
+                    with contextlib.suppress(RpcError):
+                        await self._pipe(producer_id, router_id)
+
     async def _pipe_producer(self, params: dict[str, Any]) -> dict[str, Any]:
         """``producer.pipe {producer_id, router_id}``: make a producer consumable in a router
         on another worker of this node (so one channel can span cores). Afterwards
@@ -334,6 +448,13 @@ class Node:
         producer_id, router_id = params.get("producer_id"), params.get("router_id")
         if not isinstance(producer_id, str) or not isinstance(router_id, str):
             raise BadParams("'producer_id' and 'router_id' must be strings")
+        await self._pipe(producer_id, router_id)
+        return {"producer_id": producer_id, "router_id": router_id}
+
+    async def _pipe(self, producer_id: str, router_id: str) -> None:
+        """Copy ``producer_id`` into ``router_id`` (once: a second copy is a no-op)."""
+        if router_id in self._piped.get(producer_id, {}):
+            return
         source_entry = self._producers.get(producer_id)
         target = self._routers.get(router_id)
         if source_entry is None or target is None:
@@ -362,8 +483,7 @@ class Node:
         await target.request(
             "pipe.produce", {**description, "pipe_id": pair[1], "producer_id": producer_id}
         )
-        self._piped.setdefault(producer_id, []).append(target)
-        return {"producer_id": producer_id, "router_id": router_id}
+        self._piped.setdefault(producer_id, {})[router_id] = target
 
     async def _answer(self, ws: trio_websocket.WebSocketConnection, frame: dict[Any, Any]) -> None:
         try:

@@ -118,6 +118,12 @@ class Worker:
         self._by_ufrag: dict[str, WebRtcTransport] = {}
         self._by_address: dict[Address, WebRtcTransport] = {}
         self._addresses: dict[str, list[Address]] = {}
+        # Pipes by the other worker's address. Every pipe from one worker shares that
+        # worker's one port, so the pipes of several routers (channels) between the same two
+        # workers are told apart by SSRC: (address, SSRC) -> the pipe whose router has the
+        # copy of that stream.
+        self._pipes_at: dict[Address, list[WebRtcTransport]] = {}
+        self._pipe_in: dict[tuple[Address, int], WebRtcTransport] = {}
         self._created: dict[str, float] = {}
         self._remb_sent: dict[str, int] = {}
         self._next_rtcp = 0.0
@@ -135,13 +141,14 @@ class Worker:
         if kind is Kind.RTP:
             transport = self._by_address.get(address)
             if transport is None:
-                self.dropped += 1
+                pipe = self._pipe_for(data, address)
+                if pipe is None:
+                    self.dropped += 1
+                else:
+                    self.routers[pipe.router_id].receive_rtp(pipe, data, now)
                 return
             if transport.srtp is None:
-                if transport.pipe:
-                    self.routers[transport.router_id].receive_rtp(transport, data, now)
-                else:
-                    self.dropped += 1
+                self.dropped += 1
                 return
             try:
                 clear = transport.srtp.unprotect_untrusted(data)
@@ -152,7 +159,13 @@ class Worker:
         elif kind is Kind.RTCP:
             transport = self._by_address.get(address)
             if transport is None:
-                self.dropped += 1
+                pipes = self._pipes_at.get(address)
+                if not pipes:
+                    self.dropped += 1
+                # Only key frame requests cross pipes (at most one a second per producer):
+                # each router with a pipe from there looks for the SSRC among its producers.
+                for pipe in pipes or ():
+                    self.routers[pipe.router_id].receive_rtcp(pipe, data, now)
                 return
             self.routers[transport.router_id].receive_rtcp(transport, data, now)
         elif kind is Kind.STUN:
@@ -166,6 +179,19 @@ class Worker:
                 self.send(datagram, address)
         else:
             self.dropped += 1
+
+    def _pipe_for(self, data: bytes, address: Address) -> WebRtcTransport | None:
+        """The pipe an RTP packet from another worker of the node belongs to."""
+        pipes = self._pipes_at.get(address)
+        if not pipes:
+            return None
+        if len(data) >= 12:
+            pipe = self._pipe_in.get((address, int.from_bytes(data[8:12], "big")))
+            if pipe is not None:
+                return pipe
+        # A stream not announced when piped (a simulcast layer whose SSRC the source learnt
+        # later): unambiguous only if this is the one pipe from there.
+        return pipes[0] if len(pipes) == 1 else None
 
     def _receive_stun(self, data: bytes, address: Address, now: float) -> None:
         message = decode_binding_untrusted(data)
@@ -318,6 +344,14 @@ class Worker:
                 del self._by_address[address]
         self._created.pop(transport.id, None)
         self._remb_sent.pop(transport.id, None)
+        if transport.pipe and transport.pipe_address is not None:
+            pipes = self._pipes_at.get(transport.pipe_address, [])
+            if transport in pipes:
+                pipes.remove(transport)
+            if not pipes:
+                self._pipes_at.pop(transport.pipe_address, None)
+            for key in [k for k, pipe in self._pipe_in.items() if pipe is transport]:
+                del self._pipe_in[key]
         if reason:
             self.emit("transport.closed", {"transport_id": transport.id, "reason": reason})
 
@@ -517,8 +551,7 @@ class Worker:
             raise BadParams("not an unconnected pipe")
         address = (_str(params, "ip"), _int(params, "port"))
         transport.pipe_address = address
-        self._by_address[address] = transport
-        self._addresses[transport.id] = [address]
+        self._pipes_at.setdefault(address, []).append(transport)
         return {}
 
     def pipe_consume(self, params: dict[str, Any], now: float) -> dict[str, Any]:
@@ -547,7 +580,19 @@ class Worker:
         producer_id = _str(params, "producer_id")
         if not transport.pipe or producer_id in self.producers:
             raise BadParams("not a pipe, or that producer already exists here")
+        if transport.pipe_address is None:
+            raise BadParams("the pipe is not connected")
+        raw_ssrcs = params.get("ssrcs", {})
+        keys = (
+            [(transport.pipe_address, int(k)) for k in raw_ssrcs]
+            if isinstance(raw_ssrcs, dict)
+            else []
+        )
+        if any(key in self._pipe_in for key in keys):
+            raise BadParams("an SSRC of that producer is already piped from that worker")
         producer = self._producer_from_params(transport, params, producer_id)
+        for key in keys:
+            self._pipe_in[key] = transport
         return {"producer_id": producer.id}
 
     def transport_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
@@ -650,6 +695,11 @@ class Worker:
     def producer_close(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``producer.close``: also closes its consumers."""
         producer = self._producer(params)
+        pipe = self.transports[producer.transport_id]
+        if pipe.pipe and pipe.pipe_address is not None:
+            for ssrc in producer.streams:
+                if self._pipe_in.get((pipe.pipe_address, ssrc)) is pipe:
+                    del self._pipe_in[(pipe.pipe_address, ssrc)]
         for consumer_id in self.routers[
             self.transports[producer.transport_id].router_id
         ].close_producer(producer.id):

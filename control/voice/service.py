@@ -140,6 +140,13 @@ def _snapshot(conn: Connection, guild_id: str) -> GuildSnapshot | None:
         return None
 
 
+def _transport_params(router_id: str, near: str | None) -> dict[str, Any]:
+    """``transport.create``'s params: a session's second transport goes ``near`` its
+    first, so that a node which spreads a channel over its workers keeps one participant's
+    media on one worker (docs/sfu.md, "One channel across cores")."""
+    return {"router_id": router_id} if near is None else {"router_id": router_id, "near": near}
+
+
 class VoiceService:
     """Voice channels of this control process (see module docstring)."""
 
@@ -458,7 +465,9 @@ class VoiceService:
         router_id = channel.router_id
         link = self._link(channel)
         if session.recv_transport is None:
-            created = await link.request("transport.create", {"router_id": router_id})
+            created = await link.request(
+                "transport.create", _transport_params(router_id, session.send_transport)
+            )
             if not self._current(session, router_id):
                 return
             self.registry.set_transport(session, str(created["transport_id"]), send=False)
@@ -569,7 +578,9 @@ class VoiceService:
             heard = self._heard(channel, session.producers)
             changed = False
             if session.send_transport is None:
-                created = await link.request("transport.create", {"router_id": router_id})
+                created = await link.request(
+                    "transport.create", _transport_params(router_id, session.recv_transport)
+                )
                 if not self._current(session, router_id):
                     return
                 self.registry.set_transport(session, str(created["transport_id"]), send=True)

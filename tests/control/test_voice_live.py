@@ -81,7 +81,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
 
 
 @contextlib.asynccontextmanager
-async def _world(tmp_path: Path, *control_args: str) -> AsyncIterator[World]:
+async def _world(tmp_path: Path, *control_args: str, workers: int = 1) -> AsyncIterator[World]:
     data_dir, log_path = tmp_path / "data", tmp_path / "control.log"
     node_secret, turn_secret = tmp_path / "node-secret", tmp_path / "turn-secret"
     node_secret.write_text("voice-test-node-secret\n")
@@ -121,7 +121,7 @@ async def _world(tmp_path: Path, *control_args: str) -> AsyncIterator[World]:
                 "",
             )
             world.voice_id = await world.channel("lounge")
-            await start_sfu_node(nursery, live.base, node_secret, "node-a")
+            await start_sfu_node(nursery, live.base, node_secret, "node-a", workers=workers)
             await _until(lambda: world.health()["sfu_nodes"] == 1)
             yield world
             nursery.cancel_scope.cancel()
@@ -319,6 +319,17 @@ async def test_without_speak_a_member_is_suppressed_until_speak_is_granted(
         await until_received(subscriber, 20)
 
 
+async def _server_mute(world: World, moderator: dict[str, Any], member: dict[str, Any]) -> int:
+    """``moderator`` server-mutes ``member``; returns the HTTP status."""
+    status, _ = await world.live.call(
+        "PATCH",
+        f"{API}/guilds/{world.guild_id}/members/{member['id']}/voice",
+        moderator["token"],
+        {"mute": True},
+    )
+    return status
+
+
 async def test_server_mute_stops_forwarding_and_losing_connect_disconnects(
     world: World,
 ) -> None:
@@ -333,19 +344,9 @@ async def test_server_mute_stops_forwarding_and_losing_connect_disconnects(
     await until_received(subscriber, 20)
 
     # bob cannot moderate the owner; ann can server-mute bob.
-    status, _ = await world.live.call(
-        "PATCH",
-        f"{API}/guilds/{world.guild_id}/members/{world.ann['id']}/voice",
-        world.bob["token"],
-        {"mute": True},
-    )
+    status = await _server_mute(world, world.bob, world.ann)
     assert status == 403
-    status, _ = await world.live.call(
-        "PATCH",
-        f"{API}/guilds/{world.guild_id}/members/{world.bob['id']}/voice",
-        world.ann["token"],
-        {"mute": True},
-    )
+    status = await _server_mute(world, world.ann, world.bob)
     assert status == 204
     # "Within a second" counts from the change taking effect (the 2xx) to the live session.
     started = trio.current_time()
@@ -406,9 +407,14 @@ async def test_killing_the_node_replaces_the_channel_on_another_node(world: Worl
 
 
 async def _kill_node(world: World, node_id: str) -> None:
-    """SIGKILL the ``python -m sfu --node-id NODE_ID`` process (and so its link)."""
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
+    """SIGKILL the ``python -m sfu --node-id NODE_ID`` process (and so its link) that this
+    test started: only among this process's descendants, since other test runs on the
+    machine start nodes under the same ids."""
+    for process in psutil.Process().children(recursive=True):
+        try:
+            cmdline = process.cmdline()
+        except psutil.Error:
+            continue
         if "sfu" in cmdline and node_id in cmdline:
             for child in process.children(recursive=True):
                 child.kill()
@@ -508,6 +514,23 @@ async def test_concurrent_publishes_do_not_queue_behind_each_others_renegotiatio
             assert not [d for t, d in gateway.dispatches if t == "VOICE_ERROR"]
 
 
+async def _four_join(
+    world: World,
+) -> tuple[list[dict[str, Any]], list[Gateway], list[dict[str, Any]]]:
+    """carl and dora join the guild; ann, bob, carl and dora join the voice channel:
+    (users, their gateways, their VOICE_SERVER_UPDATEs)."""
+    carl, dora = await register(world.live, "carl"), await register(world.live, "dora")
+    _, invite = await world.live.call(
+        "POST", f"{API}/channels/{world.voice_id}/invites", world.ann["token"], {}
+    )
+    for user in (carl, dora):
+        await world.live.call("POST", f"{API}/invites/{invite['code']}", user["token"], {})
+    users = [world.ann, world.bob, carl, dora]
+    gateways = [await world.gateway(user) for user in users]
+    servers = [await join(world, gateway, world.voice_id) for gateway in gateways]
+    return users, gateways, servers
+
+
 async def test_a_large_channel_consumes_only_members_who_speak(tmp_path: Path) -> None:
     """Above ``--voice-large-channel`` participants a subscriber consumes only the audio of
     members who have spoken lately: a silent member costs the others no m-section and no
@@ -516,15 +539,8 @@ async def test_a_large_channel_consumes_only_members_who_speak(tmp_path: Path) -
     async with _world(
         tmp_path, "--voice-large-channel", "2", "--voice-silent-drop-s", "1"
     ) as world:
-        carl, dora = await register(world.live, "carl"), await register(world.live, "dora")
-        _, invite = await world.live.call(
-            "POST", f"{API}/channels/{world.voice_id}/invites", world.ann["token"], {}
-        )
-        for user in (carl, dora):
-            await world.live.call("POST", f"{API}/invites/{invite['code']}", user["token"], {})
-        users = [world.ann, world.bob, carl, dora]
-        gateways = [await world.gateway(user) for user in users]
-        servers = [await join(world, gateway, world.voice_id) for gateway in gateways]
+        users, gateways, servers = await _four_join(world)
+        _, _, carl, dora = users
         ann_gw, bob_gw, _, _ = gateways
         mark = bob_gw.mark()
         publishers = [
@@ -589,3 +605,91 @@ async def test_a_large_channel_consumes_only_members_who_speak(tmp_path: Path) -
         }
         assert not [d for g in gateways for t, d in g.dispatches if t == "VOICE_ERROR"]
         await ann_gw.send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": None})
+
+
+def _ssrcs_by_device(offer: dict[str, Any]) -> dict[str, int]:
+    """device id -> the SSRC its consumer has in this subscribe offer."""
+    media = {m.mid: m for m in SessionDescription.parse_untrusted(offer["sdp_offer"]).media}
+    return {c["device_id"]: next(iter(media[c["mid"]].ssrcs)) for c in offer["consumers"]}
+
+
+def _heard(peer: VoicePeer, ssrc: int) -> int:
+    return sum(1 for packet in peer.rtp() if packet.ssrc == ssrc)
+
+
+async def test_a_channel_spread_over_two_workers_hears_everyone_mutes_and_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node of two workers that spreads every channel (``--spread-above 0``): members
+    land on both workers, each member's two transports on one; everyone hears everyone
+    (the other worker's publishers through piped copies); a server mute silences a
+    publisher for the listeners on the other worker too; a leave renegotiates the rest,
+    who keep hearing each other (docs/sfu.md, "One channel across cores")."""
+    monkeypatch.setenv("HUSHROOM_SFU_SPREAD_ABOVE", "0")
+    async with _world(tmp_path, workers=2) as world:
+        users, gateways, servers = await _four_join(world)
+        _, _, carl, dora = users
+        marks = [gateway.mark() for gateway in gateways]
+        publishers = [
+            await publish(gateway, server, ssrc=300 + i)
+            for i, (gateway, server) in enumerate(zip(gateways, servers, strict=True))
+        ]
+        workers = [p.peer.remote_address for p in publishers if p.peer is not None]
+        assert len(set(workers)) == 2, workers  # both workers' ports
+        subscribers, ssrcs = [], []
+        for index, gateway in enumerate(gateways):
+            offer = await gateway.wait(
+                "VOICE_SUBSCRIBE_OFFER", lambda d: len(d["consumers"]) == 3, after=marks[index]
+            )
+            subscriber = await subscribe(world, gateway, servers[index], offer)
+            assert subscriber.peer is not None
+            assert subscriber.peer.remote_address == workers[index]  # next to its publisher
+            subscribers.append(subscriber)
+            ssrcs.append(_ssrcs_by_device(offer))
+
+        async def everyone_talks(count: int, start: int, who: range = range(4)) -> None:
+            async with trio.open_nursery() as nursery:
+                for i in who:
+                    nursery.start_soon(stream, publishers[i], 300 + i, count, start)
+
+        await everyone_talks(40, 0)
+        with trio.fail_after(10):
+            for index, subscriber in enumerate(subscribers):
+                for user in users:
+                    if user is users[index]:
+                        continue
+                    while _heard(subscriber, ssrcs[index][user["device"]]) < 30:
+                        await subscriber.wait_received(subscriber.received() + 1)
+
+        # ann (on one worker) server-mutes bob (on the other): ann's listener, which
+        # hears bob through the copy on her worker, hears him no more; carl still.
+        assert workers[0] != workers[1]
+        status = await _server_mute(world, world.ann, world.bob)
+        assert status == 204
+        await gateways[1].wait(
+            "VOICE_STATE_UPDATE", lambda d: d["user_id"] == world.bob["id"] and d["mute"]
+        )
+        await trio.sleep(0.2)
+        bob_before = _heard(subscribers[0], ssrcs[0][world.bob["device"]])
+        carl_before = _heard(subscribers[0], ssrcs[0][carl["device"]])
+        await everyone_talks(40, 40)
+        await trio.sleep(0.3)
+        assert _heard(subscribers[0], ssrcs[0][world.bob["device"]]) == bob_before
+        assert _heard(subscribers[0], ssrcs[0][carl["device"]]) >= carl_before + 30
+
+        # dora leaves: the others are renegotiated without her and still hear each other.
+        leave_marks = [gateway.mark() for gateway in gateways]
+        await gateways[3].send(Op.VOICE_STATE, {"guild_id": world.guild_id, "channel_id": None})
+        for index in range(3):
+            offer = await gateways[index].wait(
+                "VOICE_SUBSCRIBE_OFFER",
+                lambda d: dora["device"] not in {c["device_id"] for c in d["consumers"]},
+                after=leave_marks[index],
+            )
+            assert len(offer["consumers"]) == 2
+        carl_before = _heard(subscribers[1], ssrcs[1][carl["device"]])
+        await everyone_talks(40, 80, range(3))
+        with trio.fail_after(5):
+            while _heard(subscribers[1], ssrcs[1][carl["device"]]) < carl_before + 30:
+                await subscribers[1].wait_received(subscribers[1].received() + 1)
+        assert not [d for g in gateways for t, d in g.dispatches if t == "VOICE_ERROR"]

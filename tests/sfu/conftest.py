@@ -169,6 +169,17 @@ async def sfu_node_two_workers(
 
 
 @pytest.fixture
+async def sfu_node_spread(
+    control: ControlStub, nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[list[str]]:
+    """As :func:`sfu_node_two_workers`, spreading every channel over both workers from
+    its first transport (``--spread-above 0``)."""
+    process, lines = await _run_node(control, nursery, tmp_path, 2, "--spread-above", "0")
+    yield lines
+    await _stop_node(process)
+
+
+@pytest.fixture
 async def sfu_node_short_consent(
     control: ControlStub, nursery: trio.Nursery, tmp_path: Path
 ) -> AsyncIterator[list[str]]:

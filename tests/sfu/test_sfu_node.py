@@ -47,8 +47,7 @@ class UdpPeer:
         return [RtpPacket.parse_untrusted(p) for p in self.peer.rtp]
 
 
-async def _join(control: Any, router_id: str) -> UdpPeer:
-    created = await control.call("transport.create", router_id=router_id)
+async def _connected(control: Any, created: dict[str, Any]) -> UdpPeer:
     peer = UdpPeer(created)
     await control.call(
         "transport.connect",
@@ -57,6 +56,10 @@ async def _join(control: Any, router_id: str) -> UdpPeer:
     )
     await peer.connect()
     return peer
+
+
+async def _join(control: Any, router_id: str) -> UdpPeer:
+    return await _connected(control, await control.call("transport.create", router_id=router_id))
 
 
 async def test_node_forwards_audio_and_reports_through_rpc(
@@ -166,6 +169,100 @@ async def test_producer_piped_to_a_router_on_another_worker(
             if [w["producers"] for w in workers] == [0, 0]:
                 break
             await trio.sleep(0.05)  # closing the copy is asynchronous; poll the RPC
+
+
+async def _stats_until(control: Any, key: str, wanted: list[int]) -> None:
+    """Poll the node's ``stats`` until ``key`` per worker is ``wanted`` (closing copies
+    is asynchronous)."""
+    with trio.fail_after(5):
+        while True:
+            if [w[key] for w in (await control.call("stats"))["workers"]] == wanted:
+                return
+            await trio.sleep(0.05)
+
+
+async def test_a_channel_spreads_over_the_workers_with_every_producer_piped_everywhere(
+    control: Any, sfu_node_spread: list[str]
+) -> None:
+    """One channel (one ``router.create``) across two workers: transports go to the
+    least-loaded worker (a transport created ``near`` another joins it), every producer is
+    copied into the other worker's router, a consumer on either worker takes any producer,
+    a mute silences the copies too, events name the channel's router once per producer,
+    and a leave or the router's close leaves nothing behind on either worker."""
+    home = (await control.call("router.create"))["router_id"]
+    ann = await _join(control, home)
+    bob = await _join(control, home)
+    assert ann.peer.remote_address != bob.peer.remote_address  # one per worker
+    ann_listens = await _connected(
+        control,
+        await control.call("transport.create", router_id=home, near=ann.created["transport_id"]),
+    )
+    bob_listens = await _connected(
+        control,
+        await control.call("transport.create", router_id=home, near=bob.created["transport_id"]),
+    )
+    assert ann_listens.peer.remote_address == ann.peer.remote_address
+    assert bob_listens.peer.remote_address == bob.peer.remote_address
+    producers = {}
+    for name, peer, ssrc in (("ann", ann, 5151), ("bob", bob, 6161)):
+        created = await control.call(
+            "producer.create",
+            transport_id=peer.created["transport_id"],
+            kind="audio",
+            payload_type=111,
+            ssrcs={str(ssrc): 0},
+            extensions={"1": AUDIO_LEVEL},
+        )
+        producers[name] = created["producer_id"]
+    await _stats_until(control, "producers", [2, 2])  # its own and the other's copy
+    # Each listener consumes the other worker's publisher: through the copy.
+    from_bob = await control.call(
+        "consumer.create",
+        transport_id=ann_listens.created["transport_id"],
+        producer_id=producers["bob"],
+    )
+    from_ann = await control.call(
+        "consumer.create",
+        transport_id=bob_listens.created["transport_id"],
+        producer_id=producers["ann"],
+    )
+
+    async def speak(start: int, count: int) -> None:
+        for seq in range(start, start + count):
+            for peer, ssrc in ((ann, 5151), (bob, 6161)):
+                packet = RtpPacket(
+                    111, seq, 960 * seq, ssrc, extensions={1: b"\x94"}, payload=b"y" * 60
+                )
+                await peer.send(packet.serialize())
+            await trio.sleep(0.005)
+
+    await speak(0, 40)
+    heard_bob = await ann_listens.receive_rtp(35, within=10.0)
+    heard_ann = await bob_listens.receive_rtp(35, within=10.0)
+    assert {p.ssrc for p in heard_bob} == {from_bob["ssrc"]}
+    assert {p.ssrc for p in heard_ann} == {from_ann["ssrc"]}
+    # Voice activity and the speaker: once per producer, naming the router control knows.
+    await control.wait_event("voice")
+    reports = [d for e, d in control.events if e in ("voice", "speaker")]
+    assert {d["router_id"] for d in reports} == {home}
+    onsets = [d["producer_id"] for d in reports if d.get("active") is True]
+    assert sorted(onsets) == sorted(producers.values())
+
+    # Server mute of bob's original: the copy ann listens to falls silent as well.
+    await control.call("producer.mute", producer_id=producers["bob"], muted=True)
+    before = len(await ann_listens.receive_rtp(1 << 20, within=0.3))  # all sent before
+    await speak(40, 40)
+    assert len(await bob_listens.receive_rtp(len(heard_ann) + 35, within=10.0)) > len(heard_ann)
+    await ann_listens.receive_rtp(before + 1, within=0.5)
+    assert len(ann_listens.peer.rtp) == before
+
+    # bob leaves: his producer's copy on ann's worker goes with his transport.
+    for peer in (bob, bob_listens):
+        await control.call("transport.close", transport_id=peer.created["transport_id"])
+    await _stats_until(control, "producers", [1, 1])  # ann's, and its copy
+    await control.call("router.close", router_id=home)
+    await _stats_until(control, "routers", [0, 0])
+    await _stats_until(control, "producers", [0, 0])
 
 
 async def test_200_join_leave_cycles_leave_nothing_behind(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfu.bwe import MAX_INCOMING_BITRATE
-from sfu.errors import NotFound
+from sfu.errors import BadParams, NotFound
 from sfu.rtcp import (
     GenericNack,
     PictureLossIndication,
@@ -765,6 +765,70 @@ def test_unconnected_transports_time_out_but_pipes_do_not() -> None:
         h.events
     )
     assert set(h.worker.transports) == {pipe}
+
+
+def test_pipes_of_several_routers_between_two_workers_are_told_apart_by_ssrc() -> None:
+    """Two channels spread over the same two workers: both pipes from worker A arrive at
+    worker B from A's one port, so B routes each copied packet to the pipe whose router
+    holds that SSRC's copy (one pipe per address would hand one channel's media to the
+    other's pipe, where it is unknown and dropped, or worse). Key frame requests (RTCP)
+    from B reach every router with a pipe from B; closing a copy forgets its SSRC."""
+    a_out: list[tuple[bytes, tuple[str, int]]] = []
+    b_out: list[tuple[bytes, tuple[str, int]]] = []
+    a_address, b_address = ("127.0.0.1", 40000), ("127.0.0.1", 40001)
+    a = Worker("127.0.0.1", a_address[1], lambda d, to: a_out.append((d, to)), lambda e, d: None)
+    b = Worker("127.0.0.1", b_address[1], lambda d, to: b_out.append((d, to)), lambda e, d: None)
+    copies = []
+    for ssrc in (5151, 6161):
+        here = a.handle_request("router.create", {}, 0.0)["router_id"]
+        there = b.handle_request("router.create", {}, 0.0)["router_id"]
+        publisher = a.handle_request("transport.create", {"router_id": here}, 0.0)
+        producer_id = a.handle_request(
+            "producer.create",
+            {
+                "transport_id": publisher["transport_id"],
+                "kind": "audio",
+                "payload_type": 111,
+                "ssrcs": {str(ssrc): 0},
+                "extensions": {"1": AUDIO_LEVEL},
+            },
+            0.0,
+        )["producer_id"]
+        source = a.handle_request("pipe.create", {"router_id": here}, 0.0)
+        target = b.handle_request("pipe.create", {"router_id": there}, 0.0)
+        a.handle_request("pipe.connect", {**target, "pipe_id": source["pipe_id"]}, 0.0)
+        b.handle_request("pipe.connect", {**source, "pipe_id": target["pipe_id"]}, 0.0)
+        described = a.handle_request(
+            "pipe.consume", {"pipe_id": source["pipe_id"], "producer_id": producer_id}, 0.0
+        )
+        b.handle_request(
+            "pipe.produce",
+            {**described, "pipe_id": target["pipe_id"], "producer_id": producer_id},
+            0.0,
+        )
+        packet = RtpPacket(111, 1, 960, ssrc, extensions={1: b"\x94"}, payload=b"y" * 40)
+        a.routers[here].receive_rtp(
+            a.transports[publisher["transport_id"]], packet.serialize(), 0.0
+        )
+        copies.append((b.routers[there], producer_id))
+    assert [to for _, to in a_out] == [b_address, b_address]
+    for data, _ in a_out:
+        b.datagram_received(data, a_address, 0.0)
+    assert [router.packets_in for router, _ in copies] == [1, 1]
+    assert b.dropped == 0
+    # A third stream under a piped SSRC from the same worker is refused, not misrouted.
+    with pytest.raises(BadParams):
+        b.handle_request(
+            "pipe.produce",
+            {**described, "pipe_id": target["pipe_id"], "producer_id": "another"},
+            0.0,
+        )
+    # Closing a copy forgets its SSRC: its packets are dropped, the other's still arrive.
+    b.handle_request("producer.close", {"producer_id": copies[0][1]}, 0.0)
+    for data, _ in a_out:
+        b.datagram_received(data, a_address, 0.0)
+    assert [router.packets_in for router, _ in copies] == [1, 2]
+    assert b.dropped == 1
 
 
 def test_new_producers_appear_by_renegotiation_with_stable_mids(room) -> None:
