@@ -23,7 +23,7 @@ from sfu.ice import IceLiteResponder, new_credentials
 from sfu.producer import Producer
 from sfu.rtcp import TransportCc
 from sfu.rtp import MID, REPAIRED_RID, RID, find_extension_untrusted
-from sfu.sdp import ConsumerOffer, SessionDescription
+from sfu.sdp import ConsumerOffer, ConsumerOfferWriter, SessionDescription, ValidatedSections
 from sfu.srtp import SrtpContext
 
 __all__ = ["TransportCcRecorder", "WebRtcTransport"]
@@ -113,6 +113,9 @@ class WebRtcTransport:
     # would see an m-section it still uses change its mid.
     recyclable_mids: set[str] = field(default_factory=set)
     mids_issued: int = 0
+    # Renegotiation renders and parses only the m-sections that changed (sfu.sdp).
+    offer_writer: ConsumerOfferWriter = field(default_factory=ConsumerOfferWriter)
+    answer_sections: ValidatedSections = field(default_factory=ValidatedSections)
     extension_ids: dict[str, int] = field(default_factory=dict)
     twcc: TransportCcRecorder = field(default_factory=TransportCcRecorder)
     # The publisher's available bandwidth for REMB; only when it sends abs-send-time.

@@ -47,7 +47,6 @@ from sfu.sdp import (
     IceDtlsParameters,
     SessionDescription,
     answer_offer,
-    build_consumer_offer,
     remote_fingerprints,
 )
 from sfu.transport import Address, WebRtcTransport
@@ -510,12 +509,12 @@ class Worker:
 
     def _offer(self, transport: WebRtcTransport) -> str:
         transport.offer_version += 1
-        return build_consumer_offer(
+        return transport.offer_writer.write(
             self._local(transport),
             transport.consumer_offers,
             session_id=int(transport.id, 16) >> 2,
             version=transport.offer_version,
-        ).serialize()
+        )
 
     def transport_answer(self, params: dict[str, Any], now: float) -> dict[str, Any]:
         """``transport.answer``: a subscriber's answer to :meth:`transport_offer`."""
@@ -524,7 +523,7 @@ class Worker:
         if not isinstance(text, str):
             raise BadParams("'sdp_answer' must be a string")
         try:
-            answer = SessionDescription.parse_untrusted(text)
+            answer = SessionDescription.parse_untrusted(text, transport.answer_sections)
         except SfuError as exc:
             raise BadParams(str(exc)) from None
         fingerprints = remote_fingerprints(answer)

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpCodecCapability, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.errors import MalformedSdp, UnsupportedOffer
+from sfu.errors import BadParams, MalformedSdp, UnsupportedOffer
 from sfu.rtp import AUDIO_LEVEL, MID, RID, TRANSPORT_CC
 from sfu.sdp import (
     MAX_MEDIA_SECTIONS,
     ConsumerOffer,
+    ConsumerOfferWriter,
     IceDtlsParameters,
     SessionDescription,
+    ValidatedSections,
     answer_offer,
     build_consumer_offer,
     remote_fingerprints,
 )
+from sfu.worker import Worker
 
 LOCAL = IceDtlsParameters(
     ice_ufrag="sfuU",
@@ -240,3 +245,222 @@ def test_large_rooms_fit_and_the_m_section_count_is_still_bounded() -> None:
     assert len(SessionDescription.parse_untrusted(big).media) == MAX_MEDIA_SECTIONS
     with pytest.raises(MalformedSdp, match="too many m-sections"):
         SessionDescription.parse_untrusted(big + section.format(MAX_MEDIA_SECTIONS))
+
+
+# Renegotiation's shortcuts give what the full paths give: the offer written from kept
+# m-section texts equals a fresh render after every kind of change, and an answer parsed
+# with the previous answer's chunks equals (or fails as) a parse from scratch.
+
+
+def _offer(mid: int, kind: str = "audio") -> ConsumerOffer:
+    video = kind == "video"
+    return ConsumerOffer(
+        mid=str(mid),
+        kind=kind,
+        payload_type=101 if video else 100,
+        ssrc=1000 + mid,
+        cname=f"pub{mid}",
+        stream_id=f"pub{mid}",
+        track_id=f"track{mid}",
+        rtx_payload_type=102 if video else None,
+        rtx_ssrc=2000 + mid if video else None,
+    )
+
+
+def test_written_offers_equal_fresh_renders_after_every_kind_of_change() -> None:
+    writer = ConsumerOfferWriter()
+    slots = [_offer(0), _offer(1, "video"), _offer(2)]
+    version = 0
+
+    def check(local: IceDtlsParameters = LOCAL) -> None:
+        nonlocal version
+        version += 1
+        fresh = build_consumer_offer(local, slots, 77, version).serialize()
+        assert writer.write(local, slots, 77, version) == fresh
+
+    check()
+    check()  # version bump alone
+    slots.append(_offer(3, "video"))  # new consumer
+    check()
+    slots[1] = dataclasses.replace(slots[1], active=False)  # closed: inactive m-section
+    check()
+    slots[1] = _offer(4, "video")  # recycled slot under a new mid
+    check()
+    slots[0] = dataclasses.replace(slots[0], active=False)
+    slots[2] = dataclasses.replace(slots[2], active=False)
+    check()
+    # New transport credentials (or worker port) change every m-section.
+    check(dataclasses.replace(LOCAL, ice_ufrag="next", port=40001))
+    check()
+    with pytest.raises(ValueError, match="at least one m-section"):
+        writer.write(LOCAL, [], 77, version)
+
+
+def _worker_with_producers(count: int) -> tuple[Worker, str, list[str]]:
+    worker = Worker("127.0.0.1", 40000, lambda d, a: None, lambda e, d: None)
+    router_id = worker.handle_request("router.create", {}, 0.0)["router_id"]
+    producers = []
+    for index in range(count):
+        publisher = worker.handle_request("transport.create", {"router_id": router_id}, 0.0)
+        producers.append(
+            worker.handle_request(
+                "producer.create",
+                {
+                    "transport_id": publisher["transport_id"],
+                    "kind": "audio" if index % 2 else "video",
+                    "payload_type": 111 if index % 2 else 96,
+                    "ssrcs": {1000 + index: 0},
+                    "extensions": {1: AUDIO_LEVEL, 3: MID},
+                },
+                0.0,
+            )["producer_id"]
+        )
+    return worker, router_id, producers
+
+
+def _answer_for(offer: str) -> str:
+    """What a subscriber answers: each active m-section received, inactive ones rejected."""
+    parsed = SessionDescription.parse_untrusted(offer)
+    for media in parsed.media:
+        media.setup = "active"
+        media.fingerprints = [("sha-256", ":".join(["CD"] * 32))]
+        media.ice_ufrag, media.ice_pwd = "peer", "peerpasswordpeerpassword"
+        media.direction = "recvonly" if media.port else "inactive"
+        media.msid, media.ssrcs, media.ssrc_groups = None, {}, []
+    return parsed.serialize()
+
+
+def test_worker_offers_equal_fresh_renders_through_consume_close_pause_and_recycle() -> None:
+    worker, _, producers = _worker_with_producers(8)
+    sub = worker.handle_request("transport.create", {"router_id": _}, 0.0)["transport_id"]
+    transport = worker.transports[sub]
+
+    def call(method: str, **params: Any) -> dict[str, Any]:
+        return worker.handle_request(method, {"transport_id": sub, **params}, 0.0)
+
+    def check(offer: str) -> None:
+        fresh = build_consumer_offer(
+            worker._local(transport),
+            transport.consumer_offers,
+            int(transport.id, 16) >> 2,
+            transport.offer_version,
+        ).serialize()
+        assert offer == fresh
+
+    created = call("transport.consume", consume=[{"producer_id": p} for p in producers[:4]])
+    check(created["sdp_offer"])
+    call("transport.answer", sdp_answer=_answer_for(created["sdp_offer"]))
+    worker.handle_request(
+        "consumer.pause", {"consumer_id": created["consumers"][0]["consumer_id"]}, 0.0
+    )
+    check(call("transport.offer")["sdp_offer"])  # paused: same m-sections, new version
+    closed = call("transport.consume", close=[created["consumers"][1]["consumer_id"]])
+    check(closed["sdp_offer"])
+    call("transport.answer", sdp_answer=_answer_for(closed["sdp_offer"]))
+    # Producer 5 is audio like the closed one: it recycles that slot under a new mid.
+    recycled = call("transport.consume", consume=[{"producer_id": producers[5]}])
+    check(recycled["sdp_offer"])
+    assert len(SessionDescription.parse_untrusted(recycled["sdp_offer"]).media) == 4
+    grown = call("transport.consume", consume=[{"producer_id": p} for p in producers[6:]])
+    check(grown["sdp_offer"])
+
+
+def test_a_renegotiation_answer_parses_only_what_changed_and_is_still_checked() -> None:
+    worker, router_id, producers = _worker_with_producers(6)
+    sub = worker.handle_request("transport.create", {"router_id": router_id}, 0.0)["transport_id"]
+    transport = worker.transports[sub]
+    first = worker.handle_request(
+        "transport.consume",
+        {"transport_id": sub, "consume": [{"producer_id": p} for p in producers[:5]]},
+        0.0,
+    )
+    answer = _answer_for(first["sdp_offer"])
+    worker.handle_request("transport.answer", {"transport_id": sub, "sdp_answer": answer}, 0.0)
+    kept = transport.answer_sections._chunks
+    assert len(kept) == 5
+    again = worker.handle_request(
+        "transport.consume",
+        {"transport_id": sub, "consume": [{"producer_id": producers[5]}]},
+        0.0,
+    )
+    answer2 = _answer_for(again["sdp_offer"])
+    worker.handle_request("transport.answer", {"transport_id": sub, "sdp_answer": answer2}, 0.0)
+    # Earlier m-sections were reused, not parsed again: the very same objects.
+    reused = transport.answer_sections._chunks
+    assert sum(1 for chunk, media in reused.items() if kept.get(chunk) is media) == 5
+    # A bad line inside a section that was fine before is still caught.
+    broken = answer2.replace("a=recvonly", "a=rtpmap:x opus/48000", 1)
+    with pytest.raises(BadParams, match="payload type"):
+        worker.handle_request("transport.answer", {"transport_id": sub, "sdp_answer": broken}, 0.0)
+
+
+def _outcome(text: str, validated: ValidatedSections | None) -> object:
+    try:
+        return SessionDescription.parse_untrusted(text, validated)
+    except MalformedSdp as exc:
+        return ("error", str(exc))
+
+
+BASE = _answer_for(
+    build_consumer_offer(
+        LOCAL, [_offer(i, "video" if i % 3 else "audio") for i in range(6)], 5, 1
+    ).serialize()
+)
+BASE_LINES = BASE.splitlines()
+# Lines a hostile or odd peer might put anywhere: session lines inside sections, m-lines
+# behind blanks or other whitespace, bad values, stray breaks of str.splitlines.
+ODD_LINES = [
+    "v=0",
+    "v=1",
+    "o=- 9 9 IN IP4 0.0.0.0",
+    "o=bad",
+    " m=audio 9 UDP/TLS/RTP/SAVPF 100",
+    "\tm=video 9 UDP/TLS/RTP/SAVPF 101",
+    "\xa0m=audio 9 UDP/TLS/RTP/SAVPF 100",
+    "m=audio 70000 UDP/TLS/RTP/SAVPF 100",
+    "m=audio",
+    "a=rtpmap:999 opus/48000",
+    "a=mid:x\x85m=audio 9 RTP 1",
+    "a=mid:y\u2028 m=video 0 RTP 1",
+    "x",
+    "",
+    "a=inactive\rm=audio 9 UDP 100",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(BASE_LINES)),
+            st.sampled_from(ODD_LINES + BASE_LINES),
+            st.booleans(),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from(["\r\n", "\n", "\r"]),
+)
+def test_parsing_with_validated_sections_equals_parsing_from_scratch(
+    edits: list[tuple[int, str, bool]], newline: str
+) -> None:
+    lines = list(BASE_LINES)
+    for index, line, replace in edits:
+        if replace and index < len(lines):
+            lines[index] = line
+        else:
+            lines.insert(index, line)
+    text = newline.join(lines) + newline
+    validated = ValidatedSections()
+    SessionDescription.parse_untrusted(BASE, validated)  # the previous answer
+    assert _outcome(text, validated) == _outcome(text, None)
+    # And once more, now with this text's own chunks kept (if it parsed).
+    assert _outcome(text, validated) == _outcome(text, None)
+
+
+def test_the_m_section_count_is_bounded_for_reused_sections_too() -> None:
+    section = "m=audio 0 UDP/TLS/RTP/SAVPF 100\r\na=mid:{}\r\n"
+    big = "v=0\r\n" + "".join(section.format(i) for i in range(MAX_MEDIA_SECTIONS))
+    validated = ValidatedSections()
+    assert len(SessionDescription.parse_untrusted(big, validated).media) == MAX_MEDIA_SECTIONS
+    with pytest.raises(MalformedSdp, match="too many m-sections"):
+        SessionDescription.parse_untrusted(big + section.format(0), validated)
