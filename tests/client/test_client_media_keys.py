@@ -6,17 +6,27 @@ through the relay). Frames sealed by one participant must open at another exactl
 the key schedule says so: on join the current key goes out, a joiner gets only the
 ratcheted key (and cannot open what came before), a leaver cannot open what comes after,
 and a device that claims another participant's sender index is refused.
+
+The relay takes at most :data:`contract.relay.MAX_ENVELOPE_RECIPIENTS` users per post, so a
+call of more participants needs several posts per key change; a key that did not get
+through (here: the recipient's queue is full, 409 ``queue_full``) must go out again on the
+next update instead of counting as sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_live import ControlProcess
+import trio
+from client_live import ControlProcess, generous_control
 
 from client import Client
+from client.errors import ApiError
 from client.voice.signalling import VoiceState
+from contract.errors import ErrorCode
+from contract.relay import MAX_ENVELOPE_RECIPIENTS
 from e2ee.errors import E2EEError
 from e2ee.media import Codec
 
@@ -141,6 +151,105 @@ async def test_media_restarting_in_the_same_voice_session_keeps_the_keys(
 
         # A new voice session is a new start: fresh keys.
         assert alice.media_keys.begin(CHANNEL, 1, "session-c") is not kept
+    finally:
+        for client in (alice, bob):
+            await client.aclose()
+
+
+async def test_a_key_change_reaches_more_users_than_one_post_takes(
+    crowd: ControlProcess, tmp_path: Path
+) -> None:
+    # One more participant than a post may name besides the sender: two posts at least.
+    count = MAX_ENVELOPE_RECIPIENTS + 1
+    url = crowd.url
+    clients: list[Client] = []
+    try:
+
+        async def register(i: int) -> None:
+            clients.append(await Client.register(tmp_path / f"u{i}", PASS, url, f"user{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count + 1):
+                nursery.start_soon(register, i)
+        alice, others = clients[0], clients[1:]
+        for index, client in enumerate(others, start=2):
+            client.media_keys.begin(CHANNEL, index)
+        alice.media_keys.begin(CHANNEL, 1)
+        everyone = {(c.user_id, c.device_id): state(c, i) for i, c in enumerate(others, start=2)}
+        await alice.media_keys.update(everyone)
+        assert sorted(alice.media_keys.sent) == sorted(everyone)
+        # Participants in the first post and in the last one open alice's frames.
+        for receiver in (others[0], others[-2], others[-1]):
+            await receiver.media_keys.update({(alice.user_id, alice.device_id): state(alice, 1)})
+            assert await opens(receiver, alice)
+
+        # One leaves: the fresh key reaches everyone remaining, and the leaver cannot follow.
+        leaver = others[-1]
+        kept = leaver.media_keys.keys
+        assert kept is not None
+        del everyone[(leaver.user_id, leaver.device_id)]
+        await alice.media_keys.update(everyone)
+        assert all(len(alice.media_keys.sent[k]) == 2 for k in everyone)
+        assert await opens(others[0], alice) and await opens(others[-2], alice)
+        alice_keys = alice.media_keys.keys
+        assert alice_keys is not None
+        with pytest.raises(E2EEError):
+            kept.open_untrusted(Codec.OPUS, alice_keys.protect(Codec.OPUS, FRAME))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@pytest.fixture
+def crowd(tmp_path: Path) -> Iterator[ControlProcess]:
+    """A control plane that lets a hundred accounts register at once (the proof of work
+    stays at its resting difficulty: it rises under a burst of registrations)."""
+    server = generous_control(tmp_path, "control-crowd", "--pow-max-bits", "12")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_queues(tmp_path: Path) -> Iterator[ControlProcess]:
+    """A control plane whose device queues hold two envelopes."""
+    server = generous_control(tmp_path, "control-small", "--queue-max-envelopes", "2")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_key_the_relay_refused_goes_out_on_the_next_update(
+    small_queues: ControlProcess, tmp_path: Path
+) -> None:
+    url = small_queues.url
+    alice = await Client.register(tmp_path / "alice", PASS, url, "alice")
+    bob = await Client.register(tmp_path / "bob", PASS, url, "bob")
+    try:
+        bob.media_keys.begin(CHANNEL, 2)
+        await bob.media_keys.update({(alice.user_id, alice.device_id): state(alice, 1)})
+        # Bob's queue is full (two messages alice has not read yet would not do: it is
+        # bob's queue that counts), so alice's key is refused.
+        carol = await Client.register(tmp_path / "carol", PASS, url, "carol")
+        try:
+            await carol.send_dm("bob", "one")
+            await carol.send_dm("bob", "two")
+        finally:
+            await carol.aclose()
+        alice.media_keys.begin(CHANNEL, 1)
+        with_bob = {(bob.user_id, bob.device_id): state(bob, 2)}
+        with pytest.raises(ApiError) as refused:
+            await alice.media_keys.update(with_bob)
+        assert refused.value.code == ErrorCode.QUEUE_FULL
+        assert alice.media_keys.sent == {}
+        assert not await opens(bob, alice)  # bob drained his queue: room again
+
+        # Nobody joined or left, yet the key still owed to bob goes out now.
+        await alice.media_keys.update(with_bob)
+        assert alice.media_keys.sent == {(bob.user_id, bob.device_id): [0]}
+        assert await opens(bob, alice)
     finally:
         for client in (alice, bob):
             await client.aclose()
