@@ -159,7 +159,8 @@ async def test_media_restarting_in_the_same_voice_session_keeps_the_keys(
 async def test_a_key_change_reaches_more_users_than_one_post_takes(
     crowd: ControlProcess, tmp_path: Path
 ) -> None:
-    # One more participant than a post may name besides the sender: two posts at least.
+    # One more participant than a post may name besides the sender: two posts, the second
+    # to the last two users in user id order (the order MediaKeys fans out in).
     count = MAX_ENVELOPE_RECIPIENTS + 1
     url = crowd.url
     clients: list[Client] = []
@@ -169,28 +170,44 @@ async def test_a_key_change_reaches_more_users_than_one_post_takes(
             clients.append(await Client.register(tmp_path / f"u{i}", PASS, url, f"user{i}"))
 
         async with trio.open_nursery() as nursery:
-            for i in range(count + 1):
+            for i in range(count + 2):
                 nursery.start_soon(register, i)
-        alice, others = clients[0], clients[1:]
+        alice, filler = clients[0], clients[1]
+        others = sorted(clients[2:], key=lambda c: c.user_id)
+        first, second = others[: MAX_ENVELOPE_RECIPIENTS - 1], others[MAX_ENVELOPE_RECIPIENTS - 1 :]
         for index, client in enumerate(others, start=2):
             client.media_keys.begin(CHANNEL, index)
         alice.media_keys.begin(CHANNEL, 1)
         everyone = {(c.user_id, c.device_id): state(c, i) for i, c in enumerate(others, start=2)}
+
+        # The queue of a user in the second post is full: the first post gets through, the
+        # second does not, and only the first counts as sent.
+        for n in range(QUEUE_MAX):
+            await filler.send_dm(second[-1].handle, f"filler {n}")
+        with pytest.raises(ApiError) as refused:
+            await alice.media_keys.update(everyone)
+        assert refused.value.code == ErrorCode.QUEUE_FULL
+        assert sorted(alice.media_keys.sent) == sorted((c.user_id, c.device_id) for c in first)
+        await second[-1].sync()  # room again
+
+        # The next update sends the owed key to the second post's users only, and they
+        # open the sessions whose first message was lost.
         await alice.media_keys.update(everyone)
         assert sorted(alice.media_keys.sent) == sorted(everyone)
-        # Participants in the first post and in the last one open alice's frames.
-        for receiver in (others[0], others[-2], others[-1]):
-            await receiver.media_keys.update({(alice.user_id, alice.device_id): state(alice, 1)})
-            assert await opens(receiver, alice)
+        assert all(len(generations) == 1 for generations in alice.media_keys.sent.values())
+        alice_there = {(alice.user_id, alice.device_id): state(alice, 1)}
+        for receiver in (first[0], first[-1], *second):
+            await receiver.media_keys.update(alice_there)
+            assert await opens(receiver, alice), receiver.handle
 
         # One leaves: the fresh key reaches everyone remaining, and the leaver cannot follow.
-        leaver = others[-1]
+        leaver = second[-1]
         kept = leaver.media_keys.keys
         assert kept is not None
         del everyone[(leaver.user_id, leaver.device_id)]
         await alice.media_keys.update(everyone)
         assert all(len(alice.media_keys.sent[k]) == 2 for k in everyone)
-        assert await opens(others[0], alice) and await opens(others[-2], alice)
+        assert await opens(first[0], alice) and await opens(second[0], alice)
         alice_keys = alice.media_keys.keys
         assert alice_keys is not None
         with pytest.raises(E2EEError):
@@ -200,11 +217,24 @@ async def test_a_key_change_reaches_more_users_than_one_post_takes(
             await client.aclose()
 
 
+#: Envelopes one device's queue holds on the ``crowd`` control plane (alice's keeps the
+#: keys of the receivers that answer her, unread).
+QUEUE_MAX = 5
+
+
 @pytest.fixture
 def crowd(tmp_path: Path) -> Iterator[ControlProcess]:
     """A control plane that lets a hundred accounts register at once (the proof of work
-    stays at its resting difficulty: it rises under a burst of registrations)."""
-    server = generous_control(tmp_path, "control-crowd", "--pow-max-bits", "12")
+    stays at its resting difficulty: it rises under a burst of registrations), with small
+    device queues."""
+    server = generous_control(
+        tmp_path,
+        "control-crowd",
+        "--pow-max-bits",
+        "12",
+        "--queue-max-envelopes",
+        str(QUEUE_MAX),
+    )
     try:
         yield server
     finally:
