@@ -14,6 +14,14 @@ id>``, through :meth:`client.sessions.Sessions.fan_out`):
 * when someone leaves, this device draws a fresh key and sends it to everyone remaining,
   so the leaver cannot follow, and forgets the leaver's keys.
 
+A key counts as sent (:attr:`MediaKeys.sent`) to a device only once the relay accepted the
+post that carries it (a fan-out to more users than one post takes goes out in several). A
+device whose key did not get through (the relay refused or was unreachable: the error
+propagates out of :meth:`MediaKeys.update`) is *owed*: every later update sends it the then
+current key along with whatever that update sends, and an update with nobody joining or
+leaving sends the owed keys alone — so calling :meth:`MediaKeys.update` again with the same
+participants is the retry. A device that leaves is owed nothing.
+
 The relay takes a fan-out only if it names every device of each recipient user (and this
 user's other devices), so devices of a participant that are not in the call get a
 MEDIA_KEY message *without* a key: the key itself reaches only devices in the call.
@@ -70,6 +78,9 @@ class _Call:
     participants: dict[tuple[str, str], VoiceState] = field(default_factory=dict)
     distributed: bool = False
     held: dict[tuple[str, str], list[MediaKey]] = field(default_factory=dict)
+    #: Participant devices whose last key did not reach the relay: they get the current key
+    #: on the next update.
+    owed: set[tuple[str, str]] = field(default_factory=set)
 
 
 class MediaKeys:
@@ -151,6 +162,8 @@ class MediaKeys:
             call.participants = dict(now)
             for key in sorted(left):
                 call.keys.remove_sender(before[key].sender_index)
+            # Only devices still in the call (and under the same voice session) are owed.
+            call.owed = {k for k in call.owed - left if k in now}
             self._release_held(call)
             if not call.distributed:
                 call.distributed = True
@@ -158,7 +171,9 @@ class MediaKeys:
             elif left:
                 await self._send(call, call.keys.on_member_left(), set(now))
             elif joined:
-                await self._send(call, call.keys.on_member_joined(), joined)
+                await self._send(call, call.keys.on_member_joined(), joined | call.owed)
+            elif call.owed:
+                await self._send(call, call.keys.current_key(), set(call.owed))
 
     async def _send(self, call: _Call, key: MediaKey, targets: set[tuple[str, str]]) -> None:
         """Fan ``key`` out to the ``targets`` devices; every other device of their users
@@ -188,9 +203,16 @@ class MediaKeys:
         if not recipients:
             return
         conv = voice_conversation(call.channel_id)
+        # Owed until the relay took the post that carries it (a later update sends again).
+        call.owed |= targets & trusted
 
         def plaintext_for(user_id: str, device_id: str) -> bytes:
             return secret if (user_id, device_id) in targets else empty
+
+        def posted(users: list[str]) -> None:
+            for target in {t for t in targets & trusted if t[0] in users}:
+                call.owed.discard(target)
+                self.sent.setdefault(target, []).append(key.generation)
 
         await self._sessions.fan_out(
             recipients,
@@ -198,9 +220,8 @@ class MediaKeys:
             lambda _u: empty,
             lambda _u: MessageType.MEDIA_KEY,
             device_plaintext=plaintext_for,
+            on_posted=posted,
         )
-        for target in targets & trusted:
-            self.sent.setdefault(target, []).append(key.generation)
 
     async def received(
         self, conversation: bytes, user_id: str, device_id: str, message: DecryptedMessage

@@ -37,6 +37,7 @@ from client.prekeys import Prekeys
 from client.store import Store
 from client.trust import Trust
 from contract.errors import ErrorCode
+from contract.relay import MAX_ENVELOPE_RECIPIENTS
 from e2ee import (
     DecryptedMessage,
     E2EEError,
@@ -56,6 +57,10 @@ _STALE_RETRIES = 3
 
 
 def _nothing() -> None:
+    return None
+
+
+def _posted(_users: list[str]) -> None:
     return None
 
 
@@ -145,18 +150,56 @@ class Sessions:
         message_type: Callable[[str], MessageType],
         *,
         device_plaintext: Callable[[str, str], bytes] | None = None,
+        on_posted: Callable[[list[str]], None] = _posted,
     ) -> None:
         """Encrypt for every device of every recipient user and post the envelopes.
 
-        ``recipients`` maps user id → devices (for this user: the other devices). A 409
-        stale-device answer refreshes the named users' lists (checked against their
-        signed lists) and retries; a server that insists on a device no signed list
-        names gets nothing (:class:`UntrustedDevice`). Each ratchet step is loaded,
-        taken and saved inside one store transaction, so two processes on one profile
-        never encrypt with the same message key. ``device_plaintext(user id, device id)``,
-        when given, decides each device's plaintext instead of ``plaintext_for`` (media
-        keys go only to the devices in a call, the relay wants every device named).
+        ``recipients`` maps user id → devices (for this user: the other devices). The
+        relay takes at most :data:`~contract.relay.MAX_ENVELOPE_RECIPIENTS` users per post,
+        so more go out in several posts, one after the other in ``recipients`` order; the
+        relay wants this user's other devices named in every post, so they get the
+        plaintext once per post (receivers take a repeat as nothing new).
+        ``on_posted(user ids)`` is called after each post the relay accepted: when a later
+        post fails, the exception propagates and the users of the posts before it have
+        their envelopes.
+
+        Each post is encrypted just before it is sent, each ratchet step loaded, taken and
+        saved inside one store transaction, so two processes on one profile never encrypt
+        with the same message key, and a failure leaves the later users' sessions
+        untouched. A post that failed leaves its users' sessions one message ahead, which
+        the Double Ratchet absorbs: the receiver skips that message key, and a session
+        whose initial message was lost repeats it until the peer answers.
+
+        A 409 stale-device answer refreshes the named users' lists (checked against their
+        signed lists) and retries that post; a server that insists on a device no signed
+        list names gets nothing (:class:`UntrustedDevice`). ``device_plaintext(user id,
+        device id)``, when given, decides each device's plaintext instead of
+        ``plaintext_for`` (media keys go only to the devices in a call, the relay wants
+        every device named).
         """
+        me = self._account.user_id
+        others = [u for u in recipients if u != me]
+        # One place kept for this user: a 409 may add it to a post that lacked it.
+        per_post = MAX_ENVELOPE_RECIPIENTS - 1
+        for start in range(0, max(len(others), 1), per_post):
+            users = others[start : start + per_post]
+            if me in recipients:
+                users.append(me)
+            part = {user_id: recipients[user_id] for user_id in users}
+            await self._post(part, conversation_for, plaintext_for, message_type, device_plaintext)
+            # A 409 may have changed the lists: later posts to this user send to the new ones.
+            recipients.update(part)
+            on_posted(users)
+
+    async def _post(
+        self,
+        recipients: dict[str, list[Device]],
+        conversation_for: Callable[[str], bytes],
+        plaintext_for: Callable[[str], bytes],
+        message_type: Callable[[str], MessageType],
+        device_plaintext: Callable[[str, str], bytes] | None,
+    ) -> None:
+        """One ``POST /envelopes`` to at most the relay's limit of users, retried on 409."""
         for attempt in range(_STALE_RETRIES + 1):
             for user_id, devices in recipients.items():
                 await self.ensure(user_id, devices)

@@ -243,12 +243,32 @@ class PQOneTimePreKey:
         return self._private
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OneTimePreKey:
-    """An unsigned, single-use X25519 prekey."""
+    """An unsigned, single-use X25519 prekey.
+
+    Only the private scalar is stored; the public key is derived the first time it is
+    needed (upload, or the one session it opens), so a store holding hundreds of them
+    loads without hundreds of scalar multiplications. Any 32 bytes are a valid X25519
+    private key (RFC 7748 clamps), so deriving later checks nothing less.
+    """
 
     key_id: int
-    key_pair: X25519KeyPair
+    private: bytes = field(repr=False)
+    _key_pair: X25519KeyPair | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def generate(cls, key_id: int) -> OneTimePreKey:
+        """Create a fresh one-time prekey."""
+        pair = X25519KeyPair.generate()
+        return cls(key_id, pair.private, pair)
+
+    @property
+    def key_pair(self) -> X25519KeyPair:
+        """The key pair (derived from the private scalar once, then cached)."""
+        if self._key_pair is None:
+            self._key_pair = X25519KeyPair.from_private(self.private)
+        return self._key_pair
 
 
 class SeenBaseKeys:
@@ -658,7 +678,7 @@ class PreKeyStore:
         """Create ``count`` one-time prekeys (at most one upload batch at a time)."""
         if not 0 <= count <= MAX_ONE_TIME_PREKEYS_PER_UPLOAD:
             raise E2EEError(f"OTK batch size must be 0..{MAX_ONE_TIME_PREKEYS_PER_UPLOAD}")
-        batch = [OneTimePreKey(self._allocate_id(), X25519KeyPair.generate()) for _ in range(count)]
+        batch = [OneTimePreKey.generate(self._allocate_id()) for _ in range(count)]
         for otk in batch:
             self.one_time_prekeys[otk.key_id] = otk
         while len(self.one_time_prekeys) > MAX_ONE_TIME_PREKEYS_HELD:
@@ -852,7 +872,7 @@ class PreKeyStore:
                 self._next_id,
                 [[s.key_id, s.key_pair.private, s.signature] for s in self.signed_prekeys.values()],
                 [[p.key_id, p.seed, p.signature] for p in self.pq_prekeys.values()],
-                [[o.key_id, o.key_pair.private] for o in self.one_time_prekeys.values()],
+                [[o.key_id, o.private] for o in self.one_time_prekeys.values()],
                 [[k.key_id, k.seed, k.signature] for k in self.pq_one_time_prekeys.values()],
                 self.seen_base_keys.encode_fields(),
             ]
@@ -903,8 +923,8 @@ class PreKeyStore:
             store.pq_prekeys[key_id] = PQSignedPreKey(key_id, seed, public, sig, private)
         for item in _triples(f[6], "one_time_prekeys", MAX_ONE_TIME_PREKEYS_HELD, 2):
             key_id = new_id(item[0])
-            kp = X25519KeyPair.from_private(_wire.get_bytes(item[1], "private", size=32))
-            store.one_time_prekeys[key_id] = OneTimePreKey(key_id, kp)
+            scalar = _wire.get_bytes(item[1], "private", size=32)
+            store.one_time_prekeys[key_id] = OneTimePreKey(key_id, scalar)
         if len(f) == 9:
             for item in _triples(f[7], "pq_one_time_prekeys", MAX_PQ_ONE_TIME_PREKEYS_HELD, 3):
                 key_id = new_id(item[0])

@@ -16,7 +16,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from contract.gateway import EventName
-from contract.relay import ENVELOPE_PAGE_BYTES, ENVELOPE_PAGE_LIMIT, MAX_CIPHERTEXT
+from contract.relay import (
+    ENVELOPE_PAGE_BYTES,
+    ENVELOPE_PAGE_LIMIT,
+    MAX_CIPHERTEXT,
+    MAX_ENVELOPE_RECIPIENTS,
+)
 
 from ..bus import Event
 from ..errors import InvalidBody, NotFound, StaleDevices
@@ -38,7 +43,7 @@ SEND_ENVELOPES = Schema(
             "list",
             "one entry per recipient user (include yourself for your other devices)",
             min=1,
-            max=100,
+            max=MAX_ENVELOPE_RECIPIENTS,
             items=Field(
                 "object",
                 schema=Schema(

@@ -20,3 +20,17 @@ class ControlProcess(_ControlProcess):
         code = super().stop(within_s)
         self._log.close()
         return code
+
+
+def generous_control(directory: Path, name: str, *extra: str) -> ControlProcess:
+    """A fresh control plane under ``directory`` with generous rate limits (tests are
+    bursty) and ``extra`` options; its log is ``<name>.log``."""
+    return ControlProcess(
+        directory / f"{name}-data",
+        directory / f"{name}.log",
+        "--rate-per-s",
+        "10000",
+        "--rate-burst",
+        "10000",
+        *extra,
+    )

@@ -6,20 +6,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_live import ControlProcess
+from client_live import ControlProcess, generous_control
 
 
 @pytest.fixture
 def control(tmp_path: Path) -> Iterator[ControlProcess]:
     """A fresh control plane for one test (generous rate limits: tests are bursty)."""
-    server = ControlProcess(
-        tmp_path / "control-data",
-        tmp_path / "control.log",
-        "--rate-per-s",
-        "10000",
-        "--rate-burst",
-        "10000",
-    )
+    server = generous_control(tmp_path, "control")
     try:
         yield server
     finally:

@@ -6,17 +6,27 @@ through the relay). Frames sealed by one participant must open at another exactl
 the key schedule says so: on join the current key goes out, a joiner gets only the
 ratcheted key (and cannot open what came before), a leaver cannot open what comes after,
 and a device that claims another participant's sender index is refused.
+
+The relay takes at most :data:`contract.relay.MAX_ENVELOPE_RECIPIENTS` users per post, so a
+call of more participants needs several posts per key change; a key that did not get
+through (here: the recipient's queue is full, 409 ``queue_full``) must go out again on the
+next update instead of counting as sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from client_live import ControlProcess
+import trio
+from client_live import ControlProcess, generous_control
 
 from client import Client
+from client.errors import ApiError
 from client.voice.signalling import VoiceState
+from contract.errors import ErrorCode
+from contract.relay import MAX_ENVELOPE_RECIPIENTS
 from e2ee.errors import E2EEError
 from e2ee.media import Codec
 
@@ -141,6 +151,135 @@ async def test_media_restarting_in_the_same_voice_session_keeps_the_keys(
 
         # A new voice session is a new start: fresh keys.
         assert alice.media_keys.begin(CHANNEL, 1, "session-c") is not kept
+    finally:
+        for client in (alice, bob):
+            await client.aclose()
+
+
+async def test_a_key_change_reaches_more_users_than_one_post_takes(
+    crowd: ControlProcess, tmp_path: Path
+) -> None:
+    # One more participant than a post may name besides the sender: two posts, the second
+    # to the last two users in user id order (the order MediaKeys fans out in).
+    count = MAX_ENVELOPE_RECIPIENTS + 1
+    url = crowd.url
+    clients: list[Client] = []
+    try:
+
+        async def register(i: int) -> None:
+            clients.append(await Client.register(tmp_path / f"u{i}", PASS, url, f"user{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(count + 2):
+                nursery.start_soon(register, i)
+        alice, filler = clients[0], clients[1]
+        others = sorted(clients[2:], key=lambda c: c.user_id)
+        first, second = others[: MAX_ENVELOPE_RECIPIENTS - 1], others[MAX_ENVELOPE_RECIPIENTS - 1 :]
+        for index, client in enumerate(others, start=2):
+            client.media_keys.begin(CHANNEL, index)
+        alice.media_keys.begin(CHANNEL, 1)
+        everyone = {(c.user_id, c.device_id): state(c, i) for i, c in enumerate(others, start=2)}
+
+        # The queue of a user in the second post is full: the first post gets through, the
+        # second does not, and only the first counts as sent.
+        for n in range(QUEUE_MAX):
+            await filler.send_dm(second[-1].handle, f"filler {n}")
+        with pytest.raises(ApiError) as refused:
+            await alice.media_keys.update(everyone)
+        assert refused.value.code == ErrorCode.QUEUE_FULL
+        assert sorted(alice.media_keys.sent) == sorted((c.user_id, c.device_id) for c in first)
+        await second[-1].sync()  # room again
+
+        # The next update sends the owed key to the second post's users only, and they
+        # open the sessions whose first message was lost.
+        await alice.media_keys.update(everyone)
+        assert sorted(alice.media_keys.sent) == sorted(everyone)
+        assert all(len(generations) == 1 for generations in alice.media_keys.sent.values())
+        alice_there = {(alice.user_id, alice.device_id): state(alice, 1)}
+        for receiver in (first[0], first[-1], *second):
+            await receiver.media_keys.update(alice_there)
+            assert await opens(receiver, alice), receiver.handle
+
+        # One leaves: the fresh key reaches everyone remaining, and the leaver cannot follow.
+        leaver = second[-1]
+        kept = leaver.media_keys.keys
+        assert kept is not None
+        del everyone[(leaver.user_id, leaver.device_id)]
+        await alice.media_keys.update(everyone)
+        assert all(len(alice.media_keys.sent[k]) == 2 for k in everyone)
+        assert await opens(first[0], alice) and await opens(second[0], alice)
+        alice_keys = alice.media_keys.keys
+        assert alice_keys is not None
+        with pytest.raises(E2EEError):
+            kept.open_untrusted(Codec.OPUS, alice_keys.protect(Codec.OPUS, FRAME))
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+#: Envelopes one device's queue holds on the ``crowd`` control plane (alice's keeps the
+#: keys of the receivers that answer her, unread).
+QUEUE_MAX = 5
+
+
+@pytest.fixture
+def crowd(tmp_path: Path) -> Iterator[ControlProcess]:
+    """A control plane that lets a hundred accounts register at once (the proof of work
+    stays at its resting difficulty: it rises under a burst of registrations), with small
+    device queues."""
+    server = generous_control(
+        tmp_path,
+        "control-crowd",
+        "--pow-max-bits",
+        "12",
+        "--queue-max-envelopes",
+        str(QUEUE_MAX),
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def small_queues(tmp_path: Path) -> Iterator[ControlProcess]:
+    """A control plane whose device queues hold two envelopes."""
+    server = generous_control(tmp_path, "control-small", "--queue-max-envelopes", "2")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_key_the_relay_refused_goes_out_on_the_next_update(
+    small_queues: ControlProcess, tmp_path: Path
+) -> None:
+    url = small_queues.url
+    alice = await Client.register(tmp_path / "alice", PASS, url, "alice")
+    bob = await Client.register(tmp_path / "bob", PASS, url, "bob")
+    try:
+        bob.media_keys.begin(CHANNEL, 2)
+        await bob.media_keys.update({(alice.user_id, alice.device_id): state(alice, 1)})
+        # Bob's queue is full (two messages alice has not read yet would not do: it is
+        # bob's queue that counts), so alice's key is refused.
+        carol = await Client.register(tmp_path / "carol", PASS, url, "carol")
+        try:
+            await carol.send_dm("bob", "one")
+            await carol.send_dm("bob", "two")
+        finally:
+            await carol.aclose()
+        alice.media_keys.begin(CHANNEL, 1)
+        with_bob = {(bob.user_id, bob.device_id): state(bob, 2)}
+        with pytest.raises(ApiError) as refused:
+            await alice.media_keys.update(with_bob)
+        assert refused.value.code == ErrorCode.QUEUE_FULL
+        assert alice.media_keys.sent == {}
+        assert not await opens(bob, alice)  # bob drained his queue: room again
+
+        # Nobody joined or left, yet the key still owed to bob goes out now.
+        await alice.media_keys.update(with_bob)
+        assert alice.media_keys.sent == {(bob.user_id, bob.device_id): [0]}
+        assert await opens(bob, alice)
     finally:
         for client in (alice, bob):
             await client.aclose()
