@@ -52,6 +52,12 @@ class UnknownKey(E2EEError):
     """A message names a key (prekey id, sender-key id, SFrame KID) the receiver lacks."""
 
 
+class UnknownSender(UnknownKey):
+    """A media frame from a sender index the receiver holds no key for at all: in a call,
+    usually media that outran its key (keys travel through the control plane, media
+    through the SFU), so a client drops it without alarm until the key arrives."""
+
+
 class CounterExhausted(E2EEError):
     """A sender's counter would wrap; the key must be replaced before sending more."""
 

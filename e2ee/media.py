@@ -38,6 +38,7 @@ from e2ee.errors import (
     SenderIndexClaimed,
     StateError,
     UnknownKey,
+    UnknownSender,
     WrongMessageType,
 )
 from e2ee.sframe import (
@@ -359,7 +360,7 @@ class MediaKeyReceiver:
         index, generation = split_kid(kid)
         state = self._senders.get(index)
         if state is None:
-            raise UnknownKey(f"no media key for sender {index}")
+            raise UnknownSender(f"no media key for sender {index}")
         ahead = generation - state.latest
         if ahead <= 0:
             raise UnknownKey(f"generation {generation} of sender {index} is not held (expired?)")

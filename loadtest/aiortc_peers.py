@@ -332,6 +332,7 @@ class AiortcPeers:
                         "expected": expected,
                         "opened": diff["opened"],
                         "dropped": diff["dropped"],
+                        "before_key": diff["before_key"],
                         "decoded": diff["decoded"],
                         "rtp_received": diff["rtp_received"],
                         "rtp_lost": diff["rtp_lost"],
@@ -412,7 +413,7 @@ def _window_diff(peer: _Peer) -> dict[str, dict[str, int]]:
     """Per sending device: counters at the window's end minus at its start."""
     start = peer.marks.get("open", {}).get("senders", {})
     end = peer.marks.get("end", {}).get("senders", {})
-    fields = ("opened", "dropped", "decoded", "rtp_received", "rtp_lost")
+    fields = ("opened", "dropped", "before_key", "decoded", "rtp_received", "rtp_lost")
     return {
         device_id: {f: int(row.get(f, 0)) - int(start.get(device_id, {}).get(f, 0)) for f in fields}
         for device_id, row in end.items()

@@ -166,8 +166,9 @@ class Participant:
                 emit("key", key=key.encode().hex())
 
     async def counters(self) -> dict[str, Any]:
-        """Frames sealed and, per sending device, frames opened by SFrame, dropped, decoded
-        by Opus, and RTP packets received and lost (aiortc's inbound RTP statistics)."""
+        """Frames sealed and, per sending device, frames opened by SFrame, dropped, come
+        before their key, decoded by Opus, and RTP packets received and lost (aiortc's
+        inbound RTP statistics)."""
         call = self.call
         media = call.media if call is not None else None
         senders: dict[str, dict[str, int]] = {}
@@ -181,10 +182,11 @@ class Participant:
                     continue
                 entry = senders.setdefault(
                     consumer.device_id,
-                    {"opened": 0, "dropped": 0, "rtp_received": 0, "rtp_lost": 0},
+                    {"opened": 0, "dropped": 0, "before_key": 0, "rtp_received": 0, "rtp_lost": 0},
                 )
                 entry["opened"] += int(row["opened"])
                 entry["dropped"] += int(row["dropped"])
+                entry["before_key"] += int(row["before_key"])
                 if self.loop is None:
                     continue
                 receiver = media.receiving[mid].transceiver.receiver

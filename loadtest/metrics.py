@@ -112,6 +112,10 @@ class ReceiverStats:
         #: Unique frames received, by the window second they were sent in.
         self.per_second: list[int] = []
         self.duplicates = 0
+        #: Frames from a sender whose key had not reached this receiver yet (media outran
+        #: its key): dropped as a client drops them, never an error; inside the window
+        #: they show as loss.
+        self.before_key = 0
         self.first_media_ns: int | None = None
         self.frames = 0
         #: Senders heard from at all (inside the window or not).
@@ -171,6 +175,7 @@ class ReceiverStats:
             "received": received,
             "loss_pct": loss_pct(expected, received),
             "duplicates": self.duplicates,
+            "before_key": self.before_key,
             "latency_ms": percentiles(self.latencies_ms),
             "jitter_ms": round(self.jitter_ms(), 3),
             "decrypted": self.frames,

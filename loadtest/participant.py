@@ -39,7 +39,7 @@ from client.device_list import SignedDeviceList
 from contract.gateway import Op
 from contract.signing import register_message
 from e2ee import IdentityKeyPair, PreKeyStore
-from e2ee.errors import DuplicateMessage, E2EEError
+from e2ee.errors import DuplicateMessage, E2EEError, UnknownSender
 from e2ee.media import (
     Codec,
     MediaKey,
@@ -571,6 +571,8 @@ class VoiceParticipant:
                     self.error("srtp")
                 except DuplicateMessage:
                     stats.duplicate()
+                except UnknownSender:
+                    stats.before_key += 1
                 except (E2EEError, ValueError):
                     self.error("undecryptable")
                 else:

@@ -178,6 +178,7 @@ class _VideoRoom(_Room):
                     "received": received,
                     "loss_pct": loss_pct(expected, received),
                     "duplicates": summary["duplicates"],
+                    "before_key": summary["before_key"],
                     "layer_switches": p.layer_switches,
                     "switch_repeats": p.switch_repeats,
                     "broken_frames": p.broken_frames,
@@ -234,6 +235,7 @@ class _VideoRoom(_Room):
                 seconds, expected_total, received_total, duplicates, latencies, jitters, joins
             ),
             "broken_frames": broken,
+            "before_key": sum(p.stats.before_key for p in self.participants),
             "sequence_gaps": sum(p.sequence_gaps for p in videos),
             "picture_id_jumps": sum(p.picture_id_jumps for p in videos),
             "join_steps_ms": {

@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from e2ee.errors import DuplicateMessage, E2EEError
+from e2ee.errors import DuplicateMessage, E2EEError, UnknownSender
 from e2ee.media import Codec, protect_frame, unprotect_frame
 from loadtest.metrics import Window, bump
 from loadtest.participant import VoiceParticipant, _rtp_payload
@@ -309,6 +309,8 @@ class VideoParticipant(VoiceParticipant):
                     self.error("srtp")
                 except DuplicateMessage:
                     stats.duplicate()
+                except UnknownSender:
+                    stats.before_key += 1
                 except (E2EEError, ValueError, struct.error):
                     self.error("undecryptable")
                 else:

@@ -609,6 +609,7 @@ class _Room:
             },
             "sfu": sfu,
             "harness_cpu_pct": self.harness_cpu(seconds),
+            "before_key": sum(row["before_key"] for row in rows),
             "errors": errors,
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
@@ -758,7 +759,8 @@ def summary_table(report: dict[str, Any]) -> str:
         f"{report['speakers']} speakers, {report['duration_s']:.1f} s measured by "
         f"{report['measured']} receivers ({report['target']})",
         f"  frames       expected {report['expected']}  received {report['received']}  "
-        f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}",
+        f"loss {report['loss_pct']:.3f} %  duplicates {report['duplicates']}"
+        f"  before key {report['before_key']}",
     ]
     return "\n".join(lines + summary_figures(report))
 

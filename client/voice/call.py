@@ -193,13 +193,15 @@ class CallMedia:
         return receiving.jitter_buffer.sender_index if receiving is not None else None
 
     def stats(self) -> dict[str, Any]:
-        """Frame counters: protected on the way out, opened/dropped per received mid."""
+        """Frame counters: protected on the way out, opened/dropped/before key per received
+        mid."""
         return {
             "protected": self.sending.encoder.frames_protected if self.sending else 0,
             "received": {
                 mid: {
                     "opened": r.jitter_buffer.frames_opened,
                     "dropped": r.jitter_buffer.frames_dropped,
+                    "before_key": r.jitter_buffer.frames_before_key,
                     "sender_index": r.jitter_buffer.sender_index,
                 }
                 for mid, r in self.receiving.items()

@@ -60,7 +60,7 @@ from av.packet import Packet
 
 from client.voice.errors import MediaHookUnavailable
 from client.voice.keys import FrameKeys
-from e2ee.errors import E2EEError
+from e2ee.errors import E2EEError, UnknownSender
 from e2ee.media import (
     Codec,
 )
@@ -156,8 +156,10 @@ class ProtectedVp8Encoder(Vp8Encoder):
 class OpeningJitterBuffer(JitterBuffer):
     """aiortc's jitter buffer, opening each reassembled frame before it reaches the decoder.
 
-    A frame that does not open (no key for its sender yet, a wrong or expired key, a
-    replay, anything but a sealed frame of the expected codec) is dropped and counted.
+    A frame that does not open is dropped and counted: in ``frames_before_key`` when its
+    sender's key has not arrived yet (media outran its key; expected at joins), in
+    ``frames_dropped`` otherwise (a wrong or expired key, a replay, anything but a sealed
+    frame of the expected codec).
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class OpeningJitterBuffer(JitterBuffer):
         self.codec = codec
         self.frames_opened = 0
         self.frames_dropped = 0
+        self.frames_before_key = 0
         # Sender index of the last frame opened: who is speaking on this stream.
         self.sender_index: int | None = None
 
@@ -178,6 +181,9 @@ class OpeningJitterBuffer(JitterBuffer):
             return pli_flag, None
         try:
             sender_index, frame.data = self._keys.open_untrusted(self.codec, frame.data)
+        except UnknownSender:
+            self.frames_before_key += 1
+            return pli_flag, None
         except E2EEError:
             self.frames_dropped += 1
             return pli_flag, None

@@ -444,6 +444,26 @@ async def test_opening_jitter_buffer_drops_tampered_and_replayed_frames() -> Non
     assert buffer.sender_index == 1
 
 
+async def test_opening_jitter_buffer_counts_media_that_outran_its_key_apart() -> None:
+    keys_a, keys_b = FrameKeys.create(1), FrameKeys.create(2)
+    encoder = ProtectedOpusEncoder(keys_a)
+    tone = ToneSource(440, realtime=False)
+    payloads: list[bytes] = []
+    while len(payloads) < 5:
+        payloads += encoder.encode(await tone.recv())[0]
+    buffer = OpeningJitterBuffer(keys_b, Codec.OPUS, capacity=16, prefetch=0, is_video=False)
+    opened = []
+    for i, payload in enumerate(payloads):
+        if i == 3:  # the key arrives after the first two frames were handed out
+            keys_b.install(keys_a.current_key(), **FROM_A)
+        _, frame = buffer.add(rtp(i, i * FRAME_SAMPLES, payload))
+        if frame is not None:
+            opened.append(frame)
+    # A frame is handed out once the next starts: frames 0 and 1 came before the key.
+    assert buffer.frames_before_key == 2 and buffer.frames_dropped == 0
+    assert len(opened) == buffer.frames_opened == 2
+
+
 async def test_vp8_encoder_seals_each_frame_once_behind_clear_payload_descriptors() -> None:
     keys = FrameKeys.create(9)
     encoder = ProtectedVp8Encoder(keys)

@@ -24,6 +24,7 @@ from e2ee.errors import (
     SenderIndexClaimed,
     StateError,
     UnknownKey,
+    UnknownSender,
     WrongMessageType,
 )
 from e2ee.media import make_kid, split_kid
@@ -147,14 +148,27 @@ def test_leave_draws_a_fresh_key_the_leaver_cannot_follow() -> None:
         unprotect_frame(bob, Codec.OPUS, too_late, now=16)  # grace period (5 s) is over
 
 
-def test_frame_from_unknown_sender_is_refused() -> None:
-    with pytest.raises(UnknownKey):
+def test_frame_from_unknown_sender_is_refused_as_media_before_its_key() -> None:
+    with pytest.raises(UnknownSender):
         unprotect_frame(
             MediaKeyReceiver(),
             Codec.OPUS,
             protect_frame(MediaKeySender(9).sframe, Codec.OPUS, OPUS),
             now=0,
         )
+
+
+def test_a_generation_not_held_of_a_known_sender_is_not_media_before_its_key() -> None:
+    # Only a sender with no key at all is "media before its key"; an expired generation
+    # of a known sender stays an ordinary UnknownKey a client reports.
+    alice = MediaKeySender(2)
+    bob = MediaKeyReceiver(grace_seconds=5)
+    _install(bob, alice.current_key())
+    old = protect_frame(alice.sframe, Codec.OPUS, OPUS)
+    _install(bob, alice.on_member_left(), now=0)
+    with pytest.raises(UnknownKey) as refused:
+        unprotect_frame(bob, Codec.OPUS, old, now=10)
+    assert not isinstance(refused.value, UnknownSender)
 
 
 def test_media_key_receiver_needs_the_time() -> None:
