@@ -259,7 +259,12 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
         remote = await asyncio.wait_for(call.remote, 20)
         with WavRecorder(tmp_path / "b.wav") as recorder:
             listening = asyncio.ensure_future(record_track(remote, recorder))
-            await wait_until(lambda: buffer.frames_dropped >= 50)
+            # No key at all is media before its key; a wrong one is a frame refused.
+            await wait_until(
+                lambda: (
+                    (buffer.frames_before_key if key == "missing" else buffer.frames_dropped) >= 50
+                )
+            )
             decoded_without_key = recorder.frames
             state = call.b.connectionState
             if key == "missing":
@@ -274,6 +279,8 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
             "state": state,
             "heard": heard,
             "opened": buffer.frames_opened,
+            "dropped": buffer.frames_dropped,
+            "before_key": buffer.frames_before_key,
         }
 
     result = await run_on_asyncio(scenario)
@@ -281,8 +288,9 @@ async def test_receiver_without_the_right_key_drops_frames_and_recovers_when_it_
     assert result["state"] == "connected"
     if key == "missing":
         assert abs(dominant_frequency(result["heard"]) - 660) < 3
+        assert result["dropped"] == 0
     else:
-        assert result["opened"] == 0
+        assert result["opened"] == 0 and result["before_key"] == 0
 
 
 async def test_key_changes_mid_call_keep_the_audio_flowing(tmp_path: Path) -> None:
