@@ -71,6 +71,8 @@ _LEVEL_EXTENSION = struct.Struct("!HHBBH")
 #: Receive buffer of a measured receiver's socket (the kernel doubles it, capped by
 #: ``net.core.rmem_max``): bursts while the harness is busy with others wait here.
 MEASURED_RCVBUF = 1 << 20
+#: Characters of an error's detail a report keeps.
+DETAIL_CHARS = 200
 
 
 @dataclass
@@ -339,15 +341,20 @@ class VoiceParticipant:
         self.sent_per_second: list[int] = []
         self.received_datagrams = 0
         self.errors: dict[str, int] = {}
+        #: The first detail seen of each error kind (a server's message, an exception's
+        #: text), so a report says why, not only how often.
+        self.error_details: dict[str, str] = {}
         #: Frames from full aiortc participants (``--aiortc``; real Opus, no stamp), by
         #: their sender index: the harness adds an index before its key is published.
         self.foreign: dict[int, int] = {}
 
     # --- gateway ------------------------------------------------------------------
 
-    def error(self, kind: str) -> None:
-        """Count one error of ``kind``."""
+    def error(self, kind: str, detail: str | None = None) -> None:
+        """Count one error of ``kind``; keep the first ``detail`` of each kind."""
         self.errors[kind] = self.errors.get(kind, 0) + 1
+        if detail and kind not in self.error_details:
+            self.error_details[kind] = detail[:DETAIL_CHARS]
 
     def on_dispatch(self, t: str, d: dict[str, Any]) -> None:
         """Dispatches this participant acts on; the rest are read and dropped."""
@@ -372,7 +379,7 @@ class VoiceParticipant:
             self.marks.setdefault("subscribe_offer", self.last_offer_ns)
             self.offer_arrived.set()
         elif t == "VOICE_ERROR":
-            self.error(f"voice_error:{d.get('code')}")
+            self.error(f"voice_error:{d.get('code')}", str(d.get("message", "")))
 
     def _voice_state(self, d: dict[str, Any]) -> None:
         device_id = d.get("device_id")
@@ -526,13 +533,13 @@ class VoiceParticipant:
                         self.marks["subscribe_answered"] = time.monotonic_ns()
                         nursery.start_soon(self._receive, offer["sdp_offer"], within)
             except (ConnectionClosed, SfuError, ValueError, KeyError) as exc:
-                self.error(f"subscribe_failed:{type(exc).__name__}")
+                self.error(f"subscribe_failed:{type(exc).__name__}", str(exc))
 
     async def _receive(self, sfu_sdp: str, within: float) -> None:
         try:
             await self.recv_leg.connect(sfu_sdp, within)
         except (trio.TooSlowError, OSError, SfuError, ValueError, KeyError) as exc:
-            self.error(f"recv_connect_failed:{type(exc).__name__}")
+            self.error(f"recv_connect_failed:{type(exc).__name__}", str(exc))
             return
         self.marks["recv_connected"] = time.monotonic_ns()
         self.recv_connected.set()

@@ -246,7 +246,8 @@ class _Room:
         try:
             await participant.join(self.config.join_timeout)
         except (trio.TooSlowError, ConnectionClosed, OSError, ValueError, KeyError) as exc:
-            participant.error(f"join_failed:{type(exc).__name__}")
+            reached = ", ".join(participant.marks) or "nothing"
+            participant.error(f"join_failed:{type(exc).__name__}", str(exc) or f"reached {reached}")
             self.failed_joins += 1
             return
         self.joined.append(participant)
@@ -369,6 +370,14 @@ class _Room:
             for kind, count in p.errors.items():
                 total[kind] = total.get(kind, 0) + count
         return total
+
+    def error_details(self) -> dict[str, str]:
+        """The first detail any participant kept of each error kind."""
+        details: dict[str, str] = {}
+        for p in self.participants:
+            for kind, detail in p.error_details.items():
+                details.setdefault(kind, detail)
+        return details
 
     async def monitor(self) -> None:
         """Once a second: SFU and harness CPU, rates, and the progress line."""
@@ -611,6 +620,7 @@ class _Room:
             "harness_cpu_pct": self.harness_cpu(seconds),
             "before_key": sum(row["before_key"] for row in rows),
             "errors": errors,
+            "error_details": self.error_details(),
             "per_second": per_second,
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
             "setup_s": None if self.setup_s is None else round(self.setup_s, 3),
@@ -795,6 +805,8 @@ def summary_figures(report: dict[str, Any]) -> list[str]:
         "  errors       "
         + (", ".join(f"{k} {v}" for k, v in sorted(errors.items())) if errors else "none")
     )
+    for kind, detail in sorted(report.get("error_details", {}).items()):
+        lines.append(f"    {kind}: {detail}")
     return lines
 
 

@@ -145,3 +145,14 @@ def test_cli_refuses_spawn_options_with_target_and_no_measure(
     assert "--spawn" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["voice-room", "--spawn", "--measure", "0"])
+
+
+def test_a_report_keeps_the_first_detail_of_each_error_kind(room: _Room) -> None:
+    first, second, *_ = room.participants
+    first.on_dispatch("VOICE_ERROR", {"code": "sfu_error", "message": "no worker has room"})
+    second.on_dispatch("VOICE_ERROR", {"code": "sfu_error", "message": "a later message"})
+    second.on_dispatch("VOICE_ERROR", {"code": "channel_full", "message": "x" * 500})
+    assert room.errors() == {"voice_error:sfu_error": 2, "voice_error:channel_full": 1}
+    details = room.error_details()
+    assert details["voice_error:sfu_error"] == "no worker has room"
+    assert details["voice_error:channel_full"] == "x" * 200

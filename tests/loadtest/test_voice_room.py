@@ -31,7 +31,7 @@ def test_small_voice_room_reports_its_schema_and_no_loss(
     assert "loss" in capsys.readouterr().out  # the summary table
 
     assert report["participants"] == PARTICIPANTS and report["joined"] == PARTICIPANTS
-    assert report["errors"] == {}
+    assert report["errors"] == {} and report["error_details"] == {}
     assert report["loss_pct"] < 1.0
     # Every receiver expects every other participant's frames: speakers every 20 ms, the
     # silent ones a comfort update every 400 ms.
