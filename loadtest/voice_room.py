@@ -409,6 +409,9 @@ class _Room:
                 "harness_cpu_pct": harness_cpu,
                 "control_cpu_pct": control_cpu,
             }
+            aiortc = [peer.cpu[-1][1] for peers in self.aiortc for peer in peers.peers if peer.cpu]
+            if aiortc:
+                point["aiortc_cpu_pct"] = round(sum(aiortc), 1)
             self.timeline.append(point)
             self._progress(point)
 
@@ -419,10 +422,15 @@ class _Room:
         phase = "measuring" if self.window.start_ns < math.inf else "joining"
         sfu = "-" if point["sfu_cpu_pct"] is None else f"{point['sfu_cpu_pct']:.0f}%"
         errors = sum(self.errors().values())
+        control = point["control_cpu_pct"]
+        extra = "" if control is None else f"  control cpu {control:.0f}%"
+        if "aiortc_cpu_pct" in point:
+            extra += f"  aiortc cpu {point['aiortc_cpu_pct']:.0f}%"
         line = (
             f"[{point['t']:6.1f}s] {phase:9} joined {point['joined']}/{len(self.participants)}"
             f"  in {point['pps_in']} pps  out {point['pps_out']} pps"
-            f"  sfu cpu {sfu}  harness cpu {point['harness_cpu_pct']:.0f}%  errors {errors}"
+            f"  sfu cpu {sfu}  harness cpu {point['harness_cpu_pct']:.0f}%{extra}"
+            f"  errors {errors}"
         )
         end = "\r" if out.isatty() else "\n"
         print(line.ljust(110), end=end, file=out, flush=True)
