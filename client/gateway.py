@@ -34,9 +34,11 @@ from client.errors import ClientError, ProtocolError, SessionRevoked, TokenRefus
 from client.http import split_server_url
 from contract.gateway import MAX_CLIENT_FRAME, MAX_SERVER_FRAME, Close, EventName, Op
 
-__all__ = ["Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
+__all__ = ["DISPATCH_BUFFER", "Dispatch", "GatewayClient", "GatewayCore", "Reconnect"]
 
 _BACKOFF_MAX_S = 5.0
+#: Dispatches a :class:`GatewayClient` holds for a caller busy elsewhere.
+DISPATCH_BUFFER = 1024
 _REFUSED = "the server refused this device's session token; run 'hushroom login'"
 
 
@@ -46,6 +48,8 @@ class Dispatch:
 
     type: str
     data: Any
+    #: The server's sequence number of it (None: unnumbered).
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,8 +126,6 @@ class GatewayCore:
         if op == Op.DISPATCH:
             if t is None:
                 raise ProtocolError("a dispatch without an event name")
-            if s is not None:
-                self.seq = s
             if t == EventName.READY:
                 sid = d.get("session_id") if isinstance(d, dict) else None
                 if not isinstance(sid, str):
@@ -134,7 +136,7 @@ class GatewayCore:
             elif t == EventName.RESUMED:
                 self.established = True
                 self.token_fresh = False
-            return [Dispatch(t, d)]
+            return [Dispatch(t, d, s)]
         if op == Op.RECONNECT:
             return [Reconnect(True, "the server asked to reconnect")]
         if op == Op.INVALID_SESSION:
@@ -144,6 +146,15 @@ class GatewayCore:
                 self.seq = 0
             return [Reconnect(d is True, "the server invalidated the session")]
         return []
+
+    def delivered(self, dispatch: Dispatch) -> None:
+        """The caller has ``dispatch``: from now on RESUME and heartbeats count it as seen.
+
+        Not on receipt: a dispatch parsed but never handed over (its connection was
+        cancelled while the caller was not reading) must not count, or RESUME would tell
+        the server to skip it and it would be lost for good."""
+        if dispatch.seq is not None:
+            self.seq = dispatch.seq
 
     def heartbeat(self) -> bytes:
         """The next HEARTBEAT frame (carries the last sequence number seen)."""
@@ -200,8 +211,13 @@ class GatewayClient:
         server_url: str,
         token: str,
         renew: Callable[[str], Awaitable[str]] | None = None,
+        *,
+        buffer: int = DISPATCH_BUFFER,
     ) -> None:
+        """``buffer``: dispatches held for the caller before reading the connection waits
+        (the server cuts a connection that stays unread for long, and it is resumed)."""
         self.host, self.port, self.path = _gateway_target(server_url)
+        self._buffer = buffer
         self.core = GatewayCore(token)
         self.connections = 0
         #: Tokens obtained by signing in again.
@@ -240,7 +256,7 @@ class GatewayClient:
     @asynccontextmanager
     async def events(self) -> AsyncIterator[trio.MemoryReceiveChannel[Dispatch]]:
         """Run the session in the background of the ``async with`` block."""
-        send, receive = trio.open_memory_channel[Dispatch](1024)
+        send, receive = trio.open_memory_channel[Dispatch](self._buffer)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run, send)
@@ -324,6 +340,7 @@ class GatewayClient:
                                 nursery.start_soon(heartbeat)
                         elif isinstance(item, Dispatch):
                             await out.send(item)
+                            core.delivered(item)
                         else:
                             nursery.cancel_scope.cancel()
                             return

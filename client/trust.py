@@ -28,8 +28,6 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
-
 from client.account import Account
 from client.api import ControlApi
 from client.device_list import DeviceDirectory, SignedDeviceList
@@ -45,10 +43,7 @@ from client.notices import Notices
 from client.store import Store, fingerprint
 from e2ee import IdentityKeyPair, format_safety_number, safety_number
 
-__all__ = ["DEVICE_LIST_TTL_S", "Trust"]
-
-#: How long a fetched device list is trusted before it is fetched again.
-DEVICE_LIST_TTL_S = 30.0
+__all__ = ["Trust"]
 
 # Who waits for the account key: a device of an account older than cross-signing gets it
 # once a sibling starts; a profile restored from a backup without it never does.
@@ -73,7 +68,9 @@ class Trust:
         self._api = api
         self._account = account
         self._notices = notices
-        self._device_cache: dict[str, tuple[float, list[Device]]] = {}
+        # Devices checked against each user's signed list, kept until something says the
+        # list changed (see devices_of).
+        self._device_cache: dict[str, list[Device]] = {}
         # Notices already given in this process, so a refetch does not repeat them.
         self._told: set[str] = set()
         #: Hands the account key to the account's other devices (set by the façade).
@@ -460,13 +457,23 @@ class Trust:
         return await self._api.device_directory(user_id)
 
     async def devices_of(self, user_id: str, handle: str | None) -> list[Device]:
-        """A user's trusted devices (:meth:`accept`); fetched at most every
-        :data:`DEVICE_LIST_TTL_S` (a stale list is caught by the relay's 409 anyway)."""
+        """A user's trusted devices (:meth:`accept`), fetched once and then kept until
+        something says the list changed: the relay's 409 ``stale_devices``
+        (:meth:`refresh`), a DEVICE_ADD or DEVICE_REMOVE dispatch, or this device's own
+        device changes (:meth:`forget_devices`).
+
+        No clock is needed for that: the relay refuses every fan-out that does not name
+        exactly a recipient's current devices, so a kept list never makes anything go to
+        a device that is gone or skip one that came — the 409 then fetches the list anew
+        and checks it against the signed list, as the first fetch did. Fetching lists
+        again on a timer would only repeat the same check, and in a large call it costs
+        dearly: a leave makes every remaining participant send to every other one, so each
+        list fetched again is one request per participant pair (40,000 at 200)."""
         cached = self._device_cache.get(user_id)
-        if cached is not None and trio.current_time() - cached[0] < DEVICE_LIST_TTL_S:
-            return cached[1]
+        if cached is not None:
+            return cached
         devices = self.accept(user_id, handle, await self.directory(user_id))
-        self._device_cache[user_id] = (trio.current_time(), devices)
+        self._device_cache[user_id] = devices
         return devices
 
     async def own_other_devices(self) -> list[Device]:

@@ -187,7 +187,7 @@ class Member:
         signalling = self.signalling
         assert signalling is not None
         if isinstance(item, StartTransports):
-            keys.begin(signalling.channel_id, item.sender_index)
+            keys.begin(signalling.channel_id, item.sender_index, item.voice_session_id)
             await keys.update(signalling.participants)
         elif isinstance(item, ParticipantsChanged):
             await keys.update(item.participants)
@@ -348,6 +348,13 @@ class _Churn:
                     return False
         return True
 
+    def take_notices(self) -> None:
+        """Count what the SDKs reported to their users as errors (``notice:<kind>``): a
+        dropped envelope or a refused key is said only there, never raised."""
+        for m in self.members:
+            for notice in m.client.notices():
+                m.error(f"notice:{notice.kind}")
+
     async def until_settled(self, within: float) -> bool:
         with trio.move_on_after(within):
             # Polled: settling is spread over every member's confirmations.
@@ -448,6 +455,7 @@ class _Churn:
         keys_ms = percentiles(delays)
         if not settled:
             event.member.error(f"not_settled:{self.unconfirmed()}_pairs")
+        self.take_notices()
         self.events.append(
             {
                 "event": event.index,
@@ -577,6 +585,7 @@ async def _fill(run: _Churn, guild_id: str, channel_id: str) -> bool:
             await member.join(guild_id, channel_id)
         if not await run.until_settled(config.settle_timeout):
             run.members[0].error(f"fill_not_settled:{run.unconfirmed()}_pairs")
+            run.take_notices()
             return False
     return True
 
@@ -638,6 +647,9 @@ def _report(run: _Churn, world: Spawned | None, setup_s: float, fill_s: float) -
         "join": _by_kind(run.events, "join"),
         "leave": _by_kind(run.events, "leave"),
         "errors": errors,
+        "gateway_reconnects": sum(
+            m.gateway.connections - 1 for m in run.members if m.gateway is not None
+        ),
         "per_event": run.events,
         "timeline": run.timeline,
         "spawned_nodes": len(world.nodes) if world is not None else None,

@@ -57,13 +57,22 @@ def kinds(client: Client) -> list[str]:
     return [n.kind for n in client.notices()]
 
 
+async def acquainted(
+    control: ControlProcess, tmp_path: Path, greeting: str
+) -> tuple[Client, Client]:
+    """alice and bob, registered, once alice's ``greeting`` reached bob (so each pinned
+    the other's account key and list)."""
+    alice = await Client.register(tmp_path / "a", PASS, control.url, "alice")
+    bob = await Client.register(tmp_path / "b", PASS, control.url, "bob")
+    await alice.send_dm("bob", greeting)
+    assert bodies(await bob.sync()) == [greeting]
+    return alice, bob
+
+
 async def test_a_device_planted_on_your_own_account_receives_no_copy(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    alice = await Client.register(tmp_path / "a", PASS, control.url, "alice")
-    bob = await Client.register(tmp_path / "b", PASS, control.url, "bob")
-    await alice.send_dm("bob", "before")
-    assert bodies(await bob.sync()) == ["before"]
+    alice, bob = await acquainted(control, tmp_path, "before")
     ghost, _ = plant_device(control.database, alice.user_id)
 
     # alice's client would have sent it a DEVICE_SYNC copy; now nothing goes out at all.
@@ -100,10 +109,7 @@ async def test_a_device_planted_on_your_own_account_receives_no_copy(
 async def test_a_device_planted_on_a_contacts_account_receives_nothing(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    alice = await Client.register(tmp_path / "a", PASS, control.url, "alice")
-    bob = await Client.register(tmp_path / "b", PASS, control.url, "bob")
-    await alice.send_dm("bob", "before")
-    assert bodies(await bob.sync()) == ["before"]
+    alice, bob = await acquainted(control, tmp_path, "before")
     ghost, _ = plant_device(control.database, bob.user_id)
 
     # A fresh process: no cached list, the server's word is all it has.
@@ -131,10 +137,7 @@ async def test_a_device_planted_on_a_contacts_account_receives_nothing(
 async def test_a_contacts_new_and_removed_devices_follow_their_signed_list(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    alice = await Client.register(tmp_path / "a", PASS, control.url, "alice")
-    bob = await Client.register(tmp_path / "b", PASS, control.url, "bob")
-    await alice.send_dm("bob", "hello")
-    assert bodies(await bob.sync()) == ["hello"]
+    alice, bob = await acquainted(control, tmp_path, "hello")
     number, _ = await alice.safety_number("bob")
     await alice.mark_verified("bob")
 
@@ -175,13 +178,37 @@ async def test_a_contacts_new_and_removed_devices_follow_their_signed_list(
     await bob.aclose()
 
 
+async def test_a_kept_device_list_follows_changes_through_the_relays_409(
+    control: ControlProcess, tmp_path: Path
+) -> None:
+    # alice's client keeps bob's checked list for as long as it runs: the relay refusing
+    # a fan-out that does not name bob's current devices is what makes it look again.
+    alice, bob = await acquainted(control, tmp_path, "hello")
+
+    laptop = await link(bob, tmp_path / "b2", control.url)
+    await alice.send_dm("bob", "to both")
+    assert bodies(await bob.sync()) == ["to both"]
+    assert bodies(await laptop.sync()) == ["to both"]
+    assert kinds(alice) == ["new_device"]
+
+    await bob.remove_device(laptop.device_id)
+    await alice.send_dm("bob", "to the phone only")
+    assert bodies(await bob.sync()) == ["to the phone only"]
+
+    # A device the server plants is insisted on by the relay, and refused by the list.
+    ghost, _ = plant_device(control.database, bob.user_id)
+    with pytest.raises(UntrustedDevice, match=ghost):
+        await alice.send_dm("bob", "never sent")
+    assert envelopes_for(control.database, ghost) == 0
+    await laptop.aclose()
+    await alice.aclose()
+    await bob.aclose()
+
+
 async def test_a_replaced_account_key_is_an_identity_change(
     control: ControlProcess, tmp_path: Path
 ) -> None:
-    alice = await Client.register(tmp_path / "a", PASS, control.url, "alice")
-    bob = await Client.register(tmp_path / "b", PASS, control.url, "bob")
-    await alice.send_dm("bob", "hello")
-    assert bodies(await bob.sync()) == ["hello"]
+    alice, bob = await acquainted(control, tmp_path, "hello")
     number_before, _ = await alice.safety_number("bob")
 
     # The operator draws its own account key for bob and signs a list with a ghost.

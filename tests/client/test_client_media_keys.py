@@ -21,8 +21,10 @@ from pathlib import Path
 import pytest
 import trio
 from client_live import ControlProcess, generous_control
+from trio.testing import MockClock
 
 from client import Client
+from client.device_list import DeviceDirectory
 from client.errors import ApiError
 from client.voice.signalling import VoiceState
 from contract.errors import ErrorCode
@@ -121,6 +123,44 @@ async def test_media_keys_follow_joins_and_leaves_between_real_clients(
         assert [n.kind for n in alice.notices()].count("media_key_refused") >= 1
         assert await opens(alice, bob)  # bob's frames still open as bob's
         assert not await opens(alice, carol)
+    finally:
+        for client in (alice, bob, carol):
+            await client.aclose()
+
+
+async def test_a_leave_long_into_a_call_fetches_no_device_list_again(
+    control: ControlProcess, tmp_path: Path, mock_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A leave makes every participant send a fresh key to every other one: were the device
+    # lists fetched again once some time had passed, a call of n would cost n² requests
+    # per leave. The lists checked at the start serve until the relay says one changed.
+    mock_clock.rate = 1.0  # real time, plus the jump below
+    url = control.url
+    alice, bob, carol = [
+        await Client.register(tmp_path / name, PASS, url, name)
+        for name in ("alice", "bob", "carol")
+    ]
+    fetched: list[str] = []
+    directory = alice.api.device_directory
+
+    async def counted(user_id: str) -> DeviceDirectory:
+        fetched.append(user_id)
+        return await directory(user_id)
+
+    monkeypatch.setattr(alice.api, "device_directory", counted)
+    try:
+        for index, client in enumerate((alice, bob, carol), start=1):
+            client.media_keys.begin(CHANNEL, index)
+        await alice.media_keys.update(participants((bob, 2), (carol, 3)))
+        assert sorted(fetched) == sorted([alice.user_id, bob.user_id, carol.user_id])
+
+        mock_clock.jump(3600)
+        fetched.clear()
+        await alice.media_keys.update(participants((bob, 2)))
+        assert fetched == []
+        await bob.media_keys.update(participants((alice, 1)))
+        assert await opens(bob, alice)
+        assert alice.media_keys.sent[(bob.user_id, bob.device_id)] == [0, 1]
     finally:
         for client in (alice, bob, carol):
             await client.aclose()
