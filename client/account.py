@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
-
-import trio
 
 from client import _prekeys
 from client.api import ControlApi
@@ -29,7 +26,6 @@ __all__ = [
     "Account",
     "delete_account",
     "export_my_data",
-    "open_new_store",
     "register_account",
     "sign_in",
     "write_account",
@@ -88,15 +84,6 @@ def write_account(
         )
 
 
-async def open_new_store(profile: Path, passphrase: Passphrase, *, use_keyring: bool) -> Store:
-    """Create ``profile``'s store in a worker thread: deriving its key from a passphrase
-    (Argon2id) takes a good part of a second of CPU, which would stall every other task
-    (the SDK solves proofs of work off the event loop for the same reason)."""
-    return await trio.to_thread.run_sync(
-        partial(Store.open, profile, passphrase, create=True, use_keyring=use_keyring)
-    )
-
-
 async def register_account(
     profile: Path,
     passphrase: Passphrase,
@@ -113,7 +100,7 @@ async def register_account(
     """
     if Store.exists(profile):
         raise UsageError(f"a profile already exists at {profile}; use another --profile")
-    store = await open_new_store(profile, passphrase, use_keyring=use_keyring)
+    store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
     identity = IdentityKeyPair.generate()
     prekeys, otks, pq_otks = first_prekeys(identity)
     api = ControlApi(server)

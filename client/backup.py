@@ -28,7 +28,7 @@ from pathlib import Path
 
 import trio
 
-from client.account import Account, open_new_store
+from client.account import Account
 from client.api import ControlApi
 from client.device_list import SignedDeviceList
 from client.errors import ProtocolError, UsageError
@@ -95,7 +95,7 @@ async def restore_backup(
     if prekeys is None:
         raise UsageError("the backup holds no prekeys")
     identity = contents.identity
-    store = await open_new_store(profile, passphrase, use_keyring=use_keyring)
+    store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
     api = ControlApi(server)
     try:
         challenge = await api.challenge()

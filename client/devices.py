@@ -23,7 +23,7 @@ from typing import TypeVar
 import trio
 
 from client import _prekeys
-from client.account import Account, open_new_store, write_account
+from client.account import Account, write_account
 from client.api import ControlApi, retry_after_untrusted
 from client.device_list import SignedDeviceList
 from client.errors import ApiError, ClientError, LinkError, ProtocolError, UsageError
@@ -174,7 +174,7 @@ async def join_device(
     """
     if Store.exists(profile):
         raise UsageError(f"a profile already exists at {profile}; use another --profile")
-    store = await open_new_store(profile, passphrase, use_keyring=use_keyring)
+    store = Store.open(profile, passphrase, create=True, use_keyring=use_keyring)
     secret = LinkingSecret()
     api = ControlApi(server)
     opened = False
