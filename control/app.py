@@ -14,6 +14,7 @@ from hushroom import __version__, node_link
 from hushroom.secrets_file import read_secret_file
 
 from .api import build_api
+from .api.provisioning import close_mailboxes
 from .bus import LocalBus
 from .config import ControlConfig
 from .errors import register_error_handlers
@@ -106,6 +107,7 @@ def create_app(config: ControlConfig) -> QuartTrio:
     @app.after_serving
     async def close_store() -> None:
         background_scope.cancel()
+        close_mailboxes(app)
         state.db.close()
 
     @app.websocket("/api/v1/gateway")

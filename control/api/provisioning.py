@@ -51,6 +51,7 @@ __all__ = [
     "MAX_WAIT_S",
     "Mailbox",
     "Mailboxes",
+    "close_mailboxes",
     "router",
 ]
 
@@ -176,6 +177,12 @@ class Mailboxes:
         self._remove(mailbox_id, current)
         return True
 
+    def clear(self) -> None:
+        """Delete every mailbox (the process is stopping): their deadline tasks end and
+        their long polls answer 404 at once."""
+        for mailbox_id, box in list(self._boxes.items()):
+            self._remove(mailbox_id, box)
+
     def expire(self, now: float) -> int:
         """Delete every mailbox past its deadline; returns how many went."""
         dead = [(i, b) for i, b in self._boxes.items() if b.deadline <= now]
@@ -200,6 +207,15 @@ def _mailboxes() -> Mailboxes:
         boxes = current_app.extensions[EXTENSION] = Mailboxes()
     assert isinstance(boxes, Mailboxes)
     return boxes
+
+
+def close_mailboxes(app: QuartTrio) -> None:
+    """Delete ``app``'s mailboxes as it shuts down. Their deadline tasks belong to the app's
+    nursery, which Quart gives BACKGROUND_TASK_SHUTDOWN_TIMEOUT (5 s) to finish: left
+    sleeping towards a deadline minutes away, one open mailbox held every stop that long."""
+    boxes = app.extensions.get(EXTENSION)
+    if isinstance(boxes, Mailboxes):
+        boxes.clear()
 
 
 def crowding_bits() -> int:

@@ -2,7 +2,7 @@
 unlocked gnome-keyring-daemon, both children of the test, torn down with it.
 
 The bus has its own configuration with no service directories, so nothing is activated on
-it behind the test's back, and it listens on a socket in the test's temporary directory:
+it behind the test's back, and it listens on a socket in a private temporary directory:
 the machine's own session bus and keyrings (if any) are never touched.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -103,9 +104,11 @@ def running_secret_service(workdir: Path, *, unlocked: bool = True) -> Iterator[
     ensure_tools()
     home = workdir / "home"
     runtime = workdir / "run"
-    sockets = workdir / "bus"
-    for d in (home, runtime, sockets):
+    for d in (home, runtime):
         d.mkdir(parents=True, mode=0o700)
+    # A socket path has at most 107 bytes: a test's own directory can be too deep (under
+    # pytest-xdist, say), so the bus listens in a short one of its own.
+    sockets = Path(tempfile.mkdtemp(prefix="hushroom-bus-"))
     config = workdir / "bus.conf"
     config.write_text(_BUS_CONFIG.format(socket_dir=sockets))
     bus = subprocess.Popen(
@@ -166,3 +169,4 @@ def running_secret_service(workdir: Path, *, unlocked: bool = True) -> Iterator[
         if daemon is not None:
             _stop(daemon)
         _stop(bus)
+        shutil.rmtree(sockets, ignore_errors=True)

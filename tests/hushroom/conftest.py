@@ -67,11 +67,13 @@ class Proc:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[object]:
-    """Start ``python -m <args>`` processes in a temp dir; all are killed at teardown."""
+    """Start ``python -m <args>`` processes (``python -c CODE <args>`` when given ``code``)
+    in a temp dir; all are killed at teardown."""
     procs: list[Proc] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc([sys.executable, "-m", *args], tmp_path, env)
+    def start(*args: str, env: dict[str, str] | None = None, code: str | None = None) -> Proc:
+        program = ["-m"] if code is None else ["-c", code]
+        proc = Proc([sys.executable, *program, *args], tmp_path, env)
         procs.append(proc)
         return proc
 

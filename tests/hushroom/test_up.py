@@ -69,6 +69,26 @@ def _up_args(tmp_path: Path, control_port: int = 0) -> list[str]:
     ]  # fmt: skip
 
 
+#: ``hushroom up`` with trio's idle worker threads retired after 1 s instead of 10 (the
+#: module attribute is read each time a worker waits; it must still exist).
+_UP_WITH_QUICK_THREAD_RETIREMENT = """
+import runpy
+import trio._core._thread_cache as thread_cache
+assert isinstance(thread_cache.IDLE_TIMEOUT, (int, float))
+thread_cache.IDLE_TIMEOUT = 1
+runpy.run_module("hushroom", run_name="__main__")
+"""
+
+
+def _wait_until_single_threaded(pid: int, within_s: float) -> None:
+    """Wait until ``pid`` runs on its main thread alone: trio has retired every worker
+    thread it started (``up`` starts some to probe its children)."""
+    deadline = time.monotonic() + within_s
+    while len(os.listdir(f"/proc/{pid}/task")) > 1:
+        assert time.monotonic() < deadline, f"{pid} still has worker threads after {within_s} s"
+        time.sleep(0.1)
+
+
 def _announced_port(lines: list[str], prefix: str) -> int:
     line = next(line for line in lines if line.startswith(prefix))
     return int(line.rsplit(":", 1)[1])
@@ -77,7 +97,9 @@ def _announced_port(lines: list[str], prefix: str) -> int:
 def test_up_starts_everything_answers_health_and_stops_on_sigint(
     spawn: Any, tmp_path: Path
 ) -> None:
-    up = spawn("hushroom", *_up_args(tmp_path))
+    # trio retires an idle worker thread after 10 s; here after a second, so that the
+    # moment the children must outlive comes in a second rather than ten.
+    up = spawn(*_up_args(tmp_path), code=_UP_WITH_QUICK_THREAD_RETIREMENT)
     up.wait_for_line("hushroom is up", timeout=90)
     up.wait_for_line("Press Ctrl-C to stop.")
     control_port = _announced_port(up.lines, "  control  http ")
@@ -99,10 +121,11 @@ def test_up_starts_everything_answers_health_and_stops_on_sigint(
 
     descendants = children_of(up.popen.pid)
     assert len(descendants) >= 5  # control, turn, sfu node and its two workers
-    # Still up once trio has retired its idle worker threads (after 10 s): the children's
-    # parent-death signal must follow up's life, not that of the thread that forked them.
-    # No event marks that moment, so this waits it out.
-    time.sleep(12)
+    # Still up once trio has retired its idle worker threads: the children's parent-death
+    # signal must follow up's life, not that of the thread that forked them. up's own
+    # threads show when they have gone; a SIGTERMed child then takes a moment to exit.
+    _wait_until_single_threaded(up.popen.pid, within_s=30)
+    time.sleep(2)
     assert up.popen.poll() is None, up.lines
     with urllib.request.urlopen(f"http://127.0.0.1:{control_port}/healthz", timeout=5) as r:
         assert json.load(r)["sfu_nodes"] == 1

@@ -153,18 +153,30 @@ needs_coturn = pytest.mark.skipif(
 )
 
 
-def free_udp_port() -> int:
+def free_udp_port_pair() -> int:
+    """A UDP port that was free a moment ago with the one above it: turnutils_peer listens
+    on both (uclient sends RTCP to the second). Were the second taken (by a test running
+    alongside), half of uclient's packets would go unanswered."""
     import socket
 
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            if port == 65535:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two free UDP ports in a row")
 
 
 @pytest.fixture
 def turnutils_peer() -> Any:
-    port = free_udp_port()
+    port = free_udp_port_pair()
     assert PEER_TOOL is not None
     process = subprocess.Popen(
         [PEER_TOOL, "-L", "127.0.0.1", "-p", str(port)],
