@@ -250,6 +250,7 @@ class _VideoRoom(_Room):
             "sfu": sfu,
             "harness_cpu_pct": self.harness_cpu(seconds),
             "errors": errors,
+            "error_details": self.error_details(),
             "per_second": self._video_per_second(),
             "window_start_s": round(self.window.start_ns / 1e9 - self.started, 3),
             "per_participant": rows,
